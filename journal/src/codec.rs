@@ -1,0 +1,149 @@
+//! The on-disk encoding: keys and values of the store. A value is one format-version byte
+//! followed by the event in MessagePack (rmp-serde, named fields). Nothing here touches the
+//! store; decoding never panics on bad bytes.
+
+use citadel_transports::JobId;
+
+use crate::event::JobEvent;
+
+/// The format version written in front of every event. Bump it on any change to [`JobEvent`]'s
+/// encoding and keep a decoder for the old one.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Key prefix of the events, ordered by sequence number.
+pub const EVENT_PREFIX: u8 = b'e';
+/// Key prefix of the job index: `j`, the job id, `0xFF`, the sequence number.
+pub const INDEX_PREFIX: u8 = b'j';
+/// Separates the job id from the sequence number in an index key; UTF-8 never contains it.
+const INDEX_SEPARATOR: u8 = 0xFF;
+
+pub fn event_key(seq: u64) -> [u8; 9] {
+    let mut key = [EVENT_PREFIX; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn seq_of_event_key(key: &[u8]) -> Option<u64> {
+    match key {
+        [EVENT_PREFIX, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+pub fn index_prefix(job: &JobId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(job.as_str().len() + 10);
+    key.push(INDEX_PREFIX);
+    key.extend_from_slice(job.as_str().as_bytes());
+    key.push(INDEX_SEPARATOR);
+    key
+}
+
+pub fn index_key(job: &JobId, seq: u64) -> Vec<u8> {
+    let mut key = index_prefix(job);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn seq_of_index_key(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+/// Why stored bytes are not an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty value")]
+    Empty,
+    #[error("unknown format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    #[error("undecodable event: {0}")]
+    Malformed(String),
+}
+
+pub fn encode(event: &JobEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(FORMAT_VERSION);
+    // Writing into a Vec cannot fail and every field is serializable.
+    rmp_serde::encode::write_named(&mut out, event).expect("a JobEvent always encodes");
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Result<JobEvent, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&FORMAT_VERSION, body)) => {
+            rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))
+        }
+        Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use citadel_transports::Job;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::EventKind;
+
+    fn sample() -> JobEvent {
+        JobEvent {
+            seq: 42,
+            at_ms: 1_700_000_000_000,
+            job_id: JobId::new("job-1").unwrap(),
+            transport: "redis".into(),
+            delivery_id: Some("1-0".into()),
+            event: EventKind::Received {
+                job: Job {
+                    id: JobId::new("job-1").unwrap(),
+                    job_type: "echo".into(),
+                    payload: serde_json::json!({"a": [1, 2.5, "x", null, true], "n": -3}),
+                    ray_id: Some("ray".into()),
+                    enqueued_at: None,
+                    attempt: 1,
+                    source: "redis:jobs:v1:gpu-general".into(),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let ev = sample();
+        assert_eq!(decode(&encode(&ev)).unwrap(), ev);
+    }
+
+    #[test]
+    fn bad_bytes_are_reported() {
+        assert_eq!(decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(decode(&[9, 1, 2]), Err(DecodeError::UnknownVersion(9)));
+        let mut truncated = encode(&sample());
+        truncated.truncate(truncated.len() / 2);
+        assert!(matches!(decode(&truncated), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn keys_sort_by_sequence_and_job() {
+        assert!(event_key(1) < event_key(256));
+        assert_eq!(seq_of_event_key(&event_key(77)), Some(77));
+        let a = JobId::new("a").unwrap();
+        let ab = JobId::new("ab").unwrap();
+        assert!(!index_key(&ab, 1).starts_with(&index_prefix(&a)));
+        assert_eq!(seq_of_index_key(&index_key(&a, 9)), Some(9));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_corrupted_events_never_panics(flip in 0usize..200, bit in 0u8..8) {
+            let mut bytes = encode(&sample());
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = decode(&bytes);
+        }
+    }
+}

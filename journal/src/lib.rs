@@ -1,0 +1,26 @@
+//! `citadel-journal` owns the local, durable record of every job's lifecycle (SPEC §2): the event
+//! type ([`JobEvent`]), the append path with group commit ([`Journal::append`]), the lifecycle
+//! fold ([`JobState`]), replay, export, retention ([`RetentionPolicy`]) and the socket through
+//! which `citadel journal` reads a running worker's journal ([`remote`]).
+//!
+//! The storage engine (sled 0.34) stays inside [`store`]; nothing in the public API names it.
+//! This crate must never talk to a transport: the runtime journals first, then settles.
+
+mod codec;
+mod commit;
+mod error;
+mod event;
+mod journal;
+pub mod remote;
+mod retention;
+mod state;
+mod store;
+
+pub use codec::{DecodeError, FORMAT_VERSION};
+pub use error::{JournalError, Result};
+pub use event::{format_ms, now_ms, EventKind, JobEvent, NewEvent};
+pub use journal::{
+    socket_path, Damage, Durability, Journal, JournalInfo, JournalOptions, OpenReport,
+};
+pub use retention::{select as select_for_removal, Candidate, CompactReport, RetentionPolicy};
+pub use state::{JobState, Outcome, Phase, SettledAs, TransitionError, MAX_ERROR_HISTORY};

@@ -1,1 +1,7 @@
+//! `citadel`: the node agent. This library holds the command line and the runtime so the
+//! integration tests can drive them; the binary in `main.rs` only calls [`cli::run`].
 
+pub mod bench;
+pub mod cli;
+pub mod handlers;
+pub mod paths;

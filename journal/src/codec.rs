@@ -2,8 +2,6 @@
 //! followed by the event in MessagePack (rmp-serde, named fields). Nothing here touches the
 //! store; decoding never panics on bad bytes.
 
-use citadel_transports::JobId;
-
 use crate::event::JobEvent;
 
 /// The format version written in front of every event. Bump it on any change to [`JobEvent`]'s
@@ -12,11 +10,6 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// Key prefix of the events, ordered by sequence number.
 pub const EVENT_PREFIX: u8 = b'e';
-/// Key prefix of the job index: `j`, the job id, `0xFF`, the sequence number.
-pub const INDEX_PREFIX: u8 = b'j';
-/// Separates the job id from the sequence number in an index key; UTF-8 never contains it.
-const INDEX_SEPARATOR: u8 = 0xFF;
-
 pub fn event_key(seq: u64) -> [u8; 9] {
     let mut key = [EVENT_PREFIX; 9];
     key[1..].copy_from_slice(&seq.to_be_bytes());
@@ -28,25 +21,6 @@ pub fn seq_of_event_key(key: &[u8]) -> Option<u64> {
         [EVENT_PREFIX, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
         _ => None,
     }
-}
-
-pub fn index_prefix(job: &JobId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(job.as_str().len() + 10);
-    key.push(INDEX_PREFIX);
-    key.extend_from_slice(job.as_str().as_bytes());
-    key.push(INDEX_SEPARATOR);
-    key
-}
-
-pub fn index_key(job: &JobId, seq: u64) -> Vec<u8> {
-    let mut key = index_prefix(job);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-pub fn seq_of_index_key(key: &[u8]) -> Option<u64> {
-    let tail = key.len().checked_sub(8)?;
-    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
 }
 
 /// Why stored bytes are not an event.
@@ -80,7 +54,7 @@ pub fn decode(bytes: &[u8]) -> Result<JobEvent, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use citadel_transports::Job;
+    use citadel_transports::{Job, JobId};
     use proptest::prelude::*;
 
     use super::*;
@@ -123,13 +97,10 @@ mod tests {
     }
 
     #[test]
-    fn keys_sort_by_sequence_and_job() {
+    fn keys_sort_by_sequence() {
         assert!(event_key(1) < event_key(256));
         assert_eq!(seq_of_event_key(&event_key(77)), Some(77));
-        let a = JobId::new("a").unwrap();
-        let ab = JobId::new("ab").unwrap();
-        assert!(!index_key(&ab, 1).starts_with(&index_prefix(&a)));
-        assert_eq!(seq_of_index_key(&index_key(&a, 9)), Some(9));
+        assert_eq!(seq_of_event_key(b"m:other"), None);
     }
 
     proptest! {

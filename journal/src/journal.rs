@@ -88,9 +88,12 @@ pub struct JournalInfo {
     pub damaged: u64,
 }
 
+/// One job in memory: its fold, the sequence numbers of its events (the job → events index,
+/// rebuilt by the scan on open) and their encoded size (for retention).
 #[derive(Debug)]
 struct Tracked {
     state: JobState,
+    seqs: Vec<u64>,
     bytes: u64,
 }
 
@@ -100,6 +103,44 @@ struct Live {
     events: u64,
     jobs: HashMap<JobId, Tracked>,
     damaged: Vec<Damage>,
+}
+
+/// Stored events handed from the store walker to the fold per message while opening.
+const REPLAY_CHUNK: usize = 1024;
+
+impl Live {
+    /// Folds one stored event during open; bad bytes and refused events become [`Damage`].
+    fn replay_one(&mut self, seq: u64, bytes: &[u8]) {
+        let event = match codec::decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.damaged.push(Damage {
+                    seq,
+                    what: e.to_string(),
+                });
+                return;
+            }
+        };
+        let tracked = self
+            .jobs
+            .entry(event.job_id.clone())
+            .or_insert_with(|| Tracked {
+                state: JobState::new(event.job_id.clone()),
+                seqs: Vec::new(),
+                bytes: 0,
+            });
+        match tracked.state.apply(&event) {
+            Ok(()) => {
+                tracked.seqs.push(seq);
+                tracked.bytes += bytes.len() as u64;
+                self.events += 1;
+            }
+            Err(e) => self.damaged.push(Damage {
+                seq,
+                what: e.to_string(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,36 +175,25 @@ impl Journal {
             jobs: HashMap::new(),
             damaged: Vec::new(),
         };
-        for raw in store.events_from(0) {
-            let (seq, bytes) = raw?;
-            let event = match codec::decode(&bytes) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    live.damaged.push(Damage {
-                        seq,
-                        what: e.to_string(),
-                    });
-                    continue;
+        // Two cores' worth of replay: one thread walks the store, this one decodes and folds.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Vec<u8>)>>(16);
+        let walker_store = store.clone();
+        let walker = std::thread::spawn(move || -> Result<()> {
+            let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+            for raw in walker_store.events_from(0) {
+                let (seq, bytes) = raw?;
+                chunk.push((seq, bytes.to_vec()));
+                if chunk.len() == REPLAY_CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
+                    return Ok(());
                 }
-            };
-            let tracked = live
-                .jobs
-                .entry(event.job_id.clone())
-                .or_insert_with(|| Tracked {
-                    state: JobState::new(event.job_id.clone()),
-                    bytes: 0,
-                });
-            match tracked.state.apply(&event) {
-                Ok(()) => {
-                    tracked.bytes += bytes.len() as u64;
-                    live.events += 1;
-                }
-                Err(e) => live.damaged.push(Damage {
-                    seq,
-                    what: e.to_string(),
-                }),
             }
+            let _ = tx.send(chunk);
+            Ok(())
+        });
+        for (seq, bytes) in rx.into_iter().flatten() {
+            live.replay_one(seq, &bytes);
         }
+        walker.join().expect("the journal replay thread panicked")?;
         live.jobs.retain(|_, t| t.state.phase.is_some());
         for d in &live.damaged {
             tracing::warn!(seq = d.seq, problem = %d.what, path = %store.path().display(), "damaged journal entry skipped");
@@ -240,21 +270,19 @@ impl Journal {
         next.apply(&stored)?;
         let value = codec::encode(&stored);
         let bytes = value.len() as u64;
-        inner.store.write(vec![
-            (codec::event_key(stored.seq).to_vec(), Some(value)),
-            (
-                codec::index_key(&stored.job_id, stored.seq),
-                Some(Vec::new()),
-            ),
-        ])?;
+        inner
+            .store
+            .write(vec![(codec::event_key(stored.seq).to_vec(), Some(value))])?;
         let tracked = live
             .jobs
             .entry(stored.job_id.clone())
             .or_insert_with(|| Tracked {
                 state: JobState::new(stored.job_id.clone()),
+                seqs: Vec::new(),
                 bytes: 0,
             });
         tracked.state = next;
+        tracked.seqs.push(stored.seq);
         tracked.bytes += bytes;
         live.next_seq += 1;
         live.events += 1;
@@ -283,8 +311,15 @@ impl Journal {
 
     /// Every stored event of one job, in order.
     pub fn events_of(&self, job: &JobId) -> Result<Vec<JobEvent>> {
+        let seqs = {
+            let live = self.inner.live.lock().expect("journal lock poisoned");
+            live.jobs
+                .get(job)
+                .map(|t| t.seqs.clone())
+                .unwrap_or_default()
+        };
         let mut out = Vec::new();
-        for seq in self.inner.store.job_seqs(job)? {
+        for seq in seqs {
             if let Some(bytes) = self.inner.store.event(seq)? {
                 if let Ok(ev) = codec::decode(&bytes) {
                     out.push(ev);
@@ -374,9 +409,8 @@ impl Journal {
             report.damaged_removed += 1;
         }
         for job in &chosen {
-            for seq in inner.store.job_seqs(job)? {
+            for &seq in live.jobs.get(job).map_or(&[][..], |t| &t.seqs[..]) {
                 ops.push((codec::event_key(seq).to_vec(), None));
-                ops.push((codec::index_key(job, seq), None));
                 report.events_removed += 1;
             }
             if ops.len() > 10_000 {
@@ -406,4 +440,91 @@ impl Journal {
 /// Where a running worker serves its journal to `citadel journal`: beside the journal folder.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.with_extension("sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use citadel_transports::Job;
+
+    use super::*;
+
+    fn received(id: &str) -> NewEvent {
+        let job_id = JobId::new(id).unwrap();
+        let job = Job {
+            id: job_id.clone(),
+            job_type: "noop".into(),
+            payload: serde_json::json!({}),
+            ray_id: None,
+            enqueued_at: None,
+            attempt: 1,
+            source: "test".into(),
+        };
+        NewEvent::new(job_id, "test", EventKind::Received { job })
+    }
+
+    #[tokio::test]
+    async fn damaged_entries_are_reported_and_every_intact_event_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        {
+            let (j, _) = Journal::open(&path, JournalOptions::default()).unwrap();
+            j.append(received("a")).await.unwrap();
+            // Damage: an event from a future format, and a truncated one, between intact events.
+            let mut truncated = codec::encode(&j.events(0).next().unwrap().unwrap().unwrap());
+            truncated.truncate(truncated.len() - 5);
+            j.inner
+                .store
+                .write(vec![
+                    (codec::event_key(2).to_vec(), Some(vec![99, 1, 2, 3])),
+                    (codec::event_key(3).to_vec(), Some(truncated)),
+                ])
+                .unwrap();
+            j.inner.live.lock().unwrap().next_seq = 4;
+            j.append(received("b")).await.unwrap();
+        }
+        let (j, report) = Journal::open(&path, JournalOptions::default()).unwrap();
+        let damaged: Vec<u64> = report.damaged.iter().map(|d| d.seq).collect();
+        assert_eq!(damaged, vec![2, 3]);
+        assert!(
+            report.damaged[0].what.contains("unknown format version 99"),
+            "{:?}",
+            report.damaged
+        );
+        assert_eq!(report.events, 2);
+        assert!(j.state(&JobId::new("a").unwrap()).is_some());
+        assert!(j.state(&JobId::new("b").unwrap()).is_some());
+        assert_eq!(j.info().damaged, 2);
+        let report = j.compact(&RetentionPolicy::default()).unwrap();
+        assert_eq!(report.damaged_removed, 2);
+        assert_eq!(j.events(0).filter(|e| matches!(e, Ok(Err(_)))).count(), 0);
+        assert_eq!(j.events(0).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_store_file_opens_with_the_intact_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        {
+            let (j, _) = Journal::open(&path, JournalOptions::default()).unwrap();
+            for i in 0..200 {
+                j.append(received(&format!("job-{i}"))).await.unwrap();
+            }
+        }
+        let db = path.join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        file.set_len(len - 700).unwrap();
+        drop(file);
+        // sled recovers up to the last intact write: what survives is a prefix, intact, folded.
+        let (j, report) = Journal::open(&path, JournalOptions::default()).unwrap();
+        assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+        let seqs: Vec<u64> = j.events(0).map(|e| e.unwrap().unwrap().seq).collect();
+        assert!(
+            !seqs.is_empty() && seqs.len() < 200,
+            "{} events survived",
+            seqs.len()
+        );
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        assert_eq!(j.states().len(), seqs.len());
+    }
 }

@@ -12,6 +12,7 @@ mod error;
 mod event;
 mod journal;
 pub mod remote;
+mod replay;
 mod retention;
 mod state;
 mod store;
@@ -22,5 +23,6 @@ pub use event::{format_ms, now_ms, EventKind, JobEvent, NewEvent};
 pub use journal::{
     socket_path, Damage, Durability, Journal, JournalInfo, JournalOptions, OpenReport,
 };
+pub use replay::{replay, Replay, Until};
 pub use retention::{select as select_for_removal, Candidate, CompactReport, RetentionPolicy};
 pub use state::{JobState, Outcome, Phase, SettledAs, TransitionError, MAX_ERROR_HISTORY};

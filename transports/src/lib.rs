@@ -1,12 +1,24 @@
 //! `citadel-transports` owns the job model that every part of citadel speaks: what a job is
-//! ([`Job`], [`JobId`]), the vocabulary a worker uses to settle a delivery ([`Settlement`]) and,
-//! as the transports land, the `JobSource` trait and its implementations.
+//! ([`Job`], [`JobId`]), what a source delivers ([`Delivery`], [`Incoming`], [`Receipt`]), the
+//! vocabulary a worker uses to settle a delivery ([`Settlement`]), the one backoff policy
+//! ([`Backoff`]), the job events of the wire
+//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`]).
 //!
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
 
+mod backoff;
+mod delivery;
+pub mod events;
 mod job;
+pub mod redis;
 mod settlement;
+mod source;
 
+pub use self::redis::{RedisConfig, RedisSource};
+pub use backoff::{Backoff, Retrier};
+pub use delivery::{Delivery, Incoming, Malformed, Receipt};
+pub use events::{EventData, EventMeta, JobStatus, WireEvent};
 pub use job::{Job, JobId, JobIdError};
 pub use settlement::Settlement;
+pub use source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};

@@ -1,0 +1,185 @@
+//! The Redis transport's settings and the key names derived from them (SPEC §9.1). This module
+//! owns validation and naming; it must never open a connection.
+
+use std::time::Duration;
+
+use crate::job::JobId;
+use crate::source::SourceError;
+
+/// The default job stream.
+pub const DEFAULT_STREAM: &str = "jobs:v1:gpu-general";
+/// The default consumer group (the Go fleet uses `citadel-workers`).
+pub const DEFAULT_GROUP: &str = "workers";
+/// The default payload size limit: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// How the Redis source connects and behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    /// The job streams to consume (at least one).
+    pub streams: Vec<String>,
+    /// The consumer group; created with `MKSTREAM` when missing.
+    pub group: String,
+    /// This worker's stable consumer name (node name plus an instance id): a restarted worker
+    /// with the same name recovers its own pending entries first.
+    pub consumer: String,
+    /// The `worker_id` written into status hashes and events' bookkeeping; defaults to
+    /// `consumer`.
+    pub worker_id: String,
+    /// How long one blocking read waits for new entries.
+    pub block: Duration,
+    /// An entry idle for longer than this (its lease not extended) is taken by another worker.
+    pub lease: Duration,
+    /// How often a worker with free slots looks for expired leases and due retries.
+    pub reclaim_interval: Duration,
+    /// Entries whose `payload` is larger than this are malformed.
+    pub max_payload_bytes: usize,
+    /// The approximate cap of each job's event stream (`stream:v1:{jobId}:events`).
+    pub events_maxlen: usize,
+    /// How long a job's event stream lives after its last event.
+    pub events_ttl: Duration,
+    /// How long a job's status hash lives after its last update.
+    pub status_ttl: Duration,
+    /// The answer timeout of non-blocking commands (and of the health probe).
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults (SPEC §9.1) for a consumer named `consumer`.
+    pub fn new(url: impl Into<String>, consumer: impl Into<String>) -> Self {
+        let consumer = consumer.into();
+        Self {
+            url: url.into(),
+            streams: vec![DEFAULT_STREAM.to_owned()],
+            group: DEFAULT_GROUP.to_owned(),
+            worker_id: consumer.clone(),
+            consumer,
+            block: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            reclaim_interval: Duration::from_secs(1),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD,
+            events_maxlen: 10_000,
+            events_ttl: Duration::from_secs(3600),
+            status_ttl: Duration::from_secs(7 * 24 * 3600),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SourceError> {
+        let bad = |m: &str| Err(SourceError::Config(m.to_owned()));
+        if self.streams.is_empty() {
+            return bad("at least one stream is needed");
+        }
+        if self.streams.iter().any(|s| s.is_empty()) {
+            return bad("stream names must not be empty");
+        }
+        let mut unique = self.streams.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != self.streams.len() {
+            return bad("a stream is listed twice");
+        }
+        if self.group.is_empty() {
+            return bad("the consumer group must not be empty");
+        }
+        if self.consumer.is_empty() || self.consumer.chars().any(char::is_control) {
+            return bad("the consumer name must be non-empty and printable");
+        }
+        if self.block < Duration::from_millis(1) {
+            return bad("the block time must be at least 1 ms");
+        }
+        if self.lease < Duration::from_millis(10) {
+            return bad("the lease must be at least 10 ms");
+        }
+        if self.reclaim_interval.is_zero() {
+            return bad("the reclaim interval must not be zero");
+        }
+        if self.max_payload_bytes == 0 {
+            return bad("the payload limit must not be zero");
+        }
+        Ok(())
+    }
+
+    /// The dead-letter stream of a job stream: `jobs:v1:X` → `dlq:v1:X`; any other name `N` →
+    /// `dlq:v1:N`.
+    pub fn dlq_stream(stream: &str) -> String {
+        format!(
+            "dlq:v1:{}",
+            stream.strip_prefix("jobs:v1:").unwrap_or(stream)
+        )
+    }
+
+    /// The `source` of a job read from `stream`.
+    pub fn source_name(stream: &str) -> String {
+        format!("redis:{stream}")
+    }
+
+    pub fn events_channel(job: &JobId) -> String {
+        format!("stream:v1:{job}")
+    }
+
+    pub fn events_stream(job: &JobId) -> String {
+        format!("stream:v1:{job}:events")
+    }
+
+    pub fn status_key(job: &JobId) -> String {
+        format!("job:{job}:status")
+    }
+
+    pub fn cancel_key(job: &JobId) -> String {
+        format!("job:cancelled:{job}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = RedisConfig::new("redis://127.0.0.1/", "node-a-1");
+        assert_eq!(c.streams, vec!["jobs:v1:gpu-general"]);
+        assert_eq!(c.group, "workers");
+        assert_eq!(c.worker_id, "node-a-1");
+        assert_eq!(c.lease, Duration::from_secs(60));
+        assert_eq!(c.max_payload_bytes, 16 << 20);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn key_names() {
+        let id = JobId::new("j1").unwrap();
+        assert_eq!(
+            RedisConfig::dlq_stream("jobs:v1:gpu-general"),
+            "dlq:v1:gpu-general"
+        );
+        assert_eq!(
+            RedisConfig::dlq_stream("jobs:v1:shell:org_1:node:n"),
+            "dlq:v1:shell:org_1:node:n"
+        );
+        assert_eq!(RedisConfig::dlq_stream("custom"), "dlq:v1:custom");
+        assert_eq!(RedisConfig::events_channel(&id), "stream:v1:j1");
+        assert_eq!(RedisConfig::events_stream(&id), "stream:v1:j1:events");
+        assert_eq!(RedisConfig::status_key(&id), "job:j1:status");
+        assert_eq!(RedisConfig::cancel_key(&id), "job:cancelled:j1");
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let ok = RedisConfig::new("redis://x/", "c");
+        let mut c = ok.clone();
+        c.streams.clear();
+        assert!(matches!(c.validate(), Err(SourceError::Config(_))));
+        let mut c = ok.clone();
+        c.consumer = String::new();
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.streams = vec!["a".into(), "a".into()];
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.lease = Duration::ZERO;
+        assert!(c.validate().is_err());
+    }
+}

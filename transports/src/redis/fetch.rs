@@ -1,0 +1,329 @@
+//! The fetcher: the one background task that claims entries for this consumer, and only as many
+//! as `next()` callers are waiting for (see `inbox`). Each round does one of, in this order:
+//! 1. recovery (once, at start): re-read this consumer's own pending entries (`XREADGROUP … 0`),
+//!    left over from a previous run under the same name;
+//! 2. reclaim (every `reclaim_interval`): `XPENDING … IDLE lease` finds entries whose lease ran
+//!    out (dead workers, due retries, released entries) and `XCLAIM` takes them, skipping the
+//!    ones this process is still running;
+//! 3. a blocking `XREADGROUP … >` for new entries.
+//!
+//! It owns the blocking connection and the backoff after failures; it must never settle an entry
+//! or block anything but itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::conn::{ensure_groups, map_err};
+use super::entry::to_incoming;
+use super::reply::{self, RawEntry};
+use super::Inner;
+use crate::delivery::{Incoming, Receipt};
+use crate::source::SourceError;
+
+/// How many pending lines one `XPENDING` page asks for, and how many pages a reclaim round reads
+/// per stream at most.
+const PENDING_PAGE: usize = 100;
+const PENDING_PAGES: usize = 10;
+
+#[derive(Debug)]
+struct Recovery {
+    stream: usize,
+    cursor: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Fetcher {
+    inner: Arc<Inner>,
+    conn: ConnectionManager,
+    recovery: Option<Recovery>,
+    last_reclaim: Option<Instant>,
+    rotation: usize,
+    backoff: crate::Retrier,
+}
+
+impl Fetcher {
+    pub fn new(inner: Arc<Inner>, conn: ConnectionManager) -> Self {
+        Self {
+            inner,
+            conn,
+            recovery: Some(Recovery {
+                stream: 0,
+                cursor: "0".into(),
+            }),
+            last_reclaim: None,
+            rotation: 0,
+            backoff: crate::Backoff::RECONNECT.retrier(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let inner = self.inner.clone();
+        let inbox = &inner.inbox;
+        loop {
+            inbox.wait_for_demand().await;
+            let want = inbox.want();
+            if inbox.is_closed() {
+                break;
+            }
+            if want == 0 {
+                continue;
+            }
+            match self.round(want).await {
+                Ok(items) => {
+                    self.backoff.reset();
+                    self.inner.inbox.deliver(items);
+                }
+                Err(e) => {
+                    let delay = self.backoff.next_delay();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
+                    if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP")) {
+                        if let Err(e) = ensure_groups(&mut self.conn, &self.inner.cfg).await {
+                            warn!(error = %e, "re-creating the consumer group failed");
+                        }
+                    }
+                    self.inner.inbox.fail(e);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.inner.inbox.wait_closed() => break,
+                    }
+                }
+            }
+        }
+        debug!("fetcher stopped");
+    }
+
+    async fn round(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
+        if self.recovery.is_some() {
+            return self.recover(want).await;
+        }
+        let interval = self.inner.cfg.reclaim_interval;
+        let since = self.last_reclaim.map(|t| t.elapsed());
+        match since {
+            Some(since) if since < interval => {
+                let block = self.inner.cfg.block.min(interval - since);
+                self.read_new(want, block).await
+            }
+            _ => {
+                self.last_reclaim = Some(Instant::now());
+                self.reclaim(want).await
+            }
+        }
+    }
+
+    /// Re-reads this consumer's own pending entries, one page of one stream per round.
+    async fn recover(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
+        let cfg = &self.inner.cfg;
+        let Some(rec) = self.recovery.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let stream = cfg.streams[rec.stream].clone();
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&cfg.group)
+            .arg(&cfg.consumer)
+            .arg("COUNT")
+            .arg(want)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(&rec.cursor)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(map_err)?;
+        let entries: Vec<RawEntry> = reply::read(&v)?.into_iter().flat_map(|(_, e)| e).collect();
+        let Some(last) = entries.last() else {
+            rec.stream += 1;
+            rec.cursor = "0".into();
+            if rec.stream == cfg.streams.len() {
+                self.recovery = None;
+                debug!(consumer = %cfg.consumer, "own pending entries recovered");
+            }
+            return Ok(Vec::new());
+        };
+        rec.cursor = last.id.clone();
+        let counts = self.pending_counts(&stream, &entries).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (entry, count) in entries.into_iter().zip(counts) {
+            if let Some(item) = self.admit(&stream, entry, count).await? {
+                info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
+                out.push(item);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The delivery count of each entry (after this delivery).
+    async fn pending_counts(
+        &mut self,
+        stream: &str,
+        entries: &[RawEntry],
+    ) -> Result<Vec<u32>, SourceError> {
+        let mut pipe = redis::pipe();
+        for e in entries {
+            pipe.cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.inner.cfg.group)
+                .arg(&e.id)
+                .arg(&e.id)
+                .arg(1);
+        }
+        let lines: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(map_err)?;
+        lines
+            .iter()
+            .map(|l| Ok(reply::pending(l)?.first().map_or(1, |p| p.deliveries)))
+            .collect()
+    }
+
+    /// Takes over entries whose lease ran out, up to `want`.
+    async fn reclaim(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
+        let cfg = self.inner.cfg.clone();
+        let lease_ms = cfg.lease.as_millis() as u64;
+        let mut out = Vec::new();
+        for stream in &cfg.streams {
+            let mut start = "-".to_owned();
+            for _ in 0..PENDING_PAGES {
+                if out.len() >= want {
+                    return Ok(out);
+                }
+                let v: Value = redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(&cfg.group)
+                    .arg("IDLE")
+                    .arg(lease_ms)
+                    .arg(&start)
+                    .arg("+")
+                    .arg(PENDING_PAGE)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(map_err)?;
+                let lines = reply::pending(&v)?;
+                let Some(last) = lines.last() else { break };
+                start = format!("({}", last.id);
+                let full_page = lines.len() == PENDING_PAGE;
+                let candidates: Vec<_> = lines
+                    .into_iter()
+                    .filter(|p| {
+                        !self
+                            .inner
+                            .is_outstanding(&Receipt::new(stream.as_str(), p.id.as_str()))
+                    })
+                    .take(want - out.len())
+                    .collect();
+                if !candidates.is_empty() {
+                    let mut cmd = redis::cmd("XCLAIM");
+                    cmd.arg(stream)
+                        .arg(&cfg.group)
+                        .arg(&cfg.consumer)
+                        .arg(lease_ms);
+                    for p in &candidates {
+                        cmd.arg(&p.id);
+                    }
+                    let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
+                    for entry in reply::entries(&v)? {
+                        let Some(p) = candidates.iter().find(|p| p.id == entry.id) else {
+                            continue;
+                        };
+                        let attempt = p.deliveries.saturating_add(1);
+                        let from = p.consumer.clone();
+                        let idle_ms = p.idle_ms;
+                        if let Some(item) = self.admit(stream, entry, attempt).await? {
+                            info!(stream = %stream, entry_id = %item.receipt().id(), from = %from, idle_ms, attempt, "claimed an entry whose lease ran out");
+                            out.push(item);
+                        }
+                    }
+                }
+                if !full_page {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A blocking read of new entries, never asking for more than `want` in all.
+    async fn read_new(
+        &mut self,
+        want: usize,
+        block: Duration,
+    ) -> Result<Vec<Incoming>, SourceError> {
+        let cfg = &self.inner.cfg;
+        let n = cfg.streams.len();
+        // COUNT applies per stream: split `want` so the total can never exceed it.
+        let (count, streams): (usize, Vec<&String>) = if want >= n {
+            (want / n, cfg.streams.iter().collect())
+        } else {
+            self.rotation = (self.rotation + want) % n;
+            let picked = (0..want)
+                .map(|i| &cfg.streams[(self.rotation + i) % n])
+                .collect();
+            (1, picked)
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&cfg.group)
+            .arg(&cfg.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS");
+        for s in &streams {
+            cmd.arg(s.as_str());
+        }
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
+        let mut out = Vec::new();
+        for (stream, entries) in reply::read(&v)? {
+            for entry in entries {
+                if let Some(item) = self.admit(&stream, entry, 1).await? {
+                    out.push(item);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns a claimed entry into what `next()` returns and marks it as running here; an entry
+    /// deleted from the stream while pending is acked away.
+    async fn admit(
+        &mut self,
+        stream: &str,
+        entry: RawEntry,
+        attempt: u32,
+    ) -> Result<Option<Incoming>, SourceError> {
+        let Some(fields) = entry.fields else {
+            warn!(stream = %stream, entry_id = %entry.id, "pending entry was deleted from the stream; dropping it");
+            let _: Value = redis::cmd("XACK")
+                .arg(stream)
+                .arg(&self.inner.cfg.group)
+                .arg(&entry.id)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(map_err)?;
+            return Ok(None);
+        };
+        let item = to_incoming(
+            stream,
+            &entry.id,
+            &fields,
+            attempt,
+            self.inner.cfg.max_payload_bytes,
+        );
+        match &item {
+            Incoming::Job(d) => {
+                debug!(stream = %stream, entry_id = %entry.id, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
+            }
+            Incoming::Malformed(m) => {
+                warn!(stream = %stream, entry_id = %entry.id, reason = %m.reason, "malformed job entry");
+            }
+        }
+        self.inner.track(item.receipt().clone());
+        Ok(Some(item))
+    }
+}

@@ -1,0 +1,327 @@
+//! The Redis Streams transport (SPEC §3, §9.1): a consumer group on one or more job streams.
+//! It owns claiming, settling and leasing stream entries, dead-lettering, cancellation flags and
+//! job events on Redis; it must never run jobs, journal anything or choose a settlement.
+//!
+//! How the delivery states map onto Redis:
+//! - **Claiming** is done by one background fetcher (`fetch`) that reads only as many entries as
+//!   `next()` callers wait for, into a buffer `next()` drains (`inbox`): `next()` is cancel-safe
+//!   and never claims more than its `max`. At start the fetcher first re-reads this consumer's own
+//!   pending entries (`XREADGROUP … 0`; the consumer name is stable across restarts).
+//! - **Attempts** are Redis's delivery counts: 1 for a new entry, +1 for every re-read or claim.
+//! - **Leases** are the entries' idle times. `extend_lease` claims the entry to itself again
+//!   (`XCLAIM … IDLE 0 JUSTID`, after checking ownership, in one script); a worker with free
+//!   slots takes entries idle longer than `lease` from anyone (`XPENDING … IDLE` + `XCLAIM`, every
+//!   `reclaim_interval`), except the entries it is itself running. (`XAUTOCLAIM` cannot skip those,
+//!   so a worker that missed one renewal would get its own running job a second time.)
+//! - **Ack** is `XACK`; **dead-letter** is `XADD dlq:v1:…` + `XACK` in one script.
+//! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
+//!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the
+//!   claim counts the attempt. Longer delays are parked and refreshed (`park`).
+//! - **Release** sets the idle time to `lease` (claimable at once) and the delivery count to one
+//!   less (`RETRYCOUNT`), so the next claim, by whoever makes it, counts no new attempt.
+//! - Every settlement first checks, atomically, that this consumer still owns the entry: a worker
+//!   whose lease was taken gets [`SourceError::LeaseLost`] and changes nothing. Settling an entry
+//!   that is no longer pending succeeds (settlements are idempotent).
+//!
+//! A restart delivers pending retries at once (the schedule is in the idle times, which a
+//! re-read resets). When Redis goes away, operations fail with retryable errors, the connections
+//! reconnect by themselves and the fetcher backs off (100 ms doubling to 5 s, with jitter).
+
+mod config;
+mod conn;
+mod dlq;
+mod entry;
+mod fetch;
+mod inbox;
+mod park;
+mod publish;
+mod reply;
+mod scripts;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
+pub use entry::{parse_job, Rejected};
+
+use crate::delivery::{Incoming, Receipt};
+use crate::events::WireEvent;
+use crate::job::JobId;
+use crate::settlement::Settlement;
+use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
+use inbox::Inbox;
+use park::Parked;
+use scripts::{ClaimMode, Owned, Scripts, Target};
+
+/// State shared by the source and its background tasks.
+pub(crate) struct Inner {
+    cfg: RedisConfig,
+    ctl: ConnectionManager,
+    scripts: Scripts,
+    inbox: Inbox,
+    /// Entries claimed by this process and not settled yet.
+    outstanding: Mutex<HashSet<Receipt>>,
+    parked: Mutex<Vec<Parked>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("cfg", &self.cfg)
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn target<'a>(&'a self, r: &'a Receipt) -> Target<'a> {
+        Target {
+            stream: r.queue(),
+            group: &self.cfg.group,
+            consumer: &self.cfg.consumer,
+            id: r.id(),
+        }
+    }
+
+    fn track(&self, r: Receipt) {
+        lock(&self.outstanding).insert(r);
+    }
+
+    fn forget(&self, r: &Receipt) {
+        lock(&self.outstanding).remove(r);
+    }
+
+    fn is_outstanding(&self, r: &Receipt) -> bool {
+        lock(&self.outstanding).contains(r)
+    }
+
+    fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
+        lock(&self.parked)
+    }
+}
+
+/// A [`JobSource`] on Redis Streams. Create it with [`RedisSource::connect`].
+#[derive(Debug)]
+pub struct RedisSource {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisSource {
+    /// Checks the configuration, connects, creates the consumer groups and starts fetching.
+    pub async fn connect(cfg: RedisConfig) -> Result<Self, SourceError> {
+        cfg.validate()?;
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| SourceError::Config(format!("redis url: {e}")))?;
+        let mut ctl = conn::manager(&client, &cfg, cfg.command_timeout).await?;
+        let reader = conn::manager(&client, &cfg, cfg.block + cfg.command_timeout).await?;
+        conn::ensure_groups(&mut ctl, &cfg).await?;
+        info!(streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer, lease_ms = cfg.lease.as_millis() as u64, "redis job source connected");
+        let inner = Arc::new(Inner {
+            cfg,
+            ctl,
+            scripts: Scripts::new(),
+            inbox: Inbox::default(),
+            outstanding: Mutex::default(),
+            parked: Mutex::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
+            tokio::spawn(park::run(inner.clone())),
+        ];
+        Ok(Self {
+            inner,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.cfg
+    }
+
+    fn check_receipt(&self, r: &Receipt) -> Result<(), SourceError> {
+        if self.inner.cfg.streams.iter().any(|s| s == r.queue()) {
+            Ok(())
+        } else {
+            Err(SourceError::Config(format!(
+                "receipt {r} is not from a stream of this source"
+            )))
+        }
+    }
+}
+
+impl Drop for RedisSource {
+    fn drop(&mut self) {
+        self.inner.inbox.close();
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl JobSource for RedisSource {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            events: true,
+            lease: Some(self.inner.cfg.lease),
+            dead_letter: true,
+            cancellation: true,
+            batch: true,
+        }
+    }
+
+    async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {
+        self.inner.inbox.next(max, self.inner.cfg.block).await
+    }
+
+    async fn settle(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Result<(), SourceError> {
+        self.check_receipt(receipt)?;
+        let inner = &self.inner;
+        let mut conn = inner.ctl.clone();
+        let t = inner.target(receipt);
+        let lease = inner.cfg.lease;
+        let outcome = match settlement {
+            Settlement::Ack => inner.scripts.ack(&mut conn, t).await?,
+            Settlement::Retry { delay } => match park::idle_for(lease, *delay) {
+                Some(idle) => {
+                    inner
+                        .scripts
+                        .claim(&mut conn, t, idle, ClaimMode::Keep)
+                        .await?
+                }
+                None => {
+                    let owned = inner
+                        .scripts
+                        .claim(&mut conn, t, 0, ClaimMode::Keep)
+                        .await?;
+                    if owned == Owned::Applied {
+                        let now = Instant::now();
+                        inner.parked().push(Parked {
+                            receipt: receipt.clone(),
+                            due: now + *delay,
+                            refreshed: now,
+                        });
+                    }
+                    owned
+                }
+            },
+            Settlement::DeadLetter { reason } => {
+                let fields = dlq::fields(
+                    receipt,
+                    reason,
+                    ctx,
+                    &inner.cfg.worker_id,
+                    SystemTime::now(),
+                );
+                let dlq = RedisConfig::dlq_stream(receipt.queue());
+                inner
+                    .scripts
+                    .dead_letter(&mut conn, t, &dlq, &fields)
+                    .await?
+            }
+            Settlement::Release => {
+                inner
+                    .scripts
+                    .claim(&mut conn, t, lease.as_millis() as u64, ClaimMode::Release)
+                    .await?
+            }
+        };
+        inner.forget(receipt);
+        match outcome {
+            Owned::Applied => {
+                debug!(receipt = %receipt, settlement = settlement.name(), "settled");
+                Ok(())
+            }
+            Owned::Gone => {
+                debug!(receipt = %receipt, settlement = settlement.name(), "entry was already settled");
+                Ok(())
+            }
+            Owned::Stolen => {
+                warn!(receipt = %receipt, settlement = settlement.name(), "not settled: another worker owns the entry");
+                Err(SourceError::LeaseLost(receipt.clone()))
+            }
+        }
+    }
+
+    async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
+        self.check_receipt(receipt)?;
+        let mut conn = self.inner.ctl.clone();
+        let t = self.inner.target(receipt);
+        match self
+            .inner
+            .scripts
+            .claim(&mut conn, t, 0, ClaimMode::Keep)
+            .await?
+        {
+            Owned::Applied => Ok(Lease::Held),
+            Owned::Gone | Owned::Stolen => {
+                warn!(receipt = %receipt, "lease lost");
+                self.inner.forget(receipt);
+                Ok(Lease::Lost)
+            }
+        }
+    }
+
+    async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
+        let mut conn = self.inner.ctl.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(RedisConfig::cancel_key(job))
+            .query_async(&mut conn)
+            .await
+            .map_err(conn::map_err)?;
+        Ok(n > 0)
+    }
+
+    async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        let mut conn = self.inner.ctl.clone();
+        publish::publish(&mut conn, &self.inner.cfg, event).await
+    }
+
+    async fn health(&self) -> Health {
+        let mut conn = self.inner.ctl.clone();
+        let started = std::time::Instant::now();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.inner.cfg.command_timeout, ping).await {
+            Ok(Ok(_)) => Health::up(started.elapsed()),
+            Ok(Err(e)) => Health::down(conn::map_err(e).to_string()),
+            Err(_) => Health::down("PING timed out"),
+        }
+    }
+
+    async fn close(&self) -> Vec<Incoming> {
+        self.inner.inbox.close();
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        let patience =
+            self.inner.cfg.block + self.inner.cfg.command_timeout + Duration::from_secs(1);
+        for mut t in tasks {
+            if tokio::time::timeout(patience, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        let left = self.inner.inbox.take_buffered();
+        info!(unclaimed = left.len(), "redis job source closed");
+        left
+    }
+}

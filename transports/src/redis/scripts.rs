@@ -1,0 +1,183 @@
+//! The Lua scripts that make ownership-checked changes to a pending entry atomic: each first
+//! checks with `XPENDING` that this consumer still owns the entry, then claims it to itself
+//! (lease extension, retry, release), acks it, or moves it to the dead-letter stream and acks it.
+//! This module owns the scripts and their return codes; it must never decide which to run.
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::conn::map_err;
+use super::reply;
+use crate::source::SourceError;
+
+/// The outcome of an ownership-checked script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owned {
+    /// Done.
+    Applied,
+    /// The entry is not pending any more (settled already, or deleted).
+    Gone,
+    /// Another consumer owns the entry.
+    Stolen,
+}
+
+fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
+    Ok(match reply::status(v)? {
+        1 => Owned::Applied,
+        -1 => Owned::Stolen,
+        _ => Owned::Gone,
+    })
+}
+
+const OWNER_CHECK: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+";
+
+/// KEYS: stream. ARGV: group, consumer, id, idle_ms, mode (`keep` | `release`).
+/// Claims the entry to its owner with the given idle time, without counting a delivery; in
+/// `release` mode also takes one off the delivery count, since the next claim adds it back.
+const CLAIM: &str = r"
+local r
+if ARGV[5] == 'release' then
+  local c = tonumber(p[1][4]) - 1
+  if c < 0 then c = 0 end
+  r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'RETRYCOUNT', c, 'JUSTID')
+else
+  r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+end
+if #r == 0 then return 0 end
+return 1
+";
+
+/// KEYS: stream. ARGV: group, consumer, id.
+const ACK: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+";
+
+/// KEYS: stream, dead-letter stream. ARGV: group, consumer, id, then field/value pairs. The
+/// original entry's `jobId`, `type`, `payload`, `enqueuedAt` and `rayId` replace the given ones
+/// when the entry still exists, so the dead letter keeps the producer's exact text.
+const DEAD_LETTER: &str = r"
+local fields = {}
+local index = {}
+for i = 4, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  index[ARGV[i]] = #fields
+end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if #e > 0 then
+  local orig = e[1][2]
+  for j = 1, #orig, 2 do
+    local k = orig[j]
+    if k == 'jobId' or k == 'type' or k == 'payload' or k == 'enqueuedAt' or k == 'rayId' then
+      if index[k] then
+        fields[index[k]] = orig[j + 1]
+      else
+        fields[#fields + 1] = k
+        fields[#fields + 1] = orig[j + 1]
+        index[k] = #fields
+      end
+    end
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+";
+
+/// How `claim` treats the delivery count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimMode {
+    Keep,
+    Release,
+}
+
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    claim: Script,
+    ack: Script,
+    dead_letter: Script,
+}
+
+/// Who is asking about which entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub consumer: &'a str,
+    pub id: &'a str,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let with_check = |body: &str| Script::new(&format!("{OWNER_CHECK}{body}"));
+        Self {
+            claim: with_check(CLAIM),
+            ack: with_check(ACK),
+            dead_letter: with_check(DEAD_LETTER),
+        }
+    }
+
+    /// Claims the entry to its owner, setting its idle time to `idle_ms`.
+    pub async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        t: Target<'_>,
+        idle_ms: u64,
+        mode: ClaimMode,
+    ) -> Result<Owned, SourceError> {
+        let mode = match mode {
+            ClaimMode::Keep => "keep",
+            ClaimMode::Release => "release",
+        };
+        let v: redis::Value = self
+            .claim
+            .key(t.stream)
+            .arg(t.group)
+            .arg(t.consumer)
+            .arg(t.id)
+            .arg(idle_ms)
+            .arg(mode)
+            .invoke_async(conn)
+            .await
+            .map_err(map_err)?;
+        owned(&v)
+    }
+
+    pub async fn ack(
+        &self,
+        conn: &mut ConnectionManager,
+        t: Target<'_>,
+    ) -> Result<Owned, SourceError> {
+        let v: redis::Value = self
+            .ack
+            .key(t.stream)
+            .arg(t.group)
+            .arg(t.consumer)
+            .arg(t.id)
+            .invoke_async(conn)
+            .await
+            .map_err(map_err)?;
+        owned(&v)
+    }
+
+    pub async fn dead_letter(
+        &self,
+        conn: &mut ConnectionManager,
+        t: Target<'_>,
+        dlq: &str,
+        fields: &[(String, String)],
+    ) -> Result<Owned, SourceError> {
+        let mut inv = self.dead_letter.key(t.stream);
+        inv.key(dlq).arg(t.group).arg(t.consumer).arg(t.id);
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        let v: redis::Value = inv.invoke_async(conn).await.map_err(map_err)?;
+        owned(&v)
+    }
+}

@@ -1,0 +1,173 @@
+//! The `JobSource` trait: the one interface the runtime uses to receive, settle, lease, cancel
+//! and report jobs, whatever the transport (SPEC §3), and the small types that travel with it.
+//! This module owns the contract only; it must never contain transport code or runtime policy
+//! (how many attempts, which backoff): those belong to the implementations and the runner.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::delivery::{Incoming, Receipt};
+use crate::events::WireEvent;
+use crate::job::{Job, JobId};
+use crate::settlement::Settlement;
+
+/// What a transport needs besides the receipt to settle a delivery; the dead-letter entry is built
+/// from it.
+#[derive(Debug, Clone, Default)]
+pub struct SettleContext<'a> {
+    /// The job, when the delivery parsed into one.
+    pub job: Option<&'a Job>,
+    /// Attempts made so far (the higher of the broker's count and the journal's).
+    pub attempts: u32,
+    /// The error of each failed attempt, oldest first.
+    pub errors: Vec<String>,
+    /// The worker settling the delivery.
+    pub worker_id: String,
+}
+
+/// The outcome of a lease extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This worker still holds the delivery; its lease runs from now.
+    Held,
+    /// Another worker owns the delivery now, or it is gone: cancel the handler, do not ack.
+    Lost,
+}
+
+/// The result of a health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    /// The round trip of the probe, when it succeeded.
+    pub latency: Option<Duration>,
+    /// What went wrong, when it did not.
+    pub detail: Option<String>,
+}
+
+impl Health {
+    pub fn up(latency: Duration) -> Self {
+        Self {
+            healthy: true,
+            latency: Some(latency),
+            detail: None,
+        }
+    }
+
+    pub fn down(detail: impl Into<String>) -> Self {
+        Self {
+            healthy: false,
+            latency: None,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// What a transport can do, so the `auto` selector and the runtime can adapt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Job events reach producers (`publish` is not a no-op).
+    pub events: bool,
+    /// Deliveries carry leases that must be extended; `Some(lease)` says how long one lasts
+    /// (extend at a fraction of it).
+    pub lease: Option<Duration>,
+    /// Dead-lettering keeps the entry in a dead-letter queue.
+    pub dead_letter: bool,
+    /// `is_cancelled` can report producer cancellations.
+    pub cancellation: bool,
+    /// `next` can return more than one delivery per call.
+    pub batch: bool,
+}
+
+/// Why a source operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The broker cannot be reached or did not answer in time; the source reconnects.
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+    /// The broker is reachable but is temporarily refusing work (loading, failing over, ...).
+    #[error("broker busy: {0}")]
+    Busy(String),
+    /// The configuration cannot work.
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+    /// Another consumer owns the delivery now: its settlement was not applied.
+    #[error("the lease on {0} is held by another worker")]
+    LeaseLost(Receipt),
+    /// The broker rejected a command or answered something unexpected.
+    #[error("broker error: {0}")]
+    Broker(String),
+    /// The source was closed.
+    #[error("the job source is closed")]
+    Closed,
+}
+
+impl SourceError {
+    /// Whether doing the same thing again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SourceError::Unavailable(_) | SourceError::Busy(_))
+    }
+}
+
+/// A queue of jobs and the channel their events go to. Implementations are shared by the runtime
+/// as `Arc<dyn JobSource>`.
+#[async_trait]
+pub trait JobSource: Send + Sync + std::fmt::Debug {
+    /// The transport's name (`redis`, `nats`, ...).
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Waits a bounded time (about a second or two) for up to `max` deliveries; returns an empty
+    /// vector when none came. Never claims more than `max` from the broker (pass the free slots).
+    ///
+    /// Cancel-safe: dropping the future loses nothing; deliveries claimed meanwhile are returned
+    /// by a later call.
+    async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError>;
+
+    /// Applies a settlement. Idempotent: settling a delivery that is already settled succeeds.
+    /// Fails with [`SourceError::LeaseLost`] when another worker owns the delivery now.
+    async fn settle(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Result<(), SourceError>;
+
+    /// Restarts the lease of a delivery this worker is running.
+    async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError>;
+
+    /// Whether the producer asked to cancel the job.
+    async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError>;
+
+    /// Sends a job event (SPEC §9.2) to whoever listens, and records the status it implies.
+    async fn publish(&self, event: &WireEvent) -> Result<(), SourceError>;
+
+    async fn health(&self) -> Health;
+
+    /// Stops fetching and returns what was claimed but never handed out by `next`, so the caller
+    /// can release it. Later `next` calls fail with [`SourceError::Closed`].
+    async fn close(&self) -> Vec<Incoming> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_errors_are_retryable() {
+        assert!(SourceError::Unavailable("down".into()).is_retryable());
+        assert!(SourceError::Busy("loading".into()).is_retryable());
+        assert!(!SourceError::Config("no streams".into()).is_retryable());
+        assert!(!SourceError::LeaseLost(Receipt::new("s", "1-0")).is_retryable());
+        assert!(!SourceError::Closed.is_retryable());
+    }
+
+    #[test]
+    fn the_trait_is_object_safe() {
+        fn takes(_: Option<std::sync::Arc<dyn JobSource>>) {}
+        takes(None);
+    }
+}

@@ -1,0 +1,187 @@
+//! The test harness: a real `redis-server` on a free loopback port, killed on drop, and helpers
+//! to write entries in the wire format of SPEC §9.1 and to look at the group's state.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use citadel_transports::{Incoming, JobSource, RedisConfig, RedisSource};
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+
+pub const STREAM: &str = "jobs:v1:gpu-general";
+pub const GROUP: &str = "workers";
+
+/// A throwaway redis-server.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+        };
+        s.launch().await;
+        s
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.try_conn().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not answer PING on port {}", self.port);
+    }
+
+    /// Kills the server (its data is lost: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn try_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        self.try_conn().await.expect("connect to the test redis")
+    }
+
+    /// Settings for tests: short block, lease and reclaim interval.
+    pub fn config(&self, consumer: &str) -> RedisConfig {
+        let mut c = RedisConfig::new(self.url(), consumer);
+        c.block = Duration::from_millis(200);
+        c.lease = Duration::from_secs(2);
+        c.reclaim_interval = Duration::from_millis(50);
+        c
+    }
+
+    pub async fn source(&self, consumer: &str) -> RedisSource {
+        RedisSource::connect(self.config(consumer))
+            .await
+            .expect("connect the source")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `XADD` of a job exactly as a producer of SPEC §9.1 writes it.
+pub async fn enqueue(c: &mut MultiplexedConnection, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(STREAM).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query_async(c).await.unwrap()
+}
+
+pub async fn enqueue_job(c: &mut MultiplexedConnection, id: &str, ty: &str) -> String {
+    enqueue(c, &[("jobId", id), ("type", ty), ("payload", r#"{"n":1}"#)]).await
+}
+
+/// Calls `next(max)` until something comes or `within` passes.
+pub async fn next_within(src: &RedisSource, max: usize, within: Duration) -> Vec<Incoming> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = src.next(max).await.expect("next");
+        if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+    }
+}
+
+/// The group's pending entries: (id, consumer, deliveries).
+pub async fn pending(c: &mut MultiplexedConnection) -> Vec<(String, String, u32)> {
+    pending_in(c, STREAM).await
+}
+
+/// The group's pending entries on `stream`: (id, consumer, deliveries).
+pub async fn pending_in(c: &mut MultiplexedConnection, stream: &str) -> Vec<(String, String, u32)> {
+    let v: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(c)
+        .await
+        .unwrap();
+    v.into_iter().map(|(id, who, _, n)| (id, who, n)).collect()
+}
+
+/// The entries of a stream as (id, fields).
+pub async fn range(
+    c: &mut MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, Vec<(String, String)>)> {
+    let v: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(c)
+        .await
+        .unwrap();
+    let Value::Array(entries) = v else {
+        panic!("XRANGE: {v:?}")
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let (id, fields): (String, Vec<(String, String)>) =
+                redis::FromRedisValue::from_redis_value(e).unwrap();
+            (id, fields)
+        })
+        .collect()
+}
+
+pub fn field<'a>(fields: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+pub fn job(i: &Incoming) -> &citadel_transports::Job {
+    match i {
+        Incoming::Job(d) => &d.job,
+        Incoming::Malformed(m) => panic!("expected a job, got {m:?}"),
+    }
+}

@@ -3,5 +3,8 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod handlers;
+pub mod node;
 pub mod paths;
+pub mod runner;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// What to keep. `None` means no limit of that kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionPolicy {
-    /// Remove settled jobs whose last event is older than this.
+    /// Remove settled jobs whose last event is at least this old (`0s`: every settled job).
     pub max_age: Option<Duration>,
     /// Then remove the oldest settled jobs until the journal's events take at most this many
     /// bytes (the encoded events; the store's files are about twice that).
@@ -47,7 +47,7 @@ pub fn select(jobs: &[Candidate], policy: &RetentionPolicy, now_ms: u64) -> Vec<
         .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
     let mut chosen = Vec::new();
     for c in settled {
-        let too_old = cutoff.is_some_and(|cut| c.last_at_ms < cut);
+        let too_old = cutoff.is_some_and(|cut| c.last_at_ms <= cut);
         let too_big = policy.max_bytes.is_some_and(|max| total > max);
         if !(too_old || too_big) {
             // Sorted oldest first: nothing after this one is older, and the size is within bounds.

@@ -162,3 +162,4 @@ fn restrict_files(dir: &Path) {
         }
     }
 }
+

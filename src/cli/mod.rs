@@ -4,6 +4,7 @@
 mod format;
 pub use format::table;
 mod journal;
+mod work;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run this node as a worker: take jobs from the transport, journal, run, settle.
+    Work(work::WorkArgs),
     /// Inspect the job journal: what every job went through, on this node.
     Journal(journal::JournalArgs),
     /// Measure this node (`citadel bench journal`: the cost of the durable journal).
@@ -60,6 +63,7 @@ pub fn run() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Work(args) => work::run(args, &data_dir).await,
             Command::Journal(args) => journal::run(args, &data_dir).await,
             Command::Bench(cmd) => crate::bench::run(cmd).await,
         }

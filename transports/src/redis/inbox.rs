@@ -79,7 +79,9 @@ impl Inbox {
                 if demand.is_none() {
                     st.demand += max;
                     demand = Some(Demand { inbox: self, max });
-                    self.wanted.notify_one();
+                    // Every waiter: other tasks wait on `wanted` for the close, and a single
+                    // permit taken by one of them would leave the fetcher asleep.
+                    self.wanted.notify_waiters();
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
@@ -229,5 +231,32 @@ mod tests {
             Err(SourceError::Closed)
         );
         assert_eq!(inbox.want(), 0);
+    }
+
+    #[tokio::test]
+    async fn demand_wakes_the_fetcher_even_when_others_wait_for_the_close() {
+        let inbox = Arc::new(Inbox::default());
+        let closer = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.wait_closed().await }
+        });
+        let fetcher = tokio::spawn({
+            let inbox = inbox.clone();
+            async move {
+                inbox.wait_for_demand().await;
+                inbox.deliver(vec![item(1)]);
+            }
+        });
+        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        let got = inbox.next(1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the fetcher slept through the demand"
+        );
+        fetcher.await.unwrap();
+        inbox.close();
+        closer.await.unwrap();
     }
 }

@@ -17,8 +17,11 @@
 //! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
 //!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the
 //!   claim counts the attempt. Longer delays are parked and refreshed (`park`).
-//! - **Release** sets the idle time to `lease` (claimable at once) and the delivery count to one
-//!   less (`RETRYCOUNT`), so the next claim, by whoever makes it, counts no new attempt.
+//! - **Release** sets the idle time to a year ([`RELEASED_IDLE`]: claimable at once by any worker,
+//!   whatever its lease) and the delivery count to one less (`RETRYCOUNT`), so the next claim, by
+//!   whoever makes it, counts no new attempt.
+//! - Retries rely on every worker of a group using the same lease (a worker with a longer lease
+//!   picks a retried entry up later than its delay).
 //! - Every settlement first checks, atomically, that this consumer still owns the entry: a worker
 //!   whose lease was taken gets [`SourceError::LeaseLost`] and changes nothing. Settling an entry
 //!   that is no longer pending succeeds (settlements are idempotent).
@@ -38,6 +41,8 @@ mod publish;
 mod reply;
 mod scripts;
 
+/// The idle time a released entry gets: longer than any lease, so every worker may take it now.
+pub const RELEASED_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -243,7 +248,12 @@ impl JobSource for RedisSource {
             Settlement::Release => {
                 inner
                     .scripts
-                    .claim(&mut conn, t, lease.as_millis() as u64, ClaimMode::Release)
+                    .claim(
+                        &mut conn,
+                        t,
+                        RELEASED_IDLE.as_millis() as u64,
+                        ClaimMode::Release,
+                    )
                     .await?
             }
         };

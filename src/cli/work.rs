@@ -1,0 +1,313 @@
+//! `citadel work`: runs this node as a worker. Builds the effective settings (defaults < config
+//! file < `CITADEL_*` environment < flags), opens the journal (refusing to start when another
+//! worker holds the same data directory), serves the journal to `citadel journal`, connects the
+//! transport (retrying with backoff while it is away), and runs the [`Runner`] until SIGTERM or
+//! SIGINT; a second signal exits at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use citadel_journal::{Durability, Journal, JournalError, JournalOptions};
+use citadel_transports::{Backoff, JobSource, RedisConfig, RedisSource};
+use clap::{Args, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use super::format;
+use crate::config::{self, FileConfig};
+use crate::handlers::{Registry, ShellPolicy};
+use crate::runner::{Runner, RunnerConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// Redis Streams consumer group (the production path).
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Every settlement waits for its journal entry to be on disk (the only safe choice).
+    Durable,
+    /// Benchmarks only: measure what durability costs. Loses recent journal entries on a crash.
+    Buffered,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// The transport to take jobs from.
+    #[arg(long, value_enum, env = "CITADEL_TRANSPORT", default_value = "redis")]
+    transport: TransportKind,
+    /// Config file (YAML; see the README). Default: DATA_DIR/citadel.yaml when it exists.
+    #[arg(long, env = "CITADEL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's name (default: the host name). Jobs with `target_node` set to another name
+    /// are skipped.
+    #[arg(long, env = "CITADEL_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Jobs run at once (default 1).
+    #[arg(long, short = 'c', env = "CITADEL_CONCURRENCY", value_name = "N")]
+    concurrency: Option<usize>,
+    /// How long running jobs get to finish after SIGTERM (default 30s).
+    #[arg(long, env = "CITADEL_DRAIN_TIMEOUT", value_name = "DURATION")]
+    drain_timeout: Option<String>,
+    /// The deadline of a job without `timeout_ms` in its payload (default 1h).
+    #[arg(long, env = "CITADEL_DEFAULT_TIMEOUT", value_name = "DURATION")]
+    default_timeout: Option<String>,
+    /// Attempts before a failing job goes to the dead-letter queue (default 3; the payload's
+    /// `maxAttempts` wins).
+    #[arg(long, env = "CITADEL_MAX_ATTEMPTS", value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Redis URL (default redis://127.0.0.1:6379).
+    #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// Job stream(s) to consume, repeatable or comma separated (default jobs:v1:gpu-general).
+    #[arg(
+        long = "stream",
+        env = "CITADEL_STREAMS",
+        value_delimiter = ',',
+        value_name = "STREAM"
+    )]
+    streams: Vec<String>,
+    /// Consumer group (default `workers`; the Go fleet uses `citadel-workers`: every worker of a
+    /// fleet must use the same group or it receives every job a second time).
+    #[arg(long, env = "CITADEL_GROUP", value_name = "GROUP")]
+    group: Option<String>,
+    /// A job whose lease is not renewed for this long goes to another worker (default 60s).
+    #[arg(long, env = "CITADEL_LEASE", value_name = "DURATION")]
+    lease: Option<String>,
+    /// Entries with a larger payload are dead-lettered as malformed (default 16MiB).
+    #[arg(long, env = "CITADEL_MAX_PAYLOAD", value_name = "SIZE")]
+    max_payload: Option<String>,
+    /// Enable `shell_command` jobs (remote code execution: off by default).
+    #[arg(long, env = "CITADEL_ENABLE_SHELL")]
+    enable_shell: bool,
+    /// Only these programs may run as `shell_command` (repeatable or comma separated).
+    #[arg(
+        long = "shell-allow",
+        env = "CITADEL_SHELL_ALLOW",
+        value_delimiter = ',',
+        value_name = "PROGRAM"
+    )]
+    shell_allow: Vec<String>,
+    /// Journal durability (`buffered` is for benchmarks only).
+    #[arg(
+        long,
+        value_enum,
+        env = "CITADEL_JOURNAL_DURABILITY",
+        default_value = "durable",
+        hide = true
+    )]
+    journal_durability: DurabilityArg,
+}
+
+/// Parses an optional duration from a flag or the file, naming the setting when it is wrong.
+fn duration(
+    name: &str,
+    flag: Option<&String>,
+    file: Option<&String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match flag.or(file) {
+        Some(v) => format::parse_duration(v).with_context(|| format!("setting `{name}`")),
+        None => Ok(default),
+    }
+}
+
+pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let (config_path, required) = config::config_path(args.config.as_deref(), data_dir);
+    let file = FileConfig::load(&config_path, required)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+
+    let node_name = args
+        .node_name
+        .clone()
+        .or(file.node.name.clone())
+        .unwrap_or_else(crate::node::host_name);
+    let instance = crate::node::instance_id(data_dir)?;
+    let consumer = crate::node::consumer_name(&node_name, &instance);
+
+    let journal_dir = crate::paths::journal_dir(data_dir);
+    let options = JournalOptions {
+        durability: match args.journal_durability {
+            DurabilityArg::Durable => Durability::Durable,
+            DurabilityArg::Buffered => Durability::Buffered,
+        },
+        recover: true,
+    };
+    let (journal, report) = match Journal::open(&journal_dir, options) {
+        Ok(opened) => opened,
+        Err(JournalError::Locked { .. }) => bail!(
+            "another citadel worker is already running on the data directory {} (its journal is locked); \
+             stop it first, or give this worker its own --data-dir",
+            data_dir.display()
+        ),
+        Err(e) => return Err(e).context("opening the journal"),
+    };
+    if !report.interrupted.is_empty() {
+        tracing::warn!(
+            count = report.interrupted.len(),
+            "jobs were running when the worker last stopped; marked interrupted"
+        );
+    }
+    if !report.damaged.is_empty() {
+        tracing::warn!(
+            count = report.damaged.len(),
+            "damaged journal entries were skipped (see `citadel journal stats`)"
+        );
+    }
+    let socket = citadel_journal::remote::serve(journal.clone())
+        .await
+        .context("serving the journal socket")?;
+
+    let w = &file.worker;
+    let mut runner_config = RunnerConfig::new(node_name.clone(), consumer.clone());
+    runner_config.concurrency = args.concurrency.or(w.concurrency).unwrap_or(1).max(1);
+    runner_config.drain_timeout = duration(
+        "drain_timeout",
+        args.drain_timeout.as_ref(),
+        w.drain_timeout.as_ref(),
+        runner_config.drain_timeout,
+    )?;
+    runner_config.default_timeout = duration(
+        "default_timeout",
+        args.default_timeout.as_ref(),
+        w.default_timeout.as_ref(),
+        runner_config.default_timeout,
+    )?;
+    runner_config.max_attempts = args
+        .max_attempts
+        .or(w.max_attempts)
+        .unwrap_or(runner_config.max_attempts)
+        .max(1);
+
+    let shell = &file.permissions.shell;
+    let shell_policy = ShellPolicy {
+        enabled: args.enable_shell || shell.enabled.unwrap_or(false),
+        allow: if args.shell_allow.is_empty() {
+            shell.allow.clone().unwrap_or_default()
+        } else {
+            args.shell_allow.clone()
+        },
+        passcode: match &shell.passcode_env {
+            Some(var) => Some(std::env::var(var).with_context(|| {
+                format!("permissions.shell.passcode_env names `{var}`, which is not set")
+            })?),
+            None => std::env::var("CITADEL_SHELL_PASSCODE")
+                .ok()
+                .filter(|p| !p.is_empty()),
+        },
+        workspace: data_dir.join("workspace"),
+        max_output: match &shell.max_output {
+            Some(s) => usize::try_from(format::parse_size(s)?)?,
+            None => ShellPolicy::default().max_output,
+        },
+    };
+    if shell_policy.enabled {
+        tracing::warn!(allowlist = ?shell_policy.allow, "shell_command is ENABLED: producers can run commands on this machine");
+    }
+    let registry = Registry::builtin(shell_policy);
+
+    let source: Arc<dyn JobSource> = match args.transport {
+        TransportKind::Redis => {
+            let r = file.transports.redis.unwrap_or_default();
+            let url = args
+                .redis_url
+                .clone()
+                .or(r.url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let mut cfg = RedisConfig::new(url, consumer.clone());
+            if !args.streams.is_empty() {
+                cfg.streams = args.streams.clone();
+            } else if let Some(s) = r.streams {
+                cfg.streams = s;
+            }
+            if let Some(g) = args.group.clone().or(r.group) {
+                cfg.group = g;
+            }
+            cfg.lease = duration("lease", args.lease.as_ref(), r.lease.as_ref(), cfg.lease)?;
+            if let Some(s) = args.max_payload.as_ref().or(r.max_payload.as_ref()) {
+                cfg.max_payload_bytes =
+                    usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
+            }
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, consumer {consumer}, redis {} streams {} group {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                redact(&cfg.url),
+                cfg.streams.join(","),
+                cfg.group,
+                runner_config.concurrency
+            );
+            Arc::new(connect_redis(cfg).await?)
+        }
+    };
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone(), journal.clone())?;
+    let runner = Runner::new(source, journal.clone(), registry, runner_config);
+    let result = runner.run(shutdown).await;
+    socket.abort();
+    journal.sync().await.context("flushing the journal")?;
+    result
+}
+
+/// Connects, retrying with backoff while Redis is away (a configuration error stops at once).
+async fn connect_redis(cfg: RedisConfig) -> anyhow::Result<RedisSource> {
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        match RedisSource::connect(cfg.clone()).await {
+            Ok(source) => return Ok(source),
+            Err(e) if e.is_retryable() => {
+                let delay = retrier.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach redis; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e).context("connecting to redis"),
+        }
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`: secrets never reach a log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// First SIGTERM/SIGINT: drain. Second: flush what the journal has and exit at once.
+fn spawn_signal_handler(shutdown: CancellationToken, journal: Journal) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("citadel: shutting down: finishing running jobs (send the signal again to exit at once)");
+        shutdown.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("citadel: second signal: exiting now; unfinished jobs will be delivered again");
+        let _ = journal.close();
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

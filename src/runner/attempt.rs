@@ -1,0 +1,505 @@
+//! One delivery, start to settlement. In order: journal the delivery; a job the journal shows as
+//! succeeded is acked again with its recorded result re-published and never run (SPEC §2.2); a
+//! job for another node is skipped; a job past its attempts is dead-lettered without running
+//! (SPEC §2.4); a cancelled job is not started; an unknown type is dead-lettered with the list of
+//! supported types. Otherwise the handler runs under a cancellation token that fires on the
+//! producer's cancellation (polled every second), the deadline, a lost lease or the drain
+//! timeout, while the lease is extended; its outcome is journaled and settled through the one
+//! settle path. This module must never settle before journaling.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use citadel_journal::{EventKind, NewEvent, Phase};
+use citadel_transports::{
+    Delivery, EventData, Lease, Malformed, SettleContext, Settlement, WireEvent,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::settle::Settle;
+use super::Shared;
+use crate::handlers::{ChunkSink, HandlerError, JobContext};
+
+/// Why a running handler was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Producer,
+    Deadline,
+    LeaseLost,
+    Drain,
+}
+
+/// A handler that ignores its cancellation gets this long before it is dropped.
+const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(10);
+/// Chunk checkpoints are journaled every this many chunks (and at the end).
+const CHECKPOINT_EVERY: u64 = 32;
+
+impl Shared {
+    pub(crate) async fn publish(&self, job: &citadel_transports::Job, data: EventData) {
+        let event = WireEvent::for_job(job, self.meta.clone(), data);
+        if let Err(e) = self.source.publish(&event).await {
+            tracing::warn!(job_id = %job.id, event = event.event_type(), error = %e, "could not publish a job event");
+        }
+    }
+
+    /// A delivery that is not a job: reported and dead-lettered; it never stalls the queue.
+    pub(crate) async fn malformed(&self, m: Malformed) {
+        tracing::warn!(receipt = %m.receipt, job_id = ?m.job_id, reason = %m.reason, "malformed delivery; dead-lettering it");
+        if let Some(id) = &m.job_id {
+            let event = WireEvent::new(
+                id.clone(),
+                self.meta.clone(),
+                EventData::Error {
+                    error: format!("malformed job: {}", m.reason),
+                    recoverable: false,
+                },
+            );
+            if let Err(e) = self.source.publish(&event).await {
+                tracing::warn!(job_id = %id, error = %e, "could not publish the error event");
+            }
+        }
+        self.counters
+            .dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ctx = SettleContext {
+            job: None,
+            attempts: m.attempt,
+            errors: vec![m.reason.clone()],
+            worker_id: self.config.worker_id.clone(),
+        };
+        let settlement = Settlement::DeadLetter {
+            reason: format!("malformed: {}", m.reason),
+        };
+        self.send_settlement(&m.receipt, &settlement, &ctx, m.job_id.as_ref())
+            .await;
+    }
+
+    pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
+        let Delivery { mut job, receipt } = d;
+        let delivery_id = receipt.id().to_string();
+        let state = self.journal.state(&job.id);
+        if state
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Running))
+        {
+            // The same job is running here right now (a duplicate entry): hand this copy back
+            // for later, when the journal will know how the run ended.
+            tracing::warn!(job_id = %job.id, receipt = %receipt, "duplicate delivery of a running job; retrying it later");
+            let ctx = SettleContext {
+                job: Some(&job),
+                attempts: job.attempt,
+                errors: vec![],
+                worker_id: self.config.worker_id.clone(),
+            };
+            let delay = self.config.lease;
+            self.send_settlement(&receipt, &Settlement::Retry { delay }, &ctx, Some(&job.id))
+                .await;
+            return;
+        }
+        if let Some(s) = &state {
+            job.attempt = s.next_attempt(job.attempt);
+        }
+        let s = Settle {
+            job: &job,
+            receipt: &receipt,
+            delivery_id: &delivery_id,
+        };
+        let received = self.journal.append_buffered(
+            NewEvent::new(
+                job.id.clone(),
+                self.source.name(),
+                EventKind::Received { job: job.clone() },
+            )
+            .delivery(&delivery_id),
+        );
+        if let Err(e) = received {
+            tracing::error!(job_id = %job.id, error = %e, "cannot journal the delivery; leaving it for redelivery");
+            return;
+        }
+
+        // Effectively-once: a job that already succeeded is acked with its recorded result.
+        if state.as_ref().is_some_and(|s| s.ever_succeeded()) {
+            let result = self
+                .journal
+                .recorded_result(&job.id)
+                .ok()
+                .flatten()
+                .unwrap_or(Value::Null);
+            tracing::info!(job_id = %job.id, "redelivered job already succeeded; acking it without running");
+            self.counters
+                .deduplicated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.publish(&job, EventData::End { result }).await;
+            self.settle(&s, EventKind::Acked, Settlement::Ack).await;
+            return;
+        }
+
+        if let Some(target) = job.payload_str("target_node").filter(|t| !t.is_empty()) {
+            if target != self.meta.node_id && target != self.meta.node_name {
+                let reason = format!("addressed to node `{target}`");
+                tracing::info!(job_id = %job.id, target = %target, "skipping a job for another node");
+                self.settle(&s, EventKind::Skipped { reason }, Settlement::Ack)
+                    .await;
+                return;
+            }
+        }
+
+        let max_attempts = job
+            .payload_str("maxAttempts")
+            .and_then(|m| m.parse::<u32>().ok())
+            .filter(|m| *m > 0)
+            .unwrap_or(self.config.max_attempts);
+        if job.attempt > max_attempts {
+            let error = format!(
+                "delivered {} times without finishing (max {max_attempts} attempts); the job may crash the worker",
+                job.attempt
+            );
+            self.give_up(&s, error, false, max_attempts).await;
+            return;
+        }
+
+        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
+            let reason = "cancelled by the producer before it started".to_string();
+            self.counters
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.publish(
+                &job,
+                EventData::Cancelled {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            self.settle(&s, EventKind::Cancelled { reason }, Settlement::Ack)
+                .await;
+            return;
+        }
+
+        let Some(handler) = self.registry.get(&job.job_type) else {
+            let error = format!(
+                "unknown job type `{}`; this node supports: {}",
+                job.job_type,
+                self.registry.names().join(", ")
+            );
+            self.give_up(&s, error, false, max_attempts).await;
+            return;
+        };
+
+        self.publish(
+            &job,
+            EventData::Claimed {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            },
+        )
+        .await;
+        // Durable before the handler runs: after a crash, recovery must know the job started.
+        let started = self
+            .journal
+            .append(
+                NewEvent::new(
+                    job.id.clone(),
+                    self.source.name(),
+                    EventKind::Started {
+                        attempt: job.attempt,
+                    },
+                )
+                .delivery(&delivery_id),
+            )
+            .await;
+        if let Err(e) = started {
+            tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
+            return;
+        }
+        self.publish(
+            &job,
+            EventData::Start {
+                message: format!("running {} (attempt {})", job.job_type, job.attempt),
+            },
+        )
+        .await;
+        tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
+
+        let timeout = self.config.timeout_for(&job);
+        let begun = Instant::now();
+        let (outcome, stop) = self
+            .run_handler(&job, &receipt, &delivery_id, handler, timeout, drain)
+            .await;
+        let elapsed_ms = begun.elapsed().as_millis() as u64;
+
+        match (outcome, stop) {
+            (_, Some(Stop::LeaseLost)) => {
+                // Another worker owns the delivery: record how this attempt ended, settle nothing.
+                let reason = "the lease was lost: another worker owns the job now".to_string();
+                self.append_quiet(&job, &delivery_id, EventKind::Interrupted { reason });
+            }
+            (Ok(result), _) => {
+                self.counters
+                    .succeeded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.append_quiet(
+                    &job,
+                    &delivery_id,
+                    EventKind::Succeeded {
+                        result: result.clone(),
+                    },
+                );
+                self.publish(&job, EventData::End { result }).await;
+                self.settle(&s, EventKind::Acked, Settlement::Ack).await;
+            }
+            (Err(_), Some(Stop::Drain)) => {
+                let reason =
+                    "the worker shut down before the job finished (drain timeout)".to_string();
+                self.append_quiet(&job, &delivery_id, EventKind::Interrupted { reason });
+                self.settle(&s, EventKind::Released, Settlement::Release)
+                    .await;
+            }
+            (Err(_), Some(Stop::Producer)) => {
+                let reason = "cancelled by the producer".to_string();
+                self.counters
+                    .cancelled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.publish(
+                    &job,
+                    EventData::Cancelled {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                self.settle_terminal(&s, EventKind::Cancelled { reason }, Settlement::Ack)
+                    .await;
+            }
+            (Err(_), Some(Stop::Deadline)) => {
+                let error = format!(
+                    "timed out after {}",
+                    humantime::format_duration(timeout.unwrap_or_default())
+                );
+                self.append_quiet(
+                    &job,
+                    &delivery_id,
+                    EventKind::TimedOut {
+                        after_ms: elapsed_ms,
+                    },
+                );
+                self.fail(&s, error, true, max_attempts).await;
+            }
+            (Err(e), None) => {
+                self.append_quiet(
+                    &job,
+                    &delivery_id,
+                    EventKind::Failed {
+                        error: e.message.clone(),
+                        retryable: e.retryable,
+                    },
+                );
+                self.fail(&s, e.message, e.retryable, max_attempts).await;
+            }
+        }
+    }
+
+    /// Runs the handler with its token, deadline, lease extension, cancellation polling and chunk
+    /// relay; returns its outcome and why it was stopped, if it was.
+    async fn run_handler(
+        &self,
+        job: &citadel_transports::Job,
+        receipt: &citadel_transports::Receipt,
+        delivery_id: &str,
+        handler: Arc<dyn crate::handlers::Handler>,
+        timeout: Option<Duration>,
+        drain: CancellationToken,
+    ) -> (Result<Value, HandlerError>, Option<Stop>) {
+        let cancel = CancellationToken::new();
+        let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
+        let stop_with = |why: Stop| {
+            let mut s = stop.lock().expect("poisoned");
+            if s.is_none() {
+                *s = Some(why);
+            }
+            cancel.cancel();
+        };
+        let (chunks, mut chunk_rx) = ChunkSink::channel(256);
+        let ctx = JobContext {
+            job: job.clone(),
+            cancel: cancel.clone(),
+            deadline: timeout.map(|t| Instant::now() + t),
+            chunks,
+        };
+        let lease_every = self
+            .source
+            .capabilities()
+            .lease
+            .map(|l| (l / 3).max(Duration::from_millis(50)));
+        let run = async {
+            let guarded = async {
+                tokio::select! {
+                    r = handler.run(&ctx) => r,
+                    () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
+                        Err(HandlerError::retryable("the handler did not stop after cancellation"))
+                    }
+                }
+            };
+            tokio::pin!(guarded);
+            let mut next_index: u64 = 0;
+            let mut cancel_poll = tokio::time::interval(self.config.cancel_poll);
+            let mut lease_tick =
+                tokio::time::interval(lease_every.unwrap_or(Duration::from_secs(3600)));
+            cancel_poll.tick().await;
+            lease_tick.tick().await;
+            let deadline = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(deadline);
+            let mut deadline_fired = false;
+            let result = loop {
+                tokio::select! {
+                    r = &mut guarded => break r,
+                    Some(content) = chunk_rx.recv() => {
+                        let index = next_index;
+                        next_index += 1;
+                        self.publish(job, EventData::Chunk { content, index }).await;
+                        if (index + 1) % CHECKPOINT_EVERY == 0 {
+                            self.append_quiet(job, delivery_id, EventKind::Chunk { index });
+                        }
+                    }
+                    () = &mut deadline, if !deadline_fired => { deadline_fired = true; stop_with(Stop::Deadline); }
+                    () = drain.cancelled(), if !cancel.is_cancelled() => stop_with(Stop::Drain),
+                    _ = cancel_poll.tick() => {
+                        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
+                            stop_with(Stop::Producer);
+                        }
+                    }
+                    _ = lease_tick.tick(), if lease_every.is_some() => {
+                        match self.source.extend_lease(receipt).await {
+                            Ok(Lease::Held) => {}
+                            Ok(Lease::Lost) => {
+                                tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
+                                stop_with(Stop::LeaseLost);
+                            }
+                            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not extend the lease; trying again"),
+                        }
+                    }
+                }
+            };
+            // Chunks sent just before the handler returned still go out, in order.
+            while let Ok(content) = chunk_rx.try_recv() {
+                let index = next_index;
+                next_index += 1;
+                self.publish(job, EventData::Chunk { content, index }).await;
+            }
+            if next_index > 0 && next_index % CHECKPOINT_EVERY != 0 {
+                self.append_quiet(
+                    job,
+                    delivery_id,
+                    EventKind::Chunk {
+                        index: next_index - 1,
+                    },
+                );
+            }
+            result
+        };
+        let result = run.await;
+        let why = *stop.lock().expect("poisoned");
+        (result, why)
+    }
+
+    /// A failed or timed-out attempt: retry after the backoff while attempts remain, else
+    /// dead-letter. The terminal event is already journaled.
+    async fn fail(&self, s: &Settle<'_>, error: String, retryable: bool, max_attempts: u32) {
+        let job = s.job;
+        if retryable && job.attempt < max_attempts {
+            let delay = self.config.retry.delay(job.attempt.saturating_sub(1));
+            tracing::info!(job_id = %job.id, attempt = job.attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
+            self.counters
+                .retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.publish(
+                job,
+                EventData::Error {
+                    error,
+                    recoverable: true,
+                },
+            )
+            .await;
+            self.settle(
+                s,
+                EventKind::Retried {
+                    delay_ms: delay.as_millis() as u64,
+                },
+                Settlement::Retry { delay },
+            )
+            .await;
+        } else {
+            let reason = if retryable {
+                format!("gave up after {} attempts: {error}", job.attempt)
+            } else {
+                format!("permanent failure: {error}")
+            };
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, reason = %reason, "dead-lettering");
+            self.counters
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .dead_lettered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.publish(
+                job,
+                EventData::Error {
+                    error,
+                    recoverable: false,
+                },
+            )
+            .await;
+            self.settle(
+                s,
+                EventKind::DeadLettered {
+                    reason: reason.clone(),
+                },
+                Settlement::DeadLetter { reason },
+            )
+            .await;
+        }
+    }
+
+    /// Refuses a delivery without running it: a failed event, then the dead-letter queue.
+    async fn give_up(&self, s: &Settle<'_>, error: String, retryable: bool, max_attempts: u32) {
+        self.append_quiet(
+            s.job,
+            s.delivery_id,
+            EventKind::Failed {
+                error: error.clone(),
+                retryable,
+            },
+        );
+        self.fail(s, error, false, max_attempts).await;
+    }
+
+    async fn settle_terminal(&self, s: &Settle<'_>, terminal: EventKind, settlement: Settlement) {
+        self.append_quiet(s.job, s.delivery_id, terminal);
+        let event = match &settlement {
+            Settlement::Ack => EventKind::Acked,
+            Settlement::Release => EventKind::Released,
+            Settlement::Retry { delay } => EventKind::Retried {
+                delay_ms: delay.as_millis() as u64,
+            },
+            Settlement::DeadLetter { reason } => EventKind::DeadLettered {
+                reason: reason.clone(),
+            },
+        };
+        self.settle(s, event, settlement).await;
+    }
+
+    /// Appends an event that gates no settlement by itself (it becomes durable with the
+    /// settlement that follows it, or within 500 ms).
+    fn append_quiet(&self, job: &citadel_transports::Job, delivery_id: &str, event: EventKind) {
+        let name = event.name();
+        if let Err(e) = self.journal.append_buffered(
+            NewEvent::new(job.id.clone(), self.source.name(), event).delivery(delivery_id),
+        ) {
+            tracing::error!(job_id = %job.id, event = name, error = %e, "journal append failed");
+        }
+    }
+}

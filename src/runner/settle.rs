@@ -1,0 +1,91 @@
+//! The one settle path (SPEC §2.1): the settlement's event is appended to the journal and made
+//! durable, and only then is the settlement sent to the transport. Transient transport errors are
+//! retried with the shared backoff for a bounded time; if the transport stays away, the journal
+//! already says what was decided, and a redelivery of the job is settled from it (a succeeded job
+//! is acked again without running).
+
+use std::time::Duration;
+
+use citadel_journal::{EventKind, NewEvent};
+use citadel_transports::{Backoff, Job, Receipt, SettleContext, Settlement, SourceError};
+
+use super::Shared;
+
+/// How long a settlement keeps being retried against a transport that is away.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What is being settled.
+#[derive(Debug)]
+pub(crate) struct Settle<'a> {
+    pub job: &'a Job,
+    pub receipt: &'a Receipt,
+    pub delivery_id: &'a str,
+}
+
+impl Shared {
+    /// Journals `event` durably, then applies `settlement` on the transport.
+    pub(crate) async fn settle(&self, s: &Settle<'_>, event: EventKind, settlement: Settlement) {
+        let appended = self
+            .journal
+            .append(
+                NewEvent::new(s.job.id.clone(), self.source.name(), event).delivery(s.delivery_id),
+            )
+            .await;
+        if let Err(e) = appended {
+            // Without the journal entry the settlement is not justified: leave the delivery
+            // pending; its lease runs out and it is delivered again.
+            tracing::error!(job_id = %s.job.id, error = %e, "journal append failed; the delivery is left for redelivery");
+            return;
+        }
+        let state = self.journal.state(&s.job.id);
+        let ctx = SettleContext {
+            job: Some(s.job),
+            attempts: state
+                .as_ref()
+                .map_or(s.job.attempt, |st| st.attempts.max(s.job.attempt)),
+            errors: state.map(|st| st.errors).unwrap_or_default(),
+            worker_id: self.config.worker_id.clone(),
+        };
+        self.send_settlement(s.receipt, &settlement, &ctx, Some(&s.job.id))
+            .await;
+    }
+
+    /// Sends a settlement to the transport, retrying transient failures for a bounded time.
+    /// Used directly only for deliveries the journal never saw (malformed entries, work handed
+    /// back at shutdown before it was received).
+    pub(crate) async fn send_settlement(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+        job_id: Option<&citadel_transports::JobId>,
+    ) {
+        let job = job_id.map(ToString::to_string).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let mut retrier = Backoff::RECONNECT.retrier();
+        loop {
+            match self.source.settle(receipt, settlement, ctx).await {
+                Ok(()) => {
+                    tracing::debug!(job_id = %job, receipt = %receipt, settlement = settlement.name(), "settled");
+                    return;
+                }
+                Err(SourceError::LeaseLost(_)) => {
+                    tracing::warn!(job_id = %job, receipt = %receipt, settlement = settlement.name(),
+                        "not settled: another worker owns the delivery now");
+                    return;
+                }
+                Err(e) if e.is_retryable() && started.elapsed() < SETTLE_PATIENCE => {
+                    let delay = retrier.next_delay();
+                    tracing::warn!(job_id = %job, receipt = %receipt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "settlement failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job, receipt = %receipt, settlement = settlement.name(), error = %e,
+                        "settlement failed; the journal holds the decision and a redelivery is settled from it");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -162,4 +162,3 @@ fn restrict_files(dir: &Path) {
         }
     }
 }
-

@@ -2,6 +2,7 @@
 //! rates from one run; nothing here asserts a timing.
 
 mod journal;
+mod redis;
 
 use clap::Subcommand;
 
@@ -10,10 +11,14 @@ pub enum BenchCommand {
     /// The durable journal: appends/s with 1 and many concurrent writers (group commit), the
     /// same with durability off for comparison, and replay speed.
     Journal(journal::JournalBench),
+    /// No-op jobs through Redis Streams: jobs/s at several concurrencies (journal durable and,
+    /// for comparison, buffered) and enqueue → handler-start latency at a fixed offered load.
+    Redis(redis::RedisBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Journal(args) => journal::run(args).await,
+        BenchCommand::Redis(args) => redis::run(args).await,
     }
 }

@@ -161,18 +161,7 @@ impl Shared {
         }
 
         if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
-            let reason = "cancelled by the producer before it started".to_string();
-            self.counters
-                .cancelled
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(
-                &job,
-                EventData::Cancelled {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            self.settle(&s, EventKind::Cancelled { reason }, Settlement::Ack)
+            self.cancelled(&s, "cancelled by the producer before it started")
                 .await;
             return;
         }
@@ -187,38 +176,32 @@ impl Shared {
             return;
         };
 
-        self.publish(
-            &job,
-            EventData::Claimed {
-                agent_version: env!("CARGO_PKG_VERSION").into(),
+        // `claimed`, the durable `started` and `start` go out together: the two events keep their
+        // order on the connection, and the handler waits only for the slowest of the three.
+        let claimed = EventData::Claimed {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let start = EventData::Start {
+            message: format!("running {} (attempt {})", job.job_type, job.attempt),
+        };
+        let started_event = NewEvent::new(
+            job.id.clone(),
+            self.source.name(),
+            EventKind::Started {
+                attempt: job.attempt,
             },
         )
-        .await;
+        .delivery(&delivery_id);
         // Durable before the handler runs: after a crash, recovery must know the job started.
-        let started = self
-            .journal
-            .append(
-                NewEvent::new(
-                    job.id.clone(),
-                    self.source.name(),
-                    EventKind::Started {
-                        attempt: job.attempt,
-                    },
-                )
-                .delivery(&delivery_id),
-            )
-            .await;
+        let ((), started, ()) = tokio::join!(
+            self.publish(&job, claimed),
+            self.journal.append(started_event),
+            self.publish(&job, start),
+        );
         if let Err(e) = started {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
         }
-        self.publish(
-            &job,
-            EventData::Start {
-                message: format!("running {} (attempt {})", job.job_type, job.attempt),
-            },
-        )
-        .await;
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 
         let timeout = self.config.timeout_for(&job);
@@ -256,19 +239,7 @@ impl Shared {
                     .await;
             }
             (Err(_), Some(Stop::Producer)) => {
-                let reason = "cancelled by the producer".to_string();
-                self.counters
-                    .cancelled
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.publish(
-                    &job,
-                    EventData::Cancelled {
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-                self.settle_terminal(&s, EventKind::Cancelled { reason }, Settlement::Ack)
-                    .await;
+                self.cancelled(&s, "cancelled by the producer").await;
             }
             (Err(_), Some(Stop::Deadline)) => {
                 let error = format!(
@@ -475,6 +446,24 @@ impl Shared {
             },
         );
         self.fail(s, error, false, max_attempts).await;
+    }
+
+    /// The producer cancelled the job: a `cancelled` event, the terminal event, then the ack.
+    async fn cancelled(&self, s: &Settle<'_>, reason: &str) {
+        self.counters
+            .cancelled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.publish(
+            s.job,
+            EventData::Cancelled {
+                reason: reason.to_string(),
+            },
+        )
+        .await;
+        let terminal = EventKind::Cancelled {
+            reason: reason.to_string(),
+        };
+        self.settle_terminal(s, terminal, Settlement::Ack).await;
     }
 
     async fn settle_terminal(&self, s: &Settle<'_>, terminal: EventKind, settlement: Settlement) {

@@ -242,6 +242,10 @@ async fn cancellation_before_start_and_while_running() {
     submit(&mut c, "early", "sleep", json!({"ms": 5000})).await;
     let early = wait_for(&mut c, "early", "cancelled", WAIT).await;
     assert_eq!(types(&early), ["cancelled"], "a cancelled job never starts");
+    assert_eq!(
+        w.journal_events("early"),
+        ["received", "cancelled", "acked"]
+    );
 
     submit(&mut c, "late", "sleep", json!({"ms": 60_000})).await;
     wait_for(&mut c, "late", "start", WAIT).await;

@@ -155,10 +155,9 @@ impl WireEvent {
     /// The status hash update this event implies: the status and, for failures, the error.
     pub fn status(&self) -> Option<(JobStatus, Option<&str>)> {
         match &self.data {
-            EventData::Claimed { .. } | EventData::Start { .. } => {
-                Some((JobStatus::Processing, None))
-            }
-            EventData::Chunk { .. } => None,
+            // `claimed` already said `processing`; `start` and chunks change nothing.
+            EventData::Claimed { .. } => Some((JobStatus::Processing, None)),
+            EventData::Start { .. } | EventData::Chunk { .. } => None,
             EventData::End { .. } => Some((JobStatus::Completed, None)),
             EventData::Error { error, .. } => Some((JobStatus::Failed, Some(error))),
             EventData::Cancelled { .. } => Some((JobStatus::Cancelled, None)),

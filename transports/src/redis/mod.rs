@@ -36,6 +36,7 @@ mod dlq;
 mod entry;
 mod fetch;
 mod inbox;
+mod local;
 mod park;
 mod publish;
 mod reply;
@@ -55,6 +56,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
 pub use entry::{parse_job, Rejected};
+pub use local::LocalRedis;
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;

@@ -9,7 +9,7 @@ use tracing::trace;
 
 use super::config::RedisConfig;
 use super::conn::map_err;
-use crate::events::{rfc3339, JobStatus, WireEvent};
+use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
 use crate::source::SourceError;
 
 pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline {
@@ -32,10 +32,19 @@ pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline 
         .arg("event")
         .arg(&json)
         .ignore();
-    p.cmd("PEXPIRE")
-        .arg(&events)
-        .arg(cfg.events_ttl.as_millis() as u64)
-        .ignore();
+    // The stream's time to live runs from the last refresh: at the claim, at the end, and every
+    // 100 chunks of a long stream (refreshing on every event costs a command per token).
+    let refresh = match &event.data {
+        EventData::Chunk { index, .. } => index % 100 == 0,
+        EventData::Start { .. } => false,
+        _ => true,
+    };
+    if refresh {
+        p.cmd("PEXPIRE")
+            .arg(&events)
+            .arg(cfg.events_ttl.as_millis() as u64)
+            .ignore();
+    }
     if let Some((status, error)) = event.status() {
         let key = RedisConfig::status_key(id);
         let hset = p
@@ -51,9 +60,13 @@ pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline 
             (JobStatus::Failed, Some(error)) => {
                 hset.arg("error").arg(error).ignore();
             }
-            _ => {
+            (JobStatus::Processing, _) => {
+                // A new attempt: the previous attempt's error no longer applies.
                 hset.ignore();
                 p.cmd("HDEL").arg(&key).arg("error").ignore();
+            }
+            _ => {
+                hset.ignore();
             }
         }
         p.cmd("PEXPIRE")

@@ -1,10 +1,9 @@
 //! The test harness: a real `redis-server` on a free loopback port, killed on drop, and helpers
 //! to write entries in the wire format of SPEC §9.1 and to look at the group's state.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use citadel_transports::redis::LocalRedis;
 use citadel_transports::{Incoming, JobSource, RedisConfig, RedisSource};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -12,66 +11,35 @@ use redis::Value;
 pub const STREAM: &str = "jobs:v1:gpu-general";
 pub const GROUP: &str = "workers";
 
-/// A throwaway redis-server.
+/// A throwaway redis-server (the library's [`LocalRedis`]) with test conveniences.
 pub struct Server {
-    child: Option<Child>,
+    redis: LocalRedis,
     pub port: u16,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
 }
 
 impl Server {
     pub async fn start() -> Self {
-        let mut s = Self {
-            child: None,
-            port: free_port(),
-        };
-        s.launch().await;
-        s
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let redis = LocalRedis::start()
+            .await
             .expect("redis-server must be installed (apt-get install -y redis-server)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if let Ok(mut c) = self.try_conn().await {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
-                if pong.is_ok() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        Self {
+            port: redis.port(),
+            redis,
         }
-        panic!("redis-server did not answer PING on port {}", self.port);
     }
 
     /// Kills the server (its data is lost: no persistence).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.redis.stop();
     }
 
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
-        self.stop();
-        self.launch().await;
+        self.redis.restart().await.expect("restart redis-server");
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.redis.url()
     }
 
     async fn try_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -97,12 +65,6 @@ impl Server {
         RedisSource::connect(self.config(consumer))
             .await
             .expect("connect the source")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

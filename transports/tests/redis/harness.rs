@@ -14,7 +14,6 @@ pub const GROUP: &str = "workers";
 /// A throwaway redis-server (the library's [`LocalRedis`]) with test conveniences.
 pub struct Server {
     redis: LocalRedis,
-    pub port: u16,
 }
 
 impl Server {
@@ -22,10 +21,7 @@ impl Server {
         let redis = LocalRedis::start()
             .await
             .expect("redis-server must be installed (apt-get install -y redis-server)");
-        Self {
-            port: redis.port(),
-            redis,
-        }
+        Self { redis }
     }
 
     /// Kills the server (its data is lost: no persistence).

@@ -1,27 +1,12 @@
-//! The on-disk encoding: keys and values of the store. A value is one format-version byte
-//! followed by the event in MessagePack (rmp-serde, named fields). Nothing here touches the
-//! store; decoding never panics on bad bytes.
+//! The encoding of one event: a format-version byte followed by the event in MessagePack
+//! (rmp-serde, named fields). Events are stored in blocks ([`crate::block`]). Nothing here touches
+//! the store; decoding never panics on bad bytes.
 
 use crate::event::JobEvent;
 
 /// The format version written in front of every event. Bump it on any change to [`JobEvent`]'s
 /// encoding and keep a decoder for the old one.
 pub const FORMAT_VERSION: u8 = 1;
-
-/// Key prefix of the events, ordered by sequence number.
-pub const EVENT_PREFIX: u8 = b'e';
-pub fn event_key(seq: u64) -> [u8; 9] {
-    let mut key = [EVENT_PREFIX; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-pub fn seq_of_event_key(key: &[u8]) -> Option<u64> {
-    match key {
-        [EVENT_PREFIX, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
-}
 
 /// Why stored bytes are not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,13 +79,6 @@ mod tests {
         let mut truncated = encode(&sample());
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), Err(DecodeError::Malformed(_))));
-    }
-
-    #[test]
-    fn keys_sort_by_sequence() {
-        assert!(event_key(1) < event_key(256));
-        assert_eq!(seq_of_event_key(&event_key(77)), Some(77));
-        assert_eq!(seq_of_event_key(b"m:other"), None);
     }
 
     proptest! {

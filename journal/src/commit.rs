@@ -1,18 +1,29 @@
-//! Group commit: one flusher thread makes the journal durable for every waiting append at once.
-//! An append registers the sequence number it needs on disk and waits; the flusher flushes
-//! everything written so far and wakes all the appends it covered. While a flush runs, new appends
-//! gather for the next one, so durability costs one fsync per batch, not per event.
+//! Group commit: appends hand their encoded events to an in-memory pending buffer; one flusher
+//! thread takes the whole buffer, writes it to the store as blocks ([`crate::block`]), flushes
+//! once and wakes every append it covered. While a flush runs, new appends gather for the next
+//! one, so durability costs one fsync per batch, not per event. The flusher also wakes every
+//! [`FLUSH_INTERVAL`] so that events nobody waits for are on disk within that bound.
 //!
-//! This module must never decide what is written: it only makes written things durable.
+//! Readers see events that are not stored yet through [`GroupCommit::find`] and
+//! [`GroupCommit::unstored_from`]. This module must never decide what is written (the journal
+//! has checked every event against the fold before it gets here); it only stores and flushes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::block;
 use crate::error::{JournalError, Result};
 use crate::store::Store;
+
+/// How long an event appended without a waiter may stay in memory before the flusher writes it.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One encoded event: its sequence number and bytes.
+pub(crate) type Entry = (u64, Vec<u8>);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Flushed {
@@ -28,58 +39,102 @@ struct Requests {
     stop: bool,
 }
 
+/// Events not in the store yet, in sequence order: those being written now, then the rest.
+#[derive(Debug, Default)]
+struct Buffer {
+    writing: Arc<Vec<Entry>>,
+    pending: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    buffer: Mutex<Buffer>,
+    /// Held while a batch goes from the buffer into the store, so batches land in order.
+    write_lock: Mutex<()>,
+    /// The highest sequence number handed to [`GroupCommit::push`].
+    buffered: AtomicU64,
+    /// The highest sequence number written to the store.
+    written: AtomicU64,
+    requests: (Mutex<Requests>, Condvar),
+    flushed: watch::Sender<Flushed>,
+    last_error: Mutex<String>,
+}
+
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
-    /// The highest sequence number written to the store (set by the writer, under its lock).
-    written: Arc<AtomicU64>,
-    requests: Arc<(Mutex<Requests>, Condvar)>,
-    flushed: watch::Sender<Flushed>,
-    last_error: Arc<Mutex<String>>,
+    shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl GroupCommit {
     pub(crate) fn start(store: Store, durable_through: u64) -> Self {
-        let written = Arc::new(AtomicU64::new(durable_through));
-        let requests = Arc::new((Mutex::new(Requests::default()), Condvar::new()));
         let (flushed, _) = watch::channel(Flushed {
             durable: durable_through,
             failed_through: 0,
         });
-        let last_error = Arc::new(Mutex::new(String::new()));
+        let shared = Arc::new(Shared {
+            store,
+            buffer: Mutex::new(Buffer::default()),
+            write_lock: Mutex::new(()),
+            buffered: AtomicU64::new(durable_through),
+            written: AtomicU64::new(durable_through),
+            requests: (Mutex::new(Requests::default()), Condvar::new()),
+            flushed,
+            last_error: Mutex::new(String::new()),
+        });
         let thread = {
-            let (written, requests, flushed, last_error) = (
-                written.clone(),
-                requests.clone(),
-                flushed.clone(),
-                last_error.clone(),
-            );
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal-flusher".into())
-                .spawn(move || flusher(&store, &written, &requests, &flushed, &last_error))
+                .spawn(move || flusher(&shared))
                 .expect("spawning the journal flusher thread")
         };
         Self {
-            written,
-            requests,
-            flushed,
-            last_error,
+            shared,
             flusher: Mutex::new(Some(thread)),
         }
     }
 
-    /// Records that everything up to `seq` is in the store (called in sequence order).
-    pub(crate) fn written(&self, seq: u64) {
-        self.written.store(seq, Ordering::SeqCst);
+    /// Queues one encoded event for the next block (called in sequence order, under the
+    /// journal's lock).
+    pub(crate) fn push(&self, seq: u64, bytes: Vec<u8>) {
+        lock(&self.shared.buffer).pending.push((seq, bytes));
+        self.shared.buffered.store(seq, Ordering::SeqCst);
     }
 
-    pub(crate) fn written_through(&self) -> u64 {
-        self.written.load(Ordering::SeqCst)
+    /// The highest sequence number pushed so far.
+    pub(crate) fn buffered_through(&self) -> u64 {
+        self.shared.buffered.load(Ordering::SeqCst)
+    }
+
+    /// The bytes of the events among `seqs` (ascending) that are not in the store yet, in the
+    /// same positions; `None` means "read it from the store".
+    pub(crate) fn find(&self, seqs: &[u64]) -> Vec<Option<Vec<u8>>> {
+        let buffer = lock(&self.shared.buffer);
+        let lookup = |seq: u64| {
+            [&buffer.writing[..], &buffer.pending[..]]
+                .into_iter()
+                .find_map(|part| {
+                    let i = part.binary_search_by_key(&seq, |e| e.0).ok()?;
+                    Some(part[i].1.clone())
+                })
+        };
+        seqs.iter().map(|&seq| lookup(seq)).collect()
+    }
+
+    /// The events from `from_seq` on that are not in the store yet, and the first sequence
+    /// number not in the store when they were taken (everything before it is stored).
+    pub(crate) fn unstored_from(&self, from_seq: u64) -> (u64, Vec<Entry>) {
+        let buffer = lock(&self.shared.buffer);
+        let all = buffer.writing.iter().chain(&buffer.pending);
+        let first = all.clone().next().map_or(u64::MAX, |e| e.0);
+        (first, all.filter(|e| e.0 >= from_seq).cloned().collect())
     }
 
     /// Waits until `seq` is durable, sharing the flush with every other waiter.
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut rx = self.flushed.subscribe();
+        let mut rx = self.shared.flushed.subscribe();
         if rx.borrow().durable >= seq {
             return Ok(());
         }
@@ -91,14 +146,13 @@ impl GroupCommit {
         if state.durable >= seq {
             Ok(())
         } else {
-            Err(JournalError::Flush(
-                self.last_error.lock().expect("poisoned").clone(),
-            ))
+            Err(JournalError::Flush(lock(&self.shared.last_error).clone()))
         }
     }
 
-    fn request(&self, seq: u64) {
-        let (lock, cv) = &*self.requests;
+    /// Asks the flusher to make everything through `seq` durable, without waiting for it.
+    pub(crate) fn request(&self, seq: u64) {
+        let (lock, cv) = &self.shared.requests;
         let mut req = lock.lock().expect("poisoned");
         if seq > req.wanted {
             req.wanted = seq;
@@ -106,54 +160,126 @@ impl GroupCommit {
         }
     }
 
-    /// Stops the flusher after a last flush of everything written.
+    /// Writes every pending event to the store now, without flushing.
+    pub(crate) fn write_out(&self) -> Result<()> {
+        self.shared.write_out()
+    }
+
+    /// Writes every pending event and flushes, on the caller's thread.
+    pub(crate) fn flush_now(&self) -> Result<()> {
+        self.shared.round()
+    }
+
+    /// Keeps every batch out of the store while the guard lives (tests of unstored reads).
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.shared.write_lock)
+    }
+
+    /// Stops the flusher after a last write and flush of everything pending.
     pub(crate) fn stop(&self) {
         {
-            let (lock, cv) = &*self.requests;
+            let (lock, cv) = &self.shared.requests;
             let mut req = lock.lock().expect("poisoned");
             req.stop = true;
             req.wanted = u64::MAX;
             cv.notify_one();
         }
-        if let Some(handle) = self.flusher.lock().expect("poisoned").take() {
+        if let Some(handle) = lock(&self.flusher).take() {
             let _ = handle.join();
         }
     }
 }
 
-fn flusher(
-    store: &Store,
-    written: &AtomicU64,
-    requests: &(Mutex<Requests>, Condvar),
-    flushed: &watch::Sender<Flushed>,
-    last_error: &Mutex<String>,
-) {
-    let (lock, cv) = requests;
+impl Shared {
+    fn write_out(&self) -> Result<()> {
+        let _writer = lock(&self.write_lock);
+        let batch = {
+            let mut buffer = lock(&self.buffer);
+            if buffer.pending.is_empty() {
+                return Ok(());
+            }
+            let batch = Arc::new(std::mem::take(&mut buffer.pending));
+            buffer.writing = batch.clone();
+            batch
+        };
+        let blocks = block::encode(batch.iter().map(|(seq, bytes)| (*seq, &bytes[..])));
+        let mut stored = 0;
+        let mut result = Ok(());
+        for b in blocks {
+            result = self
+                .store
+                .write(vec![Store::block_op(b.first_seq, Some(b.value))]);
+            if result.is_err() {
+                break;
+            }
+            stored += b.entries;
+        }
+        let mut buffer = lock(&self.buffer);
+        if stored > 0 {
+            self.written.store(batch[stored - 1].0, Ordering::SeqCst);
+        }
+        // What could not be stored goes back in front of the pending events, for the next round.
+        let mut unstored = batch[stored..].to_vec();
+        unstored.append(&mut buffer.pending);
+        buffer.pending = unstored;
+        buffer.writing = Arc::default();
+        result
+    }
+
+    /// Writes everything pending, flushes, and publishes what became durable (or failed).
+    fn round(&self) -> Result<()> {
+        let result = self.write_out().and_then(|()| {
+            let target = self.written.load(Ordering::SeqCst);
+            self.store.flush().map(|()| target)
+        });
+        match result {
+            Ok(target) => {
+                self.flushed
+                    .send_modify(|f| f.durable = f.durable.max(target));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write or flush failed");
+                *lock(&self.last_error) = e.to_string();
+                let target = self.buffered.load(Ordering::SeqCst);
+                self.flushed
+                    .send_modify(|f| f.failed_through = f.failed_through.max(target));
+                Err(e)
+            }
+        }
+    }
+}
+
+fn flusher(shared: &Shared) {
+    let (lock, cv) = &shared.requests;
     loop {
         let stop = {
             let mut req = lock.lock().expect("poisoned");
-            while req.wanted
-                <= flushed
-                    .borrow()
-                    .durable
-                    .max(flushed.borrow().failed_through)
-                && !req.stop
-            {
-                req = cv.wait(req).expect("poisoned");
+            loop {
+                let (durable, done) = {
+                    let f = shared.flushed.borrow();
+                    (f.durable, f.durable.max(f.failed_through))
+                };
+                if req.stop || req.wanted > done {
+                    break;
+                }
+                let (guard, timeout) = cv.wait_timeout(req, FLUSH_INTERVAL).expect("poisoned");
+                req = guard;
+                // The timer: store events nobody is waiting for, and retry after a failure.
+                if timeout.timed_out() && shared.buffered.load(Ordering::SeqCst) > durable {
+                    break;
+                }
             }
             req.stop
         };
-        let target = written.load(Ordering::SeqCst);
-        match store.flush() {
-            Ok(()) => flushed.send_modify(|f| f.durable = f.durable.max(target)),
-            Err(e) => {
-                tracing::error!(error = %e, "journal flush failed");
-                *last_error.lock().expect("poisoned") = e.to_string();
-                flushed.send_modify(|f| f.failed_through = f.failed_through.max(target));
-            }
-        }
+        let _ = shared.round();
         if stop {
             return;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("journal lock poisoned")
 }

@@ -2,12 +2,19 @@
 //! kept in memory so the runtime can ask "has this job already succeeded?" without I/O.
 //!
 //! Every append is checked against the fold first: an impossible event is refused and never
-//! written. [`Journal::append`] returns once the event is durable (group-committed);
-//! [`Journal::append_buffered`] returns once it is written, and it becomes durable with the next
-//! group flush (the next durable append, [`Journal::sync`], or sled's own flush within 500 ms).
-//! Use the buffered form only for events that gate no settlement (chunk checkpoints, `started`).
+//! written. An accepted event is encoded and queued for the group commit ([`crate::commit`]),
+//! which stores each batch as blocks of consecutive events. [`Journal::append`] returns once the
+//! event is durable; [`Journal::append_buffered`] returns once it is queued (readers already see
+//! it), and it becomes durable with the next group flush: the next durable append,
+//! [`Journal::sync`], closing the journal, or the flusher's timer, at most about 100 ms later.
+//! [`Journal::append_flushing`] is in between: it returns at once but starts a group flush, so
+//! the event is durable within one flush unless the process dies first. Use the buffered forms
+//! only for events that gate no settlement (`received`, `started`, chunk checkpoints, terminal
+//! events followed by a durable settlement).
+//!
+//! This module owns the public API and the lock that orders appends; it must never touch the
+//! store's layout (that is [`crate::block`], [`crate::read`] and [`crate::compact`]).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,11 +23,14 @@ use tokio::sync::watch;
 
 use crate::codec;
 use crate::commit::GroupCommit;
+use crate::compact::removal_ops;
 use crate::error::Result;
 use crate::event::{now_ms, EventKind, JobEvent, NewEvent};
+use crate::live::{Live, Tracked};
+use crate::read::{events_at, Events};
 use crate::retention::{self, CompactReport, RetentionPolicy};
 use crate::state::{JobState, Phase};
-use crate::store::{Op, Store};
+use crate::store::Store;
 
 /// Whether appends wait for the disk. `Buffered` exists to measure what durability costs; a
 /// worker must run `Durable`.
@@ -88,61 +98,6 @@ pub struct JournalInfo {
     pub damaged: u64,
 }
 
-/// One job in memory: its fold, the sequence numbers of its events (the job → events index,
-/// rebuilt by the scan on open) and their encoded size (for retention).
-#[derive(Debug)]
-struct Tracked {
-    state: JobState,
-    seqs: Vec<u64>,
-    bytes: u64,
-}
-
-#[derive(Debug)]
-struct Live {
-    next_seq: u64,
-    events: u64,
-    jobs: HashMap<JobId, Tracked>,
-    damaged: Vec<Damage>,
-}
-
-/// Stored events handed from the store walker to the fold per message while opening.
-const REPLAY_CHUNK: usize = 1024;
-
-impl Live {
-    /// Folds one stored event during open; bad bytes and refused events become [`Damage`].
-    fn replay_one(&mut self, seq: u64, bytes: &[u8]) {
-        let event = match codec::decode(bytes) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.damaged.push(Damage {
-                    seq,
-                    what: e.to_string(),
-                });
-                return;
-            }
-        };
-        let tracked = self
-            .jobs
-            .entry(event.job_id.clone())
-            .or_insert_with(|| Tracked {
-                state: JobState::new(event.job_id.clone()),
-                seqs: Vec::new(),
-                bytes: 0,
-            });
-        match tracked.state.apply(&event) {
-            Ok(()) => {
-                tracked.seqs.push(seq);
-                tracked.bytes += bytes.len() as u64;
-                self.events += 1;
-            }
-            Err(e) => self.damaged.push(Damage {
-                seq,
-                what: e.to_string(),
-            }),
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     store: Store,
@@ -169,39 +124,14 @@ impl Journal {
     /// `options.recover`, marks jobs that were running as interrupted.
     pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<(Self, OpenReport)> {
         let store = Store::open(dir.as_ref())?;
-        let mut live = Live {
-            next_seq: store.seq_high_water()? + 1,
-            events: 0,
-            jobs: HashMap::new(),
-            damaged: Vec::new(),
-        };
-        // Two cores' worth of replay: one thread walks the store, this one decodes and folds.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Vec<u8>)>>(16);
-        let walker_store = store.clone();
-        let walker = std::thread::spawn(move || -> Result<()> {
-            let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-            for raw in walker_store.events_from(0) {
-                let (seq, bytes) = raw?;
-                chunk.push((seq, bytes.to_vec()));
-                if chunk.len() == REPLAY_CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
-                    return Ok(());
-                }
-            }
-            let _ = tx.send(chunk);
-            Ok(())
-        });
-        for (seq, bytes) in rx.into_iter().flatten() {
-            live.replay_one(seq, &bytes);
-        }
-        walker.join().expect("the journal replay thread panicked")?;
-        live.jobs.retain(|_, t| t.state.phase.is_some());
-        for d in &live.damaged {
+        let live = Live::load(&store)?;
+        for d in live.damaged.iter().map(|f| &f.damage) {
             tracing::warn!(seq = d.seq, problem = %d.what, path = %store.path().display(), "damaged journal entry skipped");
         }
         let mut report = OpenReport {
             events: live.events,
             jobs: live.jobs.len(),
-            damaged: live.damaged.clone(),
+            damaged: live.damaged.iter().map(|f| f.damage.clone()).collect(),
             interrupted: Vec::new(),
         };
         let running: Vec<(JobId, String)> = live
@@ -231,7 +161,7 @@ impl Journal {
                 ))?;
                 report.interrupted.push(job_id);
             }
-            journal.inner.store.flush()?;
+            journal.inner.commit.flush_now()?;
         }
         Ok((journal, report))
     }
@@ -246,6 +176,18 @@ impl Journal {
         let stored = self.append_buffered(event)?;
         if self.inner.options.durability == Durability::Durable {
             self.inner.commit.wait_durable(stored.seq).await?;
+        }
+        Ok(stored)
+    }
+
+    /// Appends `event` and starts a group flush without waiting for it: durable within one flush
+    /// (about a millisecond on these disks), unless the process dies first. For events whose
+    /// loss in a crash costs only history, such as `started` (the broker still counts the
+    /// attempt), when the caller must not wait for the disk.
+    pub fn append_flushing(&self, event: NewEvent) -> Result<JobEvent> {
+        let stored = self.append_buffered(event)?;
+        if self.inner.options.durability == Durability::Durable {
+            self.inner.commit.request(stored.seq);
         }
         Ok(stored)
     }
@@ -270,30 +212,23 @@ impl Journal {
         next.apply(&stored)?;
         let value = codec::encode(&stored);
         let bytes = value.len() as u64;
-        inner
-            .store
-            .write(vec![(codec::event_key(stored.seq).to_vec(), Some(value))])?;
+        inner.commit.push(stored.seq, value);
         let tracked = live
             .jobs
             .entry(stored.job_id.clone())
-            .or_insert_with(|| Tracked {
-                state: JobState::new(stored.job_id.clone()),
-                seqs: Vec::new(),
-                bytes: 0,
-            });
+            .or_insert_with(|| Tracked::new(&stored.job_id));
         tracked.state = next;
         tracked.seqs.push(stored.seq);
         tracked.bytes += bytes;
         live.next_seq += 1;
         live.events += 1;
-        inner.commit.written(stored.seq);
         inner.appended.send_replace(stored.seq);
         Ok(stored)
     }
 
     /// Returns once every event appended so far is durable.
     pub async fn sync(&self) -> Result<()> {
-        let through = self.inner.commit.written_through();
+        let through = self.inner.commit.buffered_through();
         self.inner.commit.wait_durable(through).await
     }
 
@@ -318,15 +253,7 @@ impl Journal {
                 .map(|t| t.seqs.clone())
                 .unwrap_or_default()
         };
-        let mut out = Vec::new();
-        for seq in seqs {
-            if let Some(bytes) = self.inner.store.event(seq)? {
-                if let Ok(ev) = codec::decode(&bytes) {
-                    out.push(ev);
-                }
-            }
-        }
-        Ok(out)
+        events_at(&self.inner.store, &self.inner.commit, &seqs)
     }
 
     /// The result recorded by the job's `succeeded` event, for re-publishing on redelivery.
@@ -334,11 +261,9 @@ impl Journal {
         let Some(seq) = self.state(job).and_then(|s| s.succeeded_seq) else {
             return Ok(None);
         };
-        let Some(bytes) = self.inner.store.event(seq)? else {
-            return Ok(None);
-        };
-        match codec::decode(&bytes) {
-            Ok(JobEvent {
+        let events = events_at(&self.inner.store, &self.inner.commit, &[seq])?;
+        match events.into_iter().next() {
+            Some(JobEvent {
                 event: EventKind::Succeeded { result },
                 ..
             }) => Ok(Some(result)),
@@ -352,13 +277,7 @@ impl Journal {
         &self,
         from_seq: u64,
     ) -> impl Iterator<Item = Result<Result<JobEvent, Damage>>> + Send {
-        self.inner.store.events_from(from_seq).map(|raw| {
-            let (seq, bytes) = raw?;
-            Ok(codec::decode(&bytes).map_err(|e| Damage {
-                seq,
-                what: e.to_string(),
-            }))
-        })
+        Events::new(&self.inner.store, &self.inner.commit, from_seq)
     }
 
     /// The sequence number of the last event appended (0 when empty).
@@ -388,6 +307,8 @@ impl Journal {
     pub fn compact(&self, policy: &RetentionPolicy) -> Result<CompactReport> {
         let inner = &*self.inner;
         let mut live = inner.live.lock().expect("journal lock poisoned");
+        // Everything queued goes into the store first, so the blocks hold every event.
+        inner.commit.write_out()?;
         let candidates: Vec<retention::Candidate> = live
             .jobs
             .values()
@@ -403,20 +324,21 @@ impl Journal {
             jobs_before: live.jobs.len() as u64,
             ..CompactReport::default()
         };
-        let mut ops: Vec<Op> = vec![Store::seq_floor_op(live.next_seq - 1)];
-        for d in live.damaged.drain(..) {
-            ops.push((codec::event_key(d.seq).to_vec(), None));
-            report.damaged_removed += 1;
-        }
+        let mut remove: Vec<u64> = Vec::new();
         for job in &chosen {
-            for &seq in live.jobs.get(job).map_or(&[][..], |t| &t.seqs[..]) {
-                ops.push((codec::event_key(seq).to_vec(), None));
-                report.events_removed += 1;
-            }
-            if ops.len() > 10_000 {
-                inner.store.write(std::mem::take(&mut ops))?;
-            }
+            let seqs = live.jobs.get(job).map_or(&[][..], |t| &t.seqs[..]);
+            remove.extend_from_slice(seqs);
+            report.events_removed += seqs.len() as u64;
         }
+        remove.sort_unstable();
+        let damaged: Vec<(u64, u64)> = live
+            .damaged
+            .drain(..)
+            .map(|found| (found.block, found.damage.seq))
+            .collect();
+        report.damaged_removed = damaged.len() as u64;
+        let mut ops = vec![Store::seq_floor_op(live.next_seq - 1)];
+        ops.extend(removal_ops(&inner.store, &remove, &damaged)?);
         inner.store.write(ops)?;
         for job in &chosen {
             if let Some(t) = live.jobs.remove(job) {
@@ -433,7 +355,7 @@ impl Journal {
 
     /// Makes everything durable and releases the store (other handles keep it open).
     pub fn close(self) -> Result<()> {
-        self.inner.store.flush()
+        self.inner.commit.flush_now()
     }
 }
 
@@ -447,6 +369,7 @@ mod tests {
     use citadel_transports::Job;
 
     use super::*;
+    use crate::{block, commit};
 
     fn received(id: &str) -> NewEvent {
         let job_id = JobId::new(id).unwrap();
@@ -472,12 +395,12 @@ mod tests {
             // Damage: an event from a future format, and a truncated one, between intact events.
             let mut truncated = codec::encode(&j.events(0).next().unwrap().unwrap().unwrap());
             truncated.truncate(truncated.len() - 5);
+            let future = [99, 1, 2, 3];
+            let blocks = block::encode([(2, &future[..]), (3, &truncated[..])]);
+            let value = blocks[0].value.clone();
             j.inner
                 .store
-                .write(vec![
-                    (codec::event_key(2).to_vec(), Some(vec![99, 1, 2, 3])),
-                    (codec::event_key(3).to_vec(), Some(truncated)),
-                ])
+                .write(vec![Store::block_op(2, Some(value))])
                 .unwrap();
             j.inner.live.lock().unwrap().next_seq = 4;
             j.append(received("b")).await.unwrap();
@@ -498,6 +421,115 @@ mod tests {
         assert_eq!(report.damaged_removed, 2);
         assert_eq!(j.events(0).filter(|e| matches!(e, Ok(Err(_)))).count(), 0);
         assert_eq!(j.events(0).count(), 2);
+    }
+
+    fn event(seq: u64, id: &str) -> Vec<u8> {
+        let job_id = JobId::new(id).unwrap();
+        let new = received(id);
+        codec::encode(&JobEvent {
+            seq,
+            at_ms: 1,
+            job_id,
+            transport: new.transport,
+            delivery_id: None,
+            event: new.event,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_damaged_event_inside_a_block_spares_the_rest_of_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        {
+            let (j, _) = Journal::open(&path, JournalOptions::default()).unwrap();
+            j.append(received("a")).await.unwrap();
+            // One block: intact, damaged, intact, then a frame cut short.
+            let (c, bad, d) = (event(2, "c"), vec![99, 1, 2, 3], event(4, "d"));
+            let blocks = block::encode([(2, &c[..]), (3, &bad[..]), (4, &d[..])]);
+            let mut value = blocks[0].value.clone();
+            value.extend_from_slice(&[0, 0, 0]);
+            let ops = vec![Store::block_op(2, Some(value))];
+            j.inner.store.write(ops).unwrap();
+            j.inner.live.lock().unwrap().next_seq = 6;
+            j.append(received("b")).await.unwrap();
+        }
+        let (j, report) = Journal::open(&path, JournalOptions::default()).unwrap();
+        let damaged: Vec<u64> = report.damaged.iter().map(|d| d.seq).collect();
+        assert_eq!(damaged, vec![3, 5], "{:?}", report.damaged);
+        assert!(
+            report.damaged[1].what.contains("cut short"),
+            "{:?}",
+            report.damaged
+        );
+        assert_eq!(report.events, 4);
+        let seqs = |j: &Journal| -> Vec<u64> {
+            j.events(0)
+                .filter_map(|e| e.unwrap().ok().map(|e| e.seq))
+                .collect()
+        };
+        assert_eq!(seqs(&j), vec![1, 2, 4, 6]);
+        assert_eq!(j.events_of(&JobId::new("d").unwrap()).unwrap()[0].seq, 4);
+        let report = j.compact(&RetentionPolicy::default()).unwrap();
+        assert_eq!(report.damaged_removed, 2);
+        assert_eq!(j.events(0).filter(|e| matches!(e, Ok(Err(_)))).count(), 0);
+        assert_eq!(seqs(&j), vec![1, 2, 4, 6]);
+        drop(j);
+        let (j, report) = Journal::open(&path, JournalOptions::default()).unwrap();
+        assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+        assert_eq!(seqs(&j), vec![1, 2, 4, 6]);
+        assert_eq!(j.append(received("e")).await.unwrap().seq, 7);
+    }
+
+    #[tokio::test]
+    async fn readers_see_events_that_are_not_stored_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let options = JournalOptions {
+            durability: Durability::Buffered,
+            recover: true,
+        };
+        let (j, _) = Journal::open(&path, options).unwrap();
+        j.append(received("a")).await.unwrap();
+        j.sync().await.unwrap();
+        let a = JobId::new("a").unwrap();
+        let hold = j.inner.commit.hold_writes();
+        j.append_buffered(NewEvent::new(
+            a.clone(),
+            "test",
+            EventKind::Started { attempt: 1 },
+        ))
+        .unwrap();
+        let result = serde_json::json!({"answer": 42});
+        j.append_buffered(NewEvent::new(
+            a.clone(),
+            "test",
+            EventKind::Succeeded {
+                result: result.clone(),
+            },
+        ))
+        .unwrap();
+        std::thread::sleep(commit::FLUSH_INTERVAL * 2);
+        let stored = j.inner.store.blocks_from(0).unwrap().count();
+        assert_eq!(stored, 1, "only the first event is stored");
+        let all: Vec<u64> = j.events(0).map(|e| e.unwrap().unwrap().seq).collect();
+        assert_eq!(all, vec![1, 2, 3]);
+        let tail: Vec<u64> = j.events(3).map(|e| e.unwrap().unwrap().seq).collect();
+        assert_eq!(tail, vec![3]);
+        assert_eq!(j.events_of(&a).unwrap().len(), 3);
+        assert_eq!(j.recorded_result(&a).unwrap(), Some(result.clone()));
+        drop(hold);
+        // Nobody waits for them: the flusher's timer stores them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while j.inner.store.blocks_from(0).unwrap().count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never stored");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(j.events_of(&a).unwrap().len(), 3);
+        assert_eq!(j.recorded_result(&a).unwrap(), Some(result));
+        drop(j);
+        let (j, report) = Journal::open(&path, options).unwrap();
+        assert_eq!(report.events, 3);
+        assert_eq!(j.events(0).count(), 3);
     }
 
     #[tokio::test]

@@ -6,11 +6,15 @@
 //! The storage engine (sled 0.34) stays inside [`store`]; nothing in the public API names it.
 //! This crate must never talk to a transport: the runtime journals first, then settles.
 
+mod block;
 mod codec;
 mod commit;
+mod compact;
 mod error;
 mod event;
 mod journal;
+mod live;
+mod read;
 pub mod remote;
 mod replay;
 mod retention;

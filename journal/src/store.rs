@@ -1,16 +1,20 @@
-//! The storage engine behind the journal: sled 0.34, one tree, keys from [`crate::codec`]. This
-//! is the only module that names sled, so the engine can be replaced without touching the API.
-//! It never interprets events; it stores and returns bytes.
+//! The storage engine behind the journal: sled 0.34, one tree, block keys from [`crate::block`].
+//! This is the only module that names sled, so the engine can be replaced without touching the
+//! API. It never interprets blocks or events; it stores and returns bytes.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::codec;
+use crate::block::{block_key, seq_of_block_key, BLOCK_PREFIX};
 use crate::error::{JournalError, Result};
 
 /// Where sled keeps the high-water mark of sequence numbers, so they are never reused even when
 /// compaction removes the newest events.
 const SEQ_FLOOR_KEY: &[u8] = b"m:seq_floor";
+
+/// sled's page cache. The journal reads its blocks once (on open) and then mostly appends, so a
+/// small cache is enough; sled's default (1 GiB) would keep every block read while replaying.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -24,6 +28,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A stored value as the store hands it out (cheap to move between threads).
+pub(crate) type RawValue = sled::IVec;
+
 /// One write: `Some(value)` inserts, `None` removes.
 pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
 
@@ -35,6 +42,7 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(500))
+            .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
@@ -81,41 +89,43 @@ impl Store {
             .map_err(|e| JournalError::Flush(e.to_string()))
     }
 
-    /// The raw events from `from_seq` on, in sequence order.
-    pub(crate) fn events_from(&self, from_seq: u64) -> RawEvents {
-        let end = [codec::EVENT_PREFIX + 1];
-        RawEvents {
+    /// The stored blocks, `(first seq, value)`, from the one that holds `from_seq` on.
+    pub(crate) fn blocks_from(&self, from_seq: u64) -> Result<RawBlocks> {
+        let start = match self.block_at(from_seq)? {
+            Some((first, _)) => first,
+            None => from_seq,
+        };
+        Ok(RawBlocks {
             iter: self
                 .db
-                .range(codec::event_key(from_seq).to_vec()..end.to_vec()),
+                .range(block_key(start).to_vec()..vec![BLOCK_PREFIX + 1]),
             path: self.path.clone(),
-        }
+        })
     }
 
-    pub(crate) fn event(&self, seq: u64) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get(codec::event_key(seq))
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| storage(&self.path, e))
-    }
-
-    /// The highest sequence number ever handed out, from the events and the saved floor.
-    pub(crate) fn seq_high_water(&self) -> Result<u64> {
-        let last_event = self
+    /// The block that holds `seq` if it is stored: the last block starting at or before it.
+    pub(crate) fn block_at(&self, seq: u64) -> Result<Option<(u64, RawValue)>> {
+        Ok(self
             .db
-            .range(codec::event_key(0).to_vec()..vec![codec::EVENT_PREFIX + 1])
+            .range(block_key(0)..=block_key(seq))
             .next_back()
             .transpose()
             .map_err(|e| storage(&self.path, e))?
-            .and_then(|(k, _)| codec::seq_of_event_key(&k))
-            .unwrap_or(0);
-        let floor = self
+            .and_then(|(k, v)| Some((seq_of_block_key(&k)?, v))))
+    }
+
+    /// The saved high-water mark of sequence numbers (0 when none was saved).
+    pub(crate) fn seq_floor(&self) -> Result<u64> {
+        Ok(self
             .db
             .get(SEQ_FLOOR_KEY)
             .map_err(|e| storage(&self.path, e))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        Ok(last_event.max(floor))
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn block_op(first_seq: u64, value: Option<Vec<u8>>) -> Op {
+        (block_key(first_seq).to_vec(), value)
     }
 
     pub(crate) fn seq_floor_op(seq: u64) -> Op {
@@ -127,18 +137,18 @@ impl Store {
     }
 }
 
-/// Raw `(seq, bytes)` pairs; an unreadable entry comes back as an error for the caller to report.
-pub(crate) struct RawEvents {
+/// Raw `(first seq, value)` blocks; an unreadable one comes back as an error for the caller.
+pub(crate) struct RawBlocks {
     iter: sled::Iter,
     path: PathBuf,
 }
 
-impl Iterator for RawEvents {
-    type Item = Result<(u64, sled::IVec)>;
+impl Iterator for RawBlocks {
+    type Item = Result<(u64, RawValue)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         Some(match self.iter.next()? {
-            Ok((k, v)) => Ok((codec::seq_of_event_key(&k).unwrap_or(0), v)),
+            Ok((k, v)) => Ok((seq_of_block_key(&k).unwrap_or(0), v)),
             Err(e) => Err(storage(&self.path, e)),
         })
     }

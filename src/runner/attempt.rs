@@ -160,12 +160,6 @@ impl Shared {
             return;
         }
 
-        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
-            self.cancelled(&s, "cancelled by the producer before it started")
-                .await;
-            return;
-        }
-
         let Some(handler) = self.registry.get(&job.job_type) else {
             let error = format!(
                 "unknown job type `{}`; this node supports: {}",
@@ -176,8 +170,6 @@ impl Shared {
             return;
         };
 
-        // `claimed`, the durable `started` and `start` go out together: the two events keep their
-        // order on the connection, and the handler waits only for the slowest of the three.
         let claimed = EventData::Claimed {
             agent_version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -192,12 +184,22 @@ impl Shared {
             },
         )
         .delivery(&delivery_id);
-        // Durable before the handler runs: after a crash, recovery must know the job started.
-        let ((), started, ()) = tokio::join!(
-            self.publish(&job, claimed),
-            self.journal.append(started_event),
-            self.publish(&job, start),
+        // The cancellation check and `claimed` share a round trip: a job cancelled before it
+        // started reads `claimed, cancelled` (SPEC §9.2 order) and never starts.
+        let (cancelled, ()) = tokio::join!(
+            self.source.is_cancelled(&job.id),
+            self.publish(&job, claimed)
         );
+        if matches!(cancelled, Ok(true)) {
+            self.cancelled(&s, "cancelled by the producer before it started")
+                .await;
+            return;
+        }
+        // `started` is flushed at once but not awaited: the handler does not wait for the disk
+        // (dispatch latency), and a crash in the first millisecond of a run loses only the
+        // record that it started; the broker's delivery count still counts the attempt.
+        let started = self.journal.append_flushing(started_event);
+        self.publish(&job, start).await;
         if let Err(e) = started {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
@@ -312,11 +314,13 @@ impl Shared {
             };
             tokio::pin!(guarded);
             let mut next_index: u64 = 0;
-            let mut cancel_poll = tokio::time::interval(self.config.cancel_poll);
-            let mut lease_tick =
-                tokio::time::interval(lease_every.unwrap_or(Duration::from_secs(3600)));
-            cancel_poll.tick().await;
-            lease_tick.tick().await;
+            // First ticks one period from now: awaiting an interval's immediate first tick goes
+            // through the timer wheel and costs up to a millisecond per job.
+            let every = |period: Duration| {
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+            };
+            let mut cancel_poll = every(self.config.cancel_poll);
+            let mut lease_tick = every(lease_every.unwrap_or(Duration::from_secs(3600)));
             let deadline = async {
                 match timeout {
                     Some(t) => tokio::time::sleep(t).await,

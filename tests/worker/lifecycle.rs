@@ -241,7 +241,11 @@ async fn cancellation_before_start_and_while_running() {
         .unwrap();
     submit(&mut c, "early", "sleep", json!({"ms": 5000})).await;
     let early = wait_for(&mut c, "early", "cancelled", WAIT).await;
-    assert_eq!(types(&early), ["cancelled"], "a cancelled job never starts");
+    assert_eq!(
+        types(&early),
+        ["claimed", "cancelled"],
+        "a cancelled job never starts"
+    );
     assert_eq!(
         w.journal_events("early"),
         ["received", "cancelled", "acked"]

@@ -76,6 +76,8 @@ async fn a_restarted_worker_recovers_its_own_pending_job_first() {
     let mut w = Worker::start(&server, dir.path(), &[]);
     submit(&mut c, "mine", "sleep", json!({"ms": 2000})).await;
     wait_for(&mut c, "mine", "start", WAIT).await;
+    // `started` is durable within one flush of the journal (about a millisecond).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     w.kill9();
     let restarted = Instant::now();
     let w = Worker::start(&server, dir.path(), &["--lease", "60s"]);

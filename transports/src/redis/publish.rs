@@ -60,13 +60,11 @@ pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline 
             (JobStatus::Failed, Some(error)) => {
                 hset.arg("error").arg(error).ignore();
             }
-            (JobStatus::Processing, _) => {
-                // A new attempt: the previous attempt's error no longer applies.
+            _ => {
+                // Not a failure (a new attempt, the end, a cancellation): an earlier error no
+                // longer applies.
                 hset.ignore();
                 p.cmd("HDEL").arg(&key).arg("error").ignore();
-            }
-            _ => {
-                hset.ignore();
             }
         }
         p.cmd("PEXPIRE")

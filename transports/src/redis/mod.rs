@@ -76,6 +76,7 @@ pub(crate) struct Inner {
     /// Entries claimed by this process and not settled yet.
     outstanding: Mutex<HashSet<Receipt>>,
     parked: Mutex<Vec<Parked>>,
+    publisher: publish::Publisher,
 }
 
 impl std::fmt::Debug for Inner {
@@ -123,6 +124,7 @@ impl Inner {
 pub struct RedisSource {
     inner: Arc<Inner>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    publishing: JoinHandle<()>,
 }
 
 impl RedisSource {
@@ -135,6 +137,9 @@ impl RedisSource {
         let reader = conn::manager(&client, &cfg, cfg.block + cfg.command_timeout).await?;
         conn::ensure_groups(&mut ctl, &cfg).await?;
         info!(streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer, lease_ms = cfg.lease.as_millis() as u64, "redis job source connected");
+        // Events go out after `close()` too (a draining worker still finishes jobs), so the
+        // publisher is not among the tasks `close()` waits for; it stops when the source drops.
+        let (publisher, publishing) = publish::Publisher::start(ctl.clone(), cfg.clone());
         let inner = Arc::new(Inner {
             cfg,
             ctl,
@@ -142,6 +147,7 @@ impl RedisSource {
             inbox: Inbox::default(),
             outstanding: Mutex::default(),
             parked: Mutex::default(),
+            publisher,
         });
         let tasks = vec![
             tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
@@ -150,6 +156,7 @@ impl RedisSource {
         Ok(Self {
             inner,
             tasks: Mutex::new(tasks),
+            publishing,
         })
     }
 
@@ -174,6 +181,7 @@ impl Drop for RedisSource {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
+        self.publishing.abort();
     }
 }
 
@@ -306,8 +314,7 @@ impl JobSource for RedisSource {
     }
 
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
-        let mut conn = self.inner.ctl.clone();
-        publish::publish(&mut conn, &self.inner.cfg, event).await
+        self.inner.publisher.publish(event).await
     }
 
     async fn health(&self) -> Health {

@@ -1,10 +1,14 @@
-//! Job events on Redis (SPEC §9.2): one pipeline that `PUBLISH`es the event on
-//! `stream:v1:{jobId}`, appends it to the capped, expiring stream `stream:v1:{jobId}:events`
-//! (fields `type` and `event`, so a late subscriber can resume from an index or an entry id),
-//! and updates the status hash `job:{jobId}:status`. This module must never decide which event
-//! is due.
+//! Job events on Redis (SPEC §9.2): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
+//! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a late
+//! subscriber can resume from an index or an entry id), and updates the status hash
+//! `job:{jobId}:status`. One [`Publisher`] task sends every event of the source: whatever is
+//! queued while a batch is in flight goes out as the next single pipeline (one write, one round
+//! trip), in order; each caller still waits for its own event. This module must never decide
+//! which event is due.
 
 use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::trace;
 
 use super::config::RedisConfig;
@@ -12,11 +16,11 @@ use super::conn::map_err;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
 use crate::source::SourceError;
 
-pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline {
+/// Appends the commands of one event to `p`.
+fn add_event(p: &mut redis::Pipeline, cfg: &RedisConfig, event: &WireEvent) {
     let json = event.to_json();
     let id = &event.job_id;
     let events = RedisConfig::events_stream(id);
-    let mut p = redis::pipe();
     p.cmd("PUBLISH")
         .arg(RedisConfig::events_channel(id))
         .arg(&json)
@@ -72,18 +76,55 @@ pub(crate) fn pipeline(cfg: &RedisConfig, event: &WireEvent) -> redis::Pipeline 
             .arg(cfg.status_ttl.as_millis() as u64)
             .ignore();
     }
-    p
 }
 
-pub(crate) async fn publish(
-    conn: &mut ConnectionManager,
-    cfg: &RedisConfig,
-    event: &WireEvent,
-) -> Result<(), SourceError> {
-    pipeline(cfg, event)
-        .query_async::<()>(conn)
-        .await
-        .map_err(map_err)?;
-    trace!(job_id = %event.job_id, event = event.event_type(), "published job event");
-    Ok(())
+/// The most events sent in one pipeline.
+const MAX_BATCH: usize = 512;
+
+type Request = (WireEvent, oneshot::Sender<Result<(), SourceError>>);
+
+/// The source's event sender.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Publisher {
+    /// Starts the sending task on `conn`.
+    pub(crate) fn start(conn: ConnectionManager, cfg: RedisConfig) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, tokio::spawn(run(rx, conn, cfg)))
+    }
+
+    /// Sends `event` (batched with whatever else is waiting) and returns once Redis has it.
+    pub(crate) async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        let (done, result) = oneshot::channel();
+        self.tx
+            .send((event.clone(), done))
+            .map_err(|_| SourceError::Closed)?;
+        result.await.map_err(|_| SourceError::Closed)?
+    }
+}
+
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    mut conn: ConnectionManager,
+    cfg: RedisConfig,
+) {
+    let mut batch: Vec<Request> = Vec::new();
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut p = redis::pipe();
+        for (event, _) in &batch {
+            add_event(&mut p, &cfg, event);
+        }
+        let result = p.query_async::<()>(&mut conn).await.map_err(map_err);
+        trace!(
+            events = batch.len(),
+            ok = result.is_ok(),
+            "published job events"
+        );
+        for (_, done) in batch.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
 }

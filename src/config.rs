@@ -37,6 +37,17 @@ pub struct WorkerSection {
     /// e.g. `1h`.
     pub default_timeout: Option<String>,
     pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub journal: JournalSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    /// Settled jobs older than this are compacted away, e.g. `7d`; `0` keeps everything.
+    pub retention: Option<String>,
+    /// Then the oldest settled jobs go until the events take at most this, e.g. `1GiB`.
+    pub max_size: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

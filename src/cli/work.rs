@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use citadel_journal::{Durability, Journal, JournalError, JournalOptions};
+use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
 use citadel_transports::{Backoff, JobSource, RedisConfig, RedisSource};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,13 @@ pub struct WorkArgs {
         value_name = "PROGRAM"
     )]
     shell_allow: Vec<String>,
+    /// Settled jobs are removed from the journal once their last event is this old (checked at
+    /// start and hourly; `0` keeps everything; default 7d). Jobs still owed a settlement never go.
+    #[arg(long, env = "CITADEL_JOURNAL_RETENTION", value_name = "AGE")]
+    journal_retention: Option<String>,
+    /// Also remove the oldest settled jobs while the journal's events take more than this.
+    #[arg(long, env = "CITADEL_JOURNAL_MAX_SIZE", value_name = "SIZE")]
+    journal_max_size: Option<String>,
     /// Journal durability (`buffered` is for benchmarks only).
     #[arg(
         long,
@@ -157,6 +164,8 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             "damaged journal entries were skipped (see `citadel journal stats`)"
         );
     }
+    let retention = retention_policy(&args, &file)?;
+    let retention_task = tokio::spawn(keep_journal_trim(journal.clone(), retention));
     let socket = citadel_journal::remote::serve(journal.clone())
         .await
         .context("serving the journal socket")?;
@@ -249,8 +258,56 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     let runner = Runner::new(source, journal.clone(), registry, runner_config);
     let result = runner.run(shutdown).await;
     socket.abort();
+    retention_task.abort();
     journal.sync().await.context("flushing the journal")?;
     result
+}
+
+/// The journal's retention from the flags, environment and config file.
+fn retention_policy(args: &WorkArgs, file: &FileConfig) -> anyhow::Result<RetentionPolicy> {
+    let j = &file.worker.journal;
+    let age = args.journal_retention.as_ref().or(j.retention.as_ref());
+    let max_age = match age.map(String::as_str) {
+        None => Some(DEFAULT_RETENTION),
+        Some("0") => None,
+        Some(a) => Some(format::parse_duration(a).context("setting `journal_retention`")?),
+    };
+    let size = args.journal_max_size.as_ref().or(j.max_size.as_ref());
+    let max_bytes = size
+        .map(|s| format::parse_size(s).context("setting `journal_max_size`"))
+        .transpose()?;
+    Ok(RetentionPolicy { max_age, max_bytes })
+}
+
+/// Settled jobs are kept this long by default.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Compacts the journal now and every hour; a failure is logged and tried again next time.
+async fn keep_journal_trim(journal: Journal, policy: RetentionPolicy) {
+    if policy.max_age.is_none() && policy.max_bytes.is_none() {
+        return;
+    }
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        let j = journal.clone();
+        let p = policy.clone();
+        match tokio::task::spawn_blocking(move || j.compact(&p)).await {
+            Ok(Ok(r)) if r.jobs_removed + r.damaged_removed > 0 => {
+                tracing::info!(
+                    jobs = r.jobs_removed,
+                    events = r.events_removed,
+                    damaged = r.damaged_removed,
+                    "journal retention removed settled jobs"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "journal retention failed; trying again in an hour")
+            }
+            Err(e) => tracing::warn!(error = %e, "journal retention task failed"),
+        }
+    }
 }
 
 /// Connects, retrying with backoff while Redis is away (a configuration error stops at once).

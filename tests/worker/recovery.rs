@@ -267,3 +267,64 @@ async fn the_worker_rides_out_a_redis_restart() {
     wait_for(&mut c, "after", "end", WAIT).await;
     assert!(w.logs().contains("redis"), "{}", w.logs());
 }
+
+#[tokio::test]
+async fn the_worker_applies_journal_retention_and_keeps_unsettled_jobs() {
+    let server = Server::start().await;
+    let mut c = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (journal, _) =
+            Journal::open(dir.path().join("journal"), JournalOptions::default()).unwrap();
+        for (id, settle) in [("old-done", true), ("still-owed", false)] {
+            let job_id = JobId::new(id).unwrap();
+            let job = Job {
+                id: job_id.clone(),
+                job_type: "noop".into(),
+                payload: json!({}),
+                ray_id: None,
+                enqueued_at: None,
+                attempt: 1,
+                source: "redis:jobs:v1:gpu-general".into(),
+            };
+            let mut events = vec![EventKind::Received { job }];
+            if settle {
+                events.extend([
+                    EventKind::Started { attempt: 1 },
+                    EventKind::Succeeded { result: json!({}) },
+                    EventKind::Acked,
+                ]);
+            }
+            for e in events {
+                journal
+                    .append(NewEvent::new(job_id.clone(), "redis", e))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let w = Worker::start(&server, dir.path(), &["--journal-retention", "0s"]);
+    submit(&mut c, "probe", "noop", json!({})).await;
+    wait_for(&mut c, "probe", "end", WAIT).await;
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_citadel"))
+        .args(["journal", "--data-dir"])
+        .arg(&w.data)
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
+    let jobs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&"old-done"),
+        "the settled job was compacted away: {ids:?}"
+    );
+    assert!(
+        ids.contains(&"still-owed"),
+        "a job still owed a settlement is kept: {ids:?}"
+    );
+}

@@ -142,6 +142,27 @@ fn check_every_command(dir: &Path) {
         serde_json::from_str(&ok(dir, &["replay", "--at-seq", "3", "--job", "ok-1"])).unwrap();
     assert_eq!(replay["phase"]["phase"], "running");
     assert_eq!(replay["last_chunk"], 9);
+    // --execute re-runs a recorded job's handler here, and says clearly when it cannot.
+    let (success, stdout, stderr) = citadel(dir, &["replay", "--job", "run-1", "--execute"]);
+    assert!(success, "{stderr}");
+    assert!(
+        stderr.contains("re-running run-1 (noop) locally"),
+        "{stderr}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap(),
+        serde_json::json!({})
+    );
+    let (success, _, stderr) = citadel(dir, &["replay", "--job", "ok-1", "--execute"]);
+    assert!(
+        !success && stderr.contains("`llm_inference` cannot run here"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = citadel(dir, &["replay", "--job", "bad-1", "--execute"]);
+    assert!(
+        !success && stderr.contains("`shell_command` cannot run here"),
+        "shell stays off: {stderr}"
+    );
     let replay = ok(dir, &["replay", "--at-seq", "7"]);
     assert!(
         replay.contains("bad-1") && !replay.contains("run-1"),

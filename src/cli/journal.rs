@@ -76,6 +76,14 @@ enum JournalCommand {
         /// Only this job (prints its full state).
         #[arg(long, value_name = "JOB")]
         job: Option<String>,
+        /// Re-run the job (with --job) on this machine from its recorded delivery: the handler
+        /// only, printing its chunks and result. Nothing is journaled, published or settled.
+        /// `shell_command` jobs run only with --enable-shell.
+        #[arg(long, requires = "job")]
+        execute: bool,
+        /// With --execute: allow a recorded `shell_command` to run.
+        #[arg(long, requires = "execute")]
+        enable_shell: bool,
         #[arg(long)]
         json: bool,
     },
@@ -211,6 +219,8 @@ pub async fn run(args: JournalArgs, data_dir: &Path) -> anyhow::Result<()> {
             at_seq,
             at,
             job,
+            execute,
+            enable_shell,
             json,
         } => {
             let until = match (at_seq, at) {
@@ -229,6 +239,15 @@ pub async fn run(args: JournalArgs, data_dir: &Path) -> anyhow::Result<()> {
                     let Some(state) = r.states.remove(&id) else {
                         bail!("job `{job}` has no events up to that point");
                     };
+                    if execute {
+                        let recorded = events.iter().rev().find_map(|e| match &e.event {
+                            EventKind::Received { job } if e.job_id == id => Some(job.clone()),
+                            _ => None,
+                        });
+                        let recorded = recorded
+                            .with_context(|| format!("job `{job}` has no recorded delivery"))?;
+                        return execute_locally(recorded, enable_shell, data_dir).await;
+                    }
                     println!("{}", serde_json::to_string_pretty(&state)?);
                 }
                 None => {
@@ -350,6 +369,61 @@ pub async fn run(args: JournalArgs, data_dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a recorded job's handler here, printing chunks as they come and then the result.
+async fn execute_locally(
+    job: citadel_transports::Job,
+    enable_shell: bool,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::handlers::{ChunkSink, JobContext, Registry, ShellPolicy};
+    let registry = Registry::builtin(ShellPolicy {
+        enabled: enable_shell,
+        workspace: data_dir.join("workspace"),
+        ..ShellPolicy::default()
+    });
+    let Some(handler) = registry.get(&job.job_type) else {
+        bail!(
+            "job type `{}` cannot run here; supported: {}",
+            job.job_type,
+            registry.names().join(", ")
+        );
+    };
+    eprintln!(
+        "re-running {} ({}) locally; nothing is journaled or settled",
+        job.id, job.job_type
+    );
+    let (chunks, mut rx) = ChunkSink::channel(256);
+    let ctx = JobContext {
+        job,
+        cancel: tokio_util::sync::CancellationToken::new(),
+        deadline: None,
+        chunks,
+    };
+    let printer = tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            eprint!("{chunk}");
+        }
+    });
+    let result = handler.run(&ctx).await;
+    drop(ctx);
+    let _ = printer.await;
+    match result {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "the job failed ({}): {}",
+            if e.retryable {
+                "retryable"
+            } else {
+                "permanent"
+            },
+            e.message
+        ),
+    }
 }
 
 async fn load(access: &JournalAccess, from: u64) -> anyhow::Result<(Vec<JobEvent>, Vec<Damage>)> {

@@ -54,6 +54,16 @@ pub struct JournalSection {
 #[serde(deny_unknown_fields)]
 pub struct TransportsSection {
     pub redis: Option<RedisSection>,
+    pub nexus: Option<NexusSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NexusSection {
+    /// `http://host:port` of the control plane.
+    pub url: Option<String>,
+    /// A file holding the bearer token (the token itself never goes into this file).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod handlers;
+pub mod nexus;
 pub mod node;
 pub mod paths;
 pub mod runner;

@@ -3,7 +3,11 @@
 
 mod format;
 pub use format::table;
+mod jobs;
 mod journal;
+mod nexus;
+mod remote;
+mod submit;
 mod work;
 
 use std::path::PathBuf;
@@ -42,6 +46,13 @@ pub enum Command {
     /// Measure this node (`citadel bench journal`: the cost of the durable journal).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// The embedded control plane (`citadel nexus serve`).
+    #[command(subcommand)]
+    Nexus(nexus::NexusCommand),
+    /// Enqueue a job (on the local control plane, a Nexus URL or Redis); `--wait` streams it.
+    Submit(submit::SubmitArgs),
+    /// The jobs of a control plane: ls, show, cancel, dlq, requeue.
+    Jobs(jobs::JobsArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -66,6 +77,9 @@ pub fn run() -> anyhow::Result<()> {
             Command::Work(args) => work::run(args, &data_dir).await,
             Command::Journal(args) => journal::run(args, &data_dir).await,
             Command::Bench(cmd) => crate::bench::run(cmd).await,
+            Command::Nexus(cmd) => nexus::run(cmd, &data_dir).await,
+            Command::Submit(args) => submit::run(args, &data_dir).await,
+            Command::Jobs(args) => jobs::run(args, &data_dir).await,
         }
     })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
-use citadel_transports::{Backoff, JobSource, RedisConfig, RedisSource};
+use citadel_transports::{Backoff, JobSource, NexusConfig, NexusSource, RedisConfig, RedisSource};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,9 @@ use crate::runner::{Runner, RunnerConfig};
 pub enum TransportKind {
     /// Redis Streams consumer group (the production path).
     Redis,
+    /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
+    /// citadel control plane.
+    Nexus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,9 +38,22 @@ pub enum DurabilityArg {
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// The transport to take jobs from.
-    #[arg(long, value_enum, env = "CITADEL_TRANSPORT", default_value = "redis")]
-    transport: TransportKind,
+    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else nexus
+    /// when a Nexus URL is, else an embedded control plane on loopback.
+    #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
+    transport: Option<TransportKind>,
+    /// The Nexus control plane (http://host:port).
+    #[arg(long, env = "CITADEL_NEXUS_URL", value_name = "URL")]
+    nexus_url: Option<String>,
+    /// The control plane's bearer token (default: the token file of the local control plane,
+    /// DATA_DIR/nexus/token, or `transports.nexus.token_file`).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    nexus_token: Option<String>,
     /// Config file (YAML; see the README). Default: DATA_DIR/citadel.yaml when it exists.
     #[arg(long, env = "CITADEL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -218,9 +234,69 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     }
     let registry = Registry::builtin(shell_policy);
 
-    let source: Arc<dyn JobSource> = match args.transport {
-        TransportKind::Redis => {
-            let r = file.transports.redis.unwrap_or_default();
+    let redis_file = file.transports.redis.unwrap_or_default();
+    let nexus_file = file.transports.nexus.unwrap_or_default();
+    let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
+    let kind = match args.transport {
+        Some(k) => Some(k),
+        None if args.redis_url.is_some() || redis_file.url.is_some() => Some(TransportKind::Redis),
+        None if nexus_url.is_some() => Some(TransportKind::Nexus),
+        None => None,
+    };
+    let lease_setting = duration(
+        "lease",
+        args.lease.as_ref(),
+        redis_file.lease.as_ref(),
+        Duration::from_secs(60),
+    )?;
+    let mut embedded = None;
+    let source: Arc<dyn JobSource> = match kind {
+        None | Some(TransportKind::Nexus) => {
+            let (url, token) = match (kind, nexus_url) {
+                (Some(_), Some(url)) => {
+                    let token = match args.nexus_token.clone() {
+                        Some(t) => Some(t),
+                        None => nexus_token_from_files(nexus_file.token_file.as_deref(), data_dir)?,
+                    };
+                    (url, token)
+                }
+                (Some(_), None) => bail!(
+                    "--transport nexus needs --nexus-url (or CITADEL_NEXUS_URL, or transports.nexus.url)"
+                ),
+                (None, _) => {
+                    let dir = crate::nexus::data_dir(data_dir);
+                    let running = crate::nexus::start(
+                        &dir,
+                        crate::nexus::Listen::LoopbackFrom(crate::nexus::DEFAULT_PORT),
+                    )
+                    .await
+                    .context("starting the embedded control plane")?;
+                    eprintln!(
+                        "citadel: no transport configured: serving an embedded control plane on {} (data in {})\n\
+                         citadel: submit a job from another terminal:  citadel submit --wait echo msg=hi",
+                        running.url,
+                        dir.display()
+                    );
+                    let pair = (running.url.clone(), Some(running.token.clone()));
+                    embedded = Some(running);
+                    pair
+                }
+            };
+            let mut cfg = NexusConfig::new(url, consumer.clone());
+            cfg.token = token;
+            cfg.node_name = node_name.clone();
+            cfg.lease = lease_setting;
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, nexus {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.url,
+                runner_config.concurrency
+            );
+            Arc::new(connect_nexus(cfg).await?)
+        }
+        Some(TransportKind::Redis) => {
+            let r = redis_file;
             let url = args
                 .redis_url
                 .clone()
@@ -235,7 +311,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             if let Some(g) = args.group.clone().or(r.group) {
                 cfg.group = g;
             }
-            cfg.lease = duration("lease", args.lease.as_ref(), r.lease.as_ref(), cfg.lease)?;
+            cfg.lease = lease_setting;
             if let Some(s) = args.max_payload.as_ref().or(r.max_payload.as_ref()) {
                 cfg.max_payload_bytes =
                     usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
@@ -260,6 +336,12 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     socket.abort();
     retention_task.abort();
     journal.sync().await.context("flushing the journal")?;
+    if let Some(plane) = embedded {
+        plane
+            .stop()
+            .await
+            .context("stopping the embedded control plane")?;
+    }
     result
 }
 
@@ -324,6 +406,35 @@ async fn connect_redis(cfg: RedisConfig) -> anyhow::Result<RedisSource> {
             Err(e) => return Err(e).context("connecting to redis"),
         }
     }
+}
+
+/// Connects to a control plane, retrying with backoff while it is away.
+async fn connect_nexus(cfg: NexusConfig) -> anyhow::Result<NexusSource> {
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        match NexusSource::connect(cfg.clone()).await {
+            Ok(source) => return Ok(source),
+            Err(e) if e.is_retryable() => {
+                let delay = retrier.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the control plane; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e).context("connecting to the control plane"),
+        }
+    }
+}
+
+/// The token from `transports.nexus.token_file`, else the local control plane's token file.
+pub(crate) fn nexus_token_from_files(
+    token_file: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<Option<String>> {
+    if let Some(f) = token_file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    crate::nexus::read_token(&crate::nexus::data_dir(data_dir))
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`: secrets never reach a log.

@@ -35,7 +35,7 @@ mod conn;
 mod dlq;
 mod entry;
 mod fetch;
-mod inbox;
+pub(crate) mod inbox;
 mod local;
 mod park;
 mod publish;

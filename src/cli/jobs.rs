@@ -1,0 +1,116 @@
+//! `citadel jobs ls | show | cancel | dlq | requeue`: the jobs of a control plane (`--nexus`,
+//! `CITADEL_NEXUS_URL`, else the local one). Read-only except `cancel` and `requeue`.
+
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::remote::{encode, Plane};
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// A control plane (default: the local one, found through DATA_DIR/nexus).
+    #[arg(
+        long = "nexus",
+        env = "CITADEL_NEXUS_URL",
+        value_name = "URL",
+        global = true
+    )]
+    nexus_url: Option<String>,
+    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    Ls {
+        /// queued, leased, succeeded, failed, cancelled or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One job: state, attempts, result, errors.
+    Show { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+    /// The dead-letter list.
+    Dlq,
+    /// Put a dead-lettered job back in the queue.
+    Requeue { id: String },
+}
+
+pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let plane = Plane::locate(args.nexus_url.as_deref(), args.token.as_deref(), data_dir)?;
+    let (list, v) = match &args.command {
+        JobsCommand::Ls { state, limit } => {
+            let mut path = format!("/api/v1/jobs?limit={limit}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={}", encode(s)));
+            }
+            (true, plane.call(Method::GET, &path, None).await?)
+        }
+        JobsCommand::Dlq => (true, plane.call(Method::GET, "/api/v1/dlq", None).await?),
+        JobsCommand::Show { id } => {
+            let path = format!("/api/v1/jobs/{}", encode(id));
+            (false, plane.call(Method::GET, &path, None).await?)
+        }
+        JobsCommand::Cancel { id } => {
+            let path = format!("/api/v1/jobs/{}/cancel", encode(id));
+            (false, plane.call(Method::POST, &path, None).await?)
+        }
+        JobsCommand::Requeue { id } => {
+            let path = format!("/api/v1/dlq/{}/requeue", encode(id));
+            (false, plane.call(Method::POST, &path, None).await?)
+        }
+    };
+    if args.json || !list {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = v["jobs"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            vec![
+                s(&j["id"]),
+                s(&j["type"]),
+                s(&j["state"]),
+                s(&j["attempts"]),
+                s(&j["updated_at"]),
+                s(&j["dead_reason"])
+                    .chars()
+                    .chain(s(&j["error"]).chars())
+                    .take(60)
+                    .collect(),
+            ]
+        })
+        .collect();
+    super::table(
+        &["ID", "TYPE", "STATE", "ATTEMPTS", "UPDATED", "DETAIL"],
+        &rows,
+    );
+    Ok(())
+}

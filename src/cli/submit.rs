@@ -1,0 +1,292 @@
+//! `citadel submit TYPE [KEY=VALUE | KEY:=JSON …] [--payload JSON] [--wait]`: enqueues one job on
+//! a control plane (`--nexus`, `CITADEL_NEXUS_URL`, else the local one) or on Redis
+//! (`--redis-url`/`CITADEL_REDIS_URL`, in the wire format of SPEC §9.1). With `--wait` it streams
+//! the job's events as they come (chunks to stdout at once), prints the result and exits non-zero
+//! when the job fails, is cancelled or dead-lettered, or the timeout passes. It never runs a job.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use super::format;
+use super::remote::{encode, Plane};
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The job type (`echo`, `noop`, `sleep`, `shell_command`, `llm_inference`, …).
+    job_type: String,
+    /// Payload fields: `key=value` (a string) or `key:=json` (any JSON value).
+    fields: Vec<String>,
+    /// The whole payload as a JSON object (fields given as KEY=VALUE are added to it).
+    #[arg(long, value_name = "JSON")]
+    payload: Option<String>,
+    /// The job id (default: a fresh UUID-like id).
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Attempts before the job goes to the dead-letter list.
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Stream the job's events and print its result; exit non-zero unless it succeeds.
+    #[arg(long, short = 'w')]
+    wait: bool,
+    /// Give up waiting after this long (with --wait).
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    timeout: String,
+    /// A control plane (default: the local one, found through DATA_DIR/nexus).
+    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
+    nexus_url: Option<String>,
+    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Submit to Redis instead (SPEC §9.1 entry on --stream).
+    #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// The Redis job stream.
+    #[arg(long, default_value = "jobs:v1:gpu-general", value_name = "STREAM")]
+    stream: String,
+}
+
+/// Builds the payload from `--payload` and the KEY=VALUE / KEY:=JSON fields.
+pub fn build_payload(
+    payload: Option<&str>,
+    fields: &[String],
+) -> anyhow::Result<Map<String, Value>> {
+    let mut map = match payload {
+        Some(text) => match serde_json::from_str::<Value>(text).context("--payload is not JSON")? {
+            Value::Object(m) => m,
+            _ => bail!("--payload must be a JSON object"),
+        },
+        None => Map::new(),
+    };
+    for f in fields {
+        if let Some((k, v)) = f.split_once(":=") {
+            let v: Value =
+                serde_json::from_str(v).with_context(|| format!("{f}: not JSON after :="))?;
+            map.insert(k.to_string(), v);
+        } else if let Some((k, v)) = f.split_once('=') {
+            map.insert(k.to_string(), Value::String(v.to_string()));
+        } else {
+            bail!("{f:?}: payload fields are KEY=VALUE or KEY:=JSON");
+        }
+    }
+    Ok(map)
+}
+
+pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let payload = build_payload(args.payload.as_deref(), &args.fields)?;
+    let timeout = format::parse_duration(&args.timeout).context("--timeout")?;
+    if let (Some(url), None) = (&args.redis_url, &args.nexus_url) {
+        return redis_submit(&args, url, payload, timeout).await;
+    }
+    let plane = Plane::locate(args.nexus_url.as_deref(), args.token.as_deref(), data_dir)?;
+    let mut body = json!({"type": args.job_type, "payload": payload});
+    if let Some(id) = &args.id {
+        body["id"] = id.clone().into();
+    }
+    if let Some(n) = args.max_attempts {
+        body["maxAttempts"] = n.into();
+    }
+    let job = plane
+        .call(Method::POST, "/api/v1/jobs", Some(&body))
+        .await?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    if !args.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!("submitted {id} ({}) to {}", args.job_type, plane.url);
+    let deadline = Instant::now() + timeout;
+    let mut after = None;
+    let mut outcome: Option<Result<(), String>> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("job {id}: no result within {}", args.timeout);
+        }
+        let follow = plane.follow_events(&id, after, |_, ev| {
+            outcome = render(&ev);
+            outcome.is_none()
+        });
+        match tokio::time::timeout(left, follow).await {
+            Err(_) => bail!("job {id}: no result within {}", args.timeout),
+            Ok(Ok(last)) => after = last.or(after),
+            Ok(Err(e)) => {
+                eprintln!("event stream interrupted ({e:#}); resuming");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        if let Some(o) = outcome.take() {
+            return o.map_err(|e| anyhow::anyhow!("job {id} {e}"));
+        }
+        // The stream ended without a final event: the job may have been settled without one.
+        let job = plane
+            .call(Method::GET, &format!("/api/v1/jobs/{}", encode(&id)), None)
+            .await?;
+        match job["state"].as_str() {
+            Some("succeeded") => return Ok(()),
+            Some("dead") => bail!(
+                "job {id} was dead-lettered: {}",
+                job["dead_reason"].as_str().unwrap_or("")
+            ),
+            Some("failed") => bail!(
+                "job {id} failed: {}",
+                job["error"]
+                    .as_str()
+                    .or(job["output"].as_str())
+                    .unwrap_or("")
+            ),
+            Some("cancelled") => bail!("job {id} was cancelled"),
+            _ => {}
+        }
+    }
+}
+
+/// Prints one event; returns the outcome when the event ends the job.
+fn render(ev: &Value) -> Option<Result<(), String>> {
+    let data = &ev["data"];
+    match ev["type"].as_str().unwrap_or("") {
+        "claimed" => {
+            eprintln!(
+                "claimed by {}",
+                data["meta"]["node_name"].as_str().unwrap_or("?")
+            );
+            None
+        }
+        "start" => {
+            eprintln!("started: {}", data["message"].as_str().unwrap_or(""));
+            None
+        }
+        "chunk" => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(data["content"].as_str().unwrap_or("").as_bytes());
+            let _ = out.flush();
+            None
+        }
+        "end" => {
+            let result = &data["result"];
+            match result.get("output").and_then(Value::as_str) {
+                Some(s) if result.as_object().is_some_and(|o| o.len() <= 2) => println!("{s}"),
+                _ => println!("{result}"),
+            }
+            Some(Ok(()))
+        }
+        "error" => {
+            let err = data["error"].as_str().unwrap_or("").to_string();
+            if data["recoverable"] == true {
+                eprintln!("attempt failed (it will be retried): {err}");
+                None
+            } else {
+                eprintln!("failed: {err}");
+                Some(Err(format!("failed: {err}")))
+            }
+        }
+        "cancelled" => {
+            let r = data["reason"].as_str().unwrap_or("").to_string();
+            eprintln!("cancelled: {r}");
+            Some(Err(format!("was cancelled: {r}")))
+        }
+        _ => None,
+    }
+}
+
+/// Redis: XADD in the SPEC §9.1 format; with --wait, XREAD BLOCK on the job's event stream.
+async fn redis_submit(
+    args: &SubmitArgs,
+    url: &str,
+    payload: Map<String, Value>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url).context("--redis-url")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to redis")?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(crate::nexus::store::new_job_id);
+    let mut payload = payload;
+    if let Some(n) = args.max_attempts {
+        payload.insert("maxAttempts".into(), n.into());
+    }
+    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
+    let _: String = redis::cmd("XADD")
+        .arg(&args.stream)
+        .arg("*")
+        .arg("jobId")
+        .arg(&id)
+        .arg("type")
+        .arg(&args.job_type)
+        .arg("payload")
+        .arg(Value::Object(payload).to_string())
+        .arg("enqueuedAt")
+        .arg(now)
+        .query_async(&mut conn)
+        .await
+        .context("XADD")?;
+    if !args.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!("submitted {id} ({}) to {}", args.job_type, args.stream);
+    let key = format!("stream:v1:{id}:events");
+    let deadline = Instant::now() + timeout;
+    let mut last = "0".to_string();
+    type Reply = Option<
+        Vec<(
+            String,
+            Vec<(String, std::collections::HashMap<String, String>)>,
+        )>,
+    >;
+    while Instant::now() < deadline {
+        let reply: Reply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await
+            .context("XREAD")?;
+        for (_, entries) in reply.unwrap_or_default() {
+            for (entry_id, fields) in entries {
+                last = entry_id;
+                let Some(text) = fields.get("event") else {
+                    continue;
+                };
+                let ev: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if let Some(o) = render(&ev) {
+                    return o.map_err(|e| anyhow::anyhow!("job {id} {e}"));
+                }
+            }
+        }
+    }
+    bail!("job {id}: no result within {}", args.timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_fields() {
+        let m = build_payload(
+            Some(r#"{"a":1}"#),
+            &["msg=hi".into(), "n:=5".into(), "e=".into()],
+        )
+        .unwrap();
+        assert_eq!(Value::Object(m), json!({"a":1,"msg":"hi","n":5,"e":""}));
+        assert!(build_payload(None, &["nope".into()]).is_err());
+        assert!(build_payload(Some("[1]"), &[]).is_err());
+    }
+}

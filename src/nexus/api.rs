@@ -1,0 +1,490 @@
+//! The control plane's HTTP API (axum): the routes, bearer-token auth, body limits and the JSON
+//! error shape `{"error": MESSAGE}`. The Nexus wire format of SPEC §9.4 (`GET /api/v1/jobs/next`,
+//! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
+//! citadel's own API, documented in the README. Every handler that changes state waits for
+//! [`Store::flush`] before it answers. This module must never hold job state of its own or log
+//! the token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::store::{
+    now_ms, rfc3339_ms, JobRecord, JobState, NewJob, NodeRecord, Settle, Store, StoreError,
+    DEFAULT_LEASE, NODE_OFFLINE_AFTER,
+};
+
+/// The largest request body accepted (a job payload travels in one).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The longest long-poll a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub token: String,
+}
+
+type St = State<Arc<AppState>>;
+
+/// An API error: a status and a message, sent as `{"error": MESSAGE}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Exists(_) | StoreError::LeaseLost(_) => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Storage(_) => {
+                tracing::error!(error = %e, "control plane storage error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body, answering 400 with serde's message when it is not what was expected.
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<T> {
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): St, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        tracing::debug!(path = %req.uri().path(), "request without a valid bearer token");
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token (Authorization: Bearer TOKEN)".into(),
+        )
+        .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/jobs", post(submit).get(list_jobs))
+        .route("/jobs/next", get(next_job))
+        .route("/jobs/claim", post(claim))
+        .route("/jobs/{id}", get(show_job))
+        .route("/jobs/{id}/status", post(report_status))
+        .route("/jobs/{id}/lease", post(renew))
+        .route("/jobs/{id}/settle", post(settle))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route(
+            "/jobs/{id}/events",
+            post(append_event).get(super::sse::events),
+        )
+        .route("/dlq", get(dlq))
+        .route("/dlq/{id}/requeue", post(requeue))
+        .route("/nodes", get(nodes))
+        .route("/nodes/heartbeat", post(heartbeat))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq"],
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    /// Long-poll: seconds to wait for a job before answering 204.
+    wait: Option<f64>,
+}
+
+fn wait_of(secs: Option<f64>) -> Duration {
+    match secs {
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
+async fn claim_wait(
+    store: &Store,
+    worker: &str,
+    max: usize,
+    lease: Duration,
+    wait: Duration,
+) -> ApiResult<Vec<JobRecord>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut ready = store.subscribe_ready();
+    loop {
+        ready.borrow_and_update();
+        let got = store.claim(worker, max, lease)?;
+        if !got.is_empty() {
+            store.flush().await?;
+            return Ok(got);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(got);
+        }
+        // A retry whose delay ends, or a lease that expires, does not bump `ready`: look again
+        // at least every 250 ms.
+        let nap = (deadline - now).min(Duration::from_millis(250));
+        let _ = tokio::time::timeout(nap, ready.changed()).await;
+    }
+}
+
+/// The SPEC §9.4 payload: every value a string.
+fn stringly(payload: &Map<String, Value>) -> Map<String, Value> {
+    payload
+        .iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), Value::String(s))
+        })
+        .collect()
+}
+
+/// `GET /api/v1/jobs/next[?wait=S]` (SPEC §9.4): 200 `{"id","type","payload"}` or 204. The lease
+/// travels in headers so the body stays the Go agent's format byte for byte.
+async fn next_job(
+    State(app): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let worker = format!("poller@{}", peer.ip());
+    let mut got = claim_wait(&app.store, &worker, 1, DEFAULT_LEASE, wait_of(q.wait)).await?;
+    let Some(r) = got.pop() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    #[derive(serde::Serialize)]
+    struct Wire<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        job_type: &'a str,
+        payload: Map<String, Value>,
+    }
+    let body = Wire {
+        id: &r.id,
+        job_type: &r.job_type,
+        payload: stringly(&r.payload),
+    };
+    let mut resp = Json(body).into_response();
+    if let Some(l) = &r.lease {
+        if let Ok(v) = HeaderValue::from_str(&l.id) {
+            resp.headers_mut().insert("x-citadel-lease-id", v);
+        }
+    }
+    resp.headers_mut()
+        .insert("x-citadel-attempt", HeaderValue::from(r.attempts));
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: String,
+    #[serde(default)]
+    output: Option<String>,
+}
+
+/// `POST /api/v1/jobs/{id}/status` (SPEC §9.4) → 204.
+async fn report_status(
+    State(app): St,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let b: StatusBody = parse(body)?;
+    let success = match b.status.as_str() {
+        "SUCCESS" => true,
+        "FAILURE" => false,
+        other => {
+            return Err(ApiError::bad(format!(
+                "status must be SUCCESS or FAILURE, not {other:?}"
+            )))
+        }
+    };
+    app.store.report_status(&id, success, b.output)?;
+    app.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/nodes` (SPEC §9.4).
+async fn nodes(State(app): St) -> ApiResult<Json<Value>> {
+    let now = now_ms();
+    let list: Vec<Value> = app
+        .store
+        .nodes()?
+        .into_iter()
+        .map(|n| {
+            let online = now.saturating_sub(n.last_seen_ms) < NODE_OFFLINE_AFTER.as_millis() as u64;
+            json!({
+                "id": n.id,
+                "name": n.name,
+                "ip_address": n.ip_address,
+                "status": if online { n.status.as_str() } else { "offline" },
+                "last_seen": rfc3339_ms(n.last_seen_ms),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatBody {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn heartbeat(
+    State(app): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let b: HeartbeatBody = parse(body)?;
+    if b.id.is_empty() || b.id.len() > 256 {
+        return Err(ApiError::bad("`id` must be 1 to 256 characters"));
+    }
+    app.store.heartbeat(NodeRecord {
+        name: b.name.unwrap_or_else(|| b.id.clone()),
+        id: b.id,
+        ip_address: peer.ip().to_string(),
+        status: b.status.unwrap_or_else(|| "online".into()),
+        last_seen_ms: now_ms(),
+    })?;
+    app.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn submit(State(app): St, body: Body) -> ApiResult<(StatusCode, Json<JobRecord>)> {
+    let new: NewJob = parse(body)?;
+    let r = app.store.submit(new)?;
+    app.store.flush().await?;
+    tracing::info!(job_id = %r.id, job_type = %r.job_type, "job submitted");
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_jobs(State(app): St, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad(format!(
+                "unknown state {s:?} (queued, leased, succeeded, failed, cancelled, dead)"
+            ))
+        })?),
+    };
+    let jobs = app.store.list(state, q.limit.unwrap_or(100).min(10_000));
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn show_job(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobRecord>> {
+    Ok(Json(app.store.get(&id)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    worker: String,
+    #[serde(default = "one")]
+    max: usize,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    lease_ms: Option<u64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn lease_of(ms: Option<u64>) -> Duration {
+    ms.filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_LEASE)
+}
+
+/// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
+/// lease.
+async fn claim(State(app): St, body: Body) -> ApiResult<Json<Value>> {
+    let b: ClaimBody = parse(body)?;
+    let max = b.max.clamp(1, 1000);
+    let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
+    let got = claim_wait(&app.store, &b.worker, max, lease_of(b.lease_ms), wait).await?;
+    Ok(Json(json!({ "jobs": got })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    lease_id: String,
+    #[serde(default)]
+    lease_ms: Option<u64>,
+}
+
+async fn renew(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<Value>> {
+    let b: RenewBody = parse(body)?;
+    let r = app.store.renew(&id, &b.lease_id, lease_of(b.lease_ms))?;
+    app.store.flush().await?;
+    Ok(Json(json!({
+        "lease_expires_ms": r.lease.as_ref().map(|l| l.expires_ms),
+        "cancel_requested": r.cancel_requested,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    lease_id: String,
+    action: String,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
+    let b: SettleBody = parse(body)?;
+    let how = match b.action.as_str() {
+        "ack" => Settle::Ack,
+        "retry" => Settle::Retry {
+            delay: Duration::from_millis(b.delay_ms),
+            error: b.errors.last().cloned(),
+        },
+        "dead_letter" => Settle::DeadLetter {
+            reason: b
+                .reason
+                .unwrap_or_else(|| "dead-lettered by the worker".into()),
+            errors: b.errors,
+        },
+        "release" => Settle::Release,
+        other => {
+            return Err(ApiError::bad(format!(
+                "action must be ack, retry, dead_letter or release, not {other:?}"
+            )))
+        }
+    };
+    let r = app.store.settle(&id, &b.lease_id, how)?;
+    app.store.flush().await?;
+    Ok(Json(r))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
+    let empty = body.as_ref().map(|b| b.is_empty()).unwrap_or(false);
+    let b: CancelBody = if empty {
+        CancelBody::default()
+    } else {
+        parse(body)?
+    };
+    let reason = b
+        .reason
+        .unwrap_or_else(|| "cancelled by the producer".into());
+    let r = app.store.cancel(&id, &reason)?;
+    app.store.flush().await?;
+    tracing::info!(job_id = %id, state = ?r.state, "cancellation requested");
+    Ok(Json(r))
+}
+
+async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {
+    let ev: Value = parse(body)?;
+    if !ev.is_object() {
+        return Err(ApiError::bad("an event is a JSON object (SPEC §9.2)"));
+    }
+    if let Some(j) = ev.get("jobId").and_then(Value::as_str) {
+        if j != id {
+            return Err(ApiError::bad(format!(
+                "the event is about job {j}, not {id}"
+            )));
+        }
+    }
+    app.store.append_event(&id, &ev)?;
+    app.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn dlq(State(app): St) -> Json<Value> {
+    Json(json!({ "jobs": app.store.list(Some(JobState::Dead), 10_000) }))
+}
+
+async fn requeue(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobRecord>> {
+    let r = app.store.requeue(&id)?;
+    app.store.flush().await?;
+    Ok(Json(r))
+}

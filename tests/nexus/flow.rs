@@ -1,0 +1,105 @@
+//! The zero-config flow of a fresh machine: `citadel work` with nothing configured serves an
+//! embedded control plane, and `citadel submit --wait` finds it and prints the result.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn citadel(data: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--data-dir").arg(data);
+    for var in [
+        "CITADEL_DATA_DIR",
+        "CITADEL_REDIS_URL",
+        "CITADEL_NEXUS_URL",
+        "CITADEL_NEXUS_TOKEN",
+        "CITADEL_TRANSPORT",
+        "CITADEL_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+#[test]
+fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let log = std::fs::File::create(tmp.path().join("work.log")).unwrap();
+    let mut worker = citadel(&data)
+        .args(["--log", "citadel=debug,warn", "work"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(tmp.path().join("work.log")).unwrap_or_default();
+    eventually(
+        Duration::from_secs(20),
+        "the embedded control plane listens",
+        || logs().contains("citadel submit --wait echo msg=hi") && logs().contains("working"),
+    );
+    assert!(
+        logs().contains("embedded control plane on http://127.0.0.1:"),
+        "{}",
+        logs()
+    );
+
+    let out = citadel(&data)
+        .args(["submit", "--wait", "--timeout", "30s", "echo", "msg=hi"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"msg\":\"hi\"}\n");
+
+    // A failing job: the events of each attempt stream by, and the exit status says it failed.
+    let out = citadel(&data)
+        .args([
+            "submit",
+            "--wait",
+            "--timeout",
+            "30s",
+            "fail",
+            "maxAttempts:=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deliberate failure"));
+
+    let out = citadel(&data)
+        .args(["jobs", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["dead", "succeeded"]);
+
+    let pid = rustix::process::Pid::from_raw(worker.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            assert!(status.success(), "{}", logs());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not stop\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,163 @@
+//! Claiming jobs from the control plane in the background, into the inbox `next()` drains (the
+//! same hand-over as the Redis transport, so `next()` is cancel-safe and never claims more than
+//! the free slots). Full mode long-polls `POST /api/v1/jobs/claim`; plain mode (a server that
+//! only speaks SPEC §9.4) polls `GET /api/v1/jobs/next` every `poll_interval`. Also turns the
+//! server's JSON into deliveries. This module must never settle or run a job.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use tracing::{debug, warn};
+
+use super::{Inner, Mode};
+use crate::backoff::Backoff;
+use crate::delivery::{Delivery, Incoming, Malformed, Receipt};
+use crate::job::{Job, JobId};
+use crate::source::SourceError;
+
+/// The source name jobs from the control plane carry.
+pub const SOURCE: &str = "nexus";
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        inner.inbox.wait_for_demand().await;
+        if inner.inbox.is_closed() {
+            return;
+        }
+        let want = inner.inbox.want();
+        if want == 0 {
+            continue;
+        }
+        let round = match inner.mode {
+            Mode::Full => claim(&inner, want).await,
+            Mode::Plain => poll(&inner).await,
+        };
+        match round {
+            Ok(items) => {
+                if retrier.failures() > 0 {
+                    tracing::info!("control plane is back");
+                }
+                retrier.reset();
+                let empty = items.is_empty();
+                inner.inbox.deliver(items);
+                if empty && inner.mode == Mode::Plain {
+                    tokio::select! {
+                        () = tokio::time::sleep(inner.cfg.poll_interval) => {}
+                        () = inner.inbox.wait_closed() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = retrier.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot claim jobs from the control plane");
+                inner.inbox.fail(e);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = inner.inbox.wait_closed() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError> {
+    let body = json!({
+        "worker": inner.cfg.worker_id,
+        "max": want,
+        "wait_ms": inner.cfg.long_poll.as_millis() as u64,
+        "lease_ms": inner.cfg.lease.as_millis() as u64,
+    });
+    let rb = inner
+        .client
+        .request(Method::POST, "/api/v1/jobs/claim")
+        .json(&body);
+    let v = inner
+        .client
+        .json(rb, inner.cfg.long_poll + inner.cfg.request_timeout)
+        .await?;
+    let jobs = v
+        .get("jobs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let items: Vec<Incoming> = jobs.iter().map(from_claim).collect();
+    if !items.is_empty() {
+        debug!(count = items.len(), "claimed jobs");
+    }
+    Ok(items)
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// One job of a `POST /api/v1/jobs/claim` answer.
+pub(crate) fn from_claim(v: &Value) -> Incoming {
+    let raw_id = text(v, "id").unwrap_or_default();
+    let lease = v
+        .get("lease")
+        .and_then(|l| text(l, "id"))
+        .unwrap_or_default();
+    let attempt = v
+        .get("attempts")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as u32;
+    let receipt = Receipt::new(raw_id.clone(), lease);
+    let bad = |job_id: Option<JobId>, reason: String| {
+        Incoming::Malformed(Malformed {
+            receipt: receipt.clone(),
+            job_id,
+            reason,
+            attempt,
+        })
+    };
+    let id = match JobId::new(raw_id) {
+        Ok(id) => id,
+        Err(e) => return bad(None, format!("invalid job id: {e}")),
+    };
+    let Some(job_type) = text(v, "type") else {
+        return bad(Some(id), "missing type".into());
+    };
+    let payload = match v.get("payload") {
+        Some(p @ Value::Object(_)) => p.clone(),
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(_) => return bad(Some(id), "payload is not a JSON object".into()),
+    };
+    Incoming::Job(Delivery {
+        job: Job {
+            id,
+            job_type,
+            payload,
+            ray_id: text(v, "rayId"),
+            enqueued_at: text(v, "created_at"),
+            attempt,
+            source: SOURCE.into(),
+        },
+        receipt,
+    })
+}
+
+/// Plain mode: one `GET /api/v1/jobs/next`, exactly as the Go agent does it.
+async fn poll(inner: &Inner) -> Result<Vec<Incoming>, SourceError> {
+    let rb = inner.client.request(Method::GET, "/api/v1/jobs/next");
+    let resp = inner.client.send(rb, inner.cfg.request_timeout).await?;
+    if resp.status() == StatusCode::NO_CONTENT {
+        return Ok(Vec::new());
+    }
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| SourceError::Broker(format!("GET /api/v1/jobs/next: unreadable job: {e}")))?;
+    // The §9.4 job has no lease and no attempt count: it is this worker's until it reports.
+    let mut v = v;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("attempts".into(), 1.into());
+    }
+    Ok(vec![from_claim(&v)])
+}

@@ -1,0 +1,435 @@
+//! The nexus transport (SPEC §3, §9.4): jobs over HTTP from a citadel control plane (`citadel
+//! nexus serve`, or one embedded in `citadel work`), with a bearer token, long-poll claims sized
+//! to the free slots, leases, settlements, cancellation and job events; and, against a server
+//! that only speaks the Go agent's format, plain polling of `GET /api/v1/jobs/next` every 5 s
+//! with results reported by `POST /api/v1/jobs/{id}/status`. This module owns the mapping of the
+//! `JobSource` contract onto that API; it must never run jobs, journal or choose a settlement.
+//!
+//! - **Mode**: at connect, `GET /api/v1/health` answers on a citadel control plane (full mode);
+//!   a 404 means a plain Nexus server (plain mode). `force_plain` chooses plain mode anyway.
+//! - **Receipts** are (job id, lease id); every lease call and settlement names the lease, and
+//!   the server answers 409 when another worker holds the job now ([`SourceError::LeaseLost`]).
+//! - **Attempts** are the server's delivery count (an expired lease counts one).
+//! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
+//!   in memory and sent as the `output` of the status report when the job is acked.
+
+mod client;
+mod fetch;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::delivery::{Incoming, Receipt};
+use crate::events::{EventData, WireEvent};
+use crate::job::JobId;
+use crate::redis::inbox::Inbox;
+use crate::settlement::Settlement;
+use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
+use client::Client;
+pub use fetch::SOURCE;
+
+/// How the nexus transport behaves.
+#[derive(Debug, Clone)]
+pub struct NexusConfig {
+    /// `http://host:port` of the control plane.
+    pub url: String,
+    /// The bearer token (`citadel nexus serve` writes it to `DATA/nexus/token`).
+    pub token: Option<String>,
+    /// The worker's id (the consumer name): lease holder and node id.
+    pub worker_id: String,
+    /// The node's display name (`GET /api/v1/nodes`).
+    pub node_name: String,
+    /// The lease asked for each claimed job; extended every third of it.
+    pub lease: Duration,
+    /// How long one claim waits on the server for a job (long-poll).
+    pub long_poll: Duration,
+    /// Plain mode: the pause between two empty polls.
+    pub poll_interval: Duration,
+    /// How long `next()` waits before returning empty.
+    pub block: Duration,
+    /// The deadline of one ordinary request.
+    pub request_timeout: Duration,
+    /// Node heartbeat interval (full mode).
+    pub heartbeat: Duration,
+    /// Speak only SPEC §9.4 even to a citadel control plane.
+    pub force_plain: bool,
+}
+
+impl NexusConfig {
+    pub fn new(url: impl Into<String>, worker_id: impl Into<String>) -> Self {
+        let worker_id = worker_id.into();
+        Self {
+            url: url.into(),
+            token: None,
+            node_name: worker_id.clone(),
+            worker_id,
+            lease: Duration::from_secs(60),
+            long_poll: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            block: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(30),
+            force_plain: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A citadel control plane: claims, leases, events, cancellation.
+    Full,
+    /// SPEC §9.4 only.
+    Plain,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    cfg: NexusConfig,
+    client: Client,
+    mode: Mode,
+    inbox: Inbox,
+    /// Plain mode: the outcome each job's terminal event reported (success, output).
+    outcomes: Mutex<HashMap<JobId, (bool, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A [`JobSource`] on a Nexus HTTP control plane. Create it with [`NexusSource::connect`].
+#[derive(Debug)]
+pub struct NexusSource {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn path_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl NexusSource {
+    /// Probes the server (choosing full or plain mode), registers the node and starts fetching.
+    pub async fn connect(cfg: NexusConfig) -> Result<Self, SourceError> {
+        let client = Client::new(&cfg.url, cfg.token.clone(), cfg.request_timeout)?;
+        let rb = client.request(Method::GET, "/api/v1/health");
+        let mode = match client.send(rb, cfg.request_timeout).await {
+            Ok(_) if !cfg.force_plain => Mode::Full,
+            Ok(_) => Mode::Plain,
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Mode::Plain,
+            Err(f) => return Err(f.error),
+        };
+        info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
+        let inner = Arc::new(Inner {
+            cfg,
+            client,
+            mode,
+            inbox: Inbox::default(),
+            outcomes: Mutex::default(),
+        });
+        let mut tasks = vec![tokio::spawn(fetch::run(inner.clone()))];
+        if mode == Mode::Full {
+            tasks.push(tokio::spawn(heartbeats(inner.clone())));
+        }
+        Ok(Self {
+            inner,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Whether the server speaks more than SPEC §9.4.
+    pub fn is_full(&self) -> bool {
+        self.inner.mode == Mode::Full
+    }
+
+    pub fn config(&self) -> &NexusConfig {
+        &self.inner.cfg
+    }
+
+    async fn settle_plain(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Result<(), SourceError> {
+        let id = JobId::new(receipt.queue()).ok();
+        let recorded = id
+            .as_ref()
+            .and_then(|id| lock(&self.inner.outcomes).remove(id));
+        let (success, output) = match settlement {
+            Settlement::Ack => recorded.unwrap_or((true, String::new())),
+            Settlement::DeadLetter { reason } => (false, reason.clone()),
+            Settlement::Retry { .. } => {
+                warn!(receipt = %receipt, "a plain Nexus server cannot retry a job; reporting FAILURE");
+                (
+                    false,
+                    ctx.errors
+                        .last()
+                        .cloned()
+                        .unwrap_or_else(|| "failed".into()),
+                )
+            }
+            Settlement::Release => {
+                warn!(receipt = %receipt, "a plain Nexus server cannot take a job back; it stays with the server");
+                return Ok(());
+            }
+        };
+        let body = json!({
+            "status": if success { "SUCCESS" } else { "FAILURE" },
+            "output": output,
+        });
+        let path = format!("/api/v1/jobs/{}/status", path_id(receipt.queue()));
+        let rb = self.inner.client.request(Method::POST, &path).json(&body);
+        match self
+            .inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(f) => Err(f.error),
+        }
+    }
+}
+
+impl Drop for NexusSource {
+    fn drop(&mut self) {
+        self.inner.inbox.close();
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn heartbeats(inner: Arc<Inner>) {
+    loop {
+        let body =
+            json!({"id": inner.cfg.worker_id, "name": inner.cfg.node_name, "status": "online"});
+        let rb = inner
+            .client
+            .request(Method::POST, "/api/v1/nodes/heartbeat")
+            .json(&body);
+        if let Err(f) = inner.client.send(rb, inner.cfg.request_timeout).await {
+            tracing::debug!(error = %f.error, "node heartbeat failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(inner.cfg.heartbeat) => {}
+            () = inner.inbox.wait_closed() => return,
+        }
+    }
+}
+
+#[async_trait]
+impl JobSource for NexusSource {
+    fn name(&self) -> &'static str {
+        "nexus"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let full = self.inner.mode == Mode::Full;
+        Capabilities {
+            events: full,
+            lease: full.then_some(self.inner.cfg.lease),
+            dead_letter: full,
+            cancellation: full,
+            batch: full,
+        }
+    }
+
+    async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {
+        let max = if self.inner.mode == Mode::Plain {
+            max.min(1)
+        } else {
+            max
+        };
+        self.inner.inbox.next(max, self.inner.cfg.block).await
+    }
+
+    async fn settle(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Result<(), SourceError> {
+        if self.inner.mode == Mode::Plain {
+            return self.settle_plain(receipt, settlement, ctx).await;
+        }
+        let mut body = json!({"lease_id": receipt.id(), "action": settlement.name()});
+        match settlement {
+            Settlement::Retry { delay } => {
+                body["delay_ms"] = (delay.as_millis() as u64).into();
+                body["errors"] = json!(ctx.errors);
+            }
+            Settlement::DeadLetter { reason } => {
+                body["reason"] = reason.clone().into();
+                body["errors"] = json!(ctx.errors);
+            }
+            Settlement::Ack | Settlement::Release => {}
+        }
+        let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
+        let rb = self.inner.client.request(Method::POST, &path).json(&body);
+        match self
+            .inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(f) if f.status == Some(StatusCode::CONFLICT) => {
+                warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
+                Err(SourceError::LeaseLost(receipt.clone()))
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
+        if self.inner.mode == Mode::Plain {
+            return Ok(Lease::Held);
+        }
+        let body =
+            json!({"lease_id": receipt.id(), "lease_ms": self.inner.cfg.lease.as_millis() as u64});
+        let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
+        let rb = self.inner.client.request(Method::POST, &path).json(&body);
+        match self
+            .inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(_) => Ok(Lease::Held),
+            Err(f) if matches!(f.status, Some(StatusCode::CONFLICT | StatusCode::NOT_FOUND)) => {
+                warn!(receipt = %receipt, "lease lost");
+                Ok(Lease::Lost)
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
+        if self.inner.mode == Mode::Plain {
+            return Ok(false);
+        }
+        let path = format!("/api/v1/jobs/{}", path_id(job.as_str()));
+        let rb = self.inner.client.request(Method::GET, &path);
+        match self
+            .inner
+            .client
+            .json(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(v) => Ok(
+                v.get("cancel_requested").and_then(Value::as_bool) == Some(true)
+                    || v.get("state").and_then(Value::as_str) == Some("cancelled"),
+            ),
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(false),
+            Err(f) => Err(f.error),
+        }
+    }
+
+    async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        if self.inner.mode == Mode::Plain {
+            let outcome = match &event.data {
+                EventData::End { result } => Some((
+                    true,
+                    match result.get("output") {
+                        Some(Value::String(s)) => s.clone(),
+                        _ => result.to_string(),
+                    },
+                )),
+                EventData::Error { error, .. } => Some((false, error.clone())),
+                EventData::Cancelled { reason } => Some((false, format!("cancelled: {reason}"))),
+                _ => None,
+            };
+            if let Some(o) = outcome {
+                lock(&self.inner.outcomes).insert(event.job_id.clone(), o);
+            }
+            return Ok(());
+        }
+        let path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
+        let rb = self
+            .inner
+            .client
+            .request(Method::POST, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(event.to_json());
+        match self
+            .inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) => Err(f.error),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        let path = match self.inner.mode {
+            Mode::Full => "/api/v1/health",
+            Mode::Plain => "/api/v1/nodes",
+        };
+        let started = Instant::now();
+        let rb = self.inner.client.request(Method::GET, path);
+        match self
+            .inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await
+        {
+            Ok(_) => Health::up(started.elapsed()),
+            Err(f) => Health::down(f.error.to_string()),
+        }
+    }
+
+    async fn close(&self) -> Vec<Incoming> {
+        self.inner.inbox.close();
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        let patience = self.inner.cfg.long_poll + Duration::from_secs(2);
+        for mut t in tasks {
+            if tokio::time::timeout(patience, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        let left = self.inner.inbox.take_buffered();
+        info!(unclaimed = left.len(), "nexus job source closed");
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_jobs_become_deliveries() {
+        let v = json!({"id":"j-1","type":"echo","payload":{"a":1},"attempts":2,
+            "lease":{"id":"L","worker":"w","expires_ms":1},"rayId":"r"});
+        let Incoming::Job(d) = fetch::from_claim(&v) else {
+            panic!("not a job")
+        };
+        assert_eq!(d.receipt, Receipt::new("j-1", "L"));
+        assert_eq!(d.job.attempt, 2);
+        assert_eq!(d.job.payload, json!({"a":1}));
+        assert_eq!(d.job.ray_id.as_deref(), Some("r"));
+        let bad = fetch::from_claim(&json!({"id":"j-2","payload":{}}));
+        assert!(matches!(bad, Incoming::Malformed(m) if m.reason == "missing type"));
+        assert_eq!(path_id("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -2,6 +2,9 @@
 //! the nexus transport and the CLI against it: the wire format of SPEC §9.4 byte for byte, auth,
 //! malformed requests, leases, long-poll, events, restart without loss, and the zero-config flow.
 
+#[path = "../transports/tests/redis/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 #[path = "nexus/support.rs"]
 mod support;
 

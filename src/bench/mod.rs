@@ -2,6 +2,7 @@
 //! rates from one run; nothing here asserts a timing.
 
 mod journal;
+mod nexus;
 mod redis;
 
 use clap::Subcommand;
@@ -14,11 +15,15 @@ pub enum BenchCommand {
     /// No-op jobs through Redis Streams: jobs/s at several concurrencies (journal durable and,
     /// for comparison, buffered) and enqueue → handler-start latency at a fixed offered load.
     Redis(redis::RedisBench),
+    /// No-op jobs through the embedded control plane: jobs/s, and submit → start latency with
+    /// long-poll and with plain 5 s polling.
+    Nexus(nexus::NexusBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Journal(args) => journal::run(args).await,
         BenchCommand::Redis(args) => redis::run(args).await,
+        BenchCommand::Nexus(args) => nexus::run(args).await,
     }
 }

@@ -268,9 +268,13 @@ impl Store {
         self.mem.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes every change so far durable.
+    /// Makes every change so far durable. (sled's `flush_async` was seen to hang for good under
+    /// concurrent requests, so the blocking `flush` runs on the blocking pool instead.)
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
         Ok(())
     }
 

@@ -407,3 +407,42 @@ fn a_killed_and_restarted_control_plane_loses_no_submitted_job() {
     assert_eq!(next.len(), 4);
     assert_eq!(next[0]["payload"]["i"], 4);
 }
+
+#[test]
+fn concurrent_submits_and_claims_are_all_answered() {
+    // Regression: the store once flushed with sled's flush_async, which hung under concurrency.
+    let (_tmp, p) = plane();
+    let (port, token) = (p.port, p.token.clone());
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {token}");
+                for i in 0..40 {
+                    let body = format!(r#"{{"id":"c-{t}-{i}","type":"noop"}}"#);
+                    let r = raw(
+                        port,
+                        "POST",
+                        "/api/v1/jobs",
+                        &[("Authorization", &auth)],
+                        Some(&body),
+                    );
+                    assert_eq!(r.status, 201, "{}", r.body);
+                    let r = raw(
+                        port,
+                        "GET",
+                        "/api/v1/jobs/next",
+                        &[("Authorization", &auth)],
+                        None,
+                    );
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let leased = p.json("GET", "/api/v1/jobs?state=leased&limit=10000", None);
+    assert_eq!(leased["jobs"].as_array().unwrap().len(), 640);
+}

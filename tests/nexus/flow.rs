@@ -103,3 +103,54 @@ fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_to_redis_writes_the_wire_format_and_waits_for_the_events() {
+    let server = crate::harness::Server::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut worker = citadel(&data)
+        .args([
+            "work",
+            "--node-name",
+            "node-r",
+            "--redis-url",
+            &server.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = citadel(&data)
+        .args([
+            "submit",
+            "--redis-url",
+            &server.url(),
+            "--wait",
+            "--timeout",
+            "30s",
+            "--id",
+            "r-1",
+            "echo",
+            "msg=hi",
+        ])
+        .output()
+        .unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"msg\":\"hi\"}\n");
+    // The entry a producer of the Go platform would have written (SPEC §9.1).
+    let mut c = server.conn().await;
+    let entries = crate::harness::range(&mut c, crate::harness::STREAM).await;
+    let fields: std::collections::HashMap<String, String> = entries[0].1.iter().cloned().collect();
+    assert_eq!(fields["jobId"], "r-1");
+    assert_eq!(fields["type"], "echo");
+    assert_eq!(fields["payload"], r#"{"msg":"hi"}"#);
+    assert!(humantime::parse_rfc3339(&fields["enqueuedAt"]).is_ok());
+}

@@ -110,6 +110,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.commit.stop();
+        crate::store::note_closed(self.store.path());
     }
 }
 

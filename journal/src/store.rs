@@ -4,6 +4,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::block::{block_key, seq_of_block_key, BLOCK_PREFIX};
 use crate::error::{JournalError, Result};
@@ -34,8 +36,47 @@ pub(crate) type RawValue = sled::IVec;
 /// One write: `Some(value)` inserts, `None` removes.
 pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
 
+/// Journals this process closed in the last moments. sled releases its file lock from
+/// background threads a little after the last handle drops, so reopening at once can find the
+/// lock still held: only then is the open retried, briefly. A lock held by another process (a
+/// running worker) is reported at once.
+static RECENTLY_CLOSED: Mutex<Vec<(PathBuf, Instant)>> = Mutex::new(Vec::new());
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Records that this process just closed the journal at `path`.
+pub(crate) fn note_closed(path: &Path) {
+    let mut closed = RECENTLY_CLOSED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    closed.retain(|(p, at)| p != path && at.elapsed() < RELEASE_GRACE);
+    closed.push((path.to_path_buf(), Instant::now()));
+}
+
+fn closed_recently(path: &Path) -> bool {
+    let closed = RECENTLY_CLOSED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    closed
+        .iter()
+        .any(|(p, at)| p == path && at.elapsed() < RELEASE_GRACE)
+}
+
 impl Store {
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        let started = Instant::now();
+        loop {
+            match Self::open_once(path) {
+                Err(JournalError::Locked { .. })
+                    if closed_recently(path) && started.elapsed() < RELEASE_GRACE =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(|e| storage(path, e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| storage(path, e))?;

@@ -254,17 +254,31 @@ async fn a_second_worker_on_the_same_data_directory_refuses_to_start() {
 
 #[tokio::test]
 async fn the_worker_rides_out_a_redis_restart() {
-    let mut server = Server::start().await;
+    let server = Server::start().await;
     let mut c = server.conn().await;
     let dir = tempfile::tempdir().unwrap();
     let w = Worker::start(&server, dir.path(), &[]);
     submit(&mut c, "before", "noop", json!({})).await;
     wait_for(&mut c, "before", "end", WAIT).await;
-    server.restart().await;
+    // What a restart without persistence does to a worker, without giving the port away for
+    // another test's server to take: every connection is cut and the stream and group are gone.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut c = server.conn().await;
     submit(&mut c, "after", "noop", json!({})).await;
-    wait_for(&mut c, "after", "end", WAIT).await;
+    let done = tokio::time::timeout(WAIT, wait_for(&mut c, "after", "end", WAIT * 2)).await;
+    assert!(
+        done.is_ok(),
+        "the job after the restart never ran; worker log:\n{}",
+        w.logs()
+    );
     assert!(w.logs().contains("redis"), "{}", w.logs());
 }
 

@@ -13,7 +13,8 @@ use super::config::RedisConfig;
 use crate::source::SourceError;
 
 /// Classifies a Redis error: lost or refused connections and timeouts are `Unavailable`,
-/// transient server refusals (`LOADING`, `TRYAGAIN`, `NOGROUP` after a restart) are `Busy`,
+/// transient server refusals (`LOADING`, `TRYAGAIN`, `NOGROUP` after a restart, `UNBLOCKED` when
+/// the stream vanished under a blocked read) are `Busy`,
 /// the rest is `Broker`.
 pub(crate) fn map_err(e: RedisError) -> SourceError {
     let text = e.to_string();
@@ -35,7 +36,11 @@ pub(crate) fn map_err(e: RedisError) -> SourceError {
 }
 
 pub(crate) fn is_nogroup(e: &RedisError) -> bool {
-    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+    // `UNBLOCKED`: the stream was deleted (a restart without persistence, FLUSHALL, DEL) while
+    // a read was blocked on it; like a missing group, the cure is to create both again.
+    ["NOGROUP", "UNBLOCKED"]
+        .iter()
+        .any(|code| e.code() == Some(code) || e.to_string().contains(code))
 }
 
 /// A managed connection whose answers may take up to `response_timeout`.

@@ -81,7 +81,8 @@ impl Fetcher {
                 Err(e) => {
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
-                    if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP")) {
+                    if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
+                    {
                         if let Err(e) = ensure_groups(&mut self.conn, &self.inner.cfg).await {
                             warn!(error = %e, "re-creating the consumer group failed");
                         }

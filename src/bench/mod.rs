@@ -27,3 +27,47 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Nexus(args) => nexus::run(args).await,
     }
 }
+
+/// `noop` that records when each job's handler started, for dispatch latency.
+#[derive(Debug, Default)]
+pub(crate) struct TimedNoop {
+    started: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl crate::handlers::Handler for TimedNoop {
+    async fn run(
+        &self,
+        ctx: &crate::handlers::JobContext,
+    ) -> Result<serde_json::Value, crate::handlers::HandlerError> {
+        let now = std::time::Instant::now();
+        self.started
+            .lock()
+            .expect("poisoned")
+            .insert(ctx.job.id.to_string(), now);
+        Ok(serde_json::json!({}))
+    }
+}
+
+impl TimedNoop {
+    /// Milliseconds from each job's enqueue instant to its handler's start, sorted; jobs that
+    /// never started are left out.
+    pub(crate) fn latencies_ms(&self, enqueued: &[(String, std::time::Instant)]) -> Vec<f64> {
+        let started = self.started.lock().expect("poisoned");
+        let mut ms: Vec<f64> = enqueued
+            .iter()
+            .filter_map(|(id, at)| {
+                started
+                    .get(id)
+                    .map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted samples (nearest rank).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}

@@ -5,21 +5,20 @@
 //! each `POST /api/v1/jobs` to the moment its handler starts is recorded, with long-poll and,
 //! for comparison, with plain 5 s polling (SPEC §9.4, as the Go agent). Nothing here asserts.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use citadel_journal::{Durability, Journal, JournalOptions};
 use citadel_transports::{JobSource, NexusConfig, NexusSource};
 use clap::Args;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::{Handler, HandlerError, JobContext, Registry, ShellPolicy};
+use super::TimedNoop;
+use crate::handlers::{Registry, ShellPolicy};
 use crate::nexus::{self, Listen};
 use crate::runner::{Runner, RunnerConfig};
 
@@ -67,22 +66,6 @@ struct Latency {
 struct Report {
     throughput: Vec<Throughput>,
     latency: Vec<Latency>,
-}
-
-#[derive(Debug, Default)]
-struct TimedNoop {
-    started: Mutex<HashMap<String, Instant>>,
-}
-
-#[async_trait]
-impl Handler for TimedNoop {
-    async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
-        self.started
-            .lock()
-            .expect("poisoned")
-            .insert(ctx.job.id.to_string(), Instant::now());
-        Ok(json!({}))
-    }
 }
 
 struct Plane {
@@ -229,22 +212,13 @@ async fn measure(
     }
     shutdown.cancel();
     task.await??;
-    let started = timer.started.lock().expect("poisoned");
-    let mut ms: Vec<f64> = enqueued
-        .iter()
-        .filter_map(|(id, at)| {
-            started
-                .get(id)
-                .map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    let ms = timer.latencies_ms(&enqueued);
     anyhow::ensure!(
         ms.len() == total && total > 0,
         "{} of {total} latency jobs ran",
         ms.len()
     );
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |p: f64| super::percentile(&ms, p);
     Ok(Latency {
         mode,
         rate,

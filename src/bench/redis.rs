@@ -4,22 +4,20 @@
 //! jobs are enqueued at a fixed rate and the time from just before each `XADD` to the moment its
 //! handler starts is recorded. Uses `--redis-url`, or starts a throwaway local redis-server.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use citadel_journal::{Durability, Journal, JournalOptions};
 use citadel_transports::redis::LocalRedis;
 use citadel_transports::{JobSource, RedisConfig, RedisSource};
 use clap::Args;
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::{Handler, HandlerError, JobContext, Registry, ShellPolicy};
+use super::TimedNoop;
+use crate::handlers::{Registry, ShellPolicy};
 use crate::runner::{Runner, RunnerConfig};
 
 #[derive(Debug, Args)]
@@ -72,23 +70,6 @@ struct Report {
     redis: String,
     throughput: Vec<Throughput>,
     latency: Latency,
-}
-
-/// `noop` that records when each job's handler started.
-#[derive(Debug, Default)]
-struct TimedNoop {
-    started: Mutex<HashMap<String, Instant>>,
-}
-
-#[async_trait]
-impl Handler for TimedNoop {
-    async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
-        self.started
-            .lock()
-            .expect("poisoned")
-            .insert(ctx.job.id.to_string(), Instant::now());
-        Ok(serde_json::json!({}))
-    }
 }
 
 struct Setup {
@@ -194,23 +175,14 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     shutdown.cancel();
     task.await??;
     std::fs::remove_dir_all(&tmp).ok();
-    let started = timer.started.lock().expect("poisoned");
-    let mut ms: Vec<f64> = enqueued
-        .iter()
-        .filter_map(|(id, at)| {
-            started
-                .get(id)
-                .map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    let ms = timer.latencies_ms(&enqueued);
     anyhow::ensure!(
         ms.len() == enqueued.len(),
         "{} of {} latency jobs ran",
         ms.len(),
         enqueued.len()
     );
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |p: f64| super::percentile(&ms, p);
     let latency = Latency {
         rate: args.rate,
         concurrency: args.latency_concurrency,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use citadel_journal::Journal;
-use citadel_transports::{Backoff, EventMeta, Incoming, Job, JobSource, SettleContext, Settlement};
+use citadel_transports::{
+    Backoff, EventMeta, Incoming, Job, JobSource, SettleContext, Settlement, SourceError,
+};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -187,16 +189,26 @@ impl Runner {
                         });
                     }
                 }
-                Err(e) if e.is_retryable() => {
+                // Only a source that cannot work (bad configuration) or is closed stops the worker.
+                // Anything else, an unexpected broker reply during an outage included, is
+                // waited out with the backoff: nothing claimed is lost meanwhile.
+                Err(e @ (SourceError::Config(_) | SourceError::Closed)) => {
+                    break Err(anyhow::Error::new(e).context("the job source failed"));
+                }
+                Err(e) => {
                     let delay = retrier.next_delay();
-                    tracing::warn!(transport = shared.source.name(), error = %e, retry_in_ms = delay.as_millis() as u64,
-                        failures = retrier.failures(), "cannot fetch jobs; retrying");
+                    if e.is_retryable() {
+                        tracing::warn!(transport = shared.source.name(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                            failures = retrier.failures(), "cannot fetch jobs; retrying");
+                    } else {
+                        tracing::error!(transport = shared.source.name(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                            failures = retrier.failures(), "unexpected error from the job source; retrying");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break Ok(()),
                     }
                 }
-                Err(e) => break Err(anyhow::Error::new(e).context("the job source failed")),
             }
         };
         self.drain(&mut tasks, drain).await;

@@ -216,56 +216,65 @@ impl JobSource for RedisSource {
         let mut conn = inner.ctl.clone();
         let t = inner.target(receipt);
         let lease = inner.cfg.lease;
-        let outcome = match settlement {
-            Settlement::Ack => inner.scripts.ack(&mut conn, t).await?,
-            Settlement::Retry { delay } => match park::idle_for(lease, *delay) {
-                Some(idle) => {
+        let applied: Result<Owned, SourceError> = async {
+            Ok(match settlement {
+                Settlement::Ack => inner.scripts.ack(&mut conn, t).await?,
+                Settlement::Retry { delay } => match park::idle_for(lease, *delay) {
+                    Some(idle) => {
+                        inner
+                            .scripts
+                            .claim(&mut conn, t, idle, ClaimMode::Keep)
+                            .await?
+                    }
+                    None => {
+                        let owned = inner
+                            .scripts
+                            .claim(&mut conn, t, 0, ClaimMode::Keep)
+                            .await?;
+                        if owned == Owned::Applied {
+                            let now = Instant::now();
+                            inner.parked().push(Parked {
+                                receipt: receipt.clone(),
+                                due: now + *delay,
+                                refreshed: now,
+                            });
+                        }
+                        owned
+                    }
+                },
+                Settlement::DeadLetter { reason } => {
+                    let fields = dlq::fields(
+                        receipt,
+                        reason,
+                        ctx,
+                        &inner.cfg.worker_id,
+                        SystemTime::now(),
+                    );
+                    let dlq = RedisConfig::dlq_stream(receipt.queue());
                     inner
                         .scripts
-                        .claim(&mut conn, t, idle, ClaimMode::Keep)
+                        .dead_letter(&mut conn, t, &dlq, &fields)
                         .await?
                 }
-                None => {
-                    let owned = inner
+                Settlement::Release => {
+                    inner
                         .scripts
-                        .claim(&mut conn, t, 0, ClaimMode::Keep)
-                        .await?;
-                    if owned == Owned::Applied {
-                        let now = Instant::now();
-                        inner.parked().push(Parked {
-                            receipt: receipt.clone(),
-                            due: now + *delay,
-                            refreshed: now,
-                        });
-                    }
-                    owned
+                        .claim(
+                            &mut conn,
+                            t,
+                            RELEASED_IDLE.as_millis() as u64,
+                            ClaimMode::Release,
+                        )
+                        .await?
                 }
-            },
-            Settlement::DeadLetter { reason } => {
-                let fields = dlq::fields(
-                    receipt,
-                    reason,
-                    ctx,
-                    &inner.cfg.worker_id,
-                    SystemTime::now(),
-                );
-                let dlq = RedisConfig::dlq_stream(receipt.queue());
-                inner
-                    .scripts
-                    .dead_letter(&mut conn, t, &dlq, &fields)
-                    .await?
-            }
-            Settlement::Release => {
-                inner
-                    .scripts
-                    .claim(
-                        &mut conn,
-                        t,
-                        RELEASED_IDLE.as_millis() as u64,
-                        ClaimMode::Release,
-                    )
-                    .await?
-            }
+            })
+        }
+        .await;
+        // A stream or group that no longer exists (Redis restarted without persistence, or the
+        // stream was deleted) holds no pending entry: there is nothing left to settle.
+        let outcome = match applied {
+            Err(SourceError::Busy(m)) if m.contains("NOGROUP") => Owned::Gone,
+            other => other?,
         };
         inner.forget(receipt);
         match outcome {

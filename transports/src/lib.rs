@@ -23,4 +23,4 @@ pub use delivery::{Delivery, Incoming, Malformed, Receipt};
 pub use events::{EventData, EventMeta, JobStatus, WireEvent};
 pub use job::{Job, JobId, JobIdError};
 pub use settlement::Settlement;
-pub use source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
+pub use source::{Capabilities, Health, JobSource, Lease, Route, SettleContext, SourceError};

@@ -79,6 +79,27 @@ pub struct Capabilities {
     pub batch: bool,
 }
 
+/// Which transport is delivering, for `citadel status` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// The transport that delivers new jobs now (`redis`, `nats`, ...).
+    pub active: String,
+    /// How many times the active transport changed since the source was built.
+    pub switches: u64,
+    /// Why the last switch happened, when there was one.
+    pub last_switch: Option<String>,
+}
+
+impl Route {
+    /// The route of a transport that never switches.
+    pub fn fixed(name: &str) -> Self {
+        Self {
+            active: name.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Why a source operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
@@ -144,6 +165,19 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError>;
 
     async fn health(&self) -> Health;
+
+    /// Reports this node's status (SPEC §9.3: a JSON status message) where the transport's
+    /// control plane or fleet reads it. Transports without a node channel accept and drop it.
+    async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
+        let _ = status;
+        Ok(())
+    }
+
+    /// Which transport delivers jobs now and how often that changed. Only `auto` ever switches;
+    /// a plain transport answers its own name.
+    fn route(&self) -> Route {
+        Route::fixed(self.name())
+    }
 
     /// Stops fetching and returns what was claimed but never handed out by `next`, so the caller
     /// can release it. Later `next` calls fail with [`SourceError::Closed`].

@@ -55,6 +55,16 @@ pub struct JournalSection {
 pub struct TransportsSection {
     pub redis: Option<RedisSection>,
     pub nexus: Option<NexusSection>,
+    pub auto: Option<AutoSection>,
+}
+
+/// How `--transport auto` switches (durations such as `3s`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoSection {
+    pub fallback_after: Option<String>,
+    pub upgrade_after: Option<String>,
+    pub probe_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,17 +10,23 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
-use citadel_transports::{Backoff, JobSource, NexusConfig, NexusSource, RedisConfig, RedisSource};
+use citadel_transports::{
+    AutoConfig, AutoSource, Backoff, Candidate, JobSource, NexusConfig, NexusSource, RedisConfig,
+    RedisSource,
+};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::format;
-use crate::config::{self, FileConfig};
+use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection};
 use crate::handlers::{Registry, ShellPolicy};
 use crate::runner::{Runner, RunnerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
+    /// The best healthy configured transport (redis > nexus), falling back when it fails and
+    /// upgrading back when it recovers.
+    Auto,
     /// Redis Streams consumer group (the production path).
     Redis,
     /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
@@ -38,8 +44,8 @@ pub enum DurabilityArg {
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else nexus
-    /// when a Nexus URL is, else an embedded control plane on loopback.
+    /// The transport to take jobs from. Default `auto`: the best healthy configured transport
+    /// (redis > nexus), or, with none configured, an embedded control plane on loopback.
     #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
     transport: Option<TransportKind>,
     /// The Nexus control plane (http://host:port).
@@ -54,6 +60,15 @@ pub struct WorkArgs {
         hide_env_values = true
     )]
     nexus_token: Option<String>,
+    /// auto: how long the active transport may fail before the next one takes over (default 3s).
+    #[arg(long, env = "CITADEL_FALLBACK_AFTER", value_name = "DURATION")]
+    fallback_after: Option<String>,
+    /// auto: how long a better transport must be healthy again before it takes over (default 5s).
+    #[arg(long, env = "CITADEL_UPGRADE_AFTER", value_name = "DURATION")]
+    upgrade_after: Option<String>,
+    /// auto: how often every transport's health is probed (default 1s).
+    #[arg(long, env = "CITADEL_PROBE_INTERVAL", value_name = "DURATION")]
+    probe_interval: Option<String>,
     /// Config file (YAML; see the README). Default: DATA_DIR/citadel.yaml when it exists.
     #[arg(long, env = "CITADEL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -236,12 +251,24 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();
+    let auto_file = file.transports.auto;
     let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
+    // `auto` is the default; with nothing configured at all it means the embedded control plane.
+    let configured = [
+        args.redis_url.is_some() || redis_file.url.is_some(),
+        nexus_url.is_some(),
+    ];
     let kind = match args.transport {
+        Some(TransportKind::Auto) | None if configured.iter().filter(|c| **c).count() == 0 => None,
+        Some(TransportKind::Auto) | None if configured.iter().filter(|c| **c).count() == 1 => {
+            if configured[0] {
+                Some(TransportKind::Redis)
+            } else {
+                Some(TransportKind::Nexus)
+            }
+        }
+        None => Some(TransportKind::Auto),
         Some(k) => Some(k),
-        None if args.redis_url.is_some() || redis_file.url.is_some() => Some(TransportKind::Redis),
-        None if nexus_url.is_some() => Some(TransportKind::Nexus),
-        None => None,
     };
     let lease_setting = duration(
         "lease",
@@ -249,17 +276,51 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         redis_file.lease.as_ref(),
         Duration::from_secs(60),
     )?;
+    runner_config.lease = lease_setting;
+    let redis_url = args.redis_url.clone().or(redis_file.url.clone());
     let mut embedded = None;
     let source: Arc<dyn JobSource> = match kind {
+        Some(TransportKind::Auto) => {
+            let mut candidates = Vec::new();
+            if redis_url.is_some() {
+                let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
+                candidates.push(Candidate::new("redis", move || {
+                    let cfg = cfg.clone();
+                    async move { Ok(Arc::new(RedisSource::connect(cfg).await?) as Arc<dyn JobSource>) }
+                }));
+            }
+            if let Some(url) = nexus_url {
+                let cfg = nexus_config(
+                    &args,
+                    &nexus_file,
+                    url,
+                    &consumer,
+                    &node_name,
+                    lease_setting,
+                    data_dir,
+                )?;
+                candidates.push(Candidate::new("nexus", move || {
+                    let cfg = cfg.clone();
+                    async move { Ok(Arc::new(NexusSource::connect(cfg).await?) as Arc<dyn JobSource>) }
+                }));
+            }
+            let auto_cfg = auto_config(&args, auto_file.as_ref())?;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, transport auto over {} (falls back within {}), concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                candidates.iter().map(|c| c.name()).collect::<Vec<_>>().join(" > "),
+                humantime::format_duration(auto_cfg.detection_bound()),
+                runner_config.concurrency
+            );
+            Arc::new(
+                AutoSource::start(candidates, auto_cfg)
+                    .await
+                    .context("starting the auto transport")?,
+            )
+        }
         None | Some(TransportKind::Nexus) => {
-            let (url, token) = match (kind, nexus_url) {
-                (Some(_), Some(url)) => {
-                    let token = match args.nexus_token.clone() {
-                        Some(t) => Some(t),
-                        None => nexus_token_from_files(nexus_file.token_file.as_deref(), data_dir)?,
-                    };
-                    (url, token)
-                }
+            let url = match (kind, nexus_url) {
+                (Some(_), Some(url)) => url,
                 (Some(_), None) => bail!(
                     "--transport nexus needs --nexus-url (or CITADEL_NEXUS_URL, or transports.nexus.url)"
                 ),
@@ -277,16 +338,23 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                         running.url,
                         dir.display()
                     );
-                    let pair = (running.url.clone(), Some(running.token.clone()));
+                    let url = running.url.clone();
                     embedded = Some(running);
-                    pair
+                    url
                 }
             };
-            let mut cfg = NexusConfig::new(url, consumer.clone());
-            cfg.token = token;
-            cfg.node_name = node_name.clone();
-            cfg.lease = lease_setting;
-            runner_config.lease = cfg.lease;
+            let mut cfg = nexus_config(
+                &args,
+                &nexus_file,
+                url,
+                &consumer,
+                &node_name,
+                lease_setting,
+                data_dir,
+            )?;
+            if let Some(plane) = &embedded {
+                cfg.token = Some(plane.token.clone());
+            }
             eprintln!(
                 "citadel {} working: node {node_name}, worker {consumer}, nexus {}, concurrency {}",
                 env!("CARGO_PKG_VERSION"),
@@ -296,27 +364,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             Arc::new(connect_nexus(cfg).await?)
         }
         Some(TransportKind::Redis) => {
-            let r = redis_file;
-            let url = args
-                .redis_url
-                .clone()
-                .or(r.url)
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-            let mut cfg = RedisConfig::new(url, consumer.clone());
-            if !args.streams.is_empty() {
-                cfg.streams = args.streams.clone();
-            } else if let Some(s) = r.streams {
-                cfg.streams = s;
-            }
-            if let Some(g) = args.group.clone().or(r.group) {
-                cfg.group = g;
-            }
-            cfg.lease = lease_setting;
-            if let Some(s) = args.max_payload.as_ref().or(r.max_payload.as_ref()) {
-                cfg.max_payload_bytes =
-                    usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
-            }
-            runner_config.lease = cfg.lease;
+            let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
             eprintln!(
                 "citadel {} working: node {node_name}, consumer {consumer}, redis {} streams {} group {}, concurrency {}",
                 env!("CARGO_PKG_VERSION"),
@@ -343,6 +391,83 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             .context("stopping the embedded control plane")?;
     }
     result
+}
+
+/// The Redis transport's settings from the flags, environment and config file.
+fn redis_config(
+    args: &WorkArgs,
+    r: RedisSection,
+    consumer: &str,
+    lease: Duration,
+) -> anyhow::Result<RedisConfig> {
+    let url = args
+        .redis_url
+        .clone()
+        .or(r.url)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let mut cfg = RedisConfig::new(url, consumer.to_string());
+    if !args.streams.is_empty() {
+        cfg.streams = args.streams.clone();
+    } else if let Some(s) = r.streams {
+        cfg.streams = s;
+    }
+    if let Some(g) = args.group.clone().or(r.group) {
+        cfg.group = g;
+    }
+    cfg.lease = lease;
+    if let Some(s) = args.max_payload.as_ref().or(r.max_payload.as_ref()) {
+        cfg.max_payload_bytes =
+            usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
+    }
+    Ok(cfg)
+}
+
+/// The nexus transport's settings; the token from the flag, the config's token file or the
+/// local control plane's.
+fn nexus_config(
+    args: &WorkArgs,
+    file: &NexusSection,
+    url: String,
+    consumer: &str,
+    node_name: &str,
+    lease: Duration,
+    data_dir: &Path,
+) -> anyhow::Result<NexusConfig> {
+    let mut cfg = NexusConfig::new(url, consumer.to_string());
+    cfg.token = match args.nexus_token.clone() {
+        Some(t) => Some(t),
+        None => nexus_token_from_files(file.token_file.as_deref(), data_dir)?,
+    };
+    cfg.node_name = node_name.to_string();
+    cfg.lease = lease;
+    Ok(cfg)
+}
+
+/// How `auto` probes and switches, from the flags and `transports.auto`.
+fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::Result<AutoConfig> {
+    let mut cfg = AutoConfig::default();
+    cfg.policy.fail_after = duration(
+        "fallback_after",
+        args.fallback_after.as_ref(),
+        a.and_then(|a| a.fallback_after.as_ref()),
+        cfg.policy.fail_after,
+    )?;
+    cfg.policy.recover_after = duration(
+        "upgrade_after",
+        args.upgrade_after.as_ref(),
+        a.and_then(|a| a.upgrade_after.as_ref()),
+        cfg.policy.recover_after,
+    )?;
+    cfg.probe_interval = duration(
+        "probe_interval",
+        args.probe_interval.as_ref(),
+        a.and_then(|a| a.probe_interval.as_ref()),
+        cfg.probe_interval,
+    )?;
+    if cfg.probe_interval.is_zero() {
+        bail!("setting `probe_interval` must be more than 0");
+    }
+    Ok(cfg)
 }
 
 /// The journal's retention from the flags, environment and config file.

@@ -7,6 +7,7 @@
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
 
+pub mod auto;
 mod backoff;
 mod delivery;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod redis;
 mod settlement;
 mod source;
 
+pub use self::auto::{AutoConfig, AutoSource, Candidate};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};
 pub use backoff::{Backoff, Retrier};

@@ -179,6 +179,12 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
         Route::fixed(self.name())
     }
 
+    /// Returns what was claimed but not handed out by `next` yet, without waiting, claiming more
+    /// or stopping (`auto` hands out a demoted transport's leftovers this way).
+    async fn take_buffered(&self) -> Vec<Incoming> {
+        Vec::new()
+    }
+
     /// Stops fetching and returns what was claimed but never handed out by `next`, so the caller
     /// can release it. Later `next` calls fail with [`SourceError::Closed`].
     async fn close(&self) -> Vec<Incoming> {

@@ -398,6 +398,10 @@ impl JobSource for NexusSource {
         }
     }
 
+    async fn take_buffered(&self) -> Vec<Incoming> {
+        self.inner.inbox.take_buffered()
+    }
+
     async fn close(&self) -> Vec<Incoming> {
         self.inner.inbox.close();
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();

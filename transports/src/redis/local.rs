@@ -1,5 +1,6 @@
 //! A throwaway `redis-server` on a free loopback port, for `citadel bench` and the tests: started
-//! with no persistence, killed when dropped. It only runs the Debian binary; it never touches a
+//! with no persistence (or, for restart tests, an fsync-always append-only file in a folder the
+//! caller owns), killed when dropped. It only runs the Debian binary; it never touches a
 //! Redis the user runs.
 
 use std::net::TcpListener;
@@ -11,13 +12,32 @@ use std::time::Duration;
 pub struct LocalRedis {
     child: Option<Child>,
     port: u16,
+    /// Where the append-only file lives, when the data must survive a kill.
+    persist: Option<std::path::PathBuf>,
 }
 
 impl LocalRedis {
     /// Starts `redis-server` on a free 127.0.0.1 port and waits until it answers PING.
     pub async fn start() -> std::io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { child: None, port };
+        let mut server = Self {
+            child: None,
+            port,
+            persist: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// Like [`LocalRedis::start`], but every write is in an append-only file in `dir` (fsynced
+    /// before Redis answers), so a SIGKILL and [`LocalRedis::restart`] lose nothing.
+    pub async fn start_persistent(dir: &std::path::Path) -> std::io::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut server = Self {
+            child: None,
+            port,
+            persist: Some(dir.to_path_buf()),
+        };
         server.launch().await?;
         Ok(server)
     }
@@ -25,9 +45,19 @@ impl LocalRedis {
     async fn launch(&mut self) -> std::io::Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(match self.persist {
+                Some(_) => [
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ],
+                None => ["--save", "", "--appendonly", "no", "--appendfsync", "no"],
+            })
             .arg("--dir")
-            .arg(std::env::temp_dir())
+            .arg(self.persist.clone().unwrap_or_else(std::env::temp_dir))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,7 +96,7 @@ impl LocalRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Kills the server (its data is lost).
+    /// Kills the server (its data is lost unless it was started persistent).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

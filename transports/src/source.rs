@@ -77,6 +77,9 @@ pub struct Capabilities {
     pub cancellation: bool,
     /// `next` can return more than one delivery per call.
     pub batch: bool,
+    /// `Settlement::Release` gives a delivery back without counting an attempt (NATS, for one,
+    /// counts every redelivery; the runner's attempt rule then decides).
+    pub uncounted_release: bool,
 }
 
 /// Which transport is delivering, for `citadel status` and the metrics.

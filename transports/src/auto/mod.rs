@@ -371,6 +371,7 @@ impl JobSource for AutoSource {
             dead_letter: ready.iter().all(|c| c.dead_letter),
             cancellation: ready.iter().all(|c| c.cancellation),
             batch: ready.iter().all(|c| c.batch),
+            uncounted_release: ready.iter().all(|c| c.uncounted_release),
         }
     }
 

@@ -248,6 +248,7 @@ impl JobSource for NexusSource {
             dead_letter: full,
             cancellation: full,
             batch: full,
+            uncounted_release: full,
         }
     }
 

@@ -198,6 +198,7 @@ impl JobSource for RedisSource {
             dead_letter: true,
             cancellation: true,
             batch: true,
+            uncounted_release: true,
         }
     }
 

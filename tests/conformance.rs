@@ -1,0 +1,83 @@
+//! The transport conformance suite (SPEC §3): one set of tests, written once in
+//! `conformance/suite.rs`, run against every transport with its real server — redis-server and
+//! `citadel nexus serve` — through a small [`fixture::Fixture`] per transport that plays the
+//! producer (enqueue, cancel, read the dead-letter queue and the job's events in the transport's
+//! own wire format). A promise a transport cannot keep is a capability it declares
+//! (`Capabilities`), and the suite checks the declaration as well as the behaviour.
+
+#[path = "../transports/tests/redis/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "nexus/support.rs"]
+#[allow(dead_code)]
+mod plane;
+
+#[path = "conformance/auto.rs"]
+mod auto;
+#[path = "conformance/fixture.rs"]
+mod fixture;
+#[path = "conformance/nexus.rs"]
+mod nexus;
+#[path = "conformance/redis.rs"]
+mod redis_fixture;
+#[path = "conformance/suite.rs"]
+mod suite;
+
+/// Instantiates every test of the suite for one fixture.
+macro_rules! conformance {
+    ($name:ident, $fixture:ty) => {
+        mod $name {
+            use crate::suite;
+            type F = $fixture;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn declares_its_capabilities() {
+                suite::declares_its_capabilities::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delivers_and_acks() {
+                suite::delivers_and_acks::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn next_is_cancel_safe() {
+                suite::next_is_cancel_safe::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retries_after_the_delay_counting_an_attempt() {
+                suite::retries_after_the_delay_counting_an_attempt::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dead_letters_with_reason_and_attempts() {
+                suite::dead_letters_with_reason_and_attempts::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn extending_the_lease_keeps_a_long_job() {
+                suite::extending_the_lease_keeps_a_long_job::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_silent_workers_lease_runs_out() {
+                suite::a_silent_workers_lease_runs_out::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn release_gives_work_back() {
+                suite::release_gives_work_back::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cancellation_before_start_and_mid_run() {
+                suite::cancellation_before_start_and_mid_run::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn events_reach_the_producer_in_order() {
+                suite::events_reach_the_producer_in_order::<F>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_payloads_are_dead_lettered_or_refused() {
+                suite::bad_payloads_are_dead_lettered_or_refused::<F>().await
+            }
+        }
+    };
+}
+
+conformance!(redis, crate::redis_fixture::RedisFixture);
+conformance!(nexus_http, crate::nexus::NexusFixture);
+conformance!(auto_over_redis_and_nexus, crate::auto::AutoFixture);

@@ -310,8 +310,8 @@ mod tests {
         auth.decide(&s.user_code.to_lowercase().replace('-', ""), true)
             .unwrap();
         assert_eq!(
-            auth.decide(&s.user_code, true),
-            Err(ApproveError::Decided(s.user_code.clone()))
+            auth.decide(&s.user_code, true).unwrap_err(),
+            ApproveError::Decided(s.user_code.clone())
         );
         match auth.poll(&s.device_code) {
             Poll::Approved { node_id, node_name } => {

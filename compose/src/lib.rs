@@ -58,12 +58,6 @@ impl Engine {
             Engine::Llamacpp | Engine::Lmstudio => "/v1/models",
         }
     }
-
-    /// Whether the engine reserves the GPU when the manifest leaves `gpu` unset and a GPU is
-    /// present.
-    pub fn wants_gpu(self) -> bool {
-        true
-    }
 }
 
 impl fmt::Display for Engine {
@@ -126,8 +120,7 @@ impl ServiceSpec {
 
     /// Whether the compose GPU reservation is added.
     pub fn uses_gpu(&self) -> bool {
-        self.gpu
-            .unwrap_or_else(|| self.engine.wants_gpu() && nvidia_present())
+        self.gpu.unwrap_or_else(nvidia_present)
     }
 
     /// The readiness URL as seen from this machine.

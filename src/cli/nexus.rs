@@ -27,17 +27,8 @@ pub struct ApproveArgs {
     /// Refuse the node instead.
     #[arg(long)]
     deny: bool,
-    /// The control plane (default: the one running on this machine's data directory).
-    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
-    nexus_url: Option<String>,
-    /// Its token (default: DATA_DIR/nexus/token).
-    #[arg(
-        long,
-        env = "CITADEL_NEXUS_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
+    #[command(flatten)]
+    plane: super::remote::PlaneArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,8 +87,7 @@ async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
-    let plane =
-        super::remote::Plane::locate(args.nexus_url.as_deref(), args.token.as_deref(), data_dir)?;
+    let plane = args.plane.locate(data_dir)?;
     let Some(code) = args.code else {
         let list = plane
             .call(reqwest::Method::GET, "/api/v1/device-auth/pending", None)

@@ -10,6 +10,28 @@ use anyhow::{bail, Context as _};
 use reqwest::Method;
 use serde_json::Value;
 
+/// The flags that choose a control plane and its token (`--nexus URL`, `--token TOKEN`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlaneArgs {
+    /// A control plane (default: the local one, found through DATA_DIR/nexus).
+    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
+    pub nexus_url: Option<String>,
+    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl PlaneArgs {
+    pub fn locate(&self, data_dir: &Path) -> anyhow::Result<Plane> {
+        Plane::locate(self.nexus_url.as_deref(), self.token.as_deref(), data_dir)
+    }
+}
+
 /// A connection to one control plane.
 #[derive(Debug, Clone)]
 pub struct Plane {

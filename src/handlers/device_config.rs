@@ -163,7 +163,6 @@ fn apply(before: &Value, cfg: DeviceConfig) -> Result<Value, HandlerError> {
             manifest::set(&mut after, "monitoring", key, Some(json!(b)));
         }
     }
-    let _ = cfg.auto_start_services;
     // The strict parser names a bad service entry (unknown engine, unknown key, bad port).
     let text = yaml_serde::to_string(&after).map_err(|e| bad(e.to_string()))?;
     crate::config::FileConfig::parse(&text)
@@ -174,9 +173,9 @@ fn apply(before: &Value, cfg: DeviceConfig) -> Result<Value, HandlerError> {
 #[async_trait]
 impl Handler for DeviceConfigHandler {
     async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
-        let cfg: DeviceConfig = serde_json::from_value(ctx.job.payload.clone())
+        let mut cfg: DeviceConfig = serde_json::from_value(ctx.job.payload.clone())
             .map_err(|e| bad(format!("invalid device config: {e}")))?;
-        let auto_start = cfg.auto_start_services.unwrap_or(true);
+        let auto_start = cfg.auto_start_services.take().unwrap_or(true);
         let _one_at_a_time = self.lock.lock().await;
         let before = manifest::load_value(&self.manifest)
             .map_err(|e| bad(format!("the current manifest: {e:#}")))?;

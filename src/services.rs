@@ -43,3 +43,18 @@ pub async fn converge(
     }
     Ok(done)
 }
+
+/// The state and readiness of the manifest's services (for `citadel status`): the manifest at
+/// `manifest` (none: no services), through the compose driver of `data_dir`.
+pub async fn status(
+    data_dir: &Path,
+    manifest: &Path,
+) -> anyhow::Result<Vec<citadel_compose::ServiceStatus>> {
+    let file = crate::config::FileConfig::load(manifest, false)?;
+    let specs = file.service_specs()?;
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let driver = driver(data_dir).await?;
+    Ok(citadel_compose::list_services(&driver, &specs).await?)
+}

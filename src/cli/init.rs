@@ -27,8 +27,9 @@ pub struct InitArgs {
         required_unless_present = "offline"
     )]
     control_plane: Option<String>,
-    /// Write a manifest with no control plane (`citadel work` then serves an embedded one).
-    #[arg(long, conflicts_with = "control_plane")]
+    /// Write a manifest with no control plane (`citadel work` then serves an embedded one);
+    /// wins over a control plane URL set in the environment.
+    #[arg(long)]
     offline: bool,
     /// This node's name (default: the host name).
     #[arg(long, value_name = "NAME")]

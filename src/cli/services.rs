@@ -134,10 +134,8 @@ pub async fn down(args: DownArgs, data_dir: &Path) -> anyhow::Result<()> {
 pub async fn services(cmd: ServicesCommand, data_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         ServicesCommand::Ls { json, manifest } => {
-            let (_, file) = load(manifest.config.as_deref(), data_dir)?;
-            let specs = file.service_specs()?;
-            let driver = crate::services::driver(data_dir).await?;
-            let list = citadel_compose::list_services(&driver, &specs).await?;
+            let (path, _) = load(manifest.config.as_deref(), data_dir)?;
+            let list = crate::services::status(data_dir, &path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {

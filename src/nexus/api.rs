@@ -54,6 +54,10 @@ impl ApiError {
     pub(super) fn conflict(msg: impl Into<String>) -> Self {
         Self(StatusCode::CONFLICT, msg.into())
     }
+
+    pub(super) fn unavailable(msg: impl Into<String>) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, msg.into())
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -113,6 +113,9 @@ pub enum ApproveError {
     Decided(String),
 }
 
+/// At most this many requests wait at once; more are refused until some expire or are decided.
+pub const MAX_PENDING: usize = 1024;
+
 /// The pending device authorizations of one control plane.
 #[derive(Debug, Default)]
 pub struct DeviceAuth {
@@ -150,10 +153,14 @@ impl DeviceAuth {
     }
 
     /// Registers a request; `base_url` is how the node reached us (for the verification URI).
-    pub fn start(&self, req: &StartRequest, base_url: &str) -> StartResponse {
+    /// `None` when [`MAX_PENDING`] requests are already waiting.
+    pub fn start(&self, req: &StartRequest, base_url: &str) -> Option<StartResponse> {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, p| p.expires + Duration::from_secs(60) > now);
+        if map.len() >= MAX_PENDING {
+            return None;
+        }
         let user_code = loop {
             let raw: String = (0..8)
                 .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
@@ -177,14 +184,14 @@ impl DeviceAuth {
             },
         );
         let verification_uri = format!("{base_url}/device");
-        StartResponse {
+        Some(StartResponse {
             verification_uri_complete: format!("{verification_uri}?code={user_code}"),
             verification_uri,
             device_code,
             user_code,
             expires_in: self.settings.ttl.as_secs().max(1),
             interval: self.settings.interval.as_secs().max(1),
-        }
+        })
     }
 
     /// A node's poll. Polling faster than the interval answers `slow_down` and adds 5 s to it;
@@ -301,7 +308,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             interval: Duration::from_secs(5),
         });
-        let s = auth.start(&req(), "http://127.0.0.1:7411");
+        let s = auth.start(&req(), "http://127.0.0.1:7411").unwrap();
         assert_eq!(s.user_code.len(), 9);
         assert!(s.verification_uri_complete.ends_with(&s.user_code));
         assert_eq!(auth.poll(&s.device_code), Poll::Pending);
@@ -329,10 +336,10 @@ mod tests {
             ttl: Duration::from_millis(50),
             interval: Duration::from_millis(1),
         });
-        let a = auth.start(&req(), "http://x");
+        let a = auth.start(&req(), "http://x").unwrap();
         auth.decide(&a.user_code, false).unwrap();
         assert_eq!(auth.poll(&a.device_code), Poll::Denied);
-        let b = auth.start(&req(), "http://x");
+        let b = auth.start(&req(), "http://x").unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(auth.poll(&b.device_code), Poll::Expired);
         assert!(matches!(

@@ -47,7 +47,12 @@ async fn start(State(app): St, headers: HeaderMap, body: Body) -> ApiResult<Resp
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    let started = app.device.start(&req, &format!("http://{host}"));
+    let Some(started) = app.device.start(&req, &format!("http://{host}")) else {
+        return Ok(ApiError::unavailable(
+            "too many device authorizations are waiting; try again in a few minutes",
+        )
+        .into_response());
+    };
     tracing::info!(hostname = %req.hostname, user_code = %started.user_code, "device authorization requested");
     Ok(Json(started).into_response())
 }

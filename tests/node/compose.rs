@@ -170,11 +170,39 @@ fn up_converges_a_standin_engine_and_down_stops_it() {
     let node = Node::new("up");
     let port = free_port();
     node.set_services(&entry("vllm", port));
-    let (ok, out, err) = run(&mut node.cmd(&["up", "--no-work", "--ready-timeout", "60s"]));
-    assert!(ok, "{out}{err}");
-    assert!(out.contains("vllm") && out.contains("ready"), "{out}");
+    // `citadel up`: converge, then work (on the embedded control plane: nothing else is set).
+    let log = node.data.join("up.log");
+    let mut up = KillOnDrop(
+        node.cmd(&["up", "--ready-timeout", "60s"])
+            .stdout(std::fs::File::create(node.data.join("up.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        Duration::from_secs(90),
+        "citadel up converges and starts working",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("working: node")
+        },
+    );
+    let table = std::fs::read_to_string(node.data.join("up.out")).unwrap();
+    assert!(table.contains("vllm") && table.contains("ready"), "{table}");
     let r = raw(port, "GET", "/health", &[], None);
     assert_eq!(r.status, 200);
+    let (ok, out, err) = run(&mut node.cmd(&["submit", "--wait", "echo", "msg=hi"]));
+    assert!(ok && out.contains("\"msg\":\"hi\""), "{out}{err}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(up.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(
+        up.0.wait().unwrap().success(),
+        "citadel up exits 0 on SIGTERM"
+    );
     let ls = node.ls();
     assert_eq!(ls[0]["name"], "vllm");
     assert_eq!(ls[0]["state"], "running");

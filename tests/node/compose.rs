@@ -74,11 +74,13 @@ fn build_standin() -> Result<(), String> {
     )
     .unwrap();
     std::fs::write(r.join("www/api/tags"), "{\"models\":[]}\n").unwrap();
-    // Every engine's container port: vllm 8000, llama.cpp 8080, ollama 11434, LM Studio 1234.
+    // Every engine's container port: vllm 8000, llama.cpp 8080, ollama 11434, LM Studio 1234. The
+    // shell stays PID 1 and exits on SIGTERM, so `docker stop` does not wait its 10 s grace.
     std::fs::write(
         r.join("standin.sh"),
-        "for p in 8000 8080 11434 1234; do /bin/busybox httpd -p $p -h /www; done\n\
-         exec /bin/busybox sleep 2147483647\n",
+        "trap 'exit 0' TERM INT\n\
+         for p in 8000 8080 11434 1234; do /bin/busybox httpd -p $p -h /www; done\n\
+         while :; do /bin/busybox sleep 3600 & wait $!; done\n",
     )
     .unwrap();
     sh(&format!(

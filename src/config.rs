@@ -24,49 +24,13 @@ pub struct FileConfig {
     pub permissions: PermissionsSection,
     /// The inference engines this node runs as compose services (`citadel up` converges them).
     #[serde(default)]
-    pub services: Vec<ServiceEntry>,
+    pub services: Vec<citadel_compose::ServiceSpec>,
     #[serde(default)]
     pub monitoring: MonitoringSection,
 }
 
-/// One service of the manifest: an engine and how to run it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceEntry {
-    /// `vllm`, `ollama`, `llamacpp` or `lmstudio`.
-    #[serde(deserialize_with = "engine_name")]
-    pub name: String,
-    /// Replaces the engine's default image.
-    pub image: Option<String>,
-    /// Host port (default: the engine's, SPEC §9.6).
-    pub port: Option<u16>,
-    /// Host address the port is published on (default 127.0.0.1).
-    pub bind: Option<String>,
-    pub model: Option<String>,
-    /// Reserve the NVIDIA GPUs (default: when an NVIDIA driver is present).
-    pub gpu: Option<bool>,
-}
-
-fn engine_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let name = String::deserialize(d)?;
-    name.parse::<citadel_compose::Engine>()
-        .map(|e| e.name().to_string())
-        .map_err(serde::de::Error::custom)
-}
-
-impl ServiceEntry {
-    pub fn spec(&self) -> anyhow::Result<citadel_compose::ServiceSpec> {
-        let mut spec = citadel_compose::ServiceSpec::new(self.name.parse()?);
-        spec.image = self.image.clone();
-        spec.port = self.port;
-        spec.bind = self.bind.clone();
-        spec.model = self.model.clone();
-        spec.gpu = self.gpu;
-        Ok(spec)
-    }
-}
-
-/// What the platform's onboarding wizard sets about monitoring (read by the heartbeat).
+/// What the platform's onboarding wizard sets about monitoring. Stored for the heartbeat and
+/// alerting; nothing in citadel acts on it yet.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSection {
@@ -185,16 +149,14 @@ impl FileConfig {
         let config: Self = yaml_serde::from_str(text)?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in config.services.iter().enumerate() {
-            if !seen.insert(s.name.as_str()) {
-                anyhow::bail!("services[{i}]: the service {:?} is listed twice", s.name);
+            if !seen.insert(s.engine) {
+                anyhow::bail!(
+                    "services[{i}]: the service {:?} is listed twice",
+                    s.engine.name()
+                );
             }
         }
         Ok(config)
-    }
-
-    /// The services as the compose driver takes them.
-    pub fn service_specs(&self) -> anyhow::Result<Vec<citadel_compose::ServiceSpec>> {
-        self.services.iter().map(ServiceEntry::spec).collect()
     }
 }
 
@@ -240,7 +202,7 @@ pub fn effective(file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Vec
     let redis = file.transports.redis.as_ref();
     let nexus = file.transports.nexus.as_ref();
     let shell = &file.permissions.shell;
-    let services: Vec<&str> = file.services.iter().map(|s| s.name.as_str()).collect();
+    let services: Vec<&str> = file.services.iter().map(|s| s.engine.name()).collect();
     let rows: Vec<(&'static str, Option<&'static str>, Option<String>, String)> = vec![
         (
             "node.name",
@@ -384,7 +346,7 @@ mod tests {
             "services:\n  - name: vllm\n    port: 9001\n    gpu: false\n  - name: llama.cpp\n",
         )
         .unwrap();
-        let specs = c.service_specs().unwrap();
+        let specs = &c.services;
         assert_eq!(specs[0].port(), 9001);
         assert_eq!(specs[1].engine, citadel_compose::Engine::Llamacpp);
         let err = format!(

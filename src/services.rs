@@ -51,7 +51,7 @@ pub async fn status(
     manifest: &Path,
 ) -> anyhow::Result<Vec<citadel_compose::ServiceStatus>> {
     let file = crate::config::FileConfig::load(manifest, false)?;
-    let specs = file.service_specs()?;
+    let specs = file.services.clone();
     if specs.is_empty() {
         return Ok(Vec::new());
     }

@@ -82,9 +82,19 @@ impl FromStr for Engine {
     }
 }
 
-/// One service as the manifest asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl<'de> serde::Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One service as the manifest asks for it (an entry of the manifest's `services:` list).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    /// `vllm`, `ollama`, `llamacpp` or `lmstudio`.
+    #[serde(rename = "name")]
     pub engine: Engine,
     /// Replaces the engine's default image (a pinned tag, a mirror, or a local stand-in).
     pub image: Option<String>,

@@ -77,7 +77,7 @@ fn load(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<(PathBuf, Fi
 
 pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<()> {
     let (path, file) = load(args.work.config_path(), data_dir)?;
-    let specs = file.service_specs()?;
+    let specs = file.services.clone();
     let timeout = format::parse_duration(&args.ready_timeout).context("--ready-timeout")?;
     let started_before = Engine::ALL
         .iter()
@@ -106,7 +106,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> anyhow::Result<()> {
 pub async fn down(args: DownArgs, data_dir: &Path) -> anyhow::Result<()> {
     let engines: Vec<Engine> = if args.names.is_empty() {
         let (_, file) = load(args.manifest.config.as_deref(), data_dir)?;
-        let mut list: Vec<Engine> = file.service_specs()?.iter().map(|s| s.engine).collect();
+        let mut list: Vec<Engine> = file.services.iter().map(|s| s.engine).collect();
         for e in Engine::ALL {
             if citadel_compose::files::service_dir(data_dir, e).exists() && !list.contains(&e) {
                 list.push(e);

@@ -191,7 +191,7 @@ impl Handler for DeviceConfigHandler {
         if auto_start && services_changed {
             let file = crate::config::FileConfig::load(&self.manifest, true)
                 .map_err(|e| bad(format!("{e:#}")))?;
-            let specs = file.service_specs().map_err(|e| bad(format!("{e:#}")))?;
+            let specs = file.services;
             let driver = crate::services::driver(&self.data_dir)
                 .await
                 .map_err(|e| HandlerError::retryable(format!("{e:#}")))?;

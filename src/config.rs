@@ -1,8 +1,10 @@
-//! The configuration file (`citadel.yaml`): the parts of the node manifest that `citadel work`
-//! reads today — node name, worker settings, the Redis transport, the shell permission. Parsing
-//! is strict: an unknown key is an error that names it, so a typo never silently falls back to a
-//! default. Values are layered by the commands: defaults < this file < `CITADEL_*` environment
-//! < flags. This module only reads; it never writes the file.
+//! The node manifest (`citadel.yaml`, SPEC §6): node name and tags, services, transports,
+//! permissions, worker and journal settings. Parsing is strict: an unknown key or an unknown
+//! service is an error that names the field and the line, so a typo never silently falls back
+//! to a default. Values are layered by the commands: defaults < this file < `CITADEL_*`
+//! environment < flags; [`effective`] says where each value came from (`citadel config show`).
+//! Writing goes through [`write_manifest`] only (validated, temp file + rename, mode 0600); the
+//! manifest never holds a secret itself, only the names of the files or variables that do.
 
 use std::path::{Path, PathBuf};
 
@@ -20,12 +22,29 @@ pub struct FileConfig {
     pub transports: TransportsSection,
     #[serde(default)]
     pub permissions: PermissionsSection,
+    /// The inference engines this node runs as compose services (`citadel up` converges them).
+    #[serde(default)]
+    pub services: Vec<citadel_compose::ServiceSpec>,
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
+}
+
+/// What the platform's onboarding wizard sets about monitoring. Stored for the heartbeat and
+/// alerting; nothing in citadel acts on it yet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    pub health: Option<bool>,
+    pub alert_on_offline: Option<bool>,
+    pub alert_on_high_temp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     pub name: Option<String>,
+    /// Capability tags the node advertises (routing: `jobs:v1:tag:{tag}`).
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +112,17 @@ pub struct RedisSection {
 pub struct PermissionsSection {
     #[serde(default)]
     pub shell: ShellSection,
+    #[serde(default)]
+    pub terminal: ToggleSection,
+    #[serde(default)]
+    pub ssh: ToggleSection,
+}
+
+/// A permission that is only on or off (off by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToggleSection {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,8 +156,185 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        Ok(yaml_serde::from_str(text)?)
+        let config: Self = yaml_serde::from_str(text)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in config.services.iter().enumerate() {
+            if !seen.insert(s.engine) {
+                anyhow::bail!(
+                    "services[{i}]: the service {:?} is listed twice",
+                    s.engine.name()
+                );
+            }
+        }
+        Ok(config)
     }
+}
+
+/// Writes a manifest: refuses text that does not parse, then writes a temp file (mode 0600)
+/// beside it, syncs it and renames it over the old one, so a reader sees the old or the new
+/// manifest, never a part.
+pub fn write_manifest(path: &Path, text: &str) -> anyhow::Result<()> {
+    FileConfig::parse(text).context("refusing to write an invalid manifest")?;
+    crate::paths::write_private(path, text.as_bytes())
+}
+
+/// Where an effective setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Manifest,
+    Env(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Manifest => f.write_str("manifest"),
+            Source::Env(v) => write!(f, "env {v}"),
+        }
+    }
+}
+
+/// One setting as the node will use it.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub key: &'static str,
+    pub value: String,
+    pub source: Source,
+}
+
+/// The effective settings (defaults < manifest < environment), with where each came from.
+/// Command-line flags override these per command and are not seen here.
+pub fn effective(file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Vec<Effective> {
+    let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(","));
+    let w = &file.worker;
+    let redis = file.transports.redis.as_ref();
+    let nexus = file.transports.nexus.as_ref();
+    let shell = &file.permissions.shell;
+    let services: Vec<&str> = file.services.iter().map(|s| s.engine.name()).collect();
+    let rows: Vec<(&'static str, Option<&'static str>, Option<String>, String)> = vec![
+        (
+            "node.name",
+            Some("CITADEL_NODE_NAME"),
+            file.node.name.clone(),
+            crate::node::host_name(),
+        ),
+        ("node.tags", None, list(&file.node.tags), String::new()),
+        (
+            "services",
+            None,
+            (!services.is_empty()).then(|| services.join(",")),
+            String::new(),
+        ),
+        (
+            "worker.concurrency",
+            Some("CITADEL_CONCURRENCY"),
+            w.concurrency.map(|c| c.to_string()),
+            "1".into(),
+        ),
+        (
+            "worker.drain_timeout",
+            Some("CITADEL_DRAIN_TIMEOUT"),
+            w.drain_timeout.clone(),
+            "30s".into(),
+        ),
+        (
+            "worker.default_timeout",
+            Some("CITADEL_DEFAULT_TIMEOUT"),
+            w.default_timeout.clone(),
+            "1h".into(),
+        ),
+        (
+            "worker.max_attempts",
+            Some("CITADEL_MAX_ATTEMPTS"),
+            w.max_attempts.map(|c| c.to_string()),
+            "3".into(),
+        ),
+        (
+            "worker.journal.retention",
+            Some("CITADEL_JOURNAL_RETENTION"),
+            w.journal.retention.clone(),
+            "7d".into(),
+        ),
+        (
+            "worker.journal.max_size",
+            Some("CITADEL_JOURNAL_MAX_SIZE"),
+            w.journal.max_size.clone(),
+            "unbounded".into(),
+        ),
+        (
+            "transports.redis.url",
+            Some("CITADEL_REDIS_URL"),
+            redis.and_then(|r| r.url.clone()),
+            String::new(),
+        ),
+        (
+            "transports.redis.streams",
+            Some("CITADEL_STREAMS"),
+            redis.and_then(|r| list(&r.streams)),
+            "jobs:v1:gpu-general".into(),
+        ),
+        (
+            "transports.redis.group",
+            Some("CITADEL_GROUP"),
+            redis.and_then(|r| r.group.clone()),
+            "workers".into(),
+        ),
+        (
+            "transports.redis.lease",
+            Some("CITADEL_LEASE"),
+            redis.and_then(|r| r.lease.clone()),
+            "60s".into(),
+        ),
+        (
+            "transports.nexus.url",
+            Some("CITADEL_NEXUS_URL"),
+            nexus.and_then(|n| n.url.clone()),
+            String::new(),
+        ),
+        (
+            "transports.nexus.token_file",
+            None,
+            nexus.and_then(|n| n.token_file.as_ref().map(|p| p.display().to_string())),
+            String::new(),
+        ),
+        (
+            "permissions.shell.enabled",
+            Some("CITADEL_ENABLE_SHELL"),
+            shell.enabled.map(|b| b.to_string()),
+            "false".into(),
+        ),
+        (
+            "permissions.shell.allow",
+            Some("CITADEL_SHELL_ALLOW"),
+            list(&shell.allow),
+            "(any program)".into(),
+        ),
+        (
+            "permissions.terminal.enabled",
+            None,
+            file.permissions.terminal.enabled.map(|b| b.to_string()),
+            "false".into(),
+        ),
+        (
+            "permissions.ssh.enabled",
+            None,
+            file.permissions.ssh.enabled.map(|b| b.to_string()),
+            "false".into(),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(key, var, from_file, default)| {
+            let from_env = var.and_then(|v| env(v).filter(|s| !s.is_empty()).map(|s| (v, s)));
+            let (value, source) = match (from_env, from_file) {
+                (Some((v, s)), _) => (s, Source::Env(v)),
+                (None, Some(f)) => (f, Source::Manifest),
+                (None, None) => (default, Source::Default),
+            };
+            Effective { key, value, source }
+        })
+        .collect()
 }
 
 /// Where `citadel work` looks for its config: `--config`/`CITADEL_CONFIG`, else
@@ -142,6 +349,75 @@ pub fn config_path(explicit: Option<&Path>, data_dir: &Path) -> (PathBuf, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_are_checked_by_name_with_the_line() {
+        let c = FileConfig::parse(
+            "services:\n  - name: vllm\n    port: 9001\n    gpu: false\n  - name: llama.cpp\n",
+        )
+        .unwrap();
+        let specs = &c.services;
+        assert_eq!(specs[0].port(), 9001);
+        assert_eq!(specs[1].engine, citadel_compose::Engine::Llamacpp);
+        let err = format!(
+            "{:#}",
+            FileConfig::parse("node:\n  name: a\nservices:\n  - name: vlm\n").unwrap_err()
+        );
+        assert!(err.contains("vlm") && err.contains("line 4"), "{err}");
+        let err = format!(
+            "{:#}",
+            FileConfig::parse("services:\n  - name: ollama\n  - name: ollama\n").unwrap_err()
+        );
+        assert!(err.contains("twice"), "{err}");
+        let err = format!(
+            "{:#}",
+            FileConfig::parse("services:\n  - name: ollama\n    prot: 1\n").unwrap_err()
+        );
+        assert!(err.contains("prot") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn writes_are_atomic_0600_and_refuse_invalid_text() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("citadel.yaml");
+        write_manifest(&path, "node:\n  name: a\n").unwrap();
+        assert!(write_manifest(&path, "node:\n  nam: b\n").is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "node:\n  name: a\n"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn effective_settings_say_where_they_came_from() {
+        let c = FileConfig::parse("worker:\n  concurrency: 4\n  max_attempts: 5\n").unwrap();
+        let env = |k: &str| (k == "CITADEL_CONCURRENCY").then(|| "8".to_string());
+        let rows = effective(&c, &env);
+        let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().clone();
+        assert_eq!(
+            (
+                get("worker.concurrency").value,
+                get("worker.concurrency").source
+            ),
+            ("8".into(), Source::Env("CITADEL_CONCURRENCY"))
+        );
+        assert_eq!(get("worker.max_attempts").source, Source::Manifest);
+        assert_eq!(
+            (
+                get("worker.drain_timeout").value,
+                get("worker.drain_timeout").source
+            ),
+            ("30s".into(), Source::Default)
+        );
+    }
 
     #[test]
     fn a_full_file_parses() {

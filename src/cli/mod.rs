@@ -2,11 +2,14 @@
 //! this module owns only the shared flags (data directory, logging) and the dispatch.
 
 mod format;
+mod init;
 pub use format::table;
 mod jobs;
 mod journal;
 mod nexus;
 mod remote;
+mod services;
+mod settings;
 mod submit;
 mod work;
 
@@ -53,6 +56,22 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// The jobs of a control plane: ls, show, cancel, dlq, requeue.
     Jobs(jobs::JobsArgs),
+    /// Enrol this node: device authorization with a control plane (or `--offline`), then write
+    /// the manifest and the node's credentials.
+    Init(init::InitArgs),
+    /// Converge the machine to the manifest (start its services, wait until they are ready),
+    /// then work (takes every `citadel work` flag).
+    Up(services::UpArgs),
+    /// Stop the manifest's services (or the ones named); their caches are kept.
+    Down(services::DownArgs),
+    /// The services of the manifest and their state (`citadel services ls`).
+    #[command(subcommand)]
+    Services(services::ServicesCommand),
+    /// A service's logs (`-f` to follow).
+    Logs(services::LogsArgs),
+    /// The effective configuration and where each value came from (`citadel config show`).
+    #[command(subcommand)]
+    Config(settings::ConfigCommand),
 }
 
 /// Parses the process arguments and runs the command.
@@ -82,6 +101,12 @@ pub fn run() -> anyhow::Result<()> {
             Command::Nexus(cmd) => nexus::run(cmd, &data_dir).await,
             Command::Submit(args) => submit::run(args, &data_dir).await,
             Command::Jobs(args) => jobs::run(args, &data_dir).await,
+            Command::Init(args) => init::run(args, &data_dir).await,
+            Command::Up(args) => services::up(args, &data_dir).await,
+            Command::Down(args) => services::down(args, &data_dir).await,
+            Command::Services(cmd) => services::services(cmd, &data_dir).await,
+            Command::Logs(args) => services::logs(args, &data_dir).await,
+            Command::Config(cmd) => settings::run(cmd, &data_dir),
         }
     })
 }

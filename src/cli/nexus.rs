@@ -1,5 +1,6 @@
 //! `citadel nexus serve`: runs the embedded control plane alone (SPEC §5) until SIGTERM/SIGINT.
 //! It prints where it listens and where the token is, never the token itself.
+//! `citadel nexus approve CODE`: approves (or `--deny`) a node waiting in `citadel init`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,20 @@ use crate::nexus::{self, Listen};
 pub enum NexusCommand {
     /// Serve the control plane: the Nexus API, leases, long-poll, events, the dead-letter list.
     Serve(ServeArgs),
+    /// Let a node that runs `citadel init` join: give the code it shows (or `--deny` it). With no
+    /// code, lists the nodes waiting.
+    Approve(ApproveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The code the node shows, e.g. BCDF-GHJK (case and dashes do not matter).
+    code: Option<String>,
+    /// Refuse the node instead.
+    #[arg(long)]
+    deny: bool,
+    #[command(flatten)]
+    plane: super::remote::PlaneArgs,
 }
 
 #[derive(Debug, Args)]
@@ -24,11 +39,18 @@ pub struct ServeArgs {
     /// Where the control plane keeps its jobs and its token (default: DATA_DIR/nexus).
     #[arg(long = "data", env = "CITADEL_NEXUS_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
+    /// How long a node's device code (from `citadel init`) stays valid.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    device_code_ttl: String,
+    /// The polling interval nodes are told to keep while they wait for approval.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    device_poll_interval: String,
 }
 
 pub async fn run(cmd: NexusCommand, data_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         NexusCommand::Serve(args) => serve(args, data_dir).await,
+        NexusCommand::Approve(args) => approve(args, data_dir).await,
     }
 }
 
@@ -38,7 +60,12 @@ async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         Some(a) => Listen::Exact(a),
         None => Listen::LoopbackFrom(nexus::DEFAULT_PORT),
     };
-    let running = nexus::start(&dir, listen).await?;
+    let device = nexus::device::DeviceSettings {
+        ttl: super::format::parse_duration(&args.device_code_ttl).context("--device-code-ttl")?,
+        interval: super::format::parse_duration(&args.device_poll_interval)
+            .context("--device-poll-interval")?,
+    };
+    let running = nexus::start_with(&dir, listen, device).await?;
     eprintln!(
         "citadel control plane listening on {} (data {}, token in {})",
         running.url,
@@ -57,4 +84,46 @@ async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         });
     }
     running.serve_until(shutdown).await
+}
+
+async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let plane = args.plane.locate(data_dir)?;
+    let Some(code) = args.code else {
+        let list = plane
+            .call(reqwest::Method::GET, "/api/v1/device-auth/pending", None)
+            .await?;
+        let rows: Vec<Vec<String>> = list["pending"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                vec![
+                    p["user_code"].as_str().unwrap_or("").to_string(),
+                    p["hostname"].as_str().unwrap_or("").to_string(),
+                    format!("{}s", p["expires_in"].as_u64().unwrap_or(0)),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            println!("no node is waiting for approval");
+        } else {
+            super::table(&["CODE", "HOST", "EXPIRES IN"], &rows);
+        }
+        return Ok(());
+    };
+    let body = serde_json::json!({ "user_code": code, "approve": !args.deny });
+    let r = plane
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/device-auth/approve",
+            Some(&body),
+        )
+        .await?;
+    println!(
+        "{} {} ({})",
+        if args.deny { "denied" } else { "approved" },
+        r["user_code"].as_str().unwrap_or(""),
+        r["hostname"].as_str().unwrap_or("")
+    );
+    Ok(())
 }

@@ -10,6 +10,28 @@ use anyhow::{bail, Context as _};
 use reqwest::Method;
 use serde_json::Value;
 
+/// The flags that choose a control plane and its token (`--nexus URL`, `--token TOKEN`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlaneArgs {
+    /// A control plane (default: the local one, found through DATA_DIR/nexus).
+    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
+    pub nexus_url: Option<String>,
+    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl PlaneArgs {
+    pub fn locate(&self, data_dir: &Path) -> anyhow::Result<Plane> {
+        Plane::locate(self.nexus_url.as_deref(), self.token.as_deref(), data_dir)
+    }
+}
+
 /// A connection to one control plane.
 #[derive(Debug, Clone)]
 pub struct Plane {
@@ -37,12 +59,22 @@ impl Plane {
             Some(t) => Some(t.to_string()),
             None => crate::nexus::read_token(&dir)?,
         };
+        Self::with_token(url, token)
+    }
+
+    fn with_token(url: String, token: Option<String>) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client")?;
         Ok(Self { http, url, token })
+    }
+
+    /// A control plane at `url`, without a token (device authorization: the node has none yet,
+    /// and a local token must never travel to another control plane).
+    pub fn anonymous(url: &str) -> anyhow::Result<Self> {
+        Self::with_token(url.trim_end_matches('/').to_string(), None)
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -61,18 +93,7 @@ impl Plane {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
-        let mut rb = self
-            .request(method.clone(), path)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        let resp = rb
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the control plane at {}", self.url))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let (status, text) = self.send(method.clone(), path, body).await?;
         if !status.is_success() {
             let msg = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -84,6 +105,25 @@ impl Plane {
             return Ok(Value::Null);
         }
         serde_json::from_str(&text).with_context(|| format!("{method} {path}: unreadable answer"))
+    }
+
+    /// Sends a request; the status and the body as text, whatever the status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, String)> {
+        let mut rb = self.request(method, path).timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the control plane at {}", self.url))?;
+        let status = resp.status();
+        Ok((status, resp.text().await.unwrap_or_default()))
     }
 
     /// Streams a job's events (SSE), resuming after `after`; calls `on_event(id, event)` for each

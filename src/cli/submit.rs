@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::format;
-use super::remote::{encode, Plane};
+use super::remote::encode;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -37,17 +37,8 @@ pub struct SubmitArgs {
     /// Give up waiting after this long (with --wait).
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     timeout: String,
-    /// A control plane (default: the local one, found through DATA_DIR/nexus).
-    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
-    nexus_url: Option<String>,
-    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
-    #[arg(
-        long,
-        env = "CITADEL_NEXUS_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
+    #[command(flatten)]
+    plane: super::remote::PlaneArgs,
     /// Submit to Redis instead (SPEC §9.1 entry on --stream).
     #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
@@ -85,10 +76,10 @@ pub fn build_payload(
 pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
     let payload = build_payload(args.payload.as_deref(), &args.fields)?;
     let timeout = format::parse_duration(&args.timeout).context("--timeout")?;
-    if let (Some(url), None) = (&args.redis_url, &args.nexus_url) {
+    if let (Some(url), None) = (&args.redis_url, &args.plane.nexus_url) {
         return redis_submit(&args, url, payload, timeout).await;
     }
-    let plane = Plane::locate(args.nexus_url.as_deref(), args.token.as_deref(), data_dir)?;
+    let plane = args.plane.locate(data_dir)?;
     let mut body = json!({"type": args.job_type, "payload": payload});
     if let Some(id) = &args.id {
         body["id"] = id.clone().into();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::format;
 use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection};
-use crate::handlers::{Registry, ShellPolicy};
+use crate::handlers::{DeviceConfigHandler, Registry, ShellPolicy};
 use crate::runner::{Runner, RunnerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,6 +139,13 @@ pub struct WorkArgs {
     journal_durability: DurabilityArg,
 }
 
+impl WorkArgs {
+    /// `--config`/`CITADEL_CONFIG`, when given.
+    pub(super) fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
 /// Parses an optional duration from a flag or the file, naming the setting when it is wrong.
 fn duration(
     name: &str,
@@ -247,7 +254,15 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     if shell_policy.enabled {
         tracing::warn!(allowlist = ?shell_policy.allow, "shell_command is ENABLED: producers can run commands on this machine");
     }
-    let registry = Registry::builtin(shell_policy);
+    let mut registry = Registry::builtin(shell_policy);
+    registry.register(
+        "APPLY_DEVICE_CONFIG",
+        Arc::new(DeviceConfigHandler::new(
+            config_path.clone(),
+            data_dir.to_path_buf(),
+        )),
+    );
+    registry.alias("apply_device_config", "APPLY_DEVICE_CONFIG");
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();

@@ -3,6 +3,7 @@
 //! its deadline and a sink for streamed chunks; it returns a JSON result or an error that says
 //! whether a retry can help. Handlers never settle, journal or publish: the runner does.
 
+mod device_config;
 mod diag;
 mod shell;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use device_config::DeviceConfigHandler;
 pub use shell::{ShellHandler, ShellPolicy};
 
 /// Why a handler did not produce a result.

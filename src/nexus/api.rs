@@ -33,6 +33,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub store: Arc<Store>,
     pub token: String,
+    pub device: super::device::DeviceAuth,
 }
 
 type St = State<Arc<AppState>>;
@@ -42,8 +43,20 @@ type St = State<Arc<AppState>>;
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn bad(msg: impl Into<String>) -> Self {
+    pub(super) fn bad(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+
+    pub(super) fn not_found(msg: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, msg.into())
+    }
+
+    pub(super) fn conflict(msg: impl Into<String>) -> Self {
+        Self(StatusCode::CONFLICT, msg.into())
+    }
+
+    pub(super) fn unavailable(msg: impl Into<String>) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, msg.into())
     }
 }
 
@@ -73,17 +86,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body, answering 400 with serde's message when it is not what was expected.
-fn parse<T: serde::de::DeserializeOwned>(
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<T> {
     let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(super) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -132,10 +145,12 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/dlq/{id}/requeue", post(requeue))
         .route("/nodes", get(nodes))
         .route("/nodes/heartbeat", post(heartbeat))
+        .merge(super::device_api::admin())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .nest("/api/v1", api)
+        .merge(super::device_api::public())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)

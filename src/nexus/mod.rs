@@ -7,6 +7,8 @@
 //! and it must never print or log the token.
 
 pub mod api;
+pub mod device;
+mod device_api;
 mod sse;
 pub mod store;
 
@@ -116,6 +118,15 @@ pub enum Listen {
 
 /// Opens the store in `dir`, binds and serves until [`Running::stop`].
 pub async fn start(dir: &Path, listen: Listen) -> anyhow::Result<Running> {
+    start_with(dir, listen, device::DeviceSettings::default()).await
+}
+
+/// [`start`], with the device authorization's code lifetime and polling interval.
+pub async fn start_with(
+    dir: &Path,
+    listen: Listen,
+    device: device::DeviceSettings,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
@@ -147,6 +158,7 @@ pub async fn start(dir: &Path, listen: Listen) -> anyhow::Result<Running> {
     let app = Arc::new(api::AppState {
         store: store.clone(),
         token: token.clone(),
+        device: device::DeviceAuth::new(device),
     });
     let router = api::router(app);
     let stop = CancellationToken::new();

@@ -33,12 +33,23 @@ impl Plane {
     }
 
     pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self::spawn(dir, port, &[])
+    }
+
+    /// A control plane with extra `nexus serve` flags (e.g. `--device-code-ttl 3s`).
+    #[allow(dead_code)] // used by tests/node
+    pub fn start_args(dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(dir, free_port(), extra)
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Self {
         let log = std::fs::File::create(dir.with_extension(format!("{port}.log"))).unwrap();
         let child = Command::new(BIN)
             .args(["--log", "citadel=debug,warn", "nexus", "serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data")
             .arg(dir)
+            .args(extra)
             .env_remove("CITADEL_DATA_DIR")
             .stdout(Stdio::null())
             .stderr(log)

@@ -8,4 +8,6 @@ pub mod handlers;
 pub mod nexus;
 pub mod node;
 pub mod paths;
+pub mod platform;
 pub mod runner;
+pub mod status;

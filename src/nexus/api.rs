@@ -283,6 +283,7 @@ async fn nodes(State(app): St) -> ApiResult<Json<Value>> {
                 "ip_address": n.ip_address,
                 "status": if online { n.status.as_str() } else { "offline" },
                 "last_seen": rfc3339_ms(n.last_seen_ms),
+                "report": n.report,
             })
         })
         .collect();
@@ -297,6 +298,9 @@ struct HeartbeatBody {
     name: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    /// The node's full status message (SPEC §9.3), when the worker sends one.
+    #[serde(default)]
+    report: Option<Value>,
 }
 
 async fn heartbeat(
@@ -314,6 +318,7 @@ async fn heartbeat(
         ip_address: peer.ip().to_string(),
         status: b.status.unwrap_or_else(|| "online".into()),
         last_seen_ms: now_ms(),
+        report: b.report,
     })?;
     app.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)

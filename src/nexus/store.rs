@@ -155,6 +155,9 @@ pub struct NodeRecord {
     pub status: String,
     /// Unix milliseconds.
     pub last_seen_ms: u64,
+    /// The last status message the node sent (SPEC §9.3), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]

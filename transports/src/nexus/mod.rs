@@ -380,6 +380,30 @@ impl JobSource for NexusSource {
         }
     }
 
+    /// Posts the node's status message to the control plane's node API (full mode; a plain
+    /// §9.4 server has no node API, so the message is dropped there).
+    async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
+        if self.inner.mode != Mode::Full {
+            return Ok(());
+        }
+        let body = json!({
+            "id": self.inner.cfg.worker_id,
+            "name": self.inner.cfg.node_name,
+            "status": "online",
+            "report": status,
+        });
+        let rb = self
+            .inner
+            .client
+            .request(Method::POST, "/api/v1/nodes/heartbeat")
+            .json(&body);
+        self.inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await?;
+        Ok(())
+    }
+
     async fn health(&self) -> Health {
         let path = match self.inner.mode {
             Mode::Full => "/api/v1/health",

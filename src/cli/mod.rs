@@ -7,6 +7,7 @@ mod jobs;
 mod journal;
 mod nexus;
 mod remote;
+mod status;
 mod submit;
 mod work;
 
@@ -53,6 +54,10 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// The jobs of a control plane: ls, show, cancel, dlq, requeue.
     Jobs(jobs::JobsArgs),
+    /// The running worker's status: transport, jobs, GPUs, tags (from its status server).
+    Status(status::StatusArgs),
+    /// What this machine is: GPUs (NVML), OS, CPU, memory, disk, Docker, tags, as JSON.
+    Platform(status::PlatformArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -80,6 +85,8 @@ pub fn run() -> anyhow::Result<()> {
             Command::Nexus(cmd) => nexus::run(cmd, &data_dir).await,
             Command::Submit(args) => submit::run(args, &data_dir).await,
             Command::Jobs(args) => jobs::run(args, &data_dir).await,
+            Command::Status(args) => status::status(args, &data_dir).await,
+            Command::Platform(args) => status::platform(args, &data_dir).await,
         }
     })
 }

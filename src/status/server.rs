@@ -74,7 +74,7 @@ impl Running {
     }
 }
 
-/// Binds as `listen` says (`None` for off) and serves `status`.
+/// Binds as `listen` says and serves `status`; `None` when off (or `auto` found no free port).
 pub async fn start(
     listen: StatusListen,
     status: Arc<NodeStatus>,
@@ -84,7 +84,15 @@ pub async fn start(
         StatusListen::Auto => Listen::LoopbackFrom(DEFAULT_PORT),
         StatusListen::Exact(a) => Listen::Exact(a),
     };
-    let listener = bind.bind().await.context("starting the status server")?;
+    let listener = match bind.bind().await {
+        Ok(l) => l,
+        // `auto` is best effort: a worker runs without its status server rather than not at all.
+        Err(e) if listen == StatusListen::Auto => {
+            tracing::warn!(error = %format!("{e:#}"), "no status server: no free loopback port");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.context("starting the status server")),
+    };
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the status server listens beyond loopback: anyone who can reach it reads this node's status");

@@ -118,8 +118,12 @@ impl JobMetrics {
     /// Counts one attempt of `job_type` that ended with `outcome` (`succeeded`, `failed`, ...).
     pub fn outcome(&self, job_type: &str, outcome: &'static str) {
         let mut map = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
-        let types: BTreeMap<String, ()> = map.keys().map(|(t, _)| (t.clone(), ())).collect();
-        let label = Self::label(&types, job_type);
+        let known = map.keys().any(|(t, _)| t == job_type);
+        let label = if known || distinct_types(&map) < MAX_TYPES {
+            job_type.to_string()
+        } else {
+            "other".to_string()
+        };
         *map.entry((label, outcome)).or_insert(0) += 1;
     }
 
@@ -152,6 +156,19 @@ impl JobMetrics {
             .unwrap_or_else(PoisonError::into_inner);
         map.iter().map(|(t, h)| (t.clone(), h.snapshot())).collect()
     }
+}
+
+/// How many job types the outcome map holds (its keys are sorted by type).
+fn distinct_types(map: &BTreeMap<(String, &'static str), u64>) -> usize {
+    let mut last: Option<&str> = None;
+    let mut n = 0;
+    for (t, _) in map.keys() {
+        if last != Some(t.as_str()) {
+            n += 1;
+            last = Some(t);
+        }
+    }
+    n
 }
 
 #[cfg(test)]

@@ -131,10 +131,8 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
                 return Err(err(format!("bad metric name `{name}`")));
             }
             match kw {
-                "HELP" => {
-                    if !helps.insert(name.to_string()) {
-                        return Err(err("HELP twice".into()));
-                    }
+                "HELP" if !helps.insert(name.to_string()) => {
+                    return Err(err("HELP twice".into()));
                 }
                 "TYPE" => {
                     let t = parts.next().unwrap_or("");
@@ -204,7 +202,9 @@ fn check_histograms(e: &Exposition) -> Result<(), String> {
             continue;
         }
         // Group the buckets by their labels without `le`.
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        // Labels without `le` → (bound, cumulative count) of each bucket.
+        type Series = BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>>;
+        let mut series: Series = BTreeMap::new();
         for s in e
             .samples
             .iter()

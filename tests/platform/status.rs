@@ -290,20 +290,14 @@ async fn the_nexus_heartbeat_reaches_the_control_planes_node_list() {
         json!({"version": "1.0", "nodeId": "worker-7", "capabilities": {"tags": ["os:linux"]}});
     source.heartbeat(&status).await.unwrap();
     let http = citadel::handlers::http_client(Duration::from_secs(2)).unwrap();
-    let nodes: Value = http
-        .get(format!("{}/api/v1/nodes", plane.url))
+    let node: Value = http
+        .get(format!("{}/api/v1/nodes/worker-7", plane.url))
         .bearer_auth(&plane.token)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    let node = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "worker-7")
         .unwrap();
     assert_eq!(node["name"], "gpu-box");
     assert_eq!(node["report"], status);

@@ -220,18 +220,23 @@ impl Handler for ModelDownload {
         let part = dir.join(format!("{}.part", req.filename));
         let shown = display_url(&req.url);
 
-        // Already here (and matching the checksum when one is given): nothing to fetch.
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            let mut hasher = Sha256::new();
-            let bytes = hash_into(&target, &mut hasher)
-                .await
-                .map_err(|e| io_error("cannot read", &target, &e))?;
-            let digest = hex(&hasher.finalize());
-            if req.sha256.as_ref().is_none_or(|h| *h == digest) {
-                return Ok(
-                    json!({"path": target, "filename": req.filename, "bytes": bytes,
-                    "sha256": digest, "cached": true, "resumed_from": 0}),
-                );
+        // Already here (and matching the checksum when one is given): nothing to fetch. Without
+        // a checksum the file is not read again (a model can be tens of GB).
+        if let Ok(meta) = tokio::fs::metadata(&target).await {
+            let digest = match &req.sha256 {
+                None => None,
+                Some(_) => {
+                    let mut hasher = Sha256::new();
+                    hash_into(&target, &mut hasher)
+                        .await
+                        .map_err(|e| io_error("cannot read", &target, &e))?;
+                    Some(hex(&hasher.finalize()))
+                }
+            };
+            if digest == req.sha256 {
+                let cached = json!({"path": target, "filename": req.filename, "bytes": meta.len(),
+                    "sha256": digest, "cached": true, "resumed_from": 0});
+                return Ok(cached);
             }
             tracing::info!(path = %target.display(), "the existing file does not match the checksum; downloading it again");
         }

@@ -56,6 +56,14 @@ pub struct WorkerSection {
     /// e.g. `1h`.
     pub default_timeout: Option<String>,
     pub max_attempts: Option<u32>,
+    /// The status server's address, `auto` or `off`.
+    pub status_listen: Option<String>,
+    /// e.g. `30s`.
+    pub heartbeat_interval: Option<String>,
+    /// Where `model_download` puts files (default DATA_DIR/models).
+    pub models_dir: Option<PathBuf>,
+    /// The extraction (GLiNER) service's URL.
+    pub extraction_url: Option<String>,
     #[serde(default)]
     pub journal: JournalSection,
 }

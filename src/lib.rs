@@ -9,5 +9,7 @@ pub mod manifest;
 pub mod nexus;
 pub mod node;
 pub mod paths;
+pub mod platform;
 pub mod runner;
 pub mod services;
+pub mod status;

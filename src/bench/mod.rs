@@ -3,6 +3,7 @@
 
 mod journal;
 mod nexus;
+mod platform;
 mod redis;
 
 use clap::Subcommand;
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     /// No-op jobs through the embedded control plane: jobs/s, and submit → start latency with
     /// long-poll and with plain 5 s polling.
     Nexus(nexus::NexusBench),
+    /// Platform detection (GPU via NVML, the whole detection) and `/metrics` rendering costs.
+    Platform(platform::PlatformBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -25,6 +28,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Journal(args) => journal::run(args).await,
         BenchCommand::Redis(args) => redis::run(args).await,
         BenchCommand::Nexus(args) => nexus::run(args).await,
+        BenchCommand::Platform(args) => platform::run(args).await,
     }
 }
 

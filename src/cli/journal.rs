@@ -382,7 +382,12 @@ async fn execute_locally(
         enabled: enable_shell,
         workspace: data_dir.join("workspace"),
         ..ShellPolicy::default()
-    });
+    })
+    .with_node_handlers(
+        crate::handlers::DownloadPolicy::new(data_dir.join("models")),
+        crate::handlers::ExtractionPolicy::default(),
+    )
+    .context("building the HTTP client")?;
     let Some(handler) = registry.get(&job.job_type) else {
         bail!(
             "job type `{}` cannot run here; supported: {}",

@@ -10,6 +10,7 @@ mod nexus;
 mod remote;
 mod services;
 mod settings;
+mod status;
 mod submit;
 mod work;
 
@@ -40,6 +41,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (`work`'s many flags) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run this node as a worker: take jobs from the transport, journal, run, settle.
@@ -72,6 +75,10 @@ pub enum Command {
     /// The effective configuration and where each value came from (`citadel config show`).
     #[command(subcommand)]
     Config(settings::ConfigCommand),
+    /// The running worker's status: transport, jobs, GPUs, tags (from its status server).
+    Status(status::StatusArgs),
+    /// What this machine is: GPUs (NVML), OS, CPU, memory, disk, Docker, tags, as JSON.
+    Platform(status::PlatformArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -107,6 +114,8 @@ pub fn run() -> anyhow::Result<()> {
             Command::Services(cmd) => services::services(cmd, &data_dir).await,
             Command::Logs(args) => services::logs(args, &data_dir).await,
             Command::Config(cmd) => settings::run(cmd, &data_dir),
+            Command::Status(args) => status::status(args, &data_dir).await,
+            Command::Platform(args) => status::platform(args, &data_dir).await,
         }
     })
 }

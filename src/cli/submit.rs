@@ -99,13 +99,14 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut after = None;
     let mut outcome: Option<Result<(), String>> = None;
+    let mut view = View::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("job {id}: no result within {}", args.timeout);
         }
         let follow = plane.follow_events(&id, after, |_, ev| {
-            outcome = render(&ev);
+            outcome = view.render(&ev);
             outcome.is_none()
         });
         match tokio::time::timeout(left, follow).await {
@@ -139,6 +140,47 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
             Some("cancelled") => bail!("job {id} was cancelled"),
             _ => {}
         }
+    }
+}
+
+/// Prints a job's events; the progress chunks of a download drive a progress bar instead
+/// (drawn only when stderr is a terminal).
+#[derive(Debug, Default)]
+struct View {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl View {
+    fn render(&mut self, ev: &Value) -> Option<Result<(), String>> {
+        if ev["type"] == "chunk" {
+            let content = ev["data"]["content"].as_str().unwrap_or("");
+            if let Ok(p) = serde_json::from_str::<Value>(content) {
+                if p["type"] == "progress" {
+                    self.progress(p["bytes"].as_u64().unwrap_or(0), p["total"].as_u64());
+                    return None;
+                }
+            }
+        } else if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        render(ev)
+    }
+
+    fn progress(&mut self, bytes: u64, total: Option<u64>) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                ),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar
+        });
+        bar.set_position(bytes);
     }
 }
 
@@ -233,6 +275,7 @@ async fn redis_submit(
     let key = format!("stream:v1:{id}:events");
     let deadline = Instant::now() + timeout;
     let mut last = "0".to_string();
+    let mut view = View::default();
     type Reply = Option<
         Vec<(
             String,
@@ -256,7 +299,7 @@ async fn redis_submit(
                     continue;
                 };
                 let ev: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                if let Some(o) = render(&ev) {
+                if let Some(o) = view.render(&ev) {
                     return o.map_err(|e| anyhow::anyhow!("job {id} {e}"));
                 }
             }

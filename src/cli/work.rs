@@ -19,8 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::format;
 use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection};
-use crate::handlers::{DeviceConfigHandler, Registry, ShellPolicy};
+use crate::handlers::{
+    DeviceConfigHandler, DownloadPolicy, ExtractionPolicy, Registry, ShellPolicy,
+};
 use crate::runner::{Runner, RunnerConfig};
+use crate::status::server::StatusListen;
+use crate::status::NodeStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
@@ -128,6 +132,21 @@ pub struct WorkArgs {
     /// Also remove the oldest settled jobs while the journal's events take more than this.
     #[arg(long, env = "CITADEL_JOURNAL_MAX_SIZE", value_name = "SIZE")]
     journal_max_size: Option<String>,
+    /// Where `model_download` jobs put their files (default DATA_DIR/models).
+    #[arg(long, env = "CITADEL_MODELS_DIR", value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// The extraction (GLiNER) service `extraction` jobs go to
+    /// (default http://127.0.0.1:8000/gliner).
+    #[arg(long, env = "CITADEL_EXTRACTION_URL", value_name = "URL")]
+    extraction_url: Option<String>,
+    /// Where the status server (/healthz, /readyz, /status, /metrics) listens: HOST:PORT,
+    /// `auto` (127.0.0.1:7412 or the next free port; the default) or `off`. The address goes to
+    /// DATA_DIR/status.addr for `citadel status`.
+    #[arg(long, env = "CITADEL_STATUS_LISTEN", value_name = "ADDR|auto|off")]
+    status_listen: Option<String>,
+    /// How often the node's status message goes to the transport (default 30s).
+    #[arg(long, env = "CITADEL_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    heartbeat_interval: Option<String>,
     /// Journal durability (`buffered` is for benchmarks only).
     #[arg(
         long,
@@ -254,7 +273,22 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     if shell_policy.enabled {
         tracing::warn!(allowlist = ?shell_policy.allow, "shell_command is ENABLED: producers can run commands on this machine");
     }
-    let mut registry = Registry::builtin(shell_policy);
+    let models_dir = args
+        .models_dir
+        .clone()
+        .or(w.models_dir.clone())
+        .unwrap_or_else(|| data_dir.join("models"));
+    let extraction = ExtractionPolicy {
+        url: args
+            .extraction_url
+            .clone()
+            .or(w.extraction_url.clone())
+            .unwrap_or_else(|| crate::handlers::extraction::DEFAULT_URL.into()),
+        ..ExtractionPolicy::default()
+    };
+    let mut registry = Registry::builtin(shell_policy)
+        .with_node_handlers(DownloadPolicy::new(models_dir), extraction)
+        .context("building the HTTP client of the handlers")?;
     registry.register(
         "APPLY_DEVICE_CONFIG",
         Arc::new(DeviceConfigHandler::new(
@@ -392,10 +426,50 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         }
     };
 
+    let status_listen: StatusListen = args
+        .status_listen
+        .as_ref()
+        .or(w.status_listen.as_ref())
+        .map_or(Ok(StatusListen::Auto), |s| s.parse())
+        .context("setting `status_listen`")?;
+    let heartbeat_every = duration(
+        "heartbeat_interval",
+        args.heartbeat_interval.as_ref(),
+        w.heartbeat_interval.as_ref(),
+        crate::status::heartbeat::DEFAULT_INTERVAL,
+    )?;
+    let identity = crate::status::Identity {
+        node_id: runner_config.node_id.clone(),
+        node_name: node_name.clone(),
+        worker_id: consumer.clone(),
+        concurrency: runner_config.concurrency,
+        data_dir: data_dir.to_path_buf(),
+        manifest: config_path.clone(),
+    };
+
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone(), journal.clone())?;
-    let runner = Runner::new(source, journal.clone(), registry, runner_config);
+    let runner = Runner::new(source.clone(), journal.clone(), registry, runner_config);
+    let status = Arc::new(NodeStatus::new(identity, source, runner.counters()));
+    let status_server = crate::status::server::start(status_listen, status.clone()).await?;
+    if let Some(s) = &status_server {
+        eprintln!(
+            "citadel: status on http://{} (/status, /metrics, /healthz, /readyz)",
+            s.addr
+        );
+    }
+    let beats = CancellationToken::new();
+    let heartbeat = tokio::spawn(crate::status::heartbeat::run(
+        status,
+        heartbeat_every,
+        beats.clone(),
+    ));
     let result = runner.run(shutdown).await;
+    beats.cancel();
+    let _ = heartbeat.await;
+    if let Some(s) = status_server {
+        s.stop().await;
+    }
     socket.abort();
     retention_task.abort();
     journal.sync().await.context("flushing the journal")?;

@@ -5,6 +5,9 @@
 
 mod device_config;
 mod diag;
+pub mod download;
+pub mod extraction;
+mod http;
 mod shell;
 
 use std::collections::BTreeMap;
@@ -18,6 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use device_config::DeviceConfigHandler;
+pub use download::{DownloadPolicy, ModelDownload};
+pub use extraction::{Extraction, ExtractionPolicy};
+pub use http::http_client;
 pub use shell::{ShellHandler, ShellPolicy};
 
 /// Why a handler did not produce a result.
@@ -101,6 +107,20 @@ impl Registry {
             r.alias("SHELL_COMMAND", "shell_command");
         }
         r
+    }
+
+    /// Adds `model_download` (alias `DOWNLOAD_MODEL`) and `extraction` (alias
+    /// `GLINER_EXTRACTION`), the handlers that need the network and a models folder.
+    pub fn with_node_handlers(
+        mut self,
+        downloads: DownloadPolicy,
+        extraction: ExtractionPolicy,
+    ) -> reqwest::Result<Self> {
+        self.register("model_download", Arc::new(ModelDownload::new(downloads)?));
+        self.alias("DOWNLOAD_MODEL", "model_download");
+        self.register("extraction", Arc::new(Extraction::new(extraction)?));
+        self.alias("GLINER_EXTRACTION", "extraction");
+        Ok(self)
     }
 
     pub fn register(&mut self, name: &str, handler: Arc<dyn Handler>) {

@@ -146,6 +146,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/heartbeat", post(heartbeat))
         .merge(super::device_api::admin())
+        .route("/nodes/{id}", get(node))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -283,25 +284,37 @@ async fn report_status(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A node as SPEC §9.4 lists it: `{id, name, ip_address, status, last_seen}`.
+fn node_json(n: &NodeRecord, now: u64) -> Value {
+    let online = now.saturating_sub(n.last_seen_ms) < NODE_OFFLINE_AFTER.as_millis() as u64;
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "ip_address": n.ip_address,
+        "status": if online { n.status.as_str() } else { "offline" },
+        "last_seen": rfc3339_ms(n.last_seen_ms),
+    })
+}
+
 /// `GET /api/v1/nodes` (SPEC §9.4).
 async fn nodes(State(app): St) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let list: Vec<Value> = app
         .store
         .nodes()?
-        .into_iter()
-        .map(|n| {
-            let online = now.saturating_sub(n.last_seen_ms) < NODE_OFFLINE_AFTER.as_millis() as u64;
-            json!({
-                "id": n.id,
-                "name": n.name,
-                "ip_address": n.ip_address,
-                "status": if online { n.status.as_str() } else { "offline" },
-                "last_seen": rfc3339_ms(n.last_seen_ms),
-            })
-        })
+        .iter()
+        .map(|n| node_json(n, now))
         .collect();
     Ok(Json(Value::Array(list)))
+}
+
+/// `GET /api/v1/nodes/{id}`: the node with its last status report (SPEC §9.3) as `report`.
+async fn node(State(app): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let found = app.store.nodes()?.into_iter().find(|n| n.id == id);
+    let n = found.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node `{id}`")))?;
+    let mut v = node_json(&n, now_ms());
+    v["report"] = n.report.unwrap_or(Value::Null);
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +325,9 @@ struct HeartbeatBody {
     name: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    /// The node's full status message (SPEC §9.3), when the worker sends one.
+    #[serde(default)]
+    report: Option<Value>,
 }
 
 async fn heartbeat(
@@ -329,6 +345,7 @@ async fn heartbeat(
         ip_address: peer.ip().to_string(),
         status: b.status.unwrap_or_else(|| "online".into()),
         last_seen_ms: now_ms(),
+        report: b.report,
     })?;
     app.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -79,6 +79,7 @@ async fn token(State(app): St, body: Body) -> ApiResult<Response> {
                 ip_address: String::new(),
                 status: "approved".into(),
                 last_seen_ms: now_ms(),
+                report: None,
             })?;
             app.store.flush().await?;
             tracing::info!(%node_id, "device authorization completed");

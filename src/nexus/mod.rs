@@ -116,6 +116,19 @@ pub enum Listen {
     LoopbackFrom(u16),
 }
 
+impl Listen {
+    /// Binds: the exact address, or the first free loopback port from the given one. Also
+    /// used by the status server.
+    pub async fn bind(self) -> anyhow::Result<tokio::net::TcpListener> {
+        match self {
+            Listen::Exact(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}")),
+            Listen::LoopbackFrom(port) => bind_loopback_from(port).await,
+        }
+    }
+}
+
 /// Opens the store in `dir`, binds and serves until [`Running::stop`].
 pub async fn start(dir: &Path, listen: Listen) -> anyhow::Result<Running> {
     start_with(dir, listen, device::DeviceSettings::default()).await
@@ -142,12 +155,7 @@ pub async fn start_with(
         }
         other => anyhow::Error::new(other).context("opening the control plane store"),
     })?);
-    let listener = match listen {
-        Listen::Exact(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?,
-        Listen::LoopbackFrom(port) => bind_loopback_from(port).await?,
-    };
+    let listener = listen.bind().await?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the control plane listens beyond loopback; every request needs the bearer token");

@@ -155,6 +155,9 @@ pub struct NodeRecord {
     pub status: String,
     /// Unix milliseconds.
     pub last_seen_ms: u64,
+    /// The last status message the node sent (SPEC §9.3), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
@@ -702,7 +705,15 @@ impl Store {
         self.lock().queue.first().map(|k| k.0)
     }
 
-    pub fn heartbeat(&self, node: NodeRecord) -> Result<(), StoreError> {
+    /// Records a node's heartbeat. A beat without a status report keeps the last report.
+    pub fn heartbeat(&self, mut node: NodeRecord) -> Result<(), StoreError> {
+        if node.report.is_none() {
+            if let Some(old) = self.nodes.get(node.id.as_bytes())? {
+                node.report = serde_json::from_slice::<NodeRecord>(&old)
+                    .ok()
+                    .and_then(|n| n.report);
+            }
+        }
         let bytes = serde_json::to_vec(&node).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.nodes.insert(node.id.as_bytes(), bytes)?;
         Ok(())

@@ -207,10 +207,12 @@ impl Shared {
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 
         let timeout = self.config.timeout_for(&job);
+        self.record_start(&job);
         let begun = Instant::now();
         let (outcome, stop) = self
             .run_handler(&job, &receipt, &delivery_id, handler, timeout, drain)
             .await;
+        self.counters.jobs.duration(&job.job_type, begun.elapsed());
         let elapsed_ms = begun.elapsed().as_millis() as u64;
 
         match (outcome, stop) {
@@ -268,6 +270,26 @@ impl Shared {
                 );
                 self.fail(&s, e.message, e.retryable, max_attempts).await;
             }
+        }
+    }
+
+    /// Counts a redelivery, and the queue wait of a first attempt whose producer said when it
+    /// enqueued the job (`enqueuedAt`: RFC 3339, or Unix seconds or milliseconds).
+    fn record_start(&self, job: &citadel_transports::Job) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if job.attempt > 1 {
+            self.counters.jobs.redeliveries.fetch_add(1, Relaxed);
+            return;
+        }
+        let Some(enqueued) = job.enqueued_at.as_deref().and_then(enqueued_ms) else {
+            return;
+        };
+        let now = citadel_journal::now_ms();
+        if now >= enqueued {
+            self.counters
+                .jobs
+                .queue_wait
+                .observe(Duration::from_millis(now - enqueued));
         }
     }
 
@@ -349,8 +371,11 @@ impl Shared {
                     }
                     _ = lease_tick.tick(), if lease_every.is_some() => {
                         match self.source.extend_lease(receipt).await {
-                            Ok(Lease::Held) => {}
+                            Ok(Lease::Held) => {
+                                self.counters.jobs.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             Ok(Lease::Lost) => {
+                                self.counters.jobs.leases_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
                                 stop_with(Stop::LeaseLost);
                             }
@@ -489,10 +514,43 @@ impl Shared {
     /// settlement that follows it, or within 500 ms).
     fn append_quiet(&self, job: &citadel_transports::Job, delivery_id: &str, event: EventKind) {
         let name = event.name();
+        self.record_outcome(&job.job_type, &event);
         if let Err(e) = self.journal.append_buffered(
             NewEvent::new(job.id.clone(), self.source.name(), event).delivery(delivery_id),
         ) {
             tracing::error!(job_id = %job.id, event = name, error = %e, "journal append failed");
         }
+    }
+}
+
+/// `enqueuedAt` as Unix milliseconds: an RFC 3339 time, or a number of seconds or milliseconds.
+fn enqueued_ms(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<f64>() {
+        if !n.is_finite() || n <= 0.0 {
+            return None;
+        }
+        // Before 2001-09-09 in milliseconds is after year 33,000 in seconds: the size decides.
+        return Some(if n < 1e12 {
+            (n * 1000.0) as u64
+        } else {
+            n as u64
+        });
+    }
+    let at = humantime::parse_rfc3339_weak(t).ok()?;
+    Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::enqueued_ms;
+
+    #[test]
+    fn enqueued_at_parses_in_every_producer_format() {
+        assert_eq!(enqueued_ms("2026-11-22T10:00:00Z"), Some(1_795_341_600_000));
+        assert_eq!(enqueued_ms("1795341600"), Some(1_795_341_600_000));
+        assert_eq!(enqueued_ms("1795341600123"), Some(1_795_341_600_123));
+        assert_eq!(enqueued_ms("soon"), None);
+        assert_eq!(enqueued_ms("-5"), None);
     }
 }

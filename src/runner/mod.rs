@@ -7,9 +7,10 @@
 //! through [`JobSource`].
 
 mod attempt;
+pub mod metrics;
 mod settle;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,11 @@ pub struct Counters {
     pub deduplicated: AtomicU64,
     pub released: AtomicU64,
     pub in_flight: AtomicU64,
+    /// The worker is taking jobs: its fetch loop runs and the last fetch succeeded.
+    pub consuming: AtomicBool,
+    /// By type and outcome, durations, queue wait, leases (for `/metrics`).
+    #[serde(skip)]
+    pub jobs: metrics::JobMetrics,
 }
 
 /// What every delivery task shares.
@@ -150,6 +156,8 @@ impl Runner {
             concurrency = shared.config.concurrency,
             "worker started"
         );
+        let consuming = |on: bool| shared.counters.consuming.store(on, Ordering::Relaxed);
+        consuming(true);
         let outcome = loop {
             while tasks.try_join_next().is_some() {}
             let first = tokio::select! {
@@ -166,6 +174,7 @@ impl Runner {
             };
             match fetched {
                 Ok(items) => {
+                    consuming(true);
                     if retrier.failures() > 0 {
                         tracing::info!(transport = shared.source.name(), "transport is back");
                     }
@@ -196,6 +205,7 @@ impl Runner {
                     break Err(anyhow::Error::new(e).context("the job source failed"));
                 }
                 Err(e) => {
+                    consuming(false);
                     let delay = retrier.next_delay();
                     if e.is_retryable() {
                         tracing::warn!(transport = shared.source.name(), error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -211,6 +221,7 @@ impl Runner {
                 }
             }
         };
+        consuming(false);
         self.drain(&mut tasks, drain).await;
         outcome
     }

@@ -25,12 +25,15 @@ pub(crate) struct Settle<'a> {
 impl Shared {
     /// Journals `event` durably, then applies `settlement` on the transport.
     pub(crate) async fn settle(&self, s: &Settle<'_>, event: EventKind, settlement: Settlement) {
+        self.record_outcome(&s.job.job_type, &event);
+        let begun = std::time::Instant::now();
         let appended = self
             .journal
             .append(
                 NewEvent::new(s.job.id.clone(), self.source.name(), event).delivery(s.delivery_id),
             )
             .await;
+        self.counters.jobs.journal_append.observe(begun.elapsed());
         if let Err(e) = appended {
             // Without the journal entry the settlement is not justified: leave the delivery
             // pending; its lease runs out and it is delivered again.
@@ -48,6 +51,13 @@ impl Shared {
         };
         self.send_settlement(s.receipt, &settlement, &ctx, Some(&s.job.id))
             .await;
+    }
+
+    /// Counts a terminal event (or a skip) under the job's type, for `/metrics`.
+    pub(crate) fn record_outcome(&self, job_type: &str, event: &EventKind) {
+        if event.is_terminal() || matches!(event, EventKind::Skipped { .. }) {
+            self.counters.jobs.outcome(job_type, event.name());
+        }
     }
 
     /// Sends a settlement to the transport, retrying transient failures for a bounded time.

@@ -196,6 +196,17 @@ fn up_converges_a_standin_engine_and_down_stops_it() {
     assert_eq!(r.status, 200);
     let (ok, out, err) = run(&mut node.cmd(&["submit", "--wait", "echo", "msg=hi"]));
     assert!(ok && out.contains("\"msg\":\"hi\""), "{out}{err}");
+    // `citadel status` asks the running worker, which reports the manifest's services.
+    let (ok, out, err) = run(&mut node.cmd(&["status"]));
+    assert!(ok, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("service") && l.contains("vllm"))
+        .unwrap_or_else(|| panic!("no vllm service in citadel status:\n{out}"));
+    assert!(
+        line.contains("running") && line.contains("ready at"),
+        "{line}"
+    );
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(up.0.id() as i32).unwrap(),
         rustix::process::Signal::TERM,

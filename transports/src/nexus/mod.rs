@@ -97,6 +97,9 @@ pub(crate) struct Inner {
     inbox: Inbox,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
+    /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
+    /// full status reports keep coming.
+    last_report: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +143,7 @@ impl NexusSource {
             mode,
             inbox: Inbox::default(),
             outcomes: Mutex::default(),
+            last_report: Mutex::default(),
         });
         let mut tasks = vec![tokio::spawn(fetch::run(inner.clone()))];
         if mode == Mode::Full {
@@ -218,6 +222,13 @@ impl Drop for NexusSource {
 
 async fn heartbeats(inner: Arc<Inner>) {
     loop {
+        let reported = *lock(&inner.last_report);
+        if reported.is_some_and(|at| at.elapsed() < inner.cfg.heartbeat) {
+            tokio::select! {
+                () = tokio::time::sleep(inner.cfg.heartbeat) => continue,
+                () = inner.inbox.wait_closed() => return,
+            }
+        }
         let body =
             json!({"id": inner.cfg.worker_id, "name": inner.cfg.node_name, "status": "online"});
         let rb = inner
@@ -379,6 +390,31 @@ impl JobSource for NexusSource {
             Ok(_) => Ok(()),
             Err(f) => Err(f.error),
         }
+    }
+
+    /// Posts the node's status message to the control plane's node API (full mode; a plain
+    /// §9.4 server has no node API, so the message is dropped there).
+    async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
+        if self.inner.mode != Mode::Full {
+            return Ok(());
+        }
+        let body = json!({
+            "id": self.inner.cfg.worker_id,
+            "name": self.inner.cfg.node_name,
+            "status": "online",
+            "report": status,
+        });
+        let rb = self
+            .inner
+            .client
+            .request(Method::POST, "/api/v1/nodes/heartbeat")
+            .json(&body);
+        self.inner
+            .client
+            .send(rb, self.inner.cfg.request_timeout)
+            .await?;
+        *lock(&self.inner.last_report) = Some(Instant::now());
+        Ok(())
     }
 
     async fn health(&self) -> Health {

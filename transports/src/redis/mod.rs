@@ -42,6 +42,11 @@ mod publish;
 mod reply;
 mod scripts;
 
+/// The stream every node's heartbeat is appended to (SPEC §9.3).
+pub const NODE_STATUS_STREAM: &str = "node:status:stream";
+/// The approximate length the heartbeat stream is capped at.
+pub const NODE_STATUS_MAXLEN: usize = 10_000;
+
 /// The idle time a released entry gets: longer than any lease, so every worker may take it now.
 pub const RELEASED_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 use std::collections::HashSet;
@@ -325,6 +330,41 @@ impl JobSource for RedisSource {
 
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
         self.inner.publisher.publish(event).await
+    }
+
+    /// SPEC §9.3: `XADD node:status:stream MAXLEN ~ 10000 * nodeId … timestamp … payload …`,
+    /// then `PUBLISH node:status:{nodeId}` with the same JSON, in one round trip.
+    async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
+        let node_id = status
+            .get("nodeId")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&self.inner.cfg.worker_id)
+            .to_string();
+        let timestamp = status
+            .get("timestamp")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| crate::events::rfc3339(SystemTime::now()), str::to_string);
+        let payload = status.to_string();
+        let mut p = redis::pipe();
+        p.cmd("XADD")
+            .arg(NODE_STATUS_STREAM)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(NODE_STATUS_MAXLEN)
+            .arg("*")
+            .arg("nodeId")
+            .arg(&node_id)
+            .arg("timestamp")
+            .arg(&timestamp)
+            .arg("payload")
+            .arg(&payload)
+            .ignore();
+        p.cmd("PUBLISH")
+            .arg(format!("node:status:{node_id}"))
+            .arg(&payload)
+            .ignore();
+        let mut conn = self.inner.ctl.clone();
+        p.query_async::<()>(&mut conn).await.map_err(conn::map_err)
     }
 
     async fn health(&self) -> Health {

@@ -1,0 +1,179 @@
+//! `citadel status` (the running worker's status, read from its status server, whose address is
+//! in DATA_DIR/status.addr) and `citadel platform` (this machine's detection as JSON, no worker
+//! needed). Output only; these commands never change the worker.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde_json::Value;
+
+use super::format;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the whole status message as JSON (what the heartbeat sends).
+    #[arg(long)]
+    json: bool,
+    /// Ask this status server instead of the one in DATA_DIR/status.addr.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlatformArgs {
+    /// Print only the capability tags, one a line.
+    #[arg(long)]
+    tags: bool,
+}
+
+pub async fn platform(args: PlatformArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let p = crate::platform::detect(data_dir).await;
+    if args.tags {
+        for t in &p.tags {
+            println!("{t}");
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    }
+    Ok(())
+}
+
+pub async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let file = crate::status::server::addr_file(data_dir);
+    let addr = match args.addr {
+        Some(a) => a,
+        None => match std::fs::read_to_string(&file) {
+            Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
+            _ => bail!(
+                "no citadel worker is running on {} (no {}); start one with `citadel work`, \
+                 or pass --data-dir / --addr",
+                data_dir.display(),
+                file.display()
+            ),
+        },
+    };
+    let http =
+        crate::handlers::http_client(Duration::from_secs(2)).context("building the HTTP client")?;
+    let url = format!("http://{addr}/status");
+    let resp = match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => bail!(
+            "no citadel worker is running on {}: its status server {addr} does not answer \
+             (the worker stopped without removing {})",
+            data_dir.display(),
+            file.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("asking {url}")),
+    };
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    let msg: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&msg)?);
+    } else {
+        print_summary(&msg);
+    }
+    Ok(())
+}
+
+fn print_summary(m: &Value) {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let node = &m["node"];
+    let w = &m["worker"];
+    let t = &m["transport"];
+    let sys = &m["system"];
+    println!(
+        "node       {} (worker {}), citadel {}, up {}",
+        s(&node["name"]),
+        s(&node["worker_id"]),
+        s(&node["agent_version"]),
+        format::duration(n(&node["uptime_s"]) * 1000)
+    );
+    println!(
+        "transport  {} (switches {}), consuming: {}",
+        s(&t["active"]),
+        n(&t["switches"]),
+        if w["consuming"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    println!(
+        "jobs       in flight {} of {}, processed {} (succeeded {}, failed {}, cancelled {}), retried {}, dead-lettered {}",
+        n(&w["in_flight"]),
+        n(&w["concurrency"]),
+        n(&w["processed"]),
+        n(&w["succeeded"]),
+        n(&w["failed"]),
+        n(&w["cancelled"]),
+        n(&w["retried"]),
+        n(&w["dead_lettered"])
+    );
+    let gib = |v: &Value| {
+        v.as_u64().map_or("-".to_string(), |b| {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        })
+    };
+    println!(
+        "system     {} {}, {} CPUs, load {}, memory {} available of {}",
+        s(&sys["os"]["pretty_name"]),
+        s(&sys["os"]["arch"]),
+        n(&sys["cpu_count"]),
+        s(&sys["load"]),
+        gib(&sys["memory_available_bytes"]),
+        gib(&sys["memory_total_bytes"])
+    );
+    match m["gpu"].as_array() {
+        Some(gpus) if !gpus.is_empty() => {
+            for g in gpus {
+                println!(
+                    "gpu {}      {}, {} ({} used), {}% busy, {}°C, driver {}",
+                    n(&g["index"]),
+                    s(&g["name"]),
+                    gib(&g["memory_total_bytes"]),
+                    gib(&g["memory_used_bytes"]),
+                    s(&g["utilization_percent"]),
+                    s(&g["temperature_c"]),
+                    s(&sys["gpu_driver"])
+                );
+            }
+        }
+        _ => println!("gpu        none ({})", s(&sys["gpu_error"])),
+    }
+    let tags: Vec<String> = m["capabilities"]["tags"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    println!("tags       {}", tags.join(" "));
+    for svc in m["services"].as_array().into_iter().flatten() {
+        match svc.get("error") {
+            Some(e) => println!("services   unknown: {}", s(e)),
+            None => println!(
+                "service    {} ({}): {}{}, {}",
+                s(&svc["name"]),
+                s(&svc["image"]),
+                s(&svc["state"]),
+                svc["health"]
+                    .as_str()
+                    .map_or(String::new(), |h| format!(" ({h})")),
+                if svc["ready"].as_bool() == Some(true) {
+                    format!("ready at {}", s(&svc["url"]))
+                } else {
+                    format!("not ready: {}", s(&svc["detail"]))
+                }
+            ),
+        }
+    }
+}

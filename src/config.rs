@@ -55,6 +55,17 @@ pub struct JournalSection {
 pub struct TransportsSection {
     pub redis: Option<RedisSection>,
     pub nexus: Option<NexusSection>,
+    pub websocket: Option<WebSocketSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// `ws://host:port/api/v1/ws` (or `wss://`); default: derived from `transports.nexus.url`.
+    pub url: Option<String>,
+    /// A file holding the bearer token (default: `transports.nexus.token_file`, else the local
+    /// control plane's token).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
+use citadel_transports::{websocket, WebSocketConfig, WebSocketSource};
 use citadel_transports::{Backoff, JobSource, NexusConfig, NexusSource, RedisConfig, RedisSource};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,10 @@ pub enum TransportKind {
     /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
     /// citadel control plane.
     Nexus,
+    /// Jobs pushed by a citadel control plane over one WebSocket (`--nexus-url` or `--ws-url`):
+    /// for nodes behind proxies that allow one outbound HTTP(S) connection and nothing else.
+    #[value(name = "websocket")]
+    WebSocket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,6 +50,10 @@ pub struct WorkArgs {
     /// The Nexus control plane (http://host:port).
     #[arg(long, env = "CITADEL_NEXUS_URL", value_name = "URL")]
     nexus_url: Option<String>,
+    /// The control plane's WebSocket job push (ws://host:port/api/v1/ws or wss://...) for
+    /// `--transport websocket`. Default: derived from --nexus-url (http → ws, https → wss).
+    #[arg(long, env = "CITADEL_WS_URL", value_name = "URL")]
+    ws_url: Option<String>,
     /// The control plane's bearer token (default: the token file of the local control plane,
     /// DATA_DIR/nexus/token, or `transports.nexus.token_file`).
     #[arg(
@@ -236,10 +245,12 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();
+    let ws_file = file.transports.websocket.unwrap_or_default();
     let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
     let kind = match args.transport {
         Some(k) => Some(k),
         None if args.redis_url.is_some() || redis_file.url.is_some() => Some(TransportKind::Redis),
+        None if args.ws_url.is_some() || ws_file.url.is_some() => Some(TransportKind::WebSocket),
         None if nexus_url.is_some() => Some(TransportKind::Nexus),
         None => None,
     };
@@ -294,6 +305,43 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 runner_config.concurrency
             );
             Arc::new(connect_nexus(cfg).await?)
+        }
+        Some(TransportKind::WebSocket) => {
+            let url = match (args.ws_url.clone().or(ws_file.url), &nexus_url) {
+                (Some(url), _) => url,
+                (None, Some(http)) => websocket::ws_url(http).context("deriving the WebSocket URL")?,
+                (None, None) => bail!(
+                    "--transport websocket needs --nexus-url or --ws-url (or CITADEL_NEXUS_URL, CITADEL_WS_URL, \
+                     transports.websocket.url, transports.nexus.url)"
+                ),
+            };
+            let token = match args.nexus_token.clone() {
+                Some(t) => Some(t),
+                None => nexus_token_from_files(
+                    ws_file
+                        .token_file
+                        .as_deref()
+                        .or(nexus_file.token_file.as_deref()),
+                    data_dir,
+                )?,
+            };
+            let mut cfg = WebSocketConfig::new(url, consumer.clone());
+            cfg.token = token;
+            cfg.node_name = node_name.clone();
+            cfg.lease = lease_setting;
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, websocket {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.url,
+                runner_config.concurrency
+            );
+            Arc::new(
+                connect_retrying("the control plane WebSocket", || {
+                    WebSocketSource::connect(cfg.clone())
+                })
+                .await?,
+            )
         }
         Some(TransportKind::Redis) => {
             let r = redis_file;
@@ -420,6 +468,27 @@ async fn connect_nexus(cfg: NexusConfig) -> anyhow::Result<NexusSource> {
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e).context("connecting to the control plane"),
+        }
+    }
+}
+
+/// Connects with `connect`, retrying with backoff while the server is away (any error that is not
+/// retryable, a configuration error above all, stops at once).
+async fn connect_retrying<S, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<S>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<S, citadel_transports::SourceError>>,
+{
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        match connect().await {
+            Ok(source) => return Ok(source),
+            Err(e) if e.is_retryable() => {
+                let delay = retrier.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach {what}; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {what}")),
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 mod sse;
 pub mod store;
+mod ws;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

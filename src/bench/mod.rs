@@ -4,6 +4,7 @@
 mod journal;
 mod nexus;
 mod redis;
+mod websocket;
 
 use clap::Subcommand;
 
@@ -18,6 +19,10 @@ pub enum BenchCommand {
     /// No-op jobs through the embedded control plane: jobs/s, and submit → start latency with
     /// long-poll and with plain 5 s polling.
     Nexus(nexus::NexusBench),
+    /// No-op jobs pushed by the embedded control plane over its WebSocket: jobs/s at several
+    /// concurrencies and submit → start latency.
+    #[command(name = "websocket")]
+    WebSocket(websocket::WebSocketBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -25,6 +30,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Journal(args) => journal::run(args).await,
         BenchCommand::Redis(args) => redis::run(args).await,
         BenchCommand::Nexus(args) => nexus::run(args).await,
+        BenchCommand::WebSocket(args) => websocket::run(args).await,
     }
 }
 

@@ -155,6 +155,12 @@ pub async fn start(dir: &Path, listen: Listen) -> anyhow::Result<Running> {
         let stop = stop.clone();
         let store = store.clone();
         async move {
+            // No Nagle delay: WebSocket pushes are small frames that must leave at once.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY");
+                }
+            });
             axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),

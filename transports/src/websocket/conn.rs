@@ -52,7 +52,8 @@ fn handshake_error(e: tungstenite::Error) -> SourceError {
     }
 }
 
-/// Connects and completes `hello` → `welcome`.
+/// Connects (without Nagle's delay: frames are small and latency matters) and completes
+/// `hello` → `welcome`.
 pub(crate) async fn open(inner: &Inner) -> Result<Ws, SourceError> {
     let cfg = &inner.cfg;
     let mut req = cfg
@@ -71,10 +72,13 @@ pub(crate) async fn open(inner: &Inner) -> Result<Ws, SourceError> {
             "the control plane did not answer within {timeout:?}"
         ))
     };
-    let (mut ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(req))
-        .await
-        .map_err(|_| late())?
-        .map_err(handshake_error)?;
+    let (mut ws, _) = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    .map_err(|_| late())?
+    .map_err(handshake_error)?;
     let hello = ClientFrame::Hello {
         worker: cfg.worker_id.clone(),
         name: Some(cfg.node_name.clone()),

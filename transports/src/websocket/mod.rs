@@ -247,6 +247,11 @@ impl WebSocketSource {
         &self.inner.cfg
     }
 
+    /// Whether the WebSocket is up now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.inner.link).out.is_some()
+    }
+
     /// Connections made so far (1 + reconnects).
     pub fn connections(&self) -> u64 {
         self.inner.connections.load(Ordering::Relaxed)

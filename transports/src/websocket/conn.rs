@@ -25,6 +25,9 @@ use crate::source::SourceError;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A connection that said hello, and the frames requests queue for it.
+pub(crate) type Opened = (Ws, mpsc::UnboundedReceiver<Message>);
+
 fn handshake_error(e: tungstenite::Error) -> SourceError {
     match e {
         tungstenite::Error::Http(resp) => {
@@ -53,8 +56,8 @@ fn handshake_error(e: tungstenite::Error) -> SourceError {
 }
 
 /// Connects (without Nagle's delay: frames are small and latency matters) and completes
-/// `hello` → `welcome`.
-pub(crate) async fn open(inner: &Inner) -> Result<Ws, SourceError> {
+/// `hello` → `welcome`; from then on requests can be sent.
+pub(crate) async fn open(inner: &Inner) -> Result<Opened, SourceError> {
     let cfg = &inner.cfg;
     let mut req = cfg
         .url
@@ -109,15 +112,17 @@ pub(crate) async fn open(inner: &Inner) -> Result<Ws, SourceError> {
     tokio::time::timeout(timeout, welcome)
         .await
         .map_err(|_| late())??;
-    Ok(ws)
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
+    inner.connected(tx);
+    Ok((ws, rx))
 }
 
 /// Keeps a connection up until the source is dropped: runs `first`, then reconnects.
-pub(crate) async fn run(inner: Arc<Inner>, first: Ws) {
+pub(crate) async fn run(inner: Arc<Inner>, first: Opened) {
     let mut next = Some(first);
     let mut retrier = Backoff::RECONNECT.retrier();
     loop {
-        let ws = match next.take() {
+        let (ws, rx) = match next.take() {
             Some(ws) => ws,
             None => match open(&inner).await {
                 Ok(ws) => {
@@ -139,7 +144,7 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Ws) {
             },
         };
         retrier.reset();
-        let why = session(&inner, ws).await;
+        let why = session(&inner, ws, rx).await;
         inner.disconnected();
         let delay = retrier.next_delay();
         warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "lost the control plane WebSocket; reconnecting");
@@ -148,10 +153,8 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Ws) {
 }
 
 /// One connection's life; returns why it ended.
-async fn session(inner: &Inner, ws: Ws) -> String {
+async fn session(inner: &Inner, ws: Ws, mut rx: mpsc::UnboundedReceiver<Message>) -> String {
     let cfg = &inner.cfg;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    inner.connected(tx);
     let (mut sink, mut stream) = ws.split();
     // Jobs granted to the server (credit) and not pushed yet. A new connection starts at zero.
     let mut granted: usize = 0;

@@ -211,7 +211,7 @@ pub(super) async fn throughput(
         task.await??;
         throughput.push(Throughput {
             concurrency,
-            jobs: jobs,
+            jobs,
             seconds,
             jobs_per_sec: jobs as f64 / seconds,
         });

@@ -2,7 +2,7 @@
 //! `citadel work --transport websocket` as a child process.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,23 +216,6 @@ async fn a_control_plane_restart_under_a_running_worker_loses_nothing_and_runs_n
     assert!(twice.is_empty(), "jobs run twice: {twice:?}");
     w.shutdown.cancel();
     w.task.await.unwrap().unwrap();
-}
-
-fn citadel(data: &std::path::Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--data-dir").arg(data);
-    for var in [
-        "CITADEL_DATA_DIR",
-        "CITADEL_REDIS_URL",
-        "CITADEL_NEXUS_URL",
-        "CITADEL_NEXUS_TOKEN",
-        "CITADEL_WS_URL",
-        "CITADEL_TRANSPORT",
-        "CITADEL_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    c
 }
 
 #[test]

@@ -18,17 +18,6 @@ pub fn cfg(p: &Plane, worker: &str) -> WebSocketConfig {
     c
 }
 
-pub async fn next_n(src: &WebSocketSource, max: usize, want: usize) -> Vec<Incoming> {
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        got.extend(src.next(max - got.len()).await.unwrap());
-        if got.len() >= want {
-            break;
-        }
-    }
-    got
-}
-
 fn job(i: &Incoming) -> &citadel_transports::Delivery {
     match i {
         Incoming::Job(d) => d,

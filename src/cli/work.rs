@@ -43,8 +43,9 @@ pub enum DurabilityArg {
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else nexus
-    /// when a Nexus URL is, else an embedded control plane on loopback.
+    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else
+    /// websocket when a WebSocket URL is, else nexus when a Nexus URL is, else an embedded
+    /// control plane on loopback.
     #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
     transport: Option<TransportKind>,
     /// The Nexus control plane (http://host:port).

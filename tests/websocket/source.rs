@@ -56,6 +56,11 @@ async fn jobs_are_pushed_acked_retried_and_dead_lettered() {
     assert!(caps.events && caps.cancellation && caps.dead_letter);
     let nodes = p.json("GET", "/api/v1/nodes", None);
     assert_eq!(nodes[0]["id"], "worker-1", "hello registers the node");
+    src.heartbeat(&json!({"status": "draining", "worker": {"in_flight": 0}}))
+        .await
+        .unwrap();
+    let nodes = p.json("GET", "/api/v1/nodes", None);
+    assert_eq!(nodes[0]["status"], "draining", "{nodes}");
 
     let got = next_n(&src, 4, 1).await;
     assert_eq!(got.len(), 1);
@@ -274,6 +279,7 @@ async fn a_stopped_control_plane_is_detected_and_the_worker_reconnects() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let noticed = stopped.elapsed();
+    assert!(!src.health().await.healthy);
     // Meanwhile requests fail at once and retryably (the runner retries settlements).
     let e = src
         .settle(&Receipt::new("x", "y"), &Settlement::Ack, &ctx(&[]))

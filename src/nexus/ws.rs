@@ -3,7 +3,8 @@
 //! worker says `hello`, grants `credit`, and the control plane pushes leased jobs up to the credit
 //! the moment they become ready; settlements, lease renewals and job events arrive as requests
 //! with an id and are answered `ok` or `error` (the status the HTTP API would give: 409 for a lost
-//! lease). Cancellation of a job the worker holds is sent as a `cancel` frame.
+//! lease). Cancellation of a job the worker holds is sent as a `cancel` frame. After `hello`, the
+//! jobs still leased to the worker id are sent again (`again`: a push lost with a connection).
 //!
 //! This module owns the socket only: every change goes through the same [`Store`] operations and
 //! checks as the HTTP API (claim, renew, settle, events), answered after [`Store::flush`]. It
@@ -142,9 +143,26 @@ impl Session {
             }
             match serde_json::to_value(&r) {
                 Ok(job) => {
-                    let _ = out.send(ServerFrame::Job { job });
+                    let _ = out.send(ServerFrame::Job { job, again: false });
                 }
                 Err(e) => tracing::error!(job_id = %r.id, error = %e, "encoding a pushed job"),
+            }
+        }
+    }
+
+    /// After `hello`: the jobs still leased to this worker id go out again (`again`), so a push
+    /// lost with the last connection, or the leases of a worker that restarted, come back at once
+    /// instead of when the lease expires. The worker ignores the ones it already has.
+    fn push_again(&mut self, worker: &str, out: &Out) {
+        let mine = self
+            .store()
+            .list(Some(JobState::Leased), usize::MAX)
+            .into_iter()
+            .filter(|r| r.lease.as_ref().is_some_and(|l| l.worker == worker));
+        for r in mine {
+            if let (Some(l), Ok(job)) = (&r.lease, serde_json::to_value(&r)) {
+                self.held.insert(r.id.clone(), l.id.clone());
+                let _ = out.send(ServerFrame::Job { job, again: true });
             }
         }
     }
@@ -255,10 +273,11 @@ impl Session {
                 self.worker = Some((worker.clone(), name));
                 self.seen();
                 let _ = out.send(ServerFrame::Welcome {
-                    worker,
+                    worker: worker.clone(),
                     lease_ms: self.lease.as_millis() as u64,
                     version: env!("CARGO_PKG_VERSION").into(),
                 });
+                self.push_again(&worker, out);
             }
             ClientFrame::Credit { credit } => {
                 self.credit = self.credit.saturating_add(credit as usize).min(MAX_CREDIT);

@@ -132,6 +132,20 @@ async fn bad_frames_get_error_frames_and_requests_are_answered_by_id() {
     assert_eq!(pushed["job"]["attempts"], 1);
     let lease = pushed["job"]["lease"]["id"].as_str().unwrap().to_string();
     assert_eq!(pushed["job"]["lease"]["worker"], "raw");
+    // A new socket of the same worker gets its leased jobs again, without credit.
+    let mut second = open(&p, Some(&p.token)).await.unwrap();
+    let w = ask(&mut second, text(json!({"type": "hello", "worker": "raw"}))).await;
+    assert_eq!(w["type"], "welcome");
+    let again = recv(&mut second).await;
+    assert_eq!(
+        (again["type"].as_str(), again["again"].as_bool()),
+        (Some("job"), Some(true))
+    );
+    assert_eq!(
+        again["job"]["lease"]["id"].as_str(),
+        pushed["job"]["lease"]["id"].as_str()
+    );
+    drop(second);
 
     let e = ask(
         &mut ws,

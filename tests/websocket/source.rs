@@ -261,6 +261,10 @@ async fn a_stopped_control_plane_is_detected_and_the_worker_reconnects() {
     c.request_timeout = Duration::from_secs(1);
     let src = WebSocketSource::connect(c).await.unwrap();
     assert!(src.is_connected());
+    // A job this worker holds across the reconnect: sent again after the new hello, ignored.
+    p.submit(json!({"id": "held", "type": "sleep"}));
+    let held = next_n(&src, 1, 1).await;
+    assert_eq!(job(&held[0]).job.id.as_str(), "held");
     let pid = p.pid().unwrap().to_string();
     let signal = |sig: &str| {
         assert!(std::process::Command::new("kill")
@@ -294,7 +298,11 @@ async fn a_stopped_control_plane_is_detected_and_the_worker_reconnects() {
     }
     assert!(src.connections() >= 2);
     p.submit(json!({"id": "after", "type": "noop"}));
-    let got = next_n(&src, 1, 1).await;
+    let got = next_n(&src, 2, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(job(&got[0]).job.id.as_str(), "after");
+    src.settle(&job(&held[0]).receipt, &Settlement::Ack, &ctx(&[]))
+        .await
+        .expect("the lease held across the reconnect");
     eprintln!("dead peer noticed after {noticed:?}");
 }

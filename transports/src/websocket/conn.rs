@@ -197,9 +197,17 @@ async fn session(inner: &Inner, ws: Ws, mut rx: mpsc::UnboundedReceiver<Message>
 
 fn on_frame(inner: &Inner, text: &str, granted: &mut usize) {
     match serde_json::from_str::<ServerFrame>(text) {
-        Ok(ServerFrame::Job { job }) => {
-            *granted = granted.saturating_sub(1);
-            inner.inbox.deliver(vec![from_record(&job, SOURCE)]);
+        Ok(ServerFrame::Job { job, again }) => {
+            if !again {
+                *granted = granted.saturating_sub(1);
+            }
+            let item = from_record(&job, SOURCE);
+            // A job sent `again` that this worker already has (running, or in the inbox).
+            if !lock(&inner.delivered).insert(item.receipt().clone()) {
+                debug!(receipt = %item.receipt(), "already delivered; ignoring the job sent again");
+                return;
+            }
+            inner.inbox.deliver(vec![item]);
         }
         Ok(ServerFrame::Cancel { job }) => {
             info!(job_id = %job, "the control plane cancelled a job this worker holds");

@@ -7,7 +7,9 @@
 //! - **Credit**: `next(max)` adds its demand to the shared inbox; the connection grants the
 //!   server that many more jobs (`credit`), so nothing is pushed without a free slot. Jobs pushed
 //!   ahead of a call that was dropped wait in the inbox (cancel-safe); `close()` returns them
-//!   after telling the server to stop pushing.
+//!   after telling the server to stop pushing. After each `hello` the server sends again the jobs
+//!   still leased to this worker id; those already delivered are ignored, the others (a push lost
+//!   with the connection, or the leases of this worker before a restart) are delivered.
 //! - **Receipts** are (job id, lease id), as with the nexus transport: a settlement names the
 //!   lease and the server answers 409 when another worker holds the job now.
 //! - **While disconnected** settlements, lease renewals and events fail at once with a retryable
@@ -139,6 +141,8 @@ pub(crate) struct Inner {
     link: Mutex<Link>,
     /// Jobs the server said were cancelled.
     cancelled: Mutex<HashSet<String>>,
+    /// Deliveries handed to the inbox and not settled (a job sent `again` is not delivered twice).
+    delivered: Mutex<HashSet<Receipt>>,
     /// Connections made, the first one included.
     connections: AtomicU64,
 }
@@ -232,6 +236,7 @@ impl WebSocketSource {
             inbox: Inbox::default(),
             link: Mutex::default(),
             cancelled: Mutex::default(),
+            delivered: Mutex::default(),
             connections: AtomicU64::new(0),
         });
         let ws = conn::open(&inner).await?;
@@ -313,9 +318,11 @@ impl JobSource for WebSocketSource {
         match answer {
             ServerFrame::Error { status: 404, .. } | ServerFrame::Ok { .. } => {
                 lock(&self.inner.cancelled).remove(receipt.queue());
+                lock(&self.inner.delivered).remove(receipt);
                 Ok(())
             }
             ServerFrame::Error { status: 409, .. } => {
+                lock(&self.inner.delivered).remove(receipt);
                 warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
                 Err(SourceError::LeaseLost(receipt.clone()))
             }
@@ -346,6 +353,7 @@ impl JobSource for WebSocketSource {
             ServerFrame::Error {
                 status: 404 | 409, ..
             } => {
+                lock(&self.inner.delivered).remove(receipt);
                 warn!(receipt = %receipt, "lease lost");
                 Ok(Lease::Lost)
             }

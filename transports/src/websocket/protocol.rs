@@ -66,8 +66,14 @@ pub enum ServerFrame {
         lease_ms: u64,
         version: String,
     },
-    /// A job leased to this worker (the job record of `POST /api/v1/jobs/claim`).
-    Job { job: Value },
+    /// A job leased to this worker (the job record of `POST /api/v1/jobs/claim`). `again`: a
+    /// job already leased to this worker id, sent again after `hello` (its push may have been
+    /// lost with the last connection); it does not use credit.
+    Job {
+        job: Value,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        again: bool,
+    },
     /// The producer cancelled a job this worker holds.
     Cancel { job: String },
     Ok {

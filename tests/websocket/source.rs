@@ -265,15 +265,9 @@ async fn a_stopped_control_plane_is_detected_and_the_worker_reconnects() {
     p.submit(json!({"id": "held", "type": "sleep"}));
     let held = next_n(&src, 1, 1).await;
     assert_eq!(job(&held[0]).job.id.as_str(), "held");
-    let pid = p.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    let pid = rustix::process::Pid::from_raw(p.pid().unwrap() as i32).unwrap();
+    let signal = |sig| rustix::process::kill_process(pid, sig).unwrap();
+    signal(rustix::process::Signal::STOP);
     let stopped = Instant::now();
     while src.is_connected() {
         assert!(
@@ -290,7 +284,7 @@ async fn a_stopped_control_plane_is_detected_and_the_worker_reconnects() {
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    signal("-CONT");
+    signal(rustix::process::Signal::CONT);
     let resumed = Instant::now();
     while !src.is_connected() {
         assert!(resumed.elapsed() < Duration::from_secs(15), "no reconnect");

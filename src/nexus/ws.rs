@@ -28,6 +28,9 @@ use super::store::{now_ms, JobState, NodeRecord, Store, DEFAULT_LEASE};
 
 /// The most credit a worker may hold (jobs pushed but not yet settled are not limited by it).
 const MAX_CREDIT: usize = 10_000;
+/// A worker that sent nothing at all (it pings every 15 s by default) for this long is gone: its
+/// socket is closed (its leases were expiring meanwhile anyway).
+const IDLE_CLOSE: Duration = Duration::from_secs(90);
 /// A ready job whose retry delay ends, or whose lease expired, bumps nothing: look this often.
 const RECHECK: Duration = Duration::from_millis(250);
 
@@ -87,24 +90,31 @@ impl Session {
         let mut ready = self.store().subscribe_ready();
         let mut changes = self.store().subscribe_changes();
         tracing::debug!(peer = %self.peer, "worker WebSocket opened");
+        let mut heard = tokio::time::Instant::now();
         let why = loop {
             if self.credit > 0 && !self.stopped {
                 self.push(&out).await;
             }
             let wants = self.credit > 0 && !self.stopped;
             tokio::select! {
-                msg = socket.recv() => match msg {
-                    None => break "closed".to_string(),
-                    Some(Err(e)) => break format!("read error: {e}"),
-                    Some(Ok(Message::Text(text))) => self.on_text(&text, &out),
-                    Some(Ok(Message::Binary(_))) => {
-                        let _ = out.send(error_frame(None, ApiError(StatusCode::BAD_REQUEST,
-                            "binary frames are not part of the protocol: send JSON text frames".into())));
+                msg = socket.recv() => {
+                    heard = tokio::time::Instant::now();
+                    match msg {
+                        None => break "closed".to_string(),
+                        Some(Err(e)) => break format!("read error: {e}"),
+                        Some(Ok(Message::Text(text))) => self.on_text(&text, &out),
+                        Some(Ok(Message::Binary(_))) => {
+                            let _ = out.send(error_frame(None, ApiError(StatusCode::BAD_REQUEST,
+                                "binary frames are not part of the protocol: send JSON text frames".into())));
+                        }
+                        Some(Ok(Message::Ping(_))) => self.seen(),
+                        Some(Ok(Message::Close(_))) => break "closed by the worker".to_string(),
+                        Some(Ok(Message::Pong(_))) => {}
                     }
-                    Some(Ok(Message::Ping(_))) => self.seen(),
-                    Some(Ok(Message::Close(_))) => break "closed by the worker".to_string(),
-                    Some(Ok(Message::Pong(_))) => {}
-                },
+                }
+                () = tokio::time::sleep_until(heard + IDLE_CLOSE) => {
+                    break format!("nothing from the worker for {IDLE_CLOSE:?}");
+                }
                 Some(frame) = queued.recv() => {
                     if let Err(e) = socket.send(Message::text(frame.to_text())).await {
                         break format!("write error: {e}");

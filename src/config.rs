@@ -83,6 +83,7 @@ pub struct TransportsSection {
     pub redis: Option<RedisSection>,
     pub nexus: Option<NexusSection>,
     pub auto: Option<AutoSection>,
+    pub websocket: Option<WebSocketSection>,
 }
 
 /// How `--transport auto` switches (durations such as `3s`).
@@ -92,6 +93,16 @@ pub struct AutoSection {
     pub fallback_after: Option<String>,
     pub upgrade_after: Option<String>,
     pub probe_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// `ws://host:port/api/v1/ws` (or `wss://`); default: derived from `transports.nexus.url`.
+    pub url: Option<String>,
+    /// A file holding the bearer token (default: `transports.nexus.token_file`, else the local
+    /// control plane's token).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

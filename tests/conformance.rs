@@ -1,5 +1,5 @@
 //! The transport conformance suite (SPEC §3): one set of tests, written once in
-//! `conformance/suite.rs`, run against every transport with its real server — redis-server and
+//! `conformance/suite.rs`, run against every transport with its real server — redis-server, nats-server and
 //! `citadel nexus serve` — through a small [`fixture::Fixture`] per transport that plays the
 //! producer (enqueue, cancel, read the dead-letter queue and the job's events in the transport's
 //! own wire format). A promise a transport cannot keep is a capability it declares
@@ -22,6 +22,8 @@ mod nexus;
 mod redis_fixture;
 #[path = "conformance/suite.rs"]
 mod suite;
+#[path = "conformance/websocket.rs"]
+mod websocket;
 
 /// Instantiates every test of the suite for one fixture.
 macro_rules! conformance {
@@ -80,4 +82,5 @@ macro_rules! conformance {
 
 conformance!(redis, crate::redis_fixture::RedisFixture);
 conformance!(nexus_http, crate::nexus::NexusFixture);
+conformance!(websocket_push, crate::websocket::WebSocketFixture);
 conformance!(auto_over_redis_and_nexus, crate::auto::AutoFixture);

@@ -5,6 +5,7 @@ mod journal;
 mod nexus;
 mod platform;
 mod redis;
+mod websocket;
 
 use clap::Subcommand;
 
@@ -21,6 +22,10 @@ pub enum BenchCommand {
     Nexus(nexus::NexusBench),
     /// Platform detection (GPU via NVML, the whole detection) and `/metrics` rendering costs.
     Platform(platform::PlatformBench),
+    /// No-op jobs pushed by the embedded control plane over its WebSocket: jobs/s at several
+    /// concurrencies and submit → start latency.
+    #[command(name = "websocket")]
+    WebSocket(websocket::WebSocketBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -29,6 +34,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Redis(args) => redis::run(args).await,
         BenchCommand::Nexus(args) => nexus::run(args).await,
         BenchCommand::Platform(args) => platform::run(args).await,
+        BenchCommand::WebSocket(args) => websocket::run(args).await,
     }
 }
 

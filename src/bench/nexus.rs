@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use citadel_journal::{Durability, Journal, JournalOptions};
-use citadel_transports::{JobSource, NexusConfig, NexusSource};
+use citadel_transports::{
+    websocket, JobSource, NexusConfig, NexusSource, WebSocketConfig, WebSocketSource,
+};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
@@ -43,8 +45,29 @@ pub struct NexusBench {
     json: bool,
 }
 
+/// How the bench worker takes jobs from the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// The nexus transport, long-polling claims.
+    LongPoll,
+    /// The nexus transport speaking only SPEC §9.4 (5 s polling).
+    Plain,
+    /// The WebSocket job push.
+    WebSocket,
+}
+
+impl Via {
+    fn tag(self) -> &'static str {
+        match self {
+            Via::LongPoll => "l",
+            Via::Plain => "p",
+            Via::WebSocket => "w",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
-struct Throughput {
+pub(super) struct Throughput {
     concurrency: usize,
     jobs: u64,
     seconds: f64,
@@ -52,7 +75,7 @@ struct Throughput {
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(super) struct Latency {
     mode: &'static str,
     rate: f64,
     jobs: usize,
@@ -63,15 +86,15 @@ struct Latency {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
-    throughput: Vec<Throughput>,
-    latency: Vec<Latency>,
+pub(super) struct Report {
+    pub(super) throughput: Vec<Throughput>,
+    pub(super) latency: Vec<Latency>,
 }
 
-struct Plane {
-    url: String,
-    token: String,
-    http: reqwest::Client,
+pub(super) struct Plane {
+    pub(super) url: String,
+    pub(super) token: String,
+    pub(super) http: reqwest::Client,
 }
 
 impl Plane {
@@ -99,50 +122,7 @@ pub async fn run(args: NexusBench) -> anyhow::Result<()> {
         token: running.token.clone(),
         http: reqwest::Client::new(),
     });
-    let mut throughput = Vec::new();
-    for (run_no, &concurrency) in args.concurrency.iter().enumerate() {
-        eprintln!(
-            "[{}] concurrency {concurrency}: submitting {} no-op jobs…",
-            run_no + 1,
-            args.jobs
-        );
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..16u64 {
-            let plane = plane.clone();
-            let jobs = args.jobs;
-            tasks.spawn(async move {
-                let mut i = w;
-                while i < jobs {
-                    plane.submit(&format!("t{run_no}-{i}")).await?;
-                    i += 16;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r??;
-        }
-        let dir = tmp.join(format!("journal-{run_no}"));
-        let (counters, shutdown, task) =
-            start_worker(&plane, &dir, concurrency, None, false).await?;
-        let started = Instant::now();
-        while counters.succeeded.load(Ordering::Relaxed) < args.jobs {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(600),
-                "the worker stalled"
-            );
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        shutdown.cancel();
-        task.await??;
-        throughput.push(Throughput {
-            concurrency,
-            jobs: args.jobs,
-            seconds,
-            jobs_per_sec: args.jobs as f64 / seconds,
-        });
-    }
+    let throughput = throughput(&plane, &tmp, &args.concurrency, args.jobs, Via::LongPoll).await?;
     let mut latency = Vec::new();
     let total = (args.rate as f64 * args.latency_for.as_secs_f64()) as usize;
     eprintln!(
@@ -156,7 +136,7 @@ pub async fn run(args: NexusBench) -> anyhow::Result<()> {
             "long-poll",
             args.rate as f64,
             total,
-            false,
+            Via::LongPoll,
         )
         .await?,
     );
@@ -169,7 +149,7 @@ pub async fn run(args: NexusBench) -> anyhow::Result<()> {
                 "plain 5 s poll",
                 1.0,
                 args.plain_jobs,
-                true,
+                Via::Plain,
             )
             .await?,
         );
@@ -182,26 +162,79 @@ pub async fn run(args: NexusBench) -> anyhow::Result<()> {
             latency,
         },
         args.json,
+        "no-op jobs through the embedded control plane (loopback HTTP), one worker, journal durable",
     )
 }
 
-async fn measure(
+/// Submits `jobs` no-op jobs, then drains them with one worker at each concurrency.
+pub(super) async fn throughput(
+    plane: &Arc<Plane>,
+    tmp: &std::path::Path,
+    concurrencies: &[usize],
+    jobs: u64,
+    via: Via,
+) -> anyhow::Result<Vec<Throughput>> {
+    let mut throughput = Vec::new();
+    for (run_no, &concurrency) in concurrencies.iter().enumerate() {
+        eprintln!(
+            "[{}] concurrency {concurrency}: submitting {} no-op jobs…",
+            run_no + 1,
+            jobs
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..16u64 {
+            let plane = plane.clone();
+            tasks.spawn(async move {
+                let mut i = w;
+                while i < jobs {
+                    plane.submit(&format!("t{run_no}-{i}")).await?;
+                    i += 16;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        let dir = tmp.join(format!("journal-{run_no}"));
+        let (counters, shutdown, task) = start_worker(plane, &dir, concurrency, None, via).await?;
+        let started = Instant::now();
+        while counters.succeeded.load(Ordering::Relaxed) < jobs {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "the worker stalled"
+            );
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        shutdown.cancel();
+        task.await??;
+        throughput.push(Throughput {
+            concurrency,
+            jobs,
+            seconds,
+            jobs_per_sec: jobs as f64 / seconds,
+        });
+    }
+    Ok(throughput)
+}
+
+pub(super) async fn measure(
     plane: &Plane,
     dir: &std::path::Path,
     mode: &'static str,
     rate: f64,
     total: usize,
-    plain: bool,
+    via: Via,
 ) -> anyhow::Result<Latency> {
     let timer = Arc::new(TimedNoop::default());
-    let (counters, shutdown, task) =
-        start_worker(plane, dir, 16, Some(timer.clone()), plain).await?;
+    let (counters, shutdown, task) = start_worker(plane, dir, 16, Some(timer.clone()), via).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut enqueued = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
-        let id = format!("{}-{i}", if plain { "p" } else { "l" });
+        let id = format!("{}-{i}", via.tag());
         let at = Instant::now();
         plane.submit(&id).await?;
         enqueued.push((id, at));
@@ -241,7 +274,7 @@ async fn start_worker(
     dir: &std::path::Path,
     concurrency: usize,
     timer: Option<Arc<TimedNoop>>,
-    plain: bool,
+    via: Via,
 ) -> anyhow::Result<Started> {
     let (journal, _) = Journal::open(
         dir,
@@ -250,10 +283,16 @@ async fn start_worker(
             recover: true,
         },
     )?;
-    let mut cfg = NexusConfig::new(plane.url.clone(), "bench-worker");
-    cfg.token = Some(plane.token.clone());
-    cfg.force_plain = plain;
-    let source: Arc<dyn JobSource> = Arc::new(NexusSource::connect(cfg).await?);
+    let source: Arc<dyn JobSource> = if via == Via::WebSocket {
+        let mut cfg = WebSocketConfig::new(websocket::ws_url(&plane.url)?, "bench-worker");
+        cfg.token = Some(plane.token.clone());
+        Arc::new(WebSocketSource::connect(cfg).await?)
+    } else {
+        let mut cfg = NexusConfig::new(plane.url.clone(), "bench-worker");
+        cfg.token = Some(plane.token.clone());
+        cfg.force_plain = via == Via::Plain;
+        Arc::new(NexusSource::connect(cfg).await?)
+    };
     let mut registry = Registry::builtin(ShellPolicy::default());
     if let Some(t) = &timer {
         registry.register("noop", t.clone());
@@ -268,12 +307,12 @@ async fn start_worker(
     Ok((counters, shutdown, task))
 }
 
-fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+pub(super) fn print(report: &Report, json: bool, title: &str) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    println!("no-op jobs through the embedded control plane (loopback HTTP), one worker, journal durable");
+    println!("{title}");
     let rows: Vec<Vec<String>> = report
         .throughput
         .iter()

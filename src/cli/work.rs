@@ -11,14 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
 use citadel_transports::{
-    AutoConfig, AutoSource, Backoff, Candidate, JobSource, NexusConfig, NexusSource, RedisConfig,
-    RedisSource,
+    websocket, AutoConfig, AutoSource, Backoff, Candidate, JobSource, NexusConfig, NexusSource,
+    RedisConfig, RedisSource, WebSocketConfig, WebSocketSource,
 };
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::format;
-use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection};
+use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection, WebSocketSection};
 use crate::handlers::{
     DeviceConfigHandler, DownloadPolicy, ExtractionPolicy, Registry, ShellPolicy,
 };
@@ -36,6 +36,10 @@ pub enum TransportKind {
     /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
     /// citadel control plane.
     Nexus,
+    /// Jobs pushed by a citadel control plane over one WebSocket (`--nexus-url` or `--ws-url`):
+    /// for nodes behind proxies that allow one outbound HTTP(S) connection and nothing else.
+    #[value(name = "websocket")]
+    WebSocket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,12 +53,17 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct WorkArgs {
     /// The transport to take jobs from. Default `auto`: the best healthy configured transport
-    /// (redis > nexus), or, with none configured, an embedded control plane on loopback.
+    /// (redis > websocket > nexus), or, with none configured, an embedded control plane on
+    /// loopback.
     #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
     transport: Option<TransportKind>,
     /// The Nexus control plane (http://host:port).
     #[arg(long, env = "CITADEL_NEXUS_URL", value_name = "URL")]
     nexus_url: Option<String>,
+    /// The control plane's WebSocket job push (ws://host:port/api/v1/ws or wss://...) for
+    /// `--transport websocket`. Default: derived from --nexus-url (http → ws, https → wss).
+    #[arg(long, env = "CITADEL_WS_URL", value_name = "URL")]
+    ws_url: Option<String>,
     /// The control plane's bearer token (default: the token file of the local control plane,
     /// DATA_DIR/nexus/token, or `transports.nexus.token_file`).
     #[arg(
@@ -301,23 +310,29 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();
     let auto_file = file.transports.auto;
+    let ws_file = file.transports.websocket.unwrap_or_default();
     let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
     // `auto` is the default; with nothing configured at all it means the embedded control plane.
-    let configured = [
-        args.redis_url.is_some() || redis_file.url.is_some(),
-        nexus_url.is_some(),
-    ];
-    let kind = match args.transport {
-        Some(TransportKind::Auto) | None if configured.iter().filter(|c| **c).count() == 0 => None,
-        Some(TransportKind::Auto) | None if configured.iter().filter(|c| **c).count() == 1 => {
-            if configured[0] {
-                Some(TransportKind::Redis)
-            } else {
-                Some(TransportKind::Nexus)
-            }
-        }
-        None => Some(TransportKind::Auto),
-        Some(k) => Some(k),
+    // Best first: the order `auto` prefers them in.
+    let configured: Vec<TransportKind> = [
+        (
+            TransportKind::Redis,
+            args.redis_url.is_some() || redis_file.url.is_some(),
+        ),
+        (
+            TransportKind::WebSocket,
+            args.ws_url.is_some() || ws_file.url.is_some(),
+        ),
+        (TransportKind::Nexus, nexus_url.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
+    let kind = match (args.transport, configured.as_slice()) {
+        (Some(TransportKind::Auto) | None, []) => None,
+        (Some(TransportKind::Auto) | None, [only]) => Some(*only),
+        (None, _) => Some(TransportKind::Auto),
+        (Some(k), _) => Some(k),
     };
     let lease_setting = duration(
         "lease",
@@ -336,6 +351,24 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 candidates.push(Candidate::new("redis", move || {
                     let cfg = cfg.clone();
                     async move { Ok(Arc::new(RedisSource::connect(cfg).await?) as Arc<dyn JobSource>) }
+                }));
+            }
+            if configured.contains(&TransportKind::WebSocket) {
+                let cfg = websocket_config(
+                    &args,
+                    &ws_file,
+                    &nexus_file,
+                    nexus_url.as_deref(),
+                    &consumer,
+                    &node_name,
+                    lease_setting,
+                    data_dir,
+                )?;
+                candidates.push(Candidate::new("websocket", move || {
+                    let cfg = cfg.clone();
+                    async move {
+                        Ok(Arc::new(WebSocketSource::connect(cfg).await?) as Arc<dyn JobSource>)
+                    }
                 }));
             }
             if let Some(url) = nexus_url {
@@ -411,6 +444,31 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 runner_config.concurrency
             );
             Arc::new(connect_nexus(cfg).await?)
+        }
+        Some(TransportKind::WebSocket) => {
+            let cfg = websocket_config(
+                &args,
+                &ws_file,
+                &nexus_file,
+                nexus_url.as_deref(),
+                &consumer,
+                &node_name,
+                lease_setting,
+                data_dir,
+            )?;
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, websocket {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.url,
+                runner_config.concurrency
+            );
+            Arc::new(
+                connect_retrying("the control plane WebSocket", || {
+                    WebSocketSource::connect(cfg.clone())
+                })
+                .await?,
+            )
         }
         Some(TransportKind::Redis) => {
             let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
@@ -532,6 +590,44 @@ fn nexus_config(
     Ok(cfg)
 }
 
+/// The websocket transport's settings: the URL from `--ws-url`/the config, else derived from the
+/// nexus URL; the token as for nexus (the websocket token file first).
+#[allow(clippy::too_many_arguments)]
+fn websocket_config(
+    args: &WorkArgs,
+    ws_file: &WebSocketSection,
+    nexus_file: &NexusSection,
+    nexus_url: Option<&str>,
+    consumer: &str,
+    node_name: &str,
+    lease: Duration,
+    data_dir: &Path,
+) -> anyhow::Result<WebSocketConfig> {
+    let url = match (args.ws_url.clone().or(ws_file.url.clone()), nexus_url) {
+        (Some(url), _) => url,
+        (None, Some(http)) => websocket::ws_url(http).context("deriving the WebSocket URL")?,
+        (None, None) => bail!(
+            "--transport websocket needs --nexus-url or --ws-url (or CITADEL_NEXUS_URL, CITADEL_WS_URL, \
+             transports.websocket.url, transports.nexus.url)"
+        ),
+    };
+    let token = match args.nexus_token.clone() {
+        Some(t) => Some(t),
+        None => nexus_token_from_files(
+            ws_file
+                .token_file
+                .as_deref()
+                .or(nexus_file.token_file.as_deref()),
+            data_dir,
+        )?,
+    };
+    let mut cfg = WebSocketConfig::new(url, consumer.to_string());
+    cfg.token = token;
+    cfg.node_name = node_name.to_string();
+    cfg.lease = lease;
+    Ok(cfg)
+}
+
 /// How `auto` probes and switches, from the flags and `transports.auto`.
 fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::Result<AutoConfig> {
     let mut cfg = AutoConfig::default();
@@ -634,6 +730,27 @@ async fn connect_nexus(cfg: NexusConfig) -> anyhow::Result<NexusSource> {
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e).context("connecting to the control plane"),
+        }
+    }
+}
+
+/// Connects with `connect`, retrying with backoff while the server is away (any error that is not
+/// retryable, a configuration error above all, stops at once).
+async fn connect_retrying<S, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<S>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<S, citadel_transports::SourceError>>,
+{
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        match connect().await {
+            Ok(source) => return Ok(source),
+            Err(e) if e.is_retryable() => {
+                let delay = retrier.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach {what}; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {what}")),
         }
     }
 }

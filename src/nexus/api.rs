@@ -40,7 +40,7 @@ type St = State<Arc<AppState>>;
 
 /// An API error: a status and a message, sent as `{"error": MESSAGE}`.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl ApiError {
     pub(super) fn bad(msg: impl Into<String>) -> Self {
@@ -147,6 +147,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/nodes/heartbeat", post(heartbeat))
         .merge(super::device_api::admin())
         .route("/nodes/{id}", get(node))
+        .route("/ws", get(super::ws::upgrade))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -161,7 +162,7 @@ async fn health() -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq"],
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket"],
     }))
 }
 
@@ -398,7 +399,7 @@ fn one() -> usize {
     1
 }
 
-fn lease_of(ms: Option<u64>) -> Duration {
+pub(super) fn lease_of(ms: Option<u64>) -> Duration {
     ms.filter(|ms| *ms > 0)
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_LEASE)
@@ -445,19 +446,22 @@ struct SettleBody {
     errors: Vec<String>,
 }
 
-async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
-    let b: SettleBody = parse(body)?;
-    let how = match b.action.as_str() {
+/// A worker's settlement as the store applies it (the HTTP API and the WebSocket push alike).
+pub(super) fn settle_of(
+    action: &str,
+    delay_ms: u64,
+    reason: Option<String>,
+    errors: Vec<String>,
+) -> ApiResult<Settle> {
+    Ok(match action {
         "ack" => Settle::Ack,
         "retry" => Settle::Retry {
-            delay: Duration::from_millis(b.delay_ms),
-            error: b.errors.last().cloned(),
+            delay: Duration::from_millis(delay_ms),
+            error: errors.last().cloned(),
         },
         "dead_letter" => Settle::DeadLetter {
-            reason: b
-                .reason
-                .unwrap_or_else(|| "dead-lettered by the worker".into()),
-            errors: b.errors,
+            reason: reason.unwrap_or_else(|| "dead-lettered by the worker".into()),
+            errors,
         },
         "release" => Settle::Release,
         other => {
@@ -465,7 +469,12 @@ async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
                 "action must be ack, retry, dead_letter or release, not {other:?}"
             )))
         }
-    };
+    })
+}
+
+async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
+    let b: SettleBody = parse(body)?;
+    let how = settle_of(&b.action, b.delay_ms, b.reason, b.errors)?;
     let r = app.store.settle(&id, &b.lease_id, how)?;
     app.store.flush().await?;
     Ok(Json(r))
@@ -494,8 +503,8 @@ async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     Ok(Json(r))
 }
 
-async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {
-    let ev: Value = parse(body)?;
+/// Checks a job event (SPEC §9.2) and records it (not yet flushed).
+pub(super) fn record_event(store: &Store, id: &str, ev: &Value) -> ApiResult<u64> {
     if !ev.is_object() {
         return Err(ApiError::bad("an event is a JSON object (SPEC §9.2)"));
     }
@@ -506,7 +515,12 @@ async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> Api
             )));
         }
     }
-    app.store.append_event(&id, &ev)?;
+    Ok(store.append_event(id, ev)?)
+}
+
+async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {
+    let ev: Value = parse(body)?;
+    record_event(&app.store, &id, &ev)?;
     app.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }

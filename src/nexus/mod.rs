@@ -11,6 +11,7 @@ pub mod device;
 mod device_api;
 mod sse;
 pub mod store;
+mod ws;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -174,6 +175,12 @@ pub async fn start_with(
         let stop = stop.clone();
         let store = store.clone();
         async move {
+            // No Nagle delay: WebSocket pushes are small frames that must leave at once.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "setting TCP_NODELAY");
+                }
+            });
             axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,26 +1,10 @@
 //! The zero-config flow of a fresh machine: `citadel work` with nothing configured serves an
 //! embedded control plane, and `citadel submit --wait` finds it and prints the result.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::*;
-
-fn citadel(data: &std::path::Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--data-dir").arg(data);
-    for var in [
-        "CITADEL_DATA_DIR",
-        "CITADEL_REDIS_URL",
-        "CITADEL_NEXUS_URL",
-        "CITADEL_NEXUS_TOKEN",
-        "CITADEL_TRANSPORT",
-        "CITADEL_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
 
 #[test]
 fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {

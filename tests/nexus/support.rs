@@ -82,6 +82,12 @@ impl Plane {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The process id, while it runs (tests/websocket stops and resumes the process).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -221,4 +227,40 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(started.elapsed() < within, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `citadel` binary on a data directory, with no transport setting inherited from the
+/// environment.
+#[allow(dead_code)]
+pub fn citadel(data: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--data-dir").arg(data);
+    for var in [
+        "CITADEL_DATA_DIR",
+        "CITADEL_REDIS_URL",
+        "CITADEL_NEXUS_URL",
+        "CITADEL_NEXUS_TOKEN",
+        "CITADEL_WS_URL",
+        "CITADEL_TRANSPORT",
+        "CITADEL_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Calls `next` until `want` deliveries came (at most 50 calls), never asking for more than `max`.
+pub async fn next_n(
+    src: &dyn citadel_transports::JobSource,
+    max: usize,
+    want: usize,
+) -> Vec<citadel_transports::Incoming> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(src.next(max - got.len()).await.unwrap());
+        if got.len() >= want {
+            break;
+        }
+    }
+    got
 }

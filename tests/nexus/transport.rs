@@ -18,17 +18,6 @@ fn cfg(p: &Plane) -> NexusConfig {
     c
 }
 
-async fn next_n(src: &NexusSource, max: usize, want: usize) -> Vec<Incoming> {
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        got.extend(src.next(max - got.len()).await.unwrap());
-        if got.len() >= want {
-            break;
-        }
-    }
-    got
-}
-
 fn ctx() -> SettleContext<'static> {
     SettleContext {
         worker_id: "worker-1".into(),

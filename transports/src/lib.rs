@@ -2,7 +2,7 @@
 //! ([`Job`], [`JobId`]), what a source delivers ([`Delivery`], [`Incoming`], [`Receipt`]), the
 //! vocabulary a worker uses to settle a delivery ([`Settlement`]), the one backoff policy
 //! ([`Backoff`]), the job events of the wire
-//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nexus`]).
+//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nexus`], [`websocket`]).
 //!
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
@@ -16,10 +16,12 @@ pub mod nexus;
 pub mod redis;
 mod settlement;
 mod source;
+pub mod websocket;
 
 pub use self::auto::{AutoConfig, AutoSource, Candidate};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};
+pub use self::websocket::{WebSocketConfig, WebSocketSource};
 pub use backoff::{Backoff, Retrier};
 pub use delivery::{Delivery, Incoming, Malformed, Receipt};
 pub use events::{EventData, EventMeta, JobStatus, WireEvent};

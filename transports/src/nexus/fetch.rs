@@ -98,6 +98,12 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 /// One job of a `POST /api/v1/jobs/claim` answer.
 pub(crate) fn from_claim(v: &Value) -> Incoming {
+    from_record(v, SOURCE)
+}
+
+/// A control plane job record (a claim answer, or a job pushed over the WebSocket) as a
+/// delivery from `source`.
+pub(crate) fn from_record(v: &Value, source: &str) -> Incoming {
     let raw_id = text(v, "id").unwrap_or_default();
     let lease = v
         .get("lease")
@@ -137,7 +143,7 @@ pub(crate) fn from_claim(v: &Value) -> Incoming {
             ray_id: text(v, "rayId"),
             enqueued_at: text(v, "created_at"),
             attempt,
-            source: SOURCE.into(),
+            source: source.into(),
         },
         receipt,
     })

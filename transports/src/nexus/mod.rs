@@ -13,8 +13,8 @@
 //! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
 //!   in memory and sent as the `output` of the status report when the job is acked.
 
-mod client;
-mod fetch;
+pub(crate) mod client;
+pub(crate) mod fetch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -113,7 +113,7 @@ pub struct NexusSource {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn path_id(id: &str) -> String {
+pub(crate) fn path_id(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

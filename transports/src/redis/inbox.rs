@@ -102,12 +102,23 @@ impl Inbox {
 
     /// Waits until there is demand or the inbox is closed.
     pub async fn wait_for_demand(&self) {
+        self.wait_for_want_above(0, true).await;
+    }
+
+    /// Waits until [`Inbox::want`] exceeds `have` (entries already asked for elsewhere, such as
+    /// credit granted to a pushing server) and returns it; with `or_closed`, also returns (0) once
+    /// the inbox is closed.
+    pub async fn wait_for_want_above(&self, have: usize, or_closed: bool) -> usize {
         loop {
             let wanted = self.wanted.notified();
             tokio::pin!(wanted);
             wanted.as_mut().enable();
-            if self.want() > 0 || self.is_closed() {
-                return;
+            let want = self.want();
+            if want > have {
+                return want;
+            }
+            if or_closed && self.is_closed() {
+                return 0;
             }
             wanted.await;
         }

@@ -1,6 +1,7 @@
 //! `citadel bench`: measurements a user can run on their own node. Benchmarks report ratios and
 //! rates from one run; nothing here asserts a timing.
 
+pub mod engine;
 mod journal;
 mod nexus;
 mod redis;

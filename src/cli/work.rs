@@ -122,6 +122,8 @@ pub struct WorkArgs {
         hide = true
     )]
     journal_durability: DurabilityArg,
+    #[command(flatten)]
+    engines: super::engines::EngineArgs,
 }
 
 /// Parses an optional duration from a flag or the file, naming the setting when it is wrong.
@@ -232,7 +234,12 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     if shell_policy.enabled {
         tracing::warn!(allowlist = ?shell_policy.allow, "shell_command is ENABLED: producers can run commands on this machine");
     }
-    let registry = Registry::builtin(shell_policy);
+    let mut registry = Registry::builtin(shell_policy);
+    let llm = args.engines.config(&file.llm)?;
+    registry.register(
+        "llm_inference",
+        Arc::new(crate::handlers::LlmHandler::new(llm)),
+    );
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();

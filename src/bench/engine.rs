@@ -323,7 +323,8 @@ async fn generate(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> R
                 return None;
             }
             if cut == Some(i) {
-                // Dropping the connection without the final message.
+                // Dropping the connection without the final message, once what was sent is out.
+                tokio::time::sleep(interval.max(Duration::from_millis(20))).await;
                 return Some((Err(std::io::Error::other("cut off")), (i, guard, true)));
             }
             if i < n {

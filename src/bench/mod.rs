@@ -3,6 +3,7 @@
 
 pub mod engine;
 mod journal;
+mod llm;
 mod nexus;
 mod redis;
 
@@ -19,6 +20,9 @@ pub enum BenchCommand {
     /// No-op jobs through the embedded control plane: jobs/s, and submit → start latency with
     /// long-poll and with plain 5 s polling.
     Nexus(nexus::NexusBench),
+    /// LLM token relay through Redis: added latency per token (p50/p99) at a fixed token rate,
+    /// the most tokens/s of one stream and of 64 concurrent streams.
+    Llm(llm::LlmBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -26,6 +30,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Journal(args) => journal::run(args).await,
         BenchCommand::Redis(args) => redis::run(args).await,
         BenchCommand::Nexus(args) => nexus::run(args).await,
+        BenchCommand::Llm(args) => llm::run(args).await,
     }
 }
 

@@ -500,3 +500,34 @@ async fn engine_failures_are_clear_errors_that_say_whether_a_retry_can_help() {
         "Hello, world!"
     );
 }
+
+/// Opt-in (`scripts/real-engine/run`, or `CITADEL_REAL_ENGINE=1 ./scripts/test`): a real
+/// inference engine — llama-cpp-python's OpenAI-compatible server on the CPU with a tiny
+/// random-weight model the script generates — behind `backend: vllm` (the OpenAI API).
+#[tokio::test]
+#[ignore = "needs a real engine: run scripts/real-engine/run"]
+async fn real_engine_streams_tokens_through_the_worker() {
+    let url = std::env::var("CITADEL_REAL_ENGINE_URL")
+        .expect("CITADEL_REAL_ENGINE_URL: the engine's base URL (scripts/real-engine/run sets it)");
+    let server = Server::start().await;
+    let mut c = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--engine", &format!("vllm={url}"), "--llm-ready-timeout", "120s"].map(String::from);
+    let _w = start(&server, dir.path(), &flags);
+    let chat = json!([{"role": "user", "content": "the a of"}]);
+    submit(&mut c, "real-prompt", "llm_inference", json!({"prompt": "the a of to", "max_tokens": 24, "temperature": 0.8})).await;
+    submit(&mut c, "real-chat", "llm_inference", json!({"messages": chat, "max_tokens": 24})).await;
+    for id in ["real-prompt", "real-chat"] {
+        let evs = wait_for(&mut c, id, "end", Duration::from_secs(180)).await;
+        assert!(!evs.iter().any(|e| e["type"] == "error"), "{evs:?}");
+        let text = chunks(&evs).concat();
+        let result = &evs.last().unwrap()["data"]["result"];
+        eprintln!("{id}: {result}");
+        assert_eq!(result["content"], text, "{id}: the chunks are the content");
+        let finish = result["finish_reason"].as_str().unwrap();
+        assert!(finish == "length" || finish == "stop", "{finish}");
+        if finish == "length" {
+            assert!(!text.is_empty());
+        }
+    }
+}

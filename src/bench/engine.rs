@@ -184,15 +184,7 @@ struct CloseGuard {
 
 impl Drop for CloseGuard {
     fn drop(&mut self) {
-        if let Some(s) = self
-            .shared
-            .served
-            .lock()
-            .expect("poisoned")
-            .get_mut(self.index)
-        {
-            s.closed = Some(Instant::now());
-        }
+        self.update(|s| s.closed = Some(Instant::now()));
     }
 }
 
@@ -314,7 +306,15 @@ async fn generate(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> R
         script.token_interval,
         script.cut_after,
     );
-    // States: 0 = opening message, then tokens, then the closing messages.
+    // Token i is due at start + first delay + i × interval (a steady rate, whatever the time
+    // spent sending); a token already due goes out without touching the timer.
+    let start = tokio::time::Instant::now();
+    let wait_for = move |i: usize| async move {
+        let due = start + first_delay + interval * i as u32;
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+    };
     let body = futures_util::stream::unfold((0usize, guard, false), move |(i, guard, finished)| {
         let frames = frames.clone();
         let token = token.clone();
@@ -328,7 +328,7 @@ async fn generate(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> R
                 return Some((Err(std::io::Error::other("cut off")), (i, guard, true)));
             }
             if i < n {
-                tokio::time::sleep(if i == 0 { first_delay } else { interval }).await;
+                wait_for(i).await;
                 let mut out = String::new();
                 if i == 0 {
                     out += &frames.opening();
@@ -338,7 +338,7 @@ async fn generate(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> R
                 return Some((Ok(Bytes::from(out)), (i + 1, guard, false)));
             }
             if n == 0 {
-                tokio::time::sleep(first_delay).await;
+                wait_for(0).await;
             }
             guard.update(|s| s.completed = true);
             Some((Ok(Bytes::from(frames.closing())), (i, guard, true)))
@@ -365,6 +365,13 @@ struct Frames {
     include_usage: bool,
 }
 
+/// Adds the fields of `extra` (an object) to `v`.
+fn merge(v: &mut Value, extra: Value) {
+    if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+}
+
 fn sse(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
@@ -388,9 +395,7 @@ impl Frames {
             let extra = json!({"done_reason": self.finish, "total_duration": 1_000_000, "load_duration": 1000,
                 "prompt_eval_count": self.prompt_tokens, "prompt_eval_duration": 1000,
                 "eval_count": self.completion_tokens, "eval_duration": 1000});
-            for (k, x) in extra.as_object().expect("an object") {
-                v[k] = x.clone();
-            }
+            merge(&mut v, extra);
             if self.api == Api::OllamaGenerate {
                 v["context"] = json!([1, 2, 3]);
             }
@@ -407,9 +412,7 @@ impl Frames {
                 "stop_type": if self.finish == "length" { "limit" } else { "eos" }, "stopping_word": "",
                 "tokens_cached": self.prompt_tokens + predicted,
                 "timings": {"prompt_n": self.prompt_tokens, "predicted_n": predicted}});
-            for (k, x) in extra.as_object().expect("an object") {
-                v[k] = x.clone();
-            }
+            merge(&mut v, extra);
         }
         v
     }

@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use citadel_journal::Durability;
-use citadel_transports::redis::LocalRedis;
 use clap::Args;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::engine::{epoch_nanos, EngineScript, FakeEngine};
-use super::redis::{connection, start_worker, Setup};
+use super::redis::{connection, redis_or_local, start_worker, Setup};
 use crate::handlers::{LlmConfig, LlmHandler};
 
 #[derive(Debug, Args)]
@@ -107,18 +106,7 @@ impl Seen {
 }
 
 pub async fn run(args: LlmBench) -> anyhow::Result<()> {
-    let local = match &args.redis_url {
-        Some(_) => None,
-        None => Some(
-            LocalRedis::start()
-                .await
-                .context("starting a local redis-server")?,
-        ),
-    };
-    let url = args
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| local.as_ref().expect("started").url());
+    let (_local, url) = redis_or_local(args.redis_url.as_deref()).await?;
     let engine = FakeEngine::start(EngineScript::default())
         .await
         .context("starting the stand-in engine")?;

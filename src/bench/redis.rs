@@ -79,18 +79,7 @@ pub(super) struct Setup {
 }
 
 pub async fn run(args: RedisBench) -> anyhow::Result<()> {
-    let local = match &args.redis_url {
-        Some(_) => None,
-        None => Some(
-            LocalRedis::start()
-                .await
-                .context("starting a local redis-server for the benchmark")?,
-        ),
-    };
-    let url = args
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| local.as_ref().expect("started").url());
+    let (local, url) = redis_or_local(args.redis_url.as_deref()).await?;
     let tmp = std::env::temp_dir().join(format!("citadel-bench-redis-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
@@ -205,6 +194,22 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
         },
         args.json,
     )
+}
+
+/// The Redis at `url`, or a throwaway local redis-server (kept alive by the returned handle).
+pub(super) async fn redis_or_local(
+    url: Option<&str>,
+) -> anyhow::Result<(Option<LocalRedis>, String)> {
+    match url {
+        Some(u) => Ok((None, u.to_string())),
+        None => {
+            let local = LocalRedis::start()
+                .await
+                .context("starting a local redis-server for the benchmark")?;
+            let url = local.url();
+            Ok((Some(local), url))
+        }
+    }
 }
 
 pub(super) async fn connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {

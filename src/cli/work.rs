@@ -123,7 +123,7 @@ pub struct WorkArgs {
     )]
     journal_durability: DurabilityArg,
     #[command(flatten)]
-    engines: super::engines::EngineArgs,
+    engines: Box<super::engines::EngineArgs>,
 }
 
 /// Parses an optional duration from a flag or the file, naming the setting when it is wrong.

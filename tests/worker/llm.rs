@@ -246,7 +246,7 @@ async fn a_late_or_reconnecting_reader_resumes_from_its_last_index_without_loss(
         seen = events(&mut c, "llm-late").await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let last_index = seen.iter().filter(|e| e["type"] == "chunk").last().unwrap()["data"]["index"]
+    let last_index = seen.iter().rfind(|e| e["type"] == "chunk").unwrap()["data"]["index"]
         .as_u64()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -447,11 +447,16 @@ async fn engine_failures_are_clear_errors_that_say_whether_a_retry_can_help() {
                 assert!(error.contains(n), "{id}: `{n}` not in: {error}");
             }
             // With one attempt allowed, the dead-letter reason tells the two kinds apart.
-            let dlq = dead_letters(&mut c).await;
-            let entry = dlq
-                .iter()
-                .find(|d| d["jobId"] == id)
-                .unwrap_or_else(|| panic!("{id} dead-lettered: {dlq:?}"));
+            // The error event goes out just before the dead-letter entry is written.
+            let started = Instant::now();
+            let entry = loop {
+                let dlq = dead_letters(&mut c).await;
+                if let Some(e) = dlq.into_iter().find(|d| d["jobId"] == id) {
+                    break e;
+                }
+                assert!(started.elapsed() < WAIT, "{id} was not dead-lettered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             let prefix = if retryable {
                 "gave up after 1 attempts"
             } else {
@@ -512,11 +517,29 @@ async fn real_engine_streams_tokens_through_the_worker() {
     let server = Server::start().await;
     let mut c = server.conn().await;
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--engine", &format!("vllm={url}"), "--llm-ready-timeout", "120s"].map(String::from);
+    let flags = [
+        "--engine",
+        &format!("vllm={url}"),
+        "--llm-ready-timeout",
+        "120s",
+    ]
+    .map(String::from);
     let _w = start(&server, dir.path(), &flags);
     let chat = json!([{"role": "user", "content": "the a of"}]);
-    submit(&mut c, "real-prompt", "llm_inference", json!({"prompt": "the a of to", "max_tokens": 24, "temperature": 0.8})).await;
-    submit(&mut c, "real-chat", "llm_inference", json!({"messages": chat, "max_tokens": 24})).await;
+    submit(
+        &mut c,
+        "real-prompt",
+        "llm_inference",
+        json!({"prompt": "the a of to", "max_tokens": 24, "temperature": 0.8}),
+    )
+    .await;
+    submit(
+        &mut c,
+        "real-chat",
+        "llm_inference",
+        json!({"messages": chat, "max_tokens": 24}),
+    )
+    .await;
     for id in ["real-prompt", "real-chat"] {
         let evs = wait_for(&mut c, id, "end", Duration::from_secs(180)).await;
         assert!(!evs.iter().any(|e| e["type"] == "error"), "{evs:?}");

@@ -229,84 +229,65 @@ impl LlmRequest {
         })
     }
 
+    /// `temperature`, `top_p` and `stop` where the engine takes them (the same names in every
+    /// API: the top level for OpenAI and llama.cpp, `options` for Ollama).
+    fn sampling(&self, into: &mut Map<String, Value>) {
+        if let Some(t) = self.temperature {
+            into.insert("temperature".into(), t.into());
+        }
+        if let Some(t) = self.top_p {
+            into.insert("top_p".into(), t.into());
+        }
+        if !self.stop.is_empty() {
+            into.insert("stop".into(), json!(self.stop));
+        }
+    }
+
     /// The engine call for this request.
     pub fn to_call(&self) -> EngineCall {
         let mut body = Map::new();
-        let put = |body: &mut Map<String, Value>, k: &str, v: Value| {
-            body.insert(k.to_string(), v);
+        body.insert("stream".into(), self.stream.into());
+        let input = match &self.input {
+            Input::Prompt(p) => ("prompt", Value::String(p.clone())),
+            Input::Messages(m) => ("messages", Value::Array(m.clone())),
         };
-        let (path, protocol) = match (self.backend, &self.input) {
-            (Backend::Ollama, input) => {
+        let chat = matches!(self.input, Input::Messages(_));
+        let (path, protocol) = match self.backend {
+            Backend::Ollama => {
                 let mut options = Map::new();
                 options.insert("num_predict".into(), self.max_tokens.into());
-                if let Some(t) = self.temperature {
-                    options.insert("temperature".into(), t.into());
-                }
-                if let Some(t) = self.top_p {
-                    options.insert("top_p".into(), t.into());
-                }
-                if !self.stop.is_empty() {
-                    options.insert("stop".into(), json!(self.stop));
-                }
-                put(&mut body, "model", json!(self.model));
-                put(&mut body, "stream", self.stream.into());
-                put(&mut body, "options", Value::Object(options));
-                match input {
-                    Input::Prompt(p) => {
-                        put(&mut body, "prompt", p.clone().into());
-                        ("/api/generate", Protocol::OllamaGenerate)
-                    }
-                    Input::Messages(m) => {
-                        put(&mut body, "messages", json!(m));
-                        ("/api/chat", Protocol::OllamaChat)
-                    }
+                self.sampling(&mut options);
+                body.insert("model".into(), json!(self.model));
+                body.insert("options".into(), Value::Object(options));
+                if chat {
+                    ("/api/chat", Protocol::OllamaChat)
+                } else {
+                    ("/api/generate", Protocol::OllamaGenerate)
                 }
             }
-            (Backend::LlamaCpp, Input::Prompt(p)) => {
-                put(&mut body, "prompt", p.clone().into());
-                put(&mut body, "n_predict", self.max_tokens.into());
-                put(&mut body, "stream", self.stream.into());
-                if let Some(t) = self.temperature {
-                    put(&mut body, "temperature", t.into());
-                }
-                if let Some(t) = self.top_p {
-                    put(&mut body, "top_p", t.into());
-                }
-                if !self.stop.is_empty() {
-                    put(&mut body, "stop", json!(self.stop));
-                }
+            Backend::LlamaCpp if !chat => {
+                body.insert("n_predict".into(), self.max_tokens.into());
+                self.sampling(&mut body);
                 ("/completion", Protocol::LlamaCompletion)
             }
-            (_, input) => {
+            // vLLM, SGLang, and llama.cpp for chat: the OpenAI API.
+            _ => {
                 if let Some(m) = &self.model {
-                    put(&mut body, "model", m.clone().into());
+                    body.insert("model".into(), m.clone().into());
                 }
-                put(&mut body, "max_tokens", self.max_tokens.into());
-                put(&mut body, "stream", self.stream.into());
+                body.insert("max_tokens".into(), self.max_tokens.into());
                 if self.stream {
-                    put(&mut body, "stream_options", json!({"include_usage": true}));
+                    body.insert("stream_options".into(), json!({"include_usage": true}));
                 }
-                if let Some(t) = self.temperature {
-                    put(&mut body, "temperature", t.into());
-                }
-                if let Some(t) = self.top_p {
-                    put(&mut body, "top_p", t.into());
-                }
-                if !self.stop.is_empty() {
-                    put(&mut body, "stop", json!(self.stop));
-                }
-                match input {
-                    Input::Prompt(p) => {
-                        put(&mut body, "prompt", p.clone().into());
-                        ("/v1/completions", Protocol::OpenAiCompletions)
-                    }
-                    Input::Messages(m) => {
-                        put(&mut body, "messages", json!(m));
-                        ("/v1/chat/completions", Protocol::OpenAiChat)
-                    }
+                self.sampling(&mut body);
+                if chat {
+                    ("/v1/chat/completions", Protocol::OpenAiChat)
+                } else {
+                    ("/v1/completions", Protocol::OpenAiCompletions)
                 }
             }
         };
+        body.insert(input.0.into(), input.1);
         EngineCall {
             path,
             body: Value::Object(body),

@@ -105,6 +105,34 @@ impl Seen {
     }
 }
 
+/// The baseline: the same chunk events, timestamped and published by this process straight to
+/// Redis at the same rate, so the table shows what Redis Pub/Sub alone costs on this machine.
+async fn publish_directly(
+    mut c: redis::aio::MultiplexedConnection,
+    tokens: usize,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let channel = "stream:v1:bench-llm-baseline";
+    for i in 0..tokens {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let ev = serde_json::json!({"type": "chunk", "jobId": "baseline",
+            "data": {"content": format!("{}|", epoch_nanos()), "index": i}});
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(ev.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
+    }
+    let end = serde_json::json!({"type": "end", "jobId": "baseline", "data": {}});
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(end.to_string())
+        .query_async::<()>(&mut c)
+        .await?;
+    Ok(())
+}
+
 pub async fn run(args: LlmBench) -> anyhow::Result<()> {
     let (_local, url) = redis_or_local(args.redis_url.as_deref()).await?;
     let engine = FakeEngine::start(EngineScript::default())
@@ -148,27 +176,39 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
 
     let mut c = connection(&url).await?;
     let mut reports = Vec::new();
+    let latency_interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    // (label, streams, tokens per stream, token interval, through citadel or Redis alone)
     let plan = [
+        (
+            format!("baseline: Redis PUBLISH alone at {} msgs/s", args.rate),
+            1,
+            args.latency_tokens,
+            latency_interval,
+            false,
+        ),
         (
             format!("latency at {} tokens/s", args.rate),
             args.latency_streams,
             args.latency_tokens,
-            Duration::from_secs_f64(1.0 / args.rate.max(1) as f64),
+            latency_interval,
+            true,
         ),
         (
             "one stream, flat out".to_string(),
             1,
             args.tokens,
             Duration::ZERO,
+            true,
         ),
         (
             format!("{} streams, flat out", args.streams),
             args.streams,
             args.stream_tokens,
             Duration::ZERO,
+            true,
         ),
     ];
-    for (run_no, (label, streams, tokens, interval)) in plan.into_iter().enumerate() {
+    for (run_no, (label, streams, tokens, interval, relayed)) in plan.into_iter().enumerate() {
         eprintln!("[{}] {label}: {streams} × {tokens} tokens…", run_no + 1);
         engine.script(|s| {
             s.timestamp_tokens = Some(tokens);
@@ -176,20 +216,24 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
         });
         *seen.lock().expect("poisoned") = Seen::default();
         let started = Instant::now();
-        for i in 0..streams {
-            let payload =
-                serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
-            redis::cmd("XADD")
-                .arg(&setup.stream)
-                .arg("*")
-                .arg("jobId")
-                .arg(format!("bench-llm-{run_no}-{i}"))
-                .arg("type")
-                .arg("llm_inference")
-                .arg("payload")
-                .arg(payload.to_string())
-                .query_async::<String>(&mut c)
-                .await?;
+        if relayed {
+            for i in 0..streams {
+                let payload =
+                    serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
+                redis::cmd("XADD")
+                    .arg(&setup.stream)
+                    .arg("*")
+                    .arg("jobId")
+                    .arg(format!("bench-llm-{run_no}-{i}"))
+                    .arg("type")
+                    .arg("llm_inference")
+                    .arg("payload")
+                    .arg(payload.to_string())
+                    .query_async::<String>(&mut c)
+                    .await?;
+            }
+        } else {
+            tokio::spawn(publish_directly(connection(&url).await?, tokens, interval));
         }
         loop {
             {

@@ -18,7 +18,7 @@ for b in range(256):
     scores.append(0.0)
     types.append(6)  # byte
 words = "the a of to and in is it you that he was for on are with as I his they be at one have this from".split()
-for i, w in enumerate(words + list("abcdefghijklmnopqrstuvwxyz")):
+for i, w in enumerate(dict.fromkeys(words + list("abcdefghijklmnopqrstuvwxyz"))):  # unique
     tokens.append("\u2581" + w)
     scores.append(-float(i))
     types.append(1)

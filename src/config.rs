@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub services: Vec<citadel_compose::ServiceSpec>,
     #[serde(default)]
     pub monitoring: MonitoringSection,
+    #[serde(default)]
+    pub llm: LlmSection,
 }
 
 /// What the platform's onboarding wizard sets about monitoring. Stored for the heartbeat and
@@ -153,6 +155,23 @@ pub struct ShellSection {
     /// goes into the file).
     pub passcode_env: Option<String>,
     pub max_output: Option<String>,
+}
+
+/// `llm:`: where the inference engines listen and how long `llm_inference` waits for them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    /// Base URL per engine (`vllm`, `sglang`, `ollama`, `llamacpp`), e.g.
+    /// `vllm: http://127.0.0.1:8201`.
+    pub engines: Option<std::collections::BTreeMap<String, String>>,
+    /// e.g. `5s`.
+    pub connect_timeout: Option<String>,
+    /// How long a job waits for an engine that is still loading, e.g. `30s`.
+    pub ready_timeout: Option<String>,
+    /// From the request to the first token, e.g. `2m`.
+    pub first_token_timeout: Option<String>,
+    /// Between tokens, e.g. `30s`.
+    pub idle_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -443,7 +462,8 @@ mod tests {
         let c = FileConfig::parse(
             "node:\n  name: gpu-1\nworker:\n  concurrency: 4\n  drain_timeout: 10s\n\
              transports:\n  redis:\n    url: redis://127.0.0.1:7000\n    streams: [a, b]\n    lease: 5s\n\
-             permissions:\n  shell:\n    enabled: true\n    allow: [echo]\n",
+             permissions:\n  shell:\n    enabled: true\n    allow: [echo]\n\
+             llm:\n  engines:\n    vllm: http://10.0.0.2:8000\n  idle_timeout: 10s\n",
         )
         .unwrap();
         assert_eq!(c.node.name.as_deref(), Some("gpu-1"));
@@ -451,6 +471,8 @@ mod tests {
         let redis = c.transports.redis.unwrap();
         assert_eq!(redis.streams.unwrap(), vec!["a", "b"]);
         assert_eq!(c.permissions.shell.enabled, Some(true));
+        assert_eq!(c.llm.engines.unwrap()["vllm"], "http://10.0.0.2:8000");
+        assert_eq!(c.llm.idle_timeout.as_deref(), Some("10s"));
     }
 
     #[test]

@@ -9,5 +9,7 @@ mod support;
 
 #[path = "worker/lifecycle.rs"]
 mod lifecycle;
+#[path = "worker/llm.rs"]
+mod llm;
 #[path = "worker/recovery.rs"]
 mod recovery;

@@ -1,7 +1,9 @@
 //! `citadel bench`: measurements a user can run on their own node. Benchmarks report ratios and
 //! rates from one run; nothing here asserts a timing.
 
+pub mod engine;
 mod journal;
+mod llm;
 mod nexus;
 mod platform;
 mod redis;
@@ -26,6 +28,9 @@ pub enum BenchCommand {
     /// concurrencies and submit → start latency.
     #[command(name = "websocket")]
     WebSocket(websocket::WebSocketBench),
+    /// LLM token relay through Redis: added latency per token (p50/p99) at a fixed token rate,
+    /// the most tokens/s of one stream and of 64 concurrent streams.
+    Llm(llm::LlmBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -35,6 +40,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Nexus(args) => nexus::run(args).await,
         BenchCommand::Platform(args) => platform::run(args).await,
         BenchCommand::WebSocket(args) => websocket::run(args).await,
+        BenchCommand::Llm(args) => llm::run(args).await,
     }
 }
 

@@ -72,25 +72,14 @@ struct Report {
     latency: Latency,
 }
 
-struct Setup {
-    url: String,
-    stream: String,
-    dir: std::path::PathBuf,
+pub(super) struct Setup {
+    pub(super) url: String,
+    pub(super) stream: String,
+    pub(super) dir: std::path::PathBuf,
 }
 
 pub async fn run(args: RedisBench) -> anyhow::Result<()> {
-    let local = match &args.redis_url {
-        Some(_) => None,
-        None => Some(
-            LocalRedis::start()
-                .await
-                .context("starting a local redis-server for the benchmark")?,
-        ),
-    };
-    let url = args
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| local.as_ref().expect("started").url());
+    let (local, url) = redis_or_local(args.redis_url.as_deref()).await?;
     let tmp = std::env::temp_dir().join(format!("citadel-bench-redis-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
@@ -123,8 +112,8 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
             }
         );
         enqueue_all(&setup, jobs).await?;
-        let (runner, shutdown, task, _timer) =
-            start_worker(&setup, concurrency, durability, None).await?;
+        let (runner, shutdown, task) =
+            start_worker(&setup, concurrency, durability, vec![]).await?;
         let started = Instant::now();
         let counters = runner;
         while counters.succeeded.load(Ordering::Relaxed) < jobs {
@@ -158,11 +147,11 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
         dir: tmp.join(format!("run-{run_no}")),
     };
     let timer = Arc::new(TimedNoop::default());
-    let (counters, shutdown, task, _) = start_worker(
+    let (counters, shutdown, task) = start_worker(
         &setup,
         args.latency_concurrency,
         Durability::Durable,
-        Some(timer.clone()),
+        vec![("noop", timer.clone())],
     )
     .await?;
     let enqueued = offer_load(&setup, args.rate, args.latency_for).await?;
@@ -207,7 +196,23 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     )
 }
 
-async fn connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+/// The Redis at `url`, or a throwaway local redis-server (kept alive by the returned handle).
+pub(super) async fn redis_or_local(
+    url: Option<&str>,
+) -> anyhow::Result<(Option<LocalRedis>, String)> {
+    match url {
+        Some(u) => Ok((None, u.to_string())),
+        None => {
+            let local = LocalRedis::start()
+                .await
+                .context("starting a local redis-server for the benchmark")?;
+            let url = local.url();
+            Ok((Some(local), url))
+        }
+    }
+}
+
+pub(super) async fn connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     Ok(redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?)
@@ -268,18 +273,19 @@ async fn offer_load(
     Ok(out)
 }
 
-type Started = (
+pub(super) type Started = (
     Arc<crate::runner::Counters>,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
-    Option<Arc<TimedNoop>>,
 );
 
-async fn start_worker(
+/// A worker in this process (the real runner, Redis source and journal) on `setup`'s stream,
+/// with the built-in handlers and `handlers` registered over them.
+pub(super) async fn start_worker(
     setup: &Setup,
     concurrency: usize,
     durability: Durability,
-    timer: Option<Arc<TimedNoop>>,
+    handlers: Vec<(&str, Arc<dyn crate::handlers::Handler>)>,
 ) -> anyhow::Result<Started> {
     let (journal, _) = Journal::open(
         &setup.dir,
@@ -293,8 +299,8 @@ async fn start_worker(
     cfg.group = "bench".into();
     let source: Arc<dyn JobSource> = Arc::new(RedisSource::connect(cfg).await?);
     let mut registry = Registry::builtin(ShellPolicy::default());
-    if let Some(t) = &timer {
-        registry.register("noop", t.clone());
+    for (name, handler) in handlers {
+        registry.register(name, handler);
     }
     let mut config = RunnerConfig::new("bench-node", "bench-worker");
     config.concurrency = concurrency;
@@ -303,7 +309,7 @@ async fn start_worker(
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { runner.run(token).await });
-    Ok((counters, shutdown, task, timer))
+    Ok((counters, shutdown, task))
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {

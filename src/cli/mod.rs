@@ -1,6 +1,7 @@
 //! The command line: one clap tree, one `run` that dispatches. Commands live in their own modules;
 //! this module owns only the shared flags (data directory, logging) and the dispatch.
 
+mod engines;
 mod format;
 mod init;
 pub use format::table;

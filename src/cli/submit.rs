@@ -209,6 +209,8 @@ fn render(ev: &Value) -> Option<Result<(), String>> {
             let result = &data["result"];
             match result.get("output").and_then(Value::as_str) {
                 Some(s) if result.as_object().is_some_and(|o| o.len() <= 2) => println!("{s}"),
+                // An LLM result: its content was streamed as chunks; the result on its own line.
+                _ if result.get("content").is_some() => println!("\n{result}"),
                 _ => println!("{result}"),
             }
             Some(Ok(()))
@@ -282,16 +284,32 @@ async fn redis_submit(
             Vec<(String, std::collections::HashMap<String, String>)>,
         )>,
     >;
+    // Reading by entry id: a reconnect resumes right after the last event printed, so no
+    // chunk is lost or printed twice.
+    let mut retrier = citadel_transports::Backoff::RECONNECT.retrier();
     while Instant::now() < deadline {
-        let reply: Reply = redis::cmd("XREAD")
+        let read = redis::cmd("XREAD")
             .arg("BLOCK")
             .arg(1000)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last)
-            .query_async(&mut conn)
-            .await
-            .context("XREAD")?;
+            .query_async::<Reply>(&mut conn)
+            .await;
+        let reply = match read {
+            Ok(r) => {
+                retrier.reset();
+                r
+            }
+            Err(e) => {
+                eprintln!("event stream interrupted ({e}); resuming after entry {last}");
+                tokio::time::sleep(retrier.next_delay()).await;
+                if let Ok(c) = client.get_multiplexed_async_connection().await {
+                    conn = c;
+                }
+                continue;
+            }
+        };
         for (_, entries) in reply.unwrap_or_default() {
             for (entry_id, fields) in entries {
                 last = entry_id;

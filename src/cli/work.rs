@@ -165,6 +165,8 @@ pub struct WorkArgs {
         hide = true
     )]
     journal_durability: DurabilityArg,
+    #[command(flatten)]
+    engines: Box<super::engines::EngineArgs>,
 }
 
 impl WorkArgs {
@@ -306,6 +308,11 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         )),
     );
     registry.alias("apply_device_config", "APPLY_DEVICE_CONFIG");
+    let llm = args.engines.config(&file.llm)?;
+    registry.register(
+        "llm_inference",
+        Arc::new(crate::handlers::LlmHandler::new(llm)),
+    );
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();

@@ -8,6 +8,7 @@ mod diag;
 pub mod download;
 pub mod extraction;
 mod http;
+pub mod llm;
 mod shell;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ pub use device_config::DeviceConfigHandler;
 pub use download::{DownloadPolicy, ModelDownload};
 pub use extraction::{Extraction, ExtractionPolicy};
 pub use http::http_client;
+pub use llm::{LlmConfig, LlmHandler};
 pub use shell::{ShellHandler, ShellPolicy};
 
 /// Why a handler did not produce a result.
@@ -95,13 +97,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in handlers. `shell_command` is registered only when the policy enables it.
+    /// The built-in handlers. `shell_command` is registered only when the policy enables it;
+    /// `llm_inference` uses the default engine addresses (`citadel work` registers it again with
+    /// the configured ones).
     pub fn builtin(shell: ShellPolicy) -> Self {
         let mut r = Self::default();
         r.register("noop", Arc::new(diag::Noop));
         r.register("echo", Arc::new(diag::Echo));
         r.register("sleep", Arc::new(diag::Sleep));
         r.register("fail", Arc::new(diag::Fail));
+        r.register(
+            "llm_inference",
+            Arc::new(LlmHandler::new(LlmConfig::default())),
+        );
         if shell.enabled {
             r.register("shell_command", Arc::new(ShellHandler::new(shell)));
             r.alias("SHELL_COMMAND", "shell_command");

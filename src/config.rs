@@ -55,6 +55,22 @@ pub struct JournalSection {
 pub struct TransportsSection {
     pub redis: Option<RedisSection>,
     pub nexus: Option<NexusSection>,
+    pub nats: Option<NatsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats://host:port` (comma separated for a cluster).
+    pub url: Option<String>,
+    /// The JetStream stream of the job subjects (default `JOBS`).
+    pub stream: Option<String>,
+    /// The job subjects to consume (default `[jobs.v1.gpu-general]`).
+    pub subjects: Option<Vec<String>>,
+    /// The durable pull consumer (default `workers`).
+    pub consumer: Option<String>,
+    /// A `.creds` file (the credentials never go into this file).
+    pub credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +162,19 @@ mod tests {
         let redis = c.transports.redis.unwrap();
         assert_eq!(redis.streams.unwrap(), vec!["a", "b"]);
         assert_eq!(c.permissions.shell.enabled, Some(true));
+    }
+
+    #[test]
+    fn the_nats_section_parses() {
+        let c = FileConfig::parse(
+            "transports:\n  nats:\n    url: nats://127.0.0.1:4222\n    stream: JOBS\n    \
+             subjects: [jobs.v1.a, jobs.v1.b]\n    consumer: fleet\n    credentials_file: /etc/n.creds\n",
+        )
+        .unwrap();
+        let nats = c.transports.nats.unwrap();
+        assert_eq!(nats.subjects.unwrap(), vec!["jobs.v1.a", "jobs.v1.b"]);
+        assert_eq!(nats.consumer.as_deref(), Some("fleet"));
+        assert!(FileConfig::parse("transports:\n  nats:\n    subject: x\n").is_err());
     }
 
     #[test]

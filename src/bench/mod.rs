@@ -2,6 +2,7 @@
 //! rates from one run; nothing here asserts a timing.
 
 mod journal;
+mod nats;
 mod nexus;
 mod redis;
 
@@ -18,6 +19,9 @@ pub enum BenchCommand {
     /// No-op jobs through the embedded control plane: jobs/s, and submit → start latency with
     /// long-poll and with plain 5 s polling.
     Nexus(nexus::NexusBench),
+    /// No-op jobs through NATS JetStream: jobs/s at several concurrencies (journal durable and,
+    /// for comparison, buffered) and publish → handler-start latency at a fixed offered load.
+    Nats(nats::NatsBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -25,6 +29,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Journal(args) => journal::run(args).await,
         BenchCommand::Redis(args) => redis::run(args).await,
         BenchCommand::Nexus(args) => nexus::run(args).await,
+        BenchCommand::Nats(args) => nats::run(args).await,
     }
 }
 

@@ -45,7 +45,7 @@ pub struct RedisBench {
 }
 
 #[derive(Debug, Serialize)]
-struct Throughput {
+pub(super) struct Throughput {
     concurrency: usize,
     durable: bool,
     jobs: u64,
@@ -54,7 +54,7 @@ struct Throughput {
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(super) struct Latency {
     rate: u64,
     concurrency: usize,
     jobs: usize,
@@ -94,15 +94,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("citadel-bench-redis-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
-    let mut plan: Vec<(usize, Durability)> = args
-        .concurrency
-        .iter()
-        .map(|&c| (c, Durability::Durable))
-        .collect();
-    if let Some(&max) = args.concurrency.iter().max() {
-        plan.push((max, Durability::Buffered));
-    }
-    for (concurrency, durability) in plan {
+    for (concurrency, durability) in plan(&args.concurrency) {
         run_no += 1;
         let jobs = if concurrency == 1 {
             args.jobs / 4
@@ -123,28 +115,9 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
             }
         );
         enqueue_all(&setup, jobs).await?;
-        let (runner, shutdown, task, _timer) =
-            start_worker(&setup, concurrency, durability, None).await?;
-        let started = Instant::now();
-        let counters = runner;
-        while counters.succeeded.load(Ordering::Relaxed) < jobs {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(600),
-                "the worker stalled"
-            );
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        shutdown.cancel();
-        task.await??;
+        let started = start_worker(&setup, concurrency, durability, None).await?;
+        throughput.push(drain(started, concurrency, durability, jobs).await?);
         std::fs::remove_dir_all(&setup.dir).ok();
-        throughput.push(Throughput {
-            concurrency,
-            durable: durability == Durability::Durable,
-            jobs,
-            seconds,
-            jobs_per_sec: jobs as f64 / seconds,
-        });
     }
 
     run_no += 1;
@@ -175,24 +148,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     shutdown.cancel();
     task.await??;
     std::fs::remove_dir_all(&tmp).ok();
-    let ms = timer.latencies_ms(&enqueued);
-    anyhow::ensure!(
-        ms.len() == enqueued.len(),
-        "{} of {} latency jobs ran",
-        ms.len(),
-        enqueued.len()
-    );
-    let pct = |p: f64| super::percentile(&ms, p);
-    let latency = Latency {
-        rate: args.rate,
-        concurrency: args.latency_concurrency,
-        jobs: ms.len(),
-        p50_ms: pct(0.50),
-        p90_ms: pct(0.90),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-        max_ms: ms[ms.len() - 1],
-    };
+    let latency = latency(&timer, &enqueued, args.rate, args.latency_concurrency)?;
     print(
         &Report {
             redis: if local.is_some() {
@@ -268,7 +224,75 @@ async fn offer_load(
     Ok(out)
 }
 
-type Started = (
+/// The throughput runs: each concurrency with the journal durable, then the highest one with it
+/// buffered, for comparison.
+pub(super) fn plan(concurrency: &[usize]) -> Vec<(usize, Durability)> {
+    let mut plan: Vec<(usize, Durability)> = concurrency
+        .iter()
+        .map(|&c| (c, Durability::Durable))
+        .collect();
+    if let Some(&max) = concurrency.iter().max() {
+        plan.push((max, Durability::Buffered));
+    }
+    plan
+}
+
+/// Waits until the worker has run `jobs` jobs, stops it and reports the rate.
+pub(super) async fn drain(
+    started: Started,
+    concurrency: usize,
+    durability: Durability,
+    jobs: u64,
+) -> anyhow::Result<Throughput> {
+    let (counters, shutdown, task, _timer) = started;
+    let began = Instant::now();
+    while counters.succeeded.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the worker stalled"
+        );
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    Ok(Throughput {
+        concurrency,
+        durable: durability == Durability::Durable,
+        jobs,
+        seconds,
+        jobs_per_sec: jobs as f64 / seconds,
+    })
+}
+
+/// The dispatch latency percentiles of a latency run.
+pub(super) fn latency(
+    timer: &TimedNoop,
+    enqueued: &[(String, Instant)],
+    rate: u64,
+    concurrency: usize,
+) -> anyhow::Result<Latency> {
+    let ms = timer.latencies_ms(enqueued);
+    anyhow::ensure!(
+        !ms.is_empty() && ms.len() == enqueued.len(),
+        "{} of {} latency jobs ran",
+        ms.len(),
+        enqueued.len()
+    );
+    let pct = |p: f64| super::percentile(&ms, p);
+    Ok(Latency {
+        rate,
+        concurrency,
+        jobs: ms.len(),
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: ms[ms.len() - 1],
+    })
+}
+
+pub(super) type Started = (
     Arc<crate::runner::Counters>,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -281,17 +305,28 @@ async fn start_worker(
     durability: Durability,
     timer: Option<Arc<TimedNoop>>,
 ) -> anyhow::Result<Started> {
+    let mut cfg = RedisConfig::new(setup.url.clone(), "bench-worker");
+    cfg.streams = vec![setup.stream.clone()];
+    cfg.group = "bench".into();
+    let source: Arc<dyn JobSource> = Arc::new(RedisSource::connect(cfg).await?);
+    run_worker(source, &setup.dir, concurrency, durability, timer).await
+}
+
+/// Runs the real runner with a journal in `dir` on `source` (no-op jobs, timed when `timer`).
+pub(super) async fn run_worker(
+    source: Arc<dyn JobSource>,
+    dir: &std::path::Path,
+    concurrency: usize,
+    durability: Durability,
+    timer: Option<Arc<TimedNoop>>,
+) -> anyhow::Result<Started> {
     let (journal, _) = Journal::open(
-        &setup.dir,
+        dir,
         JournalOptions {
             durability,
             recover: true,
         },
     )?;
-    let mut cfg = RedisConfig::new(setup.url.clone(), "bench-worker");
-    cfg.streams = vec![setup.stream.clone()];
-    cfg.group = "bench".into();
-    let source: Arc<dyn JobSource> = Arc::new(RedisSource::connect(cfg).await?);
     let mut registry = Registry::builtin(ShellPolicy::default());
     if let Some(t) = &timer {
         registry.register("noop", t.clone());
@@ -315,8 +350,13 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         "no-op jobs through Redis Streams, one worker process ({})",
         report.redis
     );
-    let rows: Vec<Vec<String>> = report
-        .throughput
+    print_figures(&report.throughput, &report.latency);
+    Ok(())
+}
+
+/// The throughput table, the cost of durability and the latency line.
+pub(super) fn print_figures(throughput: &[Throughput], latency: &Latency) {
+    let rows: Vec<Vec<String>> = throughput
         .iter()
         .map(|t| {
             vec![
@@ -332,15 +372,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         &["CONCURRENCY", "JOURNAL", "JOBS", "SECONDS", "JOBS/S"],
         &rows,
     );
-    let max = report
-        .throughput
-        .iter()
-        .map(|t| t.concurrency)
-        .max()
-        .unwrap_or(0);
+    let max = throughput.iter().map(|t| t.concurrency).max().unwrap_or(0);
     let at = |durable: bool| {
-        report
-            .throughput
+        throughput
             .iter()
             .find(|t| t.concurrency == max && t.durable == durable)
             .map(|t| t.jobs_per_sec)
@@ -351,10 +385,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
             100.0 * (1.0 - on / off).max(0.0)
         );
     }
-    let l = &report.latency;
+    let l = latency;
     println!(
         "enqueue → handler start at {} jobs/s (concurrency {}, {} jobs): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         l.rate, l.concurrency, l.jobs, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
     );
-    Ok(())
 }

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run this node as a worker: take jobs from the transport, journal, run, settle.
-    Work(work::WorkArgs),
+    Work(Box<work::WorkArgs>),
     /// Inspect the job journal: what every job went through, on this node.
     Journal(journal::JournalArgs),
     /// Measure this node (`citadel bench journal`: the cost of the durable journal).
@@ -74,7 +74,7 @@ pub fn run() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Work(args) => work::run(args, &data_dir).await,
+            Command::Work(args) => work::run(*args, &data_dir).await,
             Command::Journal(args) => journal::run(args, &data_dir).await,
             Command::Bench(cmd) => crate::bench::run(cmd).await,
             Command::Nexus(cmd) => nexus::run(cmd, &data_dir).await,

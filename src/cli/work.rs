@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
-use citadel_transports::{Backoff, JobSource, NexusConfig, NexusSource, RedisConfig, RedisSource};
+use citadel_transports::{
+    Backoff, JobSource, NatsConfig, NatsSource, NexusConfig, NexusSource, RedisConfig, RedisSource,
+};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +25,8 @@ use crate::runner::{Runner, RunnerConfig};
 pub enum TransportKind {
     /// Redis Streams consumer group (the production path).
     Redis,
+    /// NATS JetStream durable pull consumer (`--nats-url`).
+    Nats,
     /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
     /// citadel control plane.
     Nexus,
@@ -38,8 +42,9 @@ pub enum DurabilityArg {
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else nexus
-    /// when a Nexus URL is, else an embedded control plane on loopback.
+    /// The transport to take jobs from. Default: redis when a Redis URL is configured, else nats
+    /// when a NATS URL is, else nexus when a Nexus URL is, else an embedded control plane on
+    /// loopback.
     #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
     transport: Option<TransportKind>,
     /// The Nexus control plane (http://host:port).
@@ -77,6 +82,28 @@ pub struct WorkArgs {
     /// Redis URL (default redis://127.0.0.1:6379).
     #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
+    /// NATS server(s), e.g. nats://127.0.0.1:4222 (comma separated for a cluster).
+    #[arg(long, env = "CITADEL_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream holding the job subjects (default JOBS; created with subjects
+    /// jobs.v1.> and work-queue retention when missing).
+    #[arg(long, env = "CITADEL_NATS_STREAM", value_name = "STREAM")]
+    nats_stream: Option<String>,
+    /// Job subject(s) to consume, repeatable or comma separated (default jobs.v1.gpu-general).
+    #[arg(
+        long = "nats-subject",
+        env = "CITADEL_NATS_SUBJECTS",
+        value_delimiter = ',',
+        value_name = "SUBJECT"
+    )]
+    nats_subjects: Vec<String>,
+    /// The durable pull consumer shared by the fleet (default `workers`; with several subjects,
+    /// one durable per subject: `workers-jobs_v1_…`).
+    #[arg(long, env = "CITADEL_NATS_CONSUMER", value_name = "NAME")]
+    nats_consumer: Option<String>,
+    /// A NATS credentials file (.creds: JWT and NKey seed).
+    #[arg(long, env = "CITADEL_NATS_CREDENTIALS", value_name = "FILE")]
+    nats_credentials: Option<PathBuf>,
     /// Job stream(s) to consume, repeatable or comma separated (default jobs:v1:gpu-general).
     #[arg(
         long = "stream",
@@ -236,10 +263,12 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     let redis_file = file.transports.redis.unwrap_or_default();
     let nexus_file = file.transports.nexus.unwrap_or_default();
+    let nats_file = file.transports.nats.unwrap_or_default();
     let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
     let kind = match args.transport {
         Some(k) => Some(k),
         None if args.redis_url.is_some() || redis_file.url.is_some() => Some(TransportKind::Redis),
+        None if args.nats_url.is_some() || nats_file.url.is_some() => Some(TransportKind::Nats),
         None if nexus_url.is_some() => Some(TransportKind::Nexus),
         None => None,
     };
@@ -327,6 +356,20 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             );
             Arc::new(connect_redis(cfg).await?)
         }
+        Some(TransportKind::Nats) => {
+            let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, nats {} stream {} subjects {} consumer {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                redact(&cfg.url),
+                cfg.stream,
+                cfg.subjects.join(","),
+                cfg.consumer,
+                runner_config.concurrency
+            );
+            Arc::new(connect_nats(cfg).await?)
+        }
     };
 
     let shutdown = CancellationToken::new();
@@ -404,6 +447,55 @@ async fn connect_redis(cfg: RedisConfig) -> anyhow::Result<RedisSource> {
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e).context("connecting to redis"),
+        }
+    }
+}
+
+/// The NATS settings: defaults < `transports.nats` < `CITADEL_NATS_*` < flags.
+fn nats_config(
+    args: &WorkArgs,
+    file: config::NatsSection,
+    worker_id: String,
+    lease: Duration,
+) -> anyhow::Result<NatsConfig> {
+    let url = args
+        .nats_url
+        .clone()
+        .or(file.url)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let mut cfg = NatsConfig::new(url, worker_id);
+    if !args.nats_subjects.is_empty() {
+        cfg.subjects = args.nats_subjects.clone();
+    } else if let Some(s) = file.subjects {
+        cfg.subjects = s;
+    }
+    if let Some(s) = args.nats_stream.clone().or(file.stream) {
+        cfg.stream = s;
+    }
+    if let Some(c) = args.nats_consumer.clone().or(file.consumer) {
+        cfg.consumer = c;
+    }
+    cfg.credentials_file = args.nats_credentials.clone().or(file.credentials_file);
+    cfg.lease = lease;
+    if let Some(s) = args.max_payload.as_ref() {
+        cfg.max_payload_bytes =
+            usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
+    }
+    Ok(cfg)
+}
+
+/// Connects to NATS, retrying with backoff while it is away (a configuration error stops at once).
+async fn connect_nats(cfg: NatsConfig) -> anyhow::Result<NatsSource> {
+    let mut retrier = Backoff::RECONNECT.retrier();
+    loop {
+        match NatsSource::connect(cfg.clone()).await {
+            Ok(source) => return Ok(source),
+            Err(e) if e.is_retryable() => {
+                let delay = retrier.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach nats; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e).context("connecting to nats"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! ([`Job`], [`JobId`]), what a source delivers ([`Delivery`], [`Incoming`], [`Receipt`]), the
 //! vocabulary a worker uses to settle a delivery ([`Settlement`]), the one backoff policy
 //! ([`Backoff`]), the job events of the wire
-//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nexus`]).
+//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nats`], [`nexus`]).
 //!
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
@@ -11,11 +11,13 @@ mod backoff;
 mod delivery;
 pub mod events;
 mod job;
+pub mod nats;
 pub mod nexus;
 pub mod redis;
 mod settlement;
 mod source;
 
+pub use self::nats::{NatsConfig, NatsSource};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};
 pub use backoff::{Backoff, Retrier};

@@ -16,7 +16,7 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use super::redis::{drain, latency, plan, print_figures, run_worker, Latency, Throughput};
+use super::redis::{drain, latency, plan, print_figures, run_worker, Latency, Load, Throughput};
 use super::TimedNoop;
 
 #[derive(Debug, Args)]
@@ -24,23 +24,8 @@ pub struct NatsBench {
     /// NATS to use (default: start a local nats-server -js on a free port).
     #[arg(long, value_name = "URL")]
     nats_url: Option<String>,
-    /// Concurrency levels to measure, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    concurrency: Vec<usize>,
-    /// Jobs per throughput run (a quarter of it at concurrency 1).
-    #[arg(long, default_value_t = 20_000)]
-    jobs: u64,
-    /// Offered load of the latency run, jobs per second.
-    #[arg(long, default_value_t = 1000)]
-    rate: u64,
-    /// Length of the latency run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    latency_for: Duration,
-    /// Worker concurrency during the latency run.
-    #[arg(long, default_value_t = 16)]
-    latency_concurrency: usize,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    load: Load,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,13 +81,9 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("citadel-bench-nats-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
-    for (concurrency, durability) in plan(&args.concurrency) {
+    for (concurrency, durability) in plan(&args.load.concurrency) {
         run_no += 1;
-        let jobs = if concurrency == 1 {
-            args.jobs / 4
-        } else {
-            args.jobs
-        };
+        let jobs = args.load.jobs_at(concurrency);
         let setup = Setup::new(&url, &tmp, run_no);
         eprintln!(
             "[{run_no}] concurrency {concurrency}, journal {}: publishing {jobs} no-op jobs…",
@@ -123,7 +104,7 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     run_no += 1;
     eprintln!(
         "[{run_no}] dispatch latency: {} jobs/s for {:?} at concurrency {}…",
-        args.rate, args.latency_for, args.latency_concurrency
+        args.load.rate, args.load.latency_for, args.load.latency_concurrency
     );
     let setup = Setup::new(&url, &tmp, run_no);
     let timer = Arc::new(TimedNoop::default());
@@ -131,12 +112,12 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     let (counters, shutdown, task, _) = run_worker(
         source,
         &setup.dir,
-        args.latency_concurrency,
+        args.load.latency_concurrency,
         Durability::Durable,
         Some(timer.clone()),
     )
     .await?;
-    let enqueued = offer_load(&setup, args.rate, args.latency_for).await?;
+    let enqueued = offer_load(&setup, args.load.rate, args.load.latency_for).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while counters
         .succeeded
@@ -149,7 +130,12 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     shutdown.cancel();
     task.await??;
     std::fs::remove_dir_all(&tmp).ok();
-    let latency = latency(&timer, &enqueued, args.rate, args.latency_concurrency)?;
+    let latency = latency(
+        &timer,
+        &enqueued,
+        args.load.rate,
+        args.load.latency_concurrency,
+    )?;
     let report = Report {
         nats: if local.is_some() {
             "local nats-server -js (started by the bench)".into()
@@ -159,7 +145,7 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
         throughput,
         latency,
     };
-    if args.json {
+    if args.load.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(

@@ -25,23 +25,41 @@ pub struct RedisBench {
     /// Redis to use (default: start a local redis-server on a free port).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    #[command(flatten)]
+    load: Load,
+}
+
+/// The load of a transport bench (shared by the redis and nats benches).
+#[derive(Debug, Args)]
+pub(super) struct Load {
     /// Concurrency levels to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    concurrency: Vec<usize>,
+    pub concurrency: Vec<usize>,
     /// Jobs per throughput run (a quarter of it at concurrency 1).
     #[arg(long, default_value_t = 20_000)]
-    jobs: u64,
+    pub jobs: u64,
     /// Offered load of the latency run, jobs per second.
     #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    pub rate: u64,
     /// Length of the latency run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    latency_for: Duration,
+    pub latency_for: Duration,
     /// Worker concurrency during the latency run.
     #[arg(long, default_value_t = 16)]
-    latency_concurrency: usize,
+    pub latency_concurrency: usize,
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+impl Load {
+    /// Jobs of the throughput run at `concurrency` (a quarter at concurrency 1).
+    pub fn jobs_at(&self, concurrency: usize) -> u64 {
+        if concurrency == 1 {
+            self.jobs / 4
+        } else {
+            self.jobs
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -94,13 +112,9 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("citadel-bench-redis-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
-    for (concurrency, durability) in plan(&args.concurrency) {
+    for (concurrency, durability) in plan(&args.load.concurrency) {
         run_no += 1;
-        let jobs = if concurrency == 1 {
-            args.jobs / 4
-        } else {
-            args.jobs
-        };
+        let jobs = args.load.jobs_at(concurrency);
         let setup = Setup {
             url: url.clone(),
             stream: format!("bench:{}:{run_no}", std::process::id()),
@@ -123,7 +137,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     run_no += 1;
     eprintln!(
         "[{run_no}] dispatch latency: {} jobs/s for {:?} at concurrency {}…",
-        args.rate, args.latency_for, args.latency_concurrency
+        args.load.rate, args.load.latency_for, args.load.latency_concurrency
     );
     let setup = Setup {
         url: url.clone(),
@@ -133,12 +147,12 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     let timer = Arc::new(TimedNoop::default());
     let (counters, shutdown, task, _) = start_worker(
         &setup,
-        args.latency_concurrency,
+        args.load.latency_concurrency,
         Durability::Durable,
         Some(timer.clone()),
     )
     .await?;
-    let enqueued = offer_load(&setup, args.rate, args.latency_for).await?;
+    let enqueued = offer_load(&setup, args.load.rate, args.load.latency_for).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while counters.succeeded.load(Ordering::Relaxed) < enqueued.len() as u64
         && Instant::now() < deadline
@@ -148,7 +162,12 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     shutdown.cancel();
     task.await??;
     std::fs::remove_dir_all(&tmp).ok();
-    let latency = latency(&timer, &enqueued, args.rate, args.latency_concurrency)?;
+    let latency = latency(
+        &timer,
+        &enqueued,
+        args.load.rate,
+        args.load.latency_concurrency,
+    )?;
     print(
         &Report {
             redis: if local.is_some() {
@@ -159,7 +178,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
             throughput,
             latency,
         },
-        args.json,
+        args.load.json,
     )
 }
 

@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use super::config::NatsConfig;
-use crate::delivery::{Delivery, Incoming, Malformed, Receipt};
-use crate::redis::{parse_job, Rejected};
+use crate::delivery::{Incoming, Receipt};
+use crate::redis::{incoming, parse_job, Rejected};
 
 /// The broker's facts about one delivery, from its ack subject
 /// (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`, or the
@@ -96,16 +96,8 @@ pub fn to_incoming(
     attempt: u32,
     max_payload: usize,
 ) -> Incoming {
-    let receipt = Receipt::new(subject, reply);
-    match parse(body, subject, attempt, max_payload) {
-        Ok(job) => Incoming::Job(Delivery { job, receipt }),
-        Err(r) => Incoming::Malformed(Malformed {
-            receipt,
-            job_id: r.job_id,
-            reason: r.reason,
-            attempt: attempt.max(1),
-        }),
-    }
+    let parsed = parse(body, subject, attempt, max_payload);
+    incoming(Receipt::new(subject, reply), parsed, attempt)
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "pulling jobs from nats failed");
+                let text = e.to_string().to_ascii_lowercase();
+                if text.contains("consumer deleted") || text.contains("not found") {
+                    // The consumer or stream went away (deleted, or a server without its
+                    // store): create them again; the consumer handles keep their names.
+                    if let Err(e) = super::setup::ensure(&inner.js, &inner.cfg).await {
+                        warn!(error = %e, "re-creating the stream and consumers failed");
+                    }
+                }
                 inbox.fail(e);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

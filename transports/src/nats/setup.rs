@@ -30,6 +30,9 @@ pub(crate) fn map_err(what: &str, e: impl std::fmt::Display) -> SourceError {
         "broken pipe",
         "i/o",
         "io error",
+        // Pull request statuses while a server restarts or a leader moves.
+        "server shutdown",
+        "leadership change",
     ];
     if transient.iter().any(|t| lower.contains(t)) {
         SourceError::Unavailable(format!("{what}: {text}"))

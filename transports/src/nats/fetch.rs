@@ -21,6 +21,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let inbox = &inner.inbox;
     let mut backoff = crate::Backoff::RECONNECT.retrier();
     let mut turn = 0usize;
+    let mut last_check = tokio::time::Instant::now();
     loop {
         inbox.wait_for_demand().await;
         if inbox.is_closed() {
@@ -32,17 +33,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         turn = (turn + 1) % inner.consumers.len();
         match round(&inner, turn, want).await {
-            Ok(()) => backoff.reset(),
+            Ok(got) => {
+                backoff.reset();
+                // A pull on a deleted consumer just stays empty: look now and then, when idle.
+                if got == 0 && last_check.elapsed() >= CHECK_EVERY {
+                    last_check = tokio::time::Instant::now();
+                    recreate_if_missing(&inner).await;
+                }
+            }
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "pulling jobs from nats failed");
                 let text = e.to_string().to_ascii_lowercase();
                 if text.contains("consumer deleted") || text.contains("not found") {
-                    // The consumer or stream went away (deleted, or a server without its
-                    // store): create them again; the consumer handles keep their names.
-                    if let Err(e) = super::setup::ensure(&inner.js, &inner.cfg).await {
-                        warn!(error = %e, "re-creating the stream and consumers failed");
-                    }
+                    recreate_if_missing(&inner).await;
                 }
                 inbox.fail(e);
                 tokio::select! {
@@ -55,8 +59,33 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     debug!("nats fetcher stopped");
 }
 
-/// One pull request of `want` messages on consumer `turn`.
-async fn round(inner: &Inner, turn: usize, want: usize) -> Result<(), SourceError> {
+/// How often an idle fetcher checks that its consumers still exist.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Creates the stream and consumers again when one is gone (deleted, or a server that lost its
+/// store); the consumer handles keep working since they address consumers by name.
+async fn recreate_if_missing(inner: &Inner) {
+    for (subject, _) in &inner.consumers {
+        let name = inner.cfg.durable_for(subject);
+        match inner.jobs.consumer_info(&name).await {
+            Ok(_) => continue,
+            Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {
+                warn!(consumer = %name, "the consumer is gone; creating it again");
+                if let Err(e) = super::setup::ensure(&inner.js, &inner.cfg).await {
+                    warn!(error = %e, "re-creating the stream and consumers failed");
+                }
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "checking the consumer failed");
+                return;
+            }
+        }
+    }
+}
+
+/// One pull request of `want` messages on consumer `turn`; returns how many came.
+async fn round(inner: &Inner, turn: usize, want: usize) -> Result<usize, SourceError> {
     let (subject, consumer) = &inner.consumers[turn];
     let block = if inner.consumers.len() > 1 {
         // Several subjects share the fetcher: keep each pull short so none waits long.
@@ -79,7 +108,7 @@ async fn round(inner: &Inner, turn: usize, want: usize) -> Result<(), SourceErro
     let mut got = 0usize;
     loop {
         let next = match tokio::time::timeout(patience, batch.next()).await {
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(got),
             Ok(None) => break,
             Ok(Some(next)) => next,
         };
@@ -92,7 +121,7 @@ async fn round(inner: &Inner, turn: usize, want: usize) -> Result<(), SourceErro
         // A quiet round still clears an error a previous round left.
         inner.inbox.deliver(Vec::new());
     }
-    Ok(())
+    Ok(got)
 }
 
 /// Turns a delivered message into what `next()` returns.

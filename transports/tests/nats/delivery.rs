@@ -219,3 +219,24 @@ async fn a_server_restart_under_a_running_source_loses_nothing() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_under_a_running_source_is_created_again() {
+    let server = Server::start();
+    let src = server.source("node-a").await;
+    let p = server.producer().await;
+    let stream = p.jetstream().get_stream(DEFAULT_STREAM).await.unwrap();
+    stream.delete_consumer("workers").await.unwrap();
+    enqueue_job(&p, "after-delete", "noop").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        let r = src.next(1).await;
+        if let Ok(got) = r {
+            if !got.is_empty() {
+                break got;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never delivered");
+    };
+    assert_eq!(job(&got[0]).id.as_str(), "after-delete");
+}

@@ -25,6 +25,8 @@ pub const EVENTS_SUBJECTS: &str = "stream.v1.>";
 /// The key-value buckets of cancellations and job statuses.
 pub const CANCEL_BUCKET: &str = "citadel-cancel";
 pub const STATUS_BUCKET: &str = "citadel-status";
+/// The key-value bucket counting releases per message (see `release`).
+pub const RELEASED_BUCKET: &str = "citadel-released";
 /// The default message size limit: 16 MiB (nats-server's own limit is usually 1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
@@ -176,7 +178,7 @@ pub fn token(job: &JobId) -> String {
     token_of(job.as_str())
 }
 
-fn token_of(s: &str) -> String {
+pub(crate) fn token_of(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');

@@ -3,8 +3,8 @@
 //! round sends one pull request for exactly the free slots (`batch = want`, `expires = block`)
 //! to one consumer (rotating when several subjects are consumed) and hands every message to the
 //! inbox the moment it arrives, so a partly filled request never delays the messages it already
-//! has. The attempt is the message's delivery count. It owns the backoff after failures (the
-//! client reconnects by itself); it must never settle a message.
+//! has. The attempt is the message's delivery count less its releases (`release`). It owns the
+//! backoff after failures (the client reconnects by itself); it must never settle a message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +114,7 @@ async fn round(inner: &Inner, turn: usize, want: usize) -> Result<usize, SourceE
         };
         let msg = next.map_err(|e| super::setup::map_err(&format!("pulling from {subject}"), e))?;
         got += 1;
-        let item = admit(inner, msg);
+        let item = admit(inner, msg).await;
         inner.inbox.deliver(vec![item]);
     }
     if got == 0 {
@@ -125,13 +125,16 @@ async fn round(inner: &Inner, turn: usize, want: usize) -> Result<usize, SourceE
 }
 
 /// Turns a delivered message into what `next()` returns.
-fn admit(inner: &Inner, msg: async_nats::jetstream::Message) -> Incoming {
+async fn admit(inner: &Inner, msg: async_nats::jetstream::Message) -> Incoming {
     let reply = msg
         .reply
         .as_ref()
         .map(|r| r.to_string())
         .unwrap_or_default();
-    let attempt = super::message::ack_info(&reply).map_or(1, |i| i.delivered);
+    let attempt = match super::message::ack_info(&reply) {
+        Some(info) => super::release::attempt(&inner.released, &inner.cfg.stream, info).await,
+        None => 1,
+    };
     let item = to_incoming(
         &msg.payload,
         msg.subject.as_str(),

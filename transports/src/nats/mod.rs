@@ -10,20 +10,22 @@
 //!   `Nats-Msg-Id: <jobId>` so a job published twice within the duplicate window is stored once.
 //! - **Claiming** is one background fetcher (`fetch`) that sends pull requests for exactly the
 //!   free slots into the inbox `next()` drains: `next()` is cancel-safe. The **attempt** is the
-//!   message's delivery count. The receipt is the message's ack subject (it names the stream
+//!   message's delivery count less the releases recorded for it (`release`). The receipt is the message's ack subject (it names the stream
 //!   sequence and survives a restart of either side).
 //! - **Lease** = the consumer's `ack_wait`; `extend_lease` sends `+WPI` (in progress) and then
 //!   looks the message up: gone from the stream (acked or terminated by anyone) is
 //!   [`Lease::Lost`].
 //! - **Ack** = `+ACK`, **retry** = `-NAK` with the delay, **dead-letter** = publish to
-//!   `dlq.v1.<suffix>` (stream `DLQ`), then `+TERM`. Every one is sent as a request, so it
-//!   returns once the server has applied it (a double ack).
+//!   `dlq.v1.<suffix>` (stream `DLQ`), then `+TERM`, **release** = a count in the bucket
+//!   `citadel-released`, then `-NAK`. Every one is sent as a request, so it returns once the
+//!   server has applied it (a double ack).
 //!
 //! What NATS cannot do, and how it is handled:
-//! - **Release counts a delivery**: a `-NAK` without delay gives the job back at once, but the
-//!   server counts the delivery. The consumer has no `max_deliver`, so nothing is lost; the
-//!   runner's `maxAttempts` rule (broker count vs journal) decides, which means a job released
-//!   at shutdown several times in a row can reach the dead-letter queue one attempt early.
+//! - **Release counts a delivery** on the server: a `-NAK` gives the job back at once, but the
+//!   delivery count goes up. The release is therefore recorded in a bucket and subtracted from
+//!   the count (a lookup only for redeliveries); if the bucket cannot be read, the server's count
+//!   stands. The consumer has no `max_deliver`, so the server never drops a job on its own: the
+//!   runner's `maxAttempts` rule decides.
 //! - **No ownership check**: the server does not tell a worker that its delivery went to another
 //!   worker (its `ack_wait` ran out). Such a late `+ACK` still acks the message, and
 //!   `extend_lease` reports [`Lease::Lost`] only once the message is gone; settle never returns
@@ -37,6 +39,7 @@ mod fetch;
 mod local;
 mod message;
 mod producer;
+mod release;
 mod setup;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,6 +76,7 @@ pub(crate) struct Inner {
     consumers: Vec<(String, consumer::PullConsumer)>,
     cancel: kv::Store,
     status: kv::Store,
+    released: kv::Store,
     inbox: Inbox,
 }
 
@@ -109,6 +113,7 @@ impl NatsSource {
             consumers: objects.consumers,
             cancel: objects.cancel,
             status: objects.status,
+            released: objects.released,
             inbox: Inbox::default(),
         });
         let fetcher = tokio::spawn(fetch::run(inner.clone()));
@@ -253,7 +258,16 @@ impl JobSource for NatsSource {
             Settlement::DeadLetter { reason } => {
                 self.dead_letter(receipt, info, reason, ctx).await?
             }
-            Settlement::Release => self.ack(receipt, AckKind::Nak(None)).await?,
+            Settlement::Release => {
+                // Recorded first, so the next delivery already sees it.
+                release::record(
+                    &self.inner.released,
+                    &self.inner.cfg.stream,
+                    info.stream_sequence,
+                )
+                .await?;
+                self.ack(receipt, AckKind::Nak(None)).await?
+            }
         }
         debug!(receipt = %receipt, settlement = settlement.name(), "settled");
         Ok(())

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::config::{
     NatsConfig, CANCEL_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS,
-    STATUS_BUCKET,
+    RELEASED_BUCKET, STATUS_BUCKET,
 };
 use crate::source::SourceError;
 
@@ -73,6 +73,7 @@ pub(crate) struct Objects {
     pub consumers: Vec<(String, consumer::PullConsumer)>,
     pub cancel: kv::Store,
     pub status: kv::Store,
+    pub released: kv::Store,
 }
 
 pub(crate) async fn ensure(
@@ -150,12 +151,14 @@ pub(crate) async fn ensure(
     }
     let cancel = bucket(js, CANCEL_BUCKET, cfg).await?;
     let status = bucket(js, STATUS_BUCKET, cfg).await?;
+    let released = bucket(js, RELEASED_BUCKET, cfg).await?;
     info!(stream = %cfg.stream, subjects = ?cfg.subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
     Ok(Objects {
         jobs,
         consumers,
         cancel,
         status,
+        released,
     })
 }
 

@@ -112,6 +112,19 @@ async fn close_hands_back_what_was_claimed_and_release_gives_it_to_another_worke
         released.elapsed() < Duration::from_secs(2),
         "released jobs waited for the lease"
     );
-    // NATS counts the released delivery (documented): the runner's attempt rule decides.
-    assert!(got.iter().all(|i| job(i).attempt == 2));
+    // The server counts the released delivery; the source does not.
+    assert!(got.iter().all(|i| job(i).attempt == 1), "{got:?}");
+    // A real failure after that is attempt 2.
+    b.settle(
+        got[0].receipt(),
+        &Settlement::Retry {
+            delay: Duration::ZERO,
+        },
+        &ctx(),
+    )
+    .await
+    .unwrap();
+    let again = next_within(&b, 1, Duration::from_secs(5)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(job(&again[0]).attempt, 2);
 }

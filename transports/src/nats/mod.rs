@@ -127,11 +127,6 @@ impl NatsSource {
         &self.inner.cfg
     }
 
-    /// The connection, for producers in the same process (bench, submit).
-    pub fn client(&self) -> &async_nats::Client {
-        &self.inner.client
-    }
-
     fn ack_info(&self, r: &Receipt) -> Result<AckInfo, SourceError> {
         if !self.inner.cfg.subjects.iter().any(|s| s == r.queue()) {
             return Err(SourceError::Config(format!(

@@ -16,7 +16,9 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use super::redis::{drain, latency, plan, print_figures, run_worker, Latency, Load, Throughput};
+use super::redis::{
+    drain, finish_latency, plan, print_figures, run_worker, Latency, Load, Throughput,
+};
 use super::TimedNoop;
 
 #[derive(Debug, Args)]
@@ -109,7 +111,7 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     let setup = Setup::new(&url, &tmp, run_no);
     let timer = Arc::new(TimedNoop::default());
     let source = setup.source().await?;
-    let (counters, shutdown, task, _) = run_worker(
+    let started = run_worker(
         source,
         &setup.dir,
         args.load.latency_concurrency,
@@ -118,24 +120,8 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     )
     .await?;
     let enqueued = offer_load(&setup, args.load.rate, args.load.latency_for).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counters
-        .succeeded
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < enqueued.len() as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    task.await??;
+    let latency = finish_latency(started, &enqueued, &args.load).await?;
     std::fs::remove_dir_all(&tmp).ok();
-    let latency = latency(
-        &timer,
-        &enqueued,
-        args.load.rate,
-        args.load.latency_concurrency,
-    )?;
     let report = Report {
         nats: if local.is_some() {
             "local nats-server -js (started by the bench)".into()

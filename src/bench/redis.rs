@@ -145,7 +145,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
         dir: tmp.join(format!("run-{run_no}")),
     };
     let timer = Arc::new(TimedNoop::default());
-    let (counters, shutdown, task, _) = start_worker(
+    let started = start_worker(
         &setup,
         args.load.latency_concurrency,
         Durability::Durable,
@@ -153,21 +153,8 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     )
     .await?;
     let enqueued = offer_load(&setup, args.load.rate, args.load.latency_for).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counters.succeeded.load(Ordering::Relaxed) < enqueued.len() as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    task.await??;
+    let latency = finish_latency(started, &enqueued, &args.load).await?;
     std::fs::remove_dir_all(&tmp).ok();
-    let latency = latency(
-        &timer,
-        &enqueued,
-        args.load.rate,
-        args.load.latency_concurrency,
-    )?;
     print(
         &Report {
             redis: if local.is_some() {
@@ -284,13 +271,23 @@ pub(super) async fn drain(
     })
 }
 
-/// The dispatch latency percentiles of a latency run.
-pub(super) fn latency(
-    timer: &TimedNoop,
+/// Waits (a minute at most) until the latency run's jobs have run, stops the worker and
+/// computes the dispatch latency percentiles.
+pub(super) async fn finish_latency(
+    started: Started,
     enqueued: &[(String, Instant)],
-    rate: u64,
-    concurrency: usize,
+    load: &Load,
 ) -> anyhow::Result<Latency> {
+    let (counters, shutdown, task, timer) = started;
+    let timer = timer.context("the latency run needs a timed worker")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.succeeded.load(Ordering::Relaxed) < enqueued.len() as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    task.await??;
     let ms = timer.latencies_ms(enqueued);
     anyhow::ensure!(
         !ms.is_empty() && ms.len() == enqueued.len(),
@@ -300,8 +297,8 @@ pub(super) fn latency(
     );
     let pct = |p: f64| super::percentile(&ms, p);
     Ok(Latency {
-        rate,
-        concurrency,
+        rate: load.rate,
+        concurrency: load.latency_concurrency,
         jobs: ms.len(),
         p50_ms: pct(0.50),
         p90_ms: pct(0.90),

@@ -75,7 +75,6 @@ pub(crate) struct Inner {
     jobs: stream::Stream,
     consumers: Vec<(String, consumer::PullConsumer)>,
     cancel: kv::Store,
-    status: kv::Store,
     released: kv::Store,
     inbox: Inbox,
 }
@@ -112,7 +111,6 @@ impl NatsSource {
             jobs: objects.jobs,
             consumers: objects.consumers,
             cancel: objects.cancel,
-            status: objects.status,
             released: objects.released,
             inbox: Inbox::default(),
         });
@@ -286,24 +284,7 @@ impl JobSource for NatsSource {
     }
 
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
-        let json = event.to_json();
-        let subject = NatsConfig::events_subject(&event.job_id);
-        // One JetStream publish reaches the core subscribers of the subject and the EVENTS
-        // stream; awaiting its ack keeps a job's events in order.
-        let send_event = async {
-            self.inner
-                .js
-                .publish(subject, json.into())
-                .await
-                .map_err(|e| map_err("publishing a job event", e))?
-                .await
-                .map_err(|e| map_err("publishing a job event", e))
-                .map(drop)
-        };
-        let send_status = async {
-            let Some((status, error)) = event.status() else {
-                return Ok(());
-            };
+        if let Some((status, error)) = event.status() {
             let mut v = serde_json::json!({
                 "status": status.as_str(),
                 "worker_id": self.inner.cfg.worker_id,
@@ -312,15 +293,31 @@ impl JobSource for NatsSource {
             if let Some(error) = error {
                 v["error"] = error.into();
             }
+            // The status is advisory: a plain publish to the bucket's subject without waiting
+            // for the store's ack (waiting cost 10-20 % of throughput in `citadel bench nats`).
+            // It goes first on this connection, so the server has it when the event's ack
+            // comes back.
+            let subject = format!("$KV.{STATUS_BUCKET}.{}", token(&event.job_id));
             self.inner
-                .status
-                .put(token(&event.job_id), v.to_string().into())
+                .client
+                .publish(subject, v.to_string().into())
                 .await
-                .map(drop)
-                .map_err(|e| map_err("writing the job status", e))
-        };
-        let (a, b) = tokio::join!(send_event, send_status);
-        a.and(b)
+                .map_err(|e| map_err("writing the job status", e))?;
+        }
+        // One JetStream publish reaches the core subscribers of the subject and the EVENTS
+        // stream; awaiting its ack keeps a job's events in order.
+        let what = "publishing a job event";
+        self.inner
+            .js
+            .publish(
+                NatsConfig::events_subject(&event.job_id),
+                event.to_json().into(),
+            )
+            .await
+            .map_err(|e| map_err(what, e))?
+            .await
+            .map_err(|e| map_err(what, e))?;
+        Ok(())
     }
 
     async fn health(&self) -> Health {

@@ -72,7 +72,6 @@ pub(crate) struct Objects {
     /// One durable pull consumer per job subject, in the order of `cfg.subjects`.
     pub consumers: Vec<(String, consumer::PullConsumer)>,
     pub cancel: kv::Store,
-    pub status: kv::Store,
     pub released: kv::Store,
 }
 
@@ -150,14 +149,14 @@ pub(crate) async fn ensure(
         .map_err(|e| map_err(&format!("creating the stream {name}"), e))?;
     }
     let cancel = bucket(js, CANCEL_BUCKET, cfg).await?;
-    let status = bucket(js, STATUS_BUCKET, cfg).await?;
+    // Written by plain publishes to its subject (see `publish`), so only created here.
+    bucket(js, STATUS_BUCKET, cfg).await?;
     let released = bucket(js, RELEASED_BUCKET, cfg).await?;
     info!(stream = %cfg.stream, subjects = ?cfg.subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
     Ok(Objects {
         jobs,
         consumers,
         cancel,
-        status,
         released,
     })
 }

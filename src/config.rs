@@ -86,6 +86,7 @@ pub struct TransportsSection {
     pub nexus: Option<NexusSection>,
     pub auto: Option<AutoSection>,
     pub websocket: Option<WebSocketSection>,
+    pub nats: Option<NatsSection>,
 }
 
 /// How `--transport auto` switches (durations such as `3s`).
@@ -105,6 +106,21 @@ pub struct WebSocketSection {
     /// A file holding the bearer token (default: `transports.nexus.token_file`, else the local
     /// control plane's token).
     pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats://host:port` (comma separated for a cluster).
+    pub url: Option<String>,
+    /// The JetStream stream of the job subjects (default `JOBS`).
+    pub stream: Option<String>,
+    /// The job subjects to consume (default `[jobs.v1.gpu-general]`).
+    pub subjects: Option<Vec<String>>,
+    /// The durable pull consumer (default `workers`).
+    pub consumer: Option<String>,
+    /// A `.creds` file (the credentials never go into this file).
+    pub credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +489,19 @@ mod tests {
         assert_eq!(c.permissions.shell.enabled, Some(true));
         assert_eq!(c.llm.engines.unwrap()["vllm"], "http://10.0.0.2:8000");
         assert_eq!(c.llm.idle_timeout.as_deref(), Some("10s"));
+    }
+
+    #[test]
+    fn the_nats_section_parses() {
+        let c = FileConfig::parse(
+            "transports:\n  nats:\n    url: nats://127.0.0.1:4222\n    stream: JOBS\n    \
+             subjects: [jobs.v1.a, jobs.v1.b]\n    consumer: fleet\n    credentials_file: /etc/n.creds\n",
+        )
+        .unwrap();
+        let nats = c.transports.nats.unwrap();
+        assert_eq!(nats.subjects.unwrap(), vec!["jobs.v1.a", "jobs.v1.b"]);
+        assert_eq!(nats.consumer.as_deref(), Some("fleet"));
+        assert!(FileConfig::parse("transports:\n  nats:\n    subject: x\n").is_err());
     }
 
     #[test]

@@ -81,8 +81,8 @@ async fn auto_falls_back_when_redis_dies_and_upgrades_back_without_losing_or_rep
 
     let data = tmp.path().join("worker");
     std::fs::create_dir_all(&data).unwrap();
-    let mut worker = Worker::start_with_url(
-        &server_url,
+    let mut worker = Worker::start_on(
+        &["--redis-url", &server_url],
         &data,
         &[
             "--transport",

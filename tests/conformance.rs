@@ -8,6 +8,9 @@
 #[path = "../transports/tests/redis/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../transports/tests/nats/harness.rs"]
+#[allow(dead_code)]
+mod nats_harness;
 #[path = "nexus/support.rs"]
 #[allow(dead_code)]
 mod plane;
@@ -16,6 +19,8 @@ mod plane;
 mod auto;
 #[path = "conformance/fixture.rs"]
 mod fixture;
+#[path = "conformance/nats.rs"]
+mod nats;
 #[path = "conformance/nexus.rs"]
 mod nexus;
 #[path = "conformance/redis.rs"]
@@ -81,6 +86,7 @@ macro_rules! conformance {
 }
 
 conformance!(redis, crate::redis_fixture::RedisFixture);
+conformance!(nats_jetstream, crate::nats::NatsFixture);
 conformance!(nexus_http, crate::nexus::NexusFixture);
 conformance!(websocket_push, crate::websocket::WebSocketFixture);
 conformance!(auto_over_redis_and_nexus, crate::auto::AutoFixture);

@@ -1,9 +1,13 @@
 //! `citadel work` against a real redis-server: the real binary as a child process, a producer
-//! that writes entries exactly as SPEC §9.1 and reads the events of §9.2.
+//! that writes entries exactly as SPEC §9.1 and reads the events of §9.2. `worker/nats.rs` does
+//! the same against a real nats-server.
 
 #[path = "../transports/tests/redis/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../transports/tests/nats/harness.rs"]
+#[allow(dead_code)]
+mod nats_harness;
 #[path = "worker/support.rs"]
 mod support;
 
@@ -11,5 +15,7 @@ mod support;
 mod lifecycle;
 #[path = "worker/llm.rs"]
 mod llm;
+#[path = "worker/nats.rs"]
+mod nats;
 #[path = "worker/recovery.rs"]
 mod recovery;

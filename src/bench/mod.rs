@@ -4,6 +4,7 @@
 pub mod engine;
 mod journal;
 mod llm;
+mod nats;
 mod nexus;
 mod platform;
 mod redis;
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     /// LLM token relay through Redis: added latency per token (p50/p99) at a fixed token rate,
     /// the most tokens/s of one stream and of 64 concurrent streams.
     Llm(llm::LlmBench),
+    /// No-op jobs through NATS JetStream: jobs/s at several concurrencies (journal durable and,
+    /// for comparison, buffered) and publish → handler-start latency at a fixed offered load.
+    Nats(nats::NatsBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -41,6 +45,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Platform(args) => platform::run(args).await,
         BenchCommand::WebSocket(args) => websocket::run(args).await,
         BenchCommand::Llm(args) => llm::run(args).await,
+        BenchCommand::Nats(args) => nats::run(args).await,
     }
 }
 

@@ -25,27 +25,45 @@ pub struct RedisBench {
     /// Redis to use (default: start a local redis-server on a free port).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    #[command(flatten)]
+    load: Load,
+}
+
+/// The load of a transport bench (shared by the redis and nats benches).
+#[derive(Debug, Args)]
+pub(super) struct Load {
     /// Concurrency levels to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    concurrency: Vec<usize>,
+    pub concurrency: Vec<usize>,
     /// Jobs per throughput run (a quarter of it at concurrency 1).
     #[arg(long, default_value_t = 20_000)]
-    jobs: u64,
+    pub jobs: u64,
     /// Offered load of the latency run, jobs per second.
     #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    pub rate: u64,
     /// Length of the latency run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    latency_for: Duration,
+    pub latency_for: Duration,
     /// Worker concurrency during the latency run.
     #[arg(long, default_value_t = 16)]
-    latency_concurrency: usize,
+    pub latency_concurrency: usize,
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+impl Load {
+    /// Jobs of the throughput run at `concurrency` (a quarter at concurrency 1).
+    pub fn jobs_at(&self, concurrency: usize) -> u64 {
+        if concurrency == 1 {
+            self.jobs / 4
+        } else {
+            self.jobs
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
-struct Throughput {
+pub(super) struct Throughput {
     concurrency: usize,
     durable: bool,
     jobs: u64,
@@ -54,7 +72,7 @@ struct Throughput {
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(super) struct Latency {
     rate: u64,
     concurrency: usize,
     jobs: usize,
@@ -83,21 +101,9 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("citadel-bench-redis-{}", std::process::id()));
     let mut throughput = Vec::new();
     let mut run_no = 0;
-    let mut plan: Vec<(usize, Durability)> = args
-        .concurrency
-        .iter()
-        .map(|&c| (c, Durability::Durable))
-        .collect();
-    if let Some(&max) = args.concurrency.iter().max() {
-        plan.push((max, Durability::Buffered));
-    }
-    for (concurrency, durability) in plan {
+    for (concurrency, durability) in plan(&args.load.concurrency) {
         run_no += 1;
-        let jobs = if concurrency == 1 {
-            args.jobs / 4
-        } else {
-            args.jobs
-        };
+        let jobs = args.load.jobs_at(concurrency);
         let setup = Setup {
             url: url.clone(),
             stream: format!("bench:{}:{run_no}", std::process::id()),
@@ -112,34 +118,15 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
             }
         );
         enqueue_all(&setup, jobs).await?;
-        let (runner, shutdown, task) =
-            start_worker(&setup, concurrency, durability, vec![]).await?;
-        let started = Instant::now();
-        let counters = runner;
-        while counters.succeeded.load(Ordering::Relaxed) < jobs {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(600),
-                "the worker stalled"
-            );
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        shutdown.cancel();
-        task.await??;
+        let started = start_worker(&setup, concurrency, durability, vec![]).await?;
+        throughput.push(drain(started, concurrency, durability, jobs).await?);
         std::fs::remove_dir_all(&setup.dir).ok();
-        throughput.push(Throughput {
-            concurrency,
-            durable: durability == Durability::Durable,
-            jobs,
-            seconds,
-            jobs_per_sec: jobs as f64 / seconds,
-        });
     }
 
     run_no += 1;
     eprintln!(
         "[{run_no}] dispatch latency: {} jobs/s for {:?} at concurrency {}…",
-        args.rate, args.latency_for, args.latency_concurrency
+        args.load.rate, args.load.latency_for, args.load.latency_concurrency
     );
     let setup = Setup {
         url: url.clone(),
@@ -147,41 +134,16 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
         dir: tmp.join(format!("run-{run_no}")),
     };
     let timer = Arc::new(TimedNoop::default());
-    let (counters, shutdown, task) = start_worker(
+    let started = start_worker(
         &setup,
-        args.latency_concurrency,
+        args.load.latency_concurrency,
         Durability::Durable,
         vec![("noop", timer.clone())],
     )
     .await?;
-    let enqueued = offer_load(&setup, args.rate, args.latency_for).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counters.succeeded.load(Ordering::Relaxed) < enqueued.len() as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    task.await??;
+    let enqueued = offer_load(&setup, args.load.rate, args.load.latency_for).await?;
+    let latency = finish_latency(started, &timer, &enqueued, &args.load).await?;
     std::fs::remove_dir_all(&tmp).ok();
-    let ms = timer.latencies_ms(&enqueued);
-    anyhow::ensure!(
-        ms.len() == enqueued.len(),
-        "{} of {} latency jobs ran",
-        ms.len(),
-        enqueued.len()
-    );
-    let pct = |p: f64| super::percentile(&ms, p);
-    let latency = Latency {
-        rate: args.rate,
-        concurrency: args.latency_concurrency,
-        jobs: ms.len(),
-        p50_ms: pct(0.50),
-        p90_ms: pct(0.90),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-        max_ms: ms[ms.len() - 1],
-    };
     print(
         &Report {
             redis: if local.is_some() {
@@ -192,7 +154,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
             throughput,
             latency,
         },
-        args.json,
+        args.load.json,
     )
 }
 
@@ -273,6 +235,84 @@ async fn offer_load(
     Ok(out)
 }
 
+/// The throughput runs: each concurrency with the journal durable, then the highest one with it
+/// buffered, for comparison.
+pub(super) fn plan(concurrency: &[usize]) -> Vec<(usize, Durability)> {
+    let mut plan: Vec<(usize, Durability)> = concurrency
+        .iter()
+        .map(|&c| (c, Durability::Durable))
+        .collect();
+    if let Some(&max) = concurrency.iter().max() {
+        plan.push((max, Durability::Buffered));
+    }
+    plan
+}
+
+/// Waits until the worker has run `jobs` jobs, stops it and reports the rate.
+pub(super) async fn drain(
+    started: Started,
+    concurrency: usize,
+    durability: Durability,
+    jobs: u64,
+) -> anyhow::Result<Throughput> {
+    let (counters, shutdown, task) = started;
+    let began = Instant::now();
+    while counters.succeeded.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the worker stalled"
+        );
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    Ok(Throughput {
+        concurrency,
+        durable: durability == Durability::Durable,
+        jobs,
+        seconds,
+        jobs_per_sec: jobs as f64 / seconds,
+    })
+}
+
+/// Waits (a minute at most) until the latency run's jobs have run, stops the worker and
+/// computes the dispatch latency percentiles.
+pub(super) async fn finish_latency(
+    started: Started,
+    timer: &TimedNoop,
+    enqueued: &[(String, Instant)],
+    load: &Load,
+) -> anyhow::Result<Latency> {
+    let (counters, shutdown, task) = started;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.succeeded.load(Ordering::Relaxed) < enqueued.len() as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    task.await??;
+    let ms = timer.latencies_ms(enqueued);
+    anyhow::ensure!(
+        !ms.is_empty() && ms.len() == enqueued.len(),
+        "{} of {} latency jobs ran",
+        ms.len(),
+        enqueued.len()
+    );
+    let pct = |p: f64| super::percentile(&ms, p);
+    Ok(Latency {
+        rate: load.rate,
+        concurrency: load.latency_concurrency,
+        jobs: ms.len(),
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: ms[ms.len() - 1],
+    })
+}
+
 pub(super) type Started = (
     Arc<crate::runner::Counters>,
     CancellationToken,
@@ -287,17 +327,29 @@ pub(super) async fn start_worker(
     durability: Durability,
     handlers: Vec<(&str, Arc<dyn crate::handlers::Handler>)>,
 ) -> anyhow::Result<Started> {
+    let mut cfg = RedisConfig::new(setup.url.clone(), "bench-worker");
+    cfg.streams = vec![setup.stream.clone()];
+    cfg.group = "bench".into();
+    let source: Arc<dyn JobSource> = Arc::new(RedisSource::connect(cfg).await?);
+    run_worker(source, &setup.dir, concurrency, durability, handlers).await
+}
+
+/// Runs the real runner with a journal in `dir` on `source`, with the built-in handlers and
+/// `handlers` registered over them.
+pub(super) async fn run_worker(
+    source: Arc<dyn JobSource>,
+    dir: &std::path::Path,
+    concurrency: usize,
+    durability: Durability,
+    handlers: Vec<(&str, Arc<dyn crate::handlers::Handler>)>,
+) -> anyhow::Result<Started> {
     let (journal, _) = Journal::open(
-        &setup.dir,
+        dir,
         JournalOptions {
             durability,
             recover: true,
         },
     )?;
-    let mut cfg = RedisConfig::new(setup.url.clone(), "bench-worker");
-    cfg.streams = vec![setup.stream.clone()];
-    cfg.group = "bench".into();
-    let source: Arc<dyn JobSource> = Arc::new(RedisSource::connect(cfg).await?);
     let mut registry = Registry::builtin(ShellPolicy::default());
     for (name, handler) in handlers {
         registry.register(name, handler);
@@ -321,8 +373,13 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         "no-op jobs through Redis Streams, one worker process ({})",
         report.redis
     );
-    let rows: Vec<Vec<String>> = report
-        .throughput
+    print_figures(&report.throughput, &report.latency);
+    Ok(())
+}
+
+/// The throughput table, the cost of durability and the latency line.
+pub(super) fn print_figures(throughput: &[Throughput], latency: &Latency) {
+    let rows: Vec<Vec<String>> = throughput
         .iter()
         .map(|t| {
             vec![
@@ -338,15 +395,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         &["CONCURRENCY", "JOURNAL", "JOBS", "SECONDS", "JOBS/S"],
         &rows,
     );
-    let max = report
-        .throughput
-        .iter()
-        .map(|t| t.concurrency)
-        .max()
-        .unwrap_or(0);
+    let max = throughput.iter().map(|t| t.concurrency).max().unwrap_or(0);
     let at = |durable: bool| {
-        report
-            .throughput
+        throughput
             .iter()
             .find(|t| t.concurrency == max && t.durable == durable)
             .map(|t| t.jobs_per_sec)
@@ -357,10 +408,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
             100.0 * (1.0 - on / off).max(0.0)
         );
     }
-    let l = &report.latency;
+    let l = latency;
     println!(
         "enqueue → handler start at {} jobs/s (concurrency {}, {} jobs): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         l.rate, l.concurrency, l.jobs, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
     );
-    Ok(())
 }

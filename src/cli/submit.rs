@@ -1,6 +1,7 @@
 //! `citadel submit TYPE [KEY=VALUE | KEY:=JSON …] [--payload JSON] [--wait]`: enqueues one job on
-//! a control plane (`--nexus`, `CITADEL_NEXUS_URL`, else the local one) or on Redis
-//! (`--redis-url`/`CITADEL_REDIS_URL`, in the wire format of SPEC §9.1). With `--wait` it streams
+//! a control plane (`--nexus`, `CITADEL_NEXUS_URL`, else the local one), on Redis
+//! (`--redis-url`/`CITADEL_REDIS_URL`, in the wire format of SPEC §9.1) or on NATS JetStream
+//! (`--nats-url`/`CITADEL_NATS_URL`, the same fields as a JSON message on `--subject`). With `--wait` it streams
 //! the job's events as they come (chunks to stdout at once), prints the result and exits non-zero
 //! when the job fails, is cancelled or dead-lettered, or the timeout passes. It never runs a job.
 
@@ -45,6 +46,13 @@ pub struct SubmitArgs {
     /// The Redis job stream.
     #[arg(long, default_value = "jobs:v1:gpu-general", value_name = "STREAM")]
     stream: String,
+    /// Submit to NATS JetStream instead (a job message on --subject; a worker must have
+    /// created the stream).
+    #[arg(long, env = "CITADEL_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+    /// The NATS job subject.
+    #[arg(long, default_value = "jobs.v1.gpu-general", value_name = "SUBJECT")]
+    subject: String,
 }
 
 /// Builds the payload from `--payload` and the KEY=VALUE / KEY:=JSON fields.
@@ -78,6 +86,9 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
     let timeout = format::parse_duration(&args.timeout).context("--timeout")?;
     if let (Some(url), None) = (&args.redis_url, &args.plane.nexus_url) {
         return redis_submit(&args, url, payload, timeout).await;
+    }
+    if let (Some(url), None) = (&args.nats_url, &args.plane.nexus_url) {
+        return nats_submit(&args, url, payload, timeout).await;
     }
     let plane = args.plane.locate(data_dir)?;
     let mut body = json!({"type": args.job_type, "payload": payload});
@@ -324,6 +335,62 @@ async fn redis_submit(
         }
     }
     bail!("job {id}: no result within {}", args.timeout)
+}
+
+/// NATS: a job message with `Nats-Msg-Id: jobId`; with --wait, the job's events from the
+/// EVENTS stream (history first, so nothing published before we listened is missed).
+async fn nats_submit(
+    args: &SubmitArgs,
+    url: &str,
+    payload: Map<String, Value>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use citadel_transports::nats::NatsProducer;
+    use futures_util::StreamExt as _;
+
+    let cfg = citadel_transports::NatsConfig::new(url, "citadel-submit");
+    let producer = NatsProducer::connect(&cfg)
+        .await
+        .context("connecting to nats")?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(crate::nexus::store::new_job_id);
+    let job_id = citadel_transports::JobId::new(id.clone()).context("--id")?;
+    let mut payload = payload;
+    if let Some(n) = args.max_attempts {
+        payload.insert("maxAttempts".into(), n.into());
+    }
+    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
+    let body = json!({"jobId": id, "type": args.job_type, "payload": payload, "enqueuedAt": now});
+    producer.enqueue(&args.subject, &body).await.with_context(|| {
+        format!(
+            "publishing to {} (no stream holds it? `citadel work --transport nats` creates the JOBS stream)",
+            args.subject
+        )
+    })?;
+    if !args.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!("submitted {id} ({}) to {}", args.job_type, args.subject);
+    let follow = async {
+        let mut events = producer
+            .follow(&job_id)
+            .await
+            .context("following the job's events")?;
+        while let Some(ev) = events.next().await {
+            let (_, ev) = ev.context("reading the job's events")?;
+            if let Some(o) = render(&ev) {
+                return o.map_err(|e| anyhow::anyhow!("job {id} {e}"));
+            }
+        }
+        bail!("job {id}: the event stream ended")
+    };
+    match tokio::time::timeout(timeout, follow).await {
+        Ok(r) => r,
+        Err(_) => bail!("job {id}: no result within {}", args.timeout),
+    }
 }
 
 #[cfg(test)]

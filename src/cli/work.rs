@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
 use citadel_transports::{
-    websocket, AutoConfig, AutoSource, Backoff, Candidate, JobSource, NexusConfig, NexusSource,
-    RedisConfig, RedisSource, WebSocketConfig, WebSocketSource,
+    websocket, AutoConfig, AutoSource, Backoff, Candidate, JobSource, NatsConfig, NatsSource,
+    NexusConfig, NexusSource, RedisConfig, RedisSource, WebSocketConfig, WebSocketSource,
 };
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub enum TransportKind {
     Auto,
     /// Redis Streams consumer group (the production path).
     Redis,
+    /// NATS JetStream durable pull consumer (`--nats-url`).
+    Nats,
     /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
     /// citadel control plane.
     Nexus,
@@ -53,7 +55,7 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct WorkArgs {
     /// The transport to take jobs from. Default `auto`: the best healthy configured transport
-    /// (redis > websocket > nexus), or, with none configured, an embedded control plane on
+    /// (redis > nats > websocket > nexus), or, with none configured, an embedded control plane on
     /// loopback.
     #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
     transport: Option<TransportKind>,
@@ -105,6 +107,28 @@ pub struct WorkArgs {
     /// Redis URL (default redis://127.0.0.1:6379).
     #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
+    /// NATS server(s), e.g. nats://127.0.0.1:4222 (comma separated for a cluster).
+    #[arg(long, env = "CITADEL_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream holding the job subjects (default JOBS; created with subjects
+    /// jobs.v1.> and work-queue retention when missing).
+    #[arg(long, env = "CITADEL_NATS_STREAM", value_name = "STREAM")]
+    nats_stream: Option<String>,
+    /// Job subject(s) to consume, repeatable or comma separated (default jobs.v1.gpu-general).
+    #[arg(
+        long = "nats-subject",
+        env = "CITADEL_NATS_SUBJECTS",
+        value_delimiter = ',',
+        value_name = "SUBJECT"
+    )]
+    nats_subjects: Vec<String>,
+    /// The durable pull consumer shared by the fleet (default `workers`; with several subjects,
+    /// one durable per subject: `workers-jobs_v1_…`).
+    #[arg(long, env = "CITADEL_NATS_CONSUMER", value_name = "NAME")]
+    nats_consumer: Option<String>,
+    /// A NATS credentials file (.creds: JWT and NKey seed).
+    #[arg(long, env = "CITADEL_NATS_CREDENTIALS", value_name = "FILE")]
+    nats_credentials: Option<PathBuf>,
     /// Job stream(s) to consume, repeatable or comma separated (default jobs:v1:gpu-general).
     #[arg(
         long = "stream",
@@ -318,6 +342,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     let nexus_file = file.transports.nexus.unwrap_or_default();
     let auto_file = file.transports.auto;
     let ws_file = file.transports.websocket.unwrap_or_default();
+    let nats_file = file.transports.nats.unwrap_or_default();
     let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
     // `auto` is the default; with nothing configured at all it means the embedded control plane.
     // Best first: the order `auto` prefers them in.
@@ -325,6 +350,10 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         (
             TransportKind::Redis,
             args.redis_url.is_some() || redis_file.url.is_some(),
+        ),
+        (
+            TransportKind::Nats,
+            args.nats_url.is_some() || nats_file.url.is_some(),
         ),
         (
             TransportKind::WebSocket,
@@ -358,6 +387,13 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 candidates.push(Candidate::new("redis", move || {
                     let cfg = cfg.clone();
                     async move { Ok(Arc::new(RedisSource::connect(cfg).await?) as Arc<dyn JobSource>) }
+                }));
+            }
+            if configured.contains(&TransportKind::Nats) {
+                let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
+                candidates.push(Candidate::new("nats", move || {
+                    let cfg = cfg.clone();
+                    async move { Ok(Arc::new(NatsSource::connect(cfg).await?) as Arc<dyn JobSource>) }
                 }));
             }
             if configured.contains(&TransportKind::WebSocket) {
@@ -450,7 +486,9 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 cfg.url,
                 runner_config.concurrency
             );
-            Arc::new(connect_nexus(cfg).await?)
+            Arc::new(
+                connect_retrying("the control plane", || NexusSource::connect(cfg.clone())).await?,
+            )
         }
         Some(TransportKind::WebSocket) => {
             let cfg = websocket_config(
@@ -487,7 +525,21 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                 cfg.group,
                 runner_config.concurrency
             );
-            Arc::new(connect_redis(cfg).await?)
+            Arc::new(connect_retrying("redis", || RedisSource::connect(cfg.clone())).await?)
+        }
+        Some(TransportKind::Nats) => {
+            let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
+            runner_config.lease = cfg.lease;
+            eprintln!(
+                "citadel {} working: node {node_name}, worker {consumer}, nats {} stream {} subjects {} consumer {}, concurrency {}",
+                env!("CARGO_PKG_VERSION"),
+                redact(&cfg.url),
+                cfg.stream,
+                cfg.subjects.join(","),
+                cfg.consumer,
+                runner_config.concurrency
+            );
+            Arc::new(connect_retrying("nats", || NatsSource::connect(cfg.clone())).await?)
         }
     };
 
@@ -709,36 +761,37 @@ async fn keep_journal_trim(journal: Journal, policy: RetentionPolicy) {
     }
 }
 
-/// Connects, retrying with backoff while Redis is away (a configuration error stops at once).
-async fn connect_redis(cfg: RedisConfig) -> anyhow::Result<RedisSource> {
-    let mut retrier = Backoff::RECONNECT.retrier();
-    loop {
-        match RedisSource::connect(cfg.clone()).await {
-            Ok(source) => return Ok(source),
-            Err(e) if e.is_retryable() => {
-                let delay = retrier.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach redis; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e).context("connecting to redis"),
-        }
+/// The NATS settings: defaults < `transports.nats` < `CITADEL_NATS_*` < flags.
+fn nats_config(
+    args: &WorkArgs,
+    file: config::NatsSection,
+    worker_id: String,
+    lease: Duration,
+) -> anyhow::Result<NatsConfig> {
+    let url = args
+        .nats_url
+        .clone()
+        .or(file.url)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let mut cfg = NatsConfig::new(url, worker_id);
+    if !args.nats_subjects.is_empty() {
+        cfg.subjects = args.nats_subjects.clone();
+    } else if let Some(s) = file.subjects {
+        cfg.subjects = s;
     }
-}
-
-/// Connects to a control plane, retrying with backoff while it is away.
-async fn connect_nexus(cfg: NexusConfig) -> anyhow::Result<NexusSource> {
-    let mut retrier = Backoff::RECONNECT.retrier();
-    loop {
-        match NexusSource::connect(cfg.clone()).await {
-            Ok(source) => return Ok(source),
-            Err(e) if e.is_retryable() => {
-                let delay = retrier.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the control plane; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e).context("connecting to the control plane"),
-        }
+    if let Some(s) = args.nats_stream.clone().or(file.stream) {
+        cfg.stream = s;
     }
+    if let Some(c) = args.nats_consumer.clone().or(file.consumer) {
+        cfg.consumer = c;
+    }
+    cfg.credentials_file = args.nats_credentials.clone().or(file.credentials_file);
+    cfg.lease = lease;
+    if let Some(s) = args.max_payload.as_ref() {
+        cfg.max_payload_bytes =
+            usize::try_from(format::parse_size(s).context("setting `max_payload`")?)?;
+    }
+    Ok(cfg)
 }
 
 /// Connects with `connect`, retrying with backoff while the server is away (any error that is not

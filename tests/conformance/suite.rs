@@ -239,11 +239,14 @@ pub async fn a_silent_workers_lease_runs_out<F: Fixture>() {
         again.job.attempt, 2,
         "the lost delivery counted as an attempt"
     );
-    // a comes back: its lease is gone and its late settlement is refused.
-    assert_eq!(a.extend_lease(&d.receipt).await.unwrap(), Lease::Lost);
-    match a.settle(&d.receipt, &Settlement::Ack, &ctx("w-a")).await {
-        Err(SourceError::LeaseLost(_)) => {}
-        other => panic!("a late ack must be refused with LeaseLost, got {other:?}"),
+    // a comes back: its lease is gone and its late settlement is refused (where the transport
+    // can tell; the journal of b's worker still keeps the job from running twice there).
+    if a.capabilities().lease_loss_detected {
+        assert_eq!(a.extend_lease(&d.receipt).await.unwrap(), Lease::Lost);
+        match a.settle(&d.receipt, &Settlement::Ack, &ctx("w-a")).await {
+            Err(SourceError::LeaseLost(_)) => {}
+            other => panic!("a late ack must be refused with LeaseLost, got {other:?}"),
+        }
     }
     b.settle(&again.receipt, &Settlement::Ack, &ctx("w-b"))
         .await

@@ -19,11 +19,12 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker on `data` (kept by the caller so a restart can reuse it).
     pub fn start(server: &Server, data: &Path, extra: &[&str]) -> Self {
-        Self::start_with_url(&server.url(), data, extra)
+        Self::start_on(&["--redis-url", &server.url()], data, extra)
     }
 
-    /// Starts a worker against the Redis at `redis_url`.
-    pub fn start_with_url(redis_url: &str, data: &Path, extra: &[&str]) -> Self {
+    /// Starts a worker with the transport flags `transport` (e.g. `--transport nats --nats-url
+    /// URL`) on `data`.
+    pub fn start_on(transport: &[&str], data: &Path, extra: &[&str]) -> Self {
         std::fs::create_dir_all(data).unwrap();
         let log = data.join(format!(
             "worker-{}.log",
@@ -47,7 +48,7 @@ impl Worker {
                 "--data-dir",
             ])
             .arg(data)
-            .args(["--redis-url", redis_url])
+            .args(transport)
             .args(&args)
             .args(extra)
             .env_remove("CITADEL_DATA_DIR")

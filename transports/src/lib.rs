@@ -2,7 +2,8 @@
 //! ([`Job`], [`JobId`]), what a source delivers ([`Delivery`], [`Incoming`], [`Receipt`]), the
 //! vocabulary a worker uses to settle a delivery ([`Settlement`]), the one backoff policy
 //! ([`Backoff`]), the job events of the wire
-//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nexus`], [`websocket`]).
+//! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nats`],
+//! [`websocket`], [`nexus`]) and the [`auto`] selector over them.
 //!
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
@@ -12,6 +13,7 @@ mod backoff;
 mod delivery;
 pub mod events;
 mod job;
+pub mod nats;
 pub mod nexus;
 pub mod redis;
 mod settlement;
@@ -19,6 +21,7 @@ mod source;
 pub mod websocket;
 
 pub use self::auto::{AutoConfig, AutoSource, Candidate};
+pub use self::nats::{NatsConfig, NatsSource};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};
 pub use self::websocket::{WebSocketConfig, WebSocketSource};

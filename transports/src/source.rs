@@ -80,6 +80,9 @@ pub struct Capabilities {
     /// `Settlement::Release` gives a delivery back without counting an attempt (NATS, for one,
     /// counts every redelivery; the runner's attempt rule then decides).
     pub uncounted_release: bool,
+    /// A worker whose lease ran out learns it: `extend_lease` answers `Lost` and a late
+    /// settlement fails with `LeaseLost` (NATS cannot tell an old delivery from the new one).
+    pub lease_loss_detected: bool,
 }
 
 /// Which transport is delivering, for `citadel status` and the metrics.

@@ -372,6 +372,7 @@ impl JobSource for AutoSource {
             cancellation: ready.iter().all(|c| c.cancellation),
             batch: ready.iter().all(|c| c.batch),
             uncounted_release: ready.iter().all(|c| c.uncounted_release),
+            lease_loss_detected: ready.iter().all(|c| c.lease_loss_detected),
         }
     }
 

@@ -260,6 +260,7 @@ impl JobSource for NexusSource {
             cancellation: full,
             batch: full,
             uncounted_release: full,
+            lease_loss_detected: full,
         }
     }
 

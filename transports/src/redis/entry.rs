@@ -106,7 +106,16 @@ pub fn to_incoming(
     max_payload: usize,
 ) -> Incoming {
     let receipt = Receipt::new(stream, entry_id);
-    match parse_job(fields, stream, attempt, max_payload) {
+    incoming(
+        receipt,
+        parse_job(fields, stream, attempt, max_payload),
+        attempt,
+    )
+}
+
+/// A parse result as what `next` returns (shared by every transport that uses this parser).
+pub fn incoming(receipt: Receipt, parsed: Result<Job, Rejected>, attempt: u32) -> Incoming {
+    match parsed {
         Ok(job) => Incoming::Job(Delivery { job, receipt }),
         Err(r) => Incoming::Malformed(Malformed {
             receipt,

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
-pub use entry::{parse_job, Rejected};
+pub use entry::{incoming, parse_job, Rejected};
 pub use local::LocalRedis;
 
 use crate::delivery::{Incoming, Receipt};
@@ -204,6 +204,7 @@ impl JobSource for RedisSource {
             cancellation: true,
             batch: true,
             uncounted_release: true,
+            lease_loss_detected: true,
         }
     }
 

@@ -286,6 +286,7 @@ impl JobSource for WebSocketSource {
             cancellation: true,
             batch: true,
             uncounted_release: true,
+            lease_loss_detected: true,
         }
     }
 

@@ -46,7 +46,7 @@ async fn write_history(journal: &Journal) {
         ev(
             "ok-1",
             EventKind::Received {
-                job: job("ok-1", "llm_inference"),
+                job: job("ok-1", "video_render"),
             },
         ),
         ev("ok-1", EventKind::Started { attempt: 1 }),
@@ -155,7 +155,7 @@ fn check_every_command(dir: &Path) {
     );
     let (success, _, stderr) = citadel(dir, &["replay", "--job", "ok-1", "--execute"]);
     assert!(
-        !success && stderr.contains("`llm_inference` cannot run here"),
+        !success && stderr.contains("`video_render` cannot run here"),
         "{stderr}"
     );
     let (success, _, stderr) = citadel(dir, &["replay", "--job", "bad-1", "--execute"]);
@@ -177,7 +177,7 @@ fn check_every_command(dir: &Path) {
     assert_eq!(lines.len(), 11);
     assert_eq!(lines[0]["seq"], 1);
     assert_eq!(lines[0]["event"]["type"], "received");
-    assert_eq!(lines[0]["event"]["data"]["job"]["type"], "llm_inference");
+    assert_eq!(lines[0]["event"]["data"]["job"]["type"], "video_render");
     assert_eq!(ok(dir, &["export", "--job", "run-1"]).lines().count(), 2);
     assert_eq!(ok(dir, &["export", "--from-seq", "10"]).lines().count(), 2);
 

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use citadel_journal::{EventKind, NewEvent};
-use citadel_transports::{Backoff, Job, Receipt, SettleContext, Settlement, SourceError};
+use citadel_transports::{
+    Backoff, EventData, Job, Receipt, SettleContext, Settlement, SourceError,
+};
 
 use super::Shared;
 
@@ -25,6 +27,18 @@ pub(crate) struct Settle<'a> {
 impl Shared {
     /// Journals `event` durably, then applies `settlement` on the transport.
     pub(crate) async fn settle(&self, s: &Settle<'_>, event: EventKind, settlement: Settlement) {
+        self.settle_announcing(s, event, settlement, None).await;
+    }
+
+    /// [`Shared::settle`], publishing `announce` (a job's `end`) between the durable journal
+    /// append and the transport: whoever sees it knows the outcome is journaled.
+    pub(crate) async fn settle_announcing(
+        &self,
+        s: &Settle<'_>,
+        event: EventKind,
+        settlement: Settlement,
+        announce: Option<EventData>,
+    ) {
         let appended = self
             .journal
             .append(
@@ -37,6 +51,10 @@ impl Shared {
             tracing::error!(job_id = %s.job.id, error = %e, "journal append failed; the delivery is left for redelivery");
             return;
         }
+        if let Some(data) = announce {
+            self.publish(s.job, data).await;
+        }
+        crate::chaos::point(crate::chaos::Point::BeforeAck, s.job);
         let state = self.journal.state(&s.job.id);
         let ctx = SettleContext {
             job: Some(s.job),

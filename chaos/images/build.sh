@@ -61,6 +61,6 @@ build_image citadel-chaos/redis:latest /usr/bin/redis-server \
 build_image citadel-chaos/nats:latest /usr/sbin/nats-server \
   '["/bin/nats-server", "-js", "-sd", "/data", "-p", "4222"]'
 [ -x "$citadel" ] || die "$citadel is missing: cargo build --release --features chaos --bin citadel"
-strings "$citadel" | grep -q 'citadel chaos: killing the worker' \
+strings "$citadel" | grep 'citadel chaos: killing the worker' >/dev/null \
   || die "$citadel was built without --features chaos"
 build_image citadel-chaos/citadel:latest "$citadel" '["/bin/citadel"]'

@@ -80,6 +80,7 @@ pub struct Topology {
     workers: BTreeMap<String, Member>,
     dir: tempfile::TempDir,
     faults: Arc<Mutex<Vec<Fault>>>,
+    restarts: Arc<AtomicU64>,
     supervisor: Option<Supervisor>,
 }
 
@@ -109,6 +110,7 @@ impl Topology {
             workers: BTreeMap::new(),
             dir,
             faults: Arc::default(),
+            restarts: Arc::default(),
             supervisor: None,
         })
     }
@@ -324,10 +326,9 @@ impl Topology {
     /// point) and its death is recorded as a fault.
     pub fn supervise(&mut self) {
         let stop = Arc::new(AtomicBool::new(false));
-        let restarts = Arc::new(AtomicU64::new(0));
         let hosts: Vec<String> = self.workers.values().map(|m| m.host.clone()).collect();
         let (docker, faults) = (self.docker.clone(), self.faults.clone());
-        let (stop2, restarts2) = (stop.clone(), restarts.clone());
+        let (stop2, restarts2) = (stop.clone(), self.restarts.clone());
         let task = tokio::spawn(async move {
             while !stop2.load(Ordering::Relaxed) {
                 for host in &hosts {
@@ -348,18 +349,12 @@ impl Topology {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        self.supervisor = Some(Supervisor {
-            stop,
-            restarts,
-            task,
-        });
+        self.supervisor = Some(Supervisor { stop, task });
     }
 
     /// Workers the supervisor restarted so far.
     pub fn restarts(&self) -> u64 {
-        self.supervisor
-            .as_ref()
-            .map_or(0, |s| s.restarts.load(Ordering::Relaxed))
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// Stops restarting workers that die.
@@ -390,7 +385,6 @@ impl Topology {
 
 struct Supervisor {
     stop: Arc<AtomicBool>,
-    restarts: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 

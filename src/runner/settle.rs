@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use citadel_journal::{EventKind, NewEvent};
 use citadel_transports::{
-    Backoff, EventData, Job, Receipt, SettleContext, Settlement, SourceError,
+    Backoff, EventData, Job, Receipt, SettleContext, Settlement, SourceError, WireEvent,
 };
 
 use super::Shared;
@@ -52,7 +52,11 @@ impl Shared {
             return;
         }
         if let Some(data) = announce {
-            self.publish(s.job, data).await;
+            if !self.publish_patiently(s.job, data).await {
+                // The journal holds the outcome: the redelivery re-publishes it and acks.
+                tracing::error!(job_id = %s.job.id, "the result could not be published; the delivery is left for redelivery");
+                return;
+            }
         }
         crate::chaos::point(crate::chaos::Point::BeforeAck, s.job);
         let state = self.journal.state(&s.job.id);
@@ -66,6 +70,30 @@ impl Shared {
         };
         self.send_settlement(s.receipt, &settlement, &ctx, Some(&s.job.id))
             .await;
+    }
+
+    /// Publishes an event that a settlement depends on (a job's `end`: acking a job whose
+    /// result nobody received would lose the result), retrying transient failures for as long
+    /// as a settlement is retried. The chaos suite's broker kills found results dropped here.
+    async fn publish_patiently(&self, job: &Job, data: EventData) -> bool {
+        let event = WireEvent::for_job(job, self.meta.clone(), data);
+        let started = std::time::Instant::now();
+        let mut retrier = Backoff::RECONNECT.retrier();
+        loop {
+            match self.source.publish(&event).await {
+                Ok(()) => return true,
+                Err(e) if e.is_retryable() && started.elapsed() < SETTLE_PATIENCE => {
+                    let delay = retrier.next_delay();
+                    tracing::warn!(job_id = %job.id, event = event.event_type(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "could not publish the result; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, event = event.event_type(), error = %e, "could not publish the result");
+                    return false;
+                }
+            }
+        }
     }
 
     /// Sends a settlement to the transport, retrying transient failures for a bounded time.

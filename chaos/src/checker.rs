@@ -23,7 +23,7 @@
 //! in the millisecond before the queue is flushed: executions can be undercounted, never
 //! invented.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::history::History;
 use crate::producer::Expect;
@@ -142,9 +142,12 @@ fn violate(f: &mut Figures, line: String) {
     }
 }
 
-/// The time after `fault` was over until the last job in flight when it began completed.
+/// How long after `fault` was over the system took to recover: the later of (a) the last
+/// completion of a job that was in flight when the fault began and (b) the first start of a job
+/// that was waiting when the fault ended (work flows again).
 fn recovery(history: &History, fault: &Fault) -> Option<Duration> {
-    history
+    let since_end = |t: SystemTime| t.duration_since(fault.to).unwrap_or_default();
+    let in_flight = history
         .jobs
         .iter()
         .filter_map(|job| {
@@ -160,10 +163,20 @@ fn recovery(history: &History, fault: &Fault) -> Option<Duration> {
                 .events
                 .iter()
                 .find(|e| e.kind == "end" && e.at >= fault.from)?;
-            Some(end.at.duration_since(fault.to).unwrap_or_default())
+            Some(since_end(end.at))
         })
         .max()
-        .or(Some(Duration::ZERO))
+        .unwrap_or_default();
+    let resumed = history
+        .jobs
+        .iter()
+        .filter(|job| job.sent < fault.to)
+        .filter_map(|job| job.starts().next())
+        .filter(|first| first.at >= fault.to)
+        .map(|first| since_end(first.at))
+        .min()
+        .unwrap_or_default();
+    Some(in_flight.max(resumed))
 }
 
 impl Figures {

@@ -133,13 +133,7 @@ impl Shared {
             self.counters
                 .deduplicated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.settle_announcing(
-                &s,
-                EventKind::Acked,
-                Settlement::Ack,
-                Some(EventData::End { result }),
-            )
-            .await;
+            self.ack_with_result(&s, result).await;
             return;
         }
 
@@ -241,13 +235,7 @@ impl Shared {
                 crate::chaos::point(Point::AfterResult, &job);
                 // `end` goes out once the success is durable: a producer that saw `end` knows a
                 // redelivery will not run the job again (the chaos suite's checker relies on it).
-                self.settle_announcing(
-                    &s,
-                    EventKind::Acked,
-                    Settlement::Ack,
-                    Some(EventData::End { result }),
-                )
-                .await;
+                self.ack_with_result(&s, result).await;
             }
             (Err(_), Some(Stop::Drain)) => {
                 let reason =
@@ -453,6 +441,13 @@ impl Shared {
             )
             .await;
         }
+    }
+
+    /// Acks a succeeded job; its `end` (with `result`) is published once the ack is journaled.
+    async fn ack_with_result(&self, s: &Settle<'_>, result: Value) {
+        let end = Some(EventData::End { result });
+        self.settle_announcing(s, EventKind::Acked, Settlement::Ack, end)
+            .await;
     }
 
     /// Refuses a delivery without running it: a failed event, then the dead-letter queue.

@@ -233,3 +233,87 @@ impl Figures {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::{Event, JobHistory};
+    use crate::producer::JobSpec;
+
+    fn ev(kind: &str, at_ms: u64) -> Event {
+        Event {
+            kind: kind.to_owned(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+            node: "w1".to_owned(),
+            data: json!({}),
+        }
+    }
+
+    fn job(id: &str, events: Vec<Event>) -> JobHistory {
+        JobHistory {
+            spec: JobSpec::new(id, "noop", json!({})),
+            sent: SystemTime::UNIX_EPOCH,
+            events,
+            dead: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counts_duplicates_losses_and_poison() {
+        let redelivered_from_journal =
+            job("ok", vec![ev("start", 10), ev("end", 20), ev("end", 900)]);
+        let interrupted = job(
+            "again",
+            vec![ev("start", 10), ev("start", 500), ev("end", 600)],
+        );
+        let ran_twice = job("dup", vec![ev("start", 10), ev("end", 20), ev("start", 30)]);
+        let lost = job("lost", vec![ev("claimed", 5), ev("start", 10)]);
+        let mut poison = job("poison", vec![ev("start", 1), ev("start", 2)]);
+        poison.spec.expect = Expect::DeadLetter { executions: 3 };
+        poison
+            .dead
+            .push([("reason".to_owned(), "x".to_owned())].into());
+        let history = History {
+            jobs: vec![
+                redelivered_from_journal,
+                interrupted,
+                ran_twice,
+                lost,
+                poison,
+            ],
+            pending: 0,
+        };
+        let f = check(&history, &[]);
+        assert_eq!((f.sent, f.completed, f.dead_lettered), (5, 3, 1));
+        assert_eq!(
+            (f.executions, f.reexecuted, f.duplicated, f.lost),
+            (8, 3, 1, 1)
+        );
+        assert_eq!(f.violations.len(), 3, "{:?}", f.violations);
+        assert!(f
+            .violations
+            .iter()
+            .any(|v| v.contains("poison poison ran 2 times")));
+    }
+
+    #[test]
+    fn recovery_runs_from_the_end_of_the_fault() {
+        let history = History {
+            jobs: vec![job("a", vec![ev("start", 100), ev("end", 5_000)])],
+            pending: 0,
+        };
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let fault = Fault {
+            what: "w1 died".into(),
+            from: at(200),
+            to: at(1_000),
+        };
+        let f = check(&history, &[fault]);
+        assert_eq!(f.longest_recovery, Some(Duration::from_secs(4)));
+        assert!(f.violations.is_empty());
+    }
+}

@@ -15,7 +15,12 @@ pub fn gate(scenario: &str) -> bool {
         if ci {
             panic!("chaos scenario {scenario}: CI=true but the suite is not enabled: {why}");
         }
-        eprintln!("skipped: chaos scenario {scenario}: {why}");
+        // Straight to the process's stderr: libtest captures `eprintln!` of a passing test.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: chaos scenario {scenario}: {why}"
+        );
         return false;
     }
     if let Err(why) = ready() {

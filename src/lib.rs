@@ -2,6 +2,7 @@
 //! integration tests can drive them; the binary in `main.rs` only calls [`cli::run`].
 
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod handlers;

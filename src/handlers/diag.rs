@@ -45,8 +45,14 @@ impl Handler for Sleep {
                 ))
             })?,
         };
+        let half = Duration::from_millis(ms / 2);
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({"slept_ms": ms})),
+            () = tokio::time::sleep(half) => {}
+            () = ctx.cancel.cancelled() => return Err(HandlerError::retryable("sleep: cancelled")),
+        }
+        crate::chaos::point(crate::chaos::Point::MidHandler, &ctx.job);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms) - half) => Ok(json!({"slept_ms": ms})),
             () = ctx.cancel.cancelled() => Err(HandlerError::retryable("sleep: cancelled")),
         }
     }

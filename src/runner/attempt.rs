@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::settle::Settle;
 use super::Shared;
+use crate::chaos::Point;
 use crate::handlers::{ChunkSink, HandlerError, JobContext};
 
 /// Why a running handler was told to stop.
@@ -78,6 +79,7 @@ impl Shared {
 
     pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
         let Delivery { mut job, receipt } = d;
+        crate::chaos::point(Point::AfterClaim, &job);
         let delivery_id = receipt.id().to_string();
         let state = self.journal.state(&job.id);
         if state
@@ -131,8 +133,7 @@ impl Shared {
             self.counters
                 .deduplicated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(&job, EventData::End { result }).await;
-            self.settle(&s, EventKind::Acked, Settlement::Ack).await;
+            self.ack_with_result(&s, result).await;
             return;
         }
 
@@ -204,6 +205,7 @@ impl Shared {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
         }
+        crate::chaos::point(Point::AfterJournal, &job);
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 
         let timeout = self.config.timeout_for(&job);
@@ -232,8 +234,10 @@ impl Shared {
                         result: result.clone(),
                     },
                 );
-                self.publish(&job, EventData::End { result }).await;
-                self.settle(&s, EventKind::Acked, Settlement::Ack).await;
+                crate::chaos::point(Point::AfterResult, &job);
+                // `end` goes out once the success is durable: a producer that saw `end` knows a
+                // redelivery will not run the job again (the chaos suite's checker relies on it).
+                self.ack_with_result(&s, result).await;
             }
             (Err(_), Some(Stop::Drain)) => {
                 let reason =
@@ -462,6 +466,13 @@ impl Shared {
             )
             .await;
         }
+    }
+
+    /// Acks a succeeded job; its `end` (with `result`) is published once the ack is journaled.
+    async fn ack_with_result(&self, s: &Settle<'_>, result: Value) {
+        let end = Some(EventData::End { result });
+        self.settle_announcing(s, EventKind::Acked, Settlement::Ack, end)
+            .await;
     }
 
     /// Refuses a delivery without running it: a failed event, then the dead-letter queue.

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use citadel_journal::{EventKind, NewEvent};
-use citadel_transports::{Backoff, Job, Receipt, SettleContext, Settlement, SourceError};
+use citadel_transports::{
+    Backoff, EventData, Job, Receipt, SettleContext, Settlement, SourceError, WireEvent,
+};
 
 use super::Shared;
 
@@ -25,6 +27,18 @@ pub(crate) struct Settle<'a> {
 impl Shared {
     /// Journals `event` durably, then applies `settlement` on the transport.
     pub(crate) async fn settle(&self, s: &Settle<'_>, event: EventKind, settlement: Settlement) {
+        self.settle_announcing(s, event, settlement, None).await;
+    }
+
+    /// [`Shared::settle`], publishing `announce` (a job's `end`) between the durable journal
+    /// append and the transport: whoever sees it knows the outcome is journaled.
+    pub(crate) async fn settle_announcing(
+        &self,
+        s: &Settle<'_>,
+        event: EventKind,
+        settlement: Settlement,
+        announce: Option<EventData>,
+    ) {
         self.record_outcome(&s.job.job_type, &event);
         let begun = std::time::Instant::now();
         let appended = self
@@ -40,6 +54,14 @@ impl Shared {
             tracing::error!(job_id = %s.job.id, error = %e, "journal append failed; the delivery is left for redelivery");
             return;
         }
+        if let Some(data) = announce {
+            if !self.publish_patiently(s.job, data).await {
+                // The journal holds the outcome: the redelivery re-publishes it and acks.
+                tracing::error!(job_id = %s.job.id, "the result could not be published; the delivery is left for redelivery");
+                return;
+            }
+        }
+        crate::chaos::point(crate::chaos::Point::BeforeAck, s.job);
         let state = self.journal.state(&s.job.id);
         let ctx = SettleContext {
             job: Some(s.job),
@@ -57,6 +79,30 @@ impl Shared {
     pub(crate) fn record_outcome(&self, job_type: &str, event: &EventKind) {
         if event.is_terminal() || matches!(event, EventKind::Skipped { .. }) {
             self.counters.jobs.outcome(job_type, event.name());
+        }
+    }
+
+    /// Publishes an event that a settlement depends on (a job's `end`: acking a job whose
+    /// result nobody received would lose the result), retrying transient failures for as long
+    /// as a settlement is retried. The chaos suite's broker kills found results dropped here.
+    async fn publish_patiently(&self, job: &Job, data: EventData) -> bool {
+        let event = WireEvent::for_job(job, self.meta.clone(), data);
+        let started = std::time::Instant::now();
+        let mut retrier = Backoff::RECONNECT.retrier();
+        loop {
+            match self.source.publish(&event).await {
+                Ok(()) => return true,
+                Err(e) if e.is_retryable() && started.elapsed() < SETTLE_PATIENCE => {
+                    let delay = retrier.next_delay();
+                    tracing::warn!(job_id = %job.id, event = event.event_type(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "could not publish the result; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, event = event.event_type(), error = %e, "could not publish the result");
+                    return false;
+                }
+            }
         }
     }
 

@@ -7,6 +7,11 @@
 //!    ones this process is still running;
 //! 3. a blocking `XREADGROUP … >` for new entries.
 //!
+//! After Redis failed or stalled (an outage, a `docker pause`: its clock ran on, so every lease
+//! looks expired when it answers again), the fetcher takes over no lease for [`stall_guard`]:
+//! live owners get the time to renew their leases and settle first (found by the chaos suite: a
+//! job whose success was journaled ran again on another worker after a pause).
+//!
 //! It owns the blocking connection and the backoff after failures; it must never settle an entry
 //! or block anything but itself.
 
@@ -42,8 +47,19 @@ pub(crate) struct Fetcher {
     conn: ConnectionManager,
     recovery: Option<Recovery>,
     last_reclaim: Option<Instant>,
+    /// When Redis last failed or answered far too late.
+    stalled: Option<Instant>,
     rotation: usize,
     backoff: crate::Retrier,
+}
+
+/// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
+const STALL: Duration = Duration::from_secs(1);
+
+/// How long after a stall no lease is taken over: one lease, plus the longest pause between the
+/// retries of the owners' renewals and settlements (`Backoff::RECONNECT`, at most 5 s).
+fn stall_guard(lease: Duration) -> Duration {
+    lease + Duration::from_secs(5)
 }
 
 impl Fetcher {
@@ -56,6 +72,7 @@ impl Fetcher {
                 cursor: "0".into(),
             }),
             last_reclaim: None,
+            stalled: None,
             rotation: 0,
             backoff: crate::Backoff::RECONNECT.retrier(),
         }
@@ -79,6 +96,7 @@ impl Fetcher {
                     self.inner.inbox.deliver(items);
                 }
                 Err(e) => {
+                    self.stalled = Some(Instant::now());
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
                     if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
@@ -104,10 +122,21 @@ impl Fetcher {
         }
         let interval = self.inner.cfg.reclaim_interval;
         let since = self.last_reclaim.map(|t| t.elapsed());
+        let guarded = self
+            .stalled
+            .is_some_and(|t| t.elapsed() < stall_guard(self.inner.cfg.lease));
         match since {
-            Some(since) if since < interval => {
-                let block = self.inner.cfg.block.min(interval - since);
-                self.read_new(want, block).await
+            Some(since) if since < interval || guarded => {
+                let block = match interval.checked_sub(since) {
+                    Some(left) if !left.is_zero() => self.inner.cfg.block.min(left),
+                    _ => self.inner.cfg.block,
+                };
+                let asked = Instant::now();
+                let read = self.read_new(want, block).await;
+                if asked.elapsed() > block + STALL {
+                    self.stalled = Some(Instant::now());
+                }
+                read
             }
             _ => {
                 self.last_reclaim = Some(Instant::now());
@@ -190,6 +219,7 @@ impl Fetcher {
                 if out.len() >= want {
                     return Ok(out);
                 }
+                let asked = Instant::now();
                 let v: Value = redis::cmd("XPENDING")
                     .arg(stream)
                     .arg(&cfg.group)
@@ -201,6 +231,14 @@ impl Fetcher {
                     .query_async(&mut self.conn)
                     .await
                     .map_err(map_err)?;
+                if asked.elapsed() > STALL {
+                    info!(
+                        waited_ms = asked.elapsed().as_millis() as u64,
+                        "redis stalled; taking over no lease for a while"
+                    );
+                    self.stalled = Some(Instant::now());
+                    return Ok(out);
+                }
                 let lines = reply::pending(&v)?;
                 let Some(last) = lines.last() else { break };
                 start = format!("({}", last.id);

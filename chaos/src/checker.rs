@@ -1,0 +1,319 @@
+//! The obligations of SPEC §8, checked over a whole [`History`], and the figures every scenario
+//! prints. Pure: it reads a history and the faults, never a broker or a container.
+//!
+//! What counts:
+//! - an **execution** is a `start` event: the runtime publishes it right before the handler runs;
+//! - a **journaled success** is an `end` event: the runtime publishes `end` only after the
+//!   settlement that follows the success is durable in the worker's journal (src/runner/settle.rs,
+//!   `settle_announcing`), so the first `end` of a job proves its success was journaled;
+//! - a **duplicated execution** is a `start` whose timestamp is later than that first `end` (by
+//!   the event timestamps, which all come from the one host clock the containers share): the
+//!   job ran again although a journal already held its success. A re-published `end` (a
+//!   redelivery acked from the journal) carries no `start` and is no execution;
+//! - **lost**: sent, but neither completed (`end`) nor dead-lettered when the scenario's time is
+//!   up; the group must also have no pending entry left;
+//! - **one terminal state**: never both completed and dead-lettered, never two dead letters;
+//!   a job meant to complete is never dead-lettered;
+//! - **poison**: a job expected to be dead-lettered after N executions has exactly N `start`s and
+//!   one dead letter;
+//! - **time to recover** of a fault: the longest time, after the fault was over, until a job that
+//!   was in flight when it began (started, no `end` yet) completed.
+//!
+//! A `start` published into a worker's event queue can be lost with the worker when it is killed
+//! in the millisecond before the queue is flushed: executions can be undercounted, never
+//! invented.
+
+use std::time::{Duration, SystemTime};
+
+use crate::history::History;
+use crate::producer::Expect;
+use crate::topology::Fault;
+
+/// The figures of one scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub sent: usize,
+    pub completed: usize,
+    pub dead_lettered: usize,
+    /// `start` events in all.
+    pub executions: usize,
+    /// Executions beyond the first of each job (interrupted attempts, retries of poison jobs).
+    pub reexecuted: usize,
+    /// Executions after a journaled success (must be 0).
+    pub duplicated: usize,
+    /// Jobs with no terminal state (must be 0).
+    pub lost: usize,
+    /// Entries still pending in the group (must be 0).
+    pub pending: u64,
+    pub faults: usize,
+    pub longest_recovery: Option<Duration>,
+    /// Every broken obligation, one line each.
+    pub violations: Vec<String>,
+}
+
+/// Checks `history` against the obligations; `faults` give the recovery times.
+pub fn check(history: &History, faults: &[Fault]) -> Figures {
+    let mut f = Figures {
+        sent: history.jobs.len(),
+        pending: history.pending,
+        faults: faults.len(),
+        ..Figures::default()
+    };
+    for job in &history.jobs {
+        let id = &job.spec.id;
+        let starts = job.starts().count();
+        f.executions += starts;
+        f.reexecuted += starts.saturating_sub(1);
+        if job.completed() {
+            f.completed += 1;
+        }
+        if job.dead_lettered() {
+            f.dead_lettered += 1;
+        }
+        if !job.terminal() {
+            f.lost += 1;
+            violate(
+                &mut f,
+                format!(
+                    "lost: {id} has no terminal state ({} events)",
+                    job.events.len()
+                ),
+            );
+        }
+        if job.completed() && job.dead_lettered() {
+            violate(&mut f, format!("{id} is both completed and dead-lettered"));
+        }
+        if job.dead.len() > 1 {
+            violate(
+                &mut f,
+                format!("{id} was dead-lettered {} times", job.dead.len()),
+            );
+        }
+        if let Some(first_end) = job.events.iter().find(|e| e.kind == "end") {
+            let dups = job.starts().filter(|s| s.at > first_end.at).count();
+            if dups > 0 {
+                f.duplicated += dups;
+                violate(&mut f, format!(
+                    "duplicated: {id} started {dups} time(s) after its success was journaled (end from {} at {})",
+                    first_end.node,
+                    humantime::format_rfc3339_millis(first_end.at)
+                ));
+            }
+        }
+        match job.spec.expect {
+            Expect::Complete if job.dead_lettered() => violate(
+                &mut f,
+                format!(
+                    "{id} should have completed but was dead-lettered: {}",
+                    job.dead[0].get("reason").map_or("", String::as_str)
+                ),
+            ),
+            Expect::DeadLetter { executions } => {
+                if !job.dead_lettered() {
+                    violate(&mut f, format!("poison {id} was not dead-lettered"));
+                }
+                if starts != executions as usize {
+                    violate(
+                        &mut f,
+                        format!(
+                            "poison {id} ran {starts} times; {executions} attempts were allowed"
+                        ),
+                    );
+                }
+            }
+            Expect::Complete => {}
+        }
+    }
+    if f.pending > 0 {
+        let line = format!("{} entries are still pending in the group", f.pending);
+        violate(&mut f, line);
+    }
+    f.longest_recovery = faults
+        .iter()
+        .filter_map(|fault| recovery(history, fault))
+        .max();
+    f
+}
+
+/// Records a broken obligation (the first 20 are kept).
+fn violate(f: &mut Figures, line: String) {
+    if f.violations.len() < 20 {
+        f.violations.push(line);
+    }
+}
+
+/// How long after `fault` was over the system took to recover: the later of (a) the last
+/// completion of a job that was in flight when the fault began and (b) the first start of a job
+/// that was waiting when the fault ended (work flows again).
+fn recovery(history: &History, fault: &Fault) -> Option<Duration> {
+    let since_end = |t: SystemTime| t.duration_since(fault.to).unwrap_or_default();
+    let in_flight = history
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let started = job.starts().any(|s| s.at < fault.from);
+            let ended_before = job
+                .events
+                .iter()
+                .any(|e| e.kind == "end" && e.at < fault.from);
+            if !started || ended_before {
+                return None;
+            }
+            let end = job
+                .events
+                .iter()
+                .find(|e| e.kind == "end" && e.at >= fault.from)?;
+            Some(since_end(end.at))
+        })
+        .max()
+        .unwrap_or_default();
+    let resumed = history
+        .jobs
+        .iter()
+        .filter(|job| job.sent < fault.to)
+        .filter_map(|job| job.starts().next())
+        .filter(|first| first.at >= fault.to)
+        .map(|first| since_end(first.at))
+        .min()
+        .unwrap_or_default();
+    Some(in_flight.max(resumed))
+}
+
+impl Figures {
+    /// One line of figures, printed by every scenario (and appended to the file named by
+    /// `CITADEL_CHAOS_FIGURES`, a Markdown table the README quotes).
+    pub fn report(&self, scenario: &str) {
+        let recovery = self
+            .longest_recovery
+            .map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+        println!(
+            "chaos figures: {scenario}: sent {} completed {} dead-lettered {} executions {} \
+             re-executed {} duplicated {} lost {} pending {} faults {} longest recovery {recovery}",
+            self.sent,
+            self.completed,
+            self.dead_lettered,
+            self.executions,
+            self.reexecuted,
+            self.duplicated,
+            self.lost,
+            self.pending,
+            self.faults
+        );
+        for v in &self.violations {
+            println!("chaos violation: {scenario}: {v}");
+        }
+        if let Ok(path) = std::env::var("CITADEL_CHAOS_FIGURES") {
+            use std::io::Write;
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(
+                    file,
+                    "| {scenario} | {} | {} | {} | {} | {} | {} | {} | {recovery} |",
+                    self.sent,
+                    self.completed,
+                    self.dead_lettered,
+                    self.reexecuted,
+                    self.duplicated,
+                    self.lost,
+                    self.faults
+                );
+            }
+        }
+    }
+
+    /// Panics with every violation when an obligation is broken.
+    pub fn assert_clean(&self, scenario: &str) {
+        assert!(
+            self.violations.is_empty(),
+            "chaos scenario {scenario} broke its obligations:\n{}",
+            self.violations.join("\n")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::{Event, JobHistory};
+    use crate::producer::JobSpec;
+
+    fn ev(kind: &str, at_ms: u64) -> Event {
+        Event {
+            kind: kind.to_owned(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+            node: "w1".to_owned(),
+            data: json!({}),
+        }
+    }
+
+    fn job(id: &str, events: Vec<Event>) -> JobHistory {
+        JobHistory {
+            spec: JobSpec::new(id, "noop", json!({})),
+            sent: SystemTime::UNIX_EPOCH,
+            events,
+            dead: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counts_duplicates_losses_and_poison() {
+        let redelivered_from_journal =
+            job("ok", vec![ev("start", 10), ev("end", 20), ev("end", 900)]);
+        let interrupted = job(
+            "again",
+            vec![ev("start", 10), ev("start", 500), ev("end", 600)],
+        );
+        let ran_twice = job("dup", vec![ev("start", 10), ev("end", 20), ev("start", 30)]);
+        let lost = job("lost", vec![ev("claimed", 5), ev("start", 10)]);
+        let mut poison = job("poison", vec![ev("start", 1), ev("start", 2)]);
+        poison.spec.expect = Expect::DeadLetter { executions: 3 };
+        poison
+            .dead
+            .push([("reason".to_owned(), "x".to_owned())].into());
+        let history = History {
+            jobs: vec![
+                redelivered_from_journal,
+                interrupted,
+                ran_twice,
+                lost,
+                poison,
+            ],
+            pending: 0,
+        };
+        let f = check(&history, &[]);
+        assert_eq!((f.sent, f.completed, f.dead_lettered), (5, 3, 1));
+        assert_eq!(
+            (f.executions, f.reexecuted, f.duplicated, f.lost),
+            (8, 3, 1, 1)
+        );
+        assert_eq!(f.violations.len(), 3, "{:?}", f.violations);
+        assert!(f
+            .violations
+            .iter()
+            .any(|v| v.contains("poison poison ran 2 times")));
+    }
+
+    #[test]
+    fn recovery_runs_from_the_end_of_the_fault() {
+        let history = History {
+            jobs: vec![job("a", vec![ev("start", 100), ev("end", 5_000)])],
+            pending: 0,
+        };
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let fault = Fault {
+            what: "w1 died".into(),
+            from: at(200),
+            to: at(1_000),
+        };
+        let f = check(&history, &[fault]);
+        assert_eq!(f.longest_recovery, Some(Duration::from_secs(4)));
+        assert!(f.violations.is_empty());
+    }
+}

@@ -1,0 +1,445 @@
+//! One scenario's containers: a docker network the topology creates, brokers (Redis; NATS for the
+//! transports that use it) and citadel workers, each worker with its data directory on the host
+//! (mounted at `/data`) so its journal outlives a kill and a restarted worker is the *same* worker
+//! (same journal, same consumer name). The faults: signals (SIGKILL, SIGTERM), restart, `docker
+//! pause`, network disconnect; a supervisor restarts workers that die (a kill, or a crash point
+//! of the chaos build) and records each death as a fault.
+//!
+//! The test process reaches brokers only through ports published on 127.0.0.1; containers reach
+//! each other by container name on the network. Everything the topology created (containers,
+//! network, data directories) is removed when it is dropped, also when the scenario failed. It
+//! must never touch a container it did not create (all carry the label `citadel.chaos=<id>`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use testcontainers::bollard::models::{
+    HostConfig, NetworkConnectRequest, NetworkDisconnectRequest, PortBinding,
+};
+use testcontainers::bollard::query_parameters::KillContainerOptions;
+use testcontainers::bollard::Docker;
+use testcontainers::core::{ContainerPort, IntoContainerPort, Mount, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+/// A fault: what happened, when it began and when it was over (restart done, unpaused,
+/// reconnected).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub what: String,
+    pub from: SystemTime,
+    pub to: SystemTime,
+}
+
+/// How to start one worker: its name (node name, container name suffix) and extra flags of
+/// `citadel work`.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub name: String,
+    pub args: Vec<String>,
+}
+
+impl WorkerSpec {
+    /// A Redis worker on `broker` with a 5 s lease and concurrency 4 (flags added later win).
+    pub fn redis(name: &str, broker: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            args: Vec::new(),
+        }
+        .arg("--redis-url", &format!("redis://{broker}:6379"))
+        .arg("--lease", "5s")
+        .arg("--concurrency", "4")
+    }
+
+    /// Sets `flag` to `value`, replacing an earlier value of the same flag.
+    pub fn arg(mut self, flag: &str, value: &str) -> Self {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args[i + 1] = value.to_owned();
+        } else {
+            self.args.extend([flag.to_owned(), value.to_owned()]);
+        }
+        self
+    }
+}
+
+struct Member {
+    container: ContainerAsync<GenericImage>,
+    /// The container's name, also its host name on the network.
+    host: String,
+}
+
+/// The containers of one scenario.
+pub struct Topology {
+    id: String,
+    docker: Docker,
+    brokers: BTreeMap<String, Member>,
+    workers: BTreeMap<String, Member>,
+    dir: tempfile::TempDir,
+    faults: Arc<Mutex<Vec<Fault>>>,
+    restarts: Arc<AtomicU64>,
+    supervisor: Option<Supervisor>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("id", &self.id)
+            .field("brokers", &self.brokers.keys().collect::<Vec<_>>())
+            .field("workers", &self.workers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Topology {
+    /// An empty topology for `scenario` (a short name: it prefixes every container).
+    pub fn new(scenario: &str) -> Result<Self> {
+        let id = format!("cc-{scenario}-{:04x}", fastrand::u16(..));
+        let docker = Docker::connect_with_local_defaults().context("connecting to Docker")?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()
+            .context("creating the scenario's data folder")?;
+        Ok(Self {
+            id,
+            docker,
+            brokers: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            dir,
+            faults: Arc::default(),
+            restarts: Arc::default(),
+            supervisor: None,
+        })
+    }
+
+    /// The docker network every container of the scenario joins.
+    pub fn network(&self) -> String {
+        format!("{}-net", self.id)
+    }
+
+    /// The host name of member `name` on the network (for a worker's broker URL).
+    pub fn host(&self, name: &str) -> String {
+        format!("{}-{name}", self.id)
+    }
+
+    fn request(
+        &self,
+        image: GenericImage,
+        name: &str,
+    ) -> testcontainers::ContainerRequest<GenericImage> {
+        image
+            .with_container_name(self.host(name))
+            .with_network(self.network())
+            .with_label("citadel.chaos", &self.id)
+            .with_startup_timeout(Duration::from_secs(30))
+    }
+
+    /// Starts a Redis broker `name` (AOF with fsync always, so a kill loses nothing it answered).
+    pub async fn start_redis(&mut self, name: &str) -> Result<()> {
+        let (image, tag) = crate::REDIS_IMAGE;
+        let image = GenericImage::new(image, tag)
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+        let container = self
+            .request(image, name)
+            .with_host_config_modifier(|h| publish_on_loopback(h, 6379))
+            .start()
+            .await
+            .with_context(|| format!("starting Redis `{name}`"))?;
+        self.brokers.insert(
+            name.to_owned(),
+            Member {
+                container,
+                host: self.host(name),
+            },
+        );
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:PORT` of broker `name`, as published now (a restart may change it).
+    pub async fn redis_url(&self, name: &str) -> Result<String> {
+        let port = self
+            .member(name)?
+            .container
+            .get_host_port_ipv4(ContainerPort::Tcp(6379))
+            .await
+            .with_context(|| format!("the published port of `{name}`"))?;
+        Ok(format!("redis://127.0.0.1:{port}/"))
+    }
+
+    /// Starts a worker. Its data directory is `<scenario dir>/<name>`, kept across restarts.
+    pub async fn start_worker(&mut self, spec: WorkerSpec) -> Result<()> {
+        let data = self.worker_dir(&spec.name);
+        std::fs::create_dir_all(&data)?;
+        let (image, tag) = crate::CITADEL_IMAGE;
+        let image =
+            GenericImage::new(image, tag).with_wait_for(WaitFor::message_on_stderr(" working: "));
+        let mut cmd: Vec<String> = [
+            "--log",
+            "info,citadel=info,citadel_transports=info",
+            "work",
+            "--data-dir",
+            "/data",
+            "--node-name",
+            &spec.name,
+        ]
+        .map(String::from)
+        .to_vec();
+        cmd.extend(spec.args.iter().cloned());
+        let container = self
+            .request(image, &spec.name)
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_cmd(cmd)
+            // A PID 1 cannot SIGKILL itself: the crash points need the worker under an init.
+            .with_host_config_modifier(|h| h.init = Some(true))
+            .start()
+            .await
+            .with_context(|| format!("starting worker `{}`", spec.name))?;
+        self.workers.insert(
+            spec.name.clone(),
+            Member {
+                container,
+                host: self.host(&spec.name),
+            },
+        );
+        Ok(())
+    }
+
+    /// The host folder mounted as worker `name`'s `/data`.
+    pub fn worker_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn member(&self, name: &str) -> Result<&Member> {
+        self.brokers
+            .get(name)
+            .or_else(|| self.workers.get(name))
+            .with_context(|| format!("no member `{name}` in this topology"))
+    }
+
+    /// Sends `signal` (`SIGKILL`, `SIGTERM`, …) to member `name`'s main process.
+    pub async fn signal(&self, name: &str, signal: &str) -> Result<()> {
+        let m = self.member(name)?;
+        self.docker
+            .kill_container(
+                &m.host,
+                Some(KillContainerOptions {
+                    signal: signal.to_owned(),
+                }),
+            )
+            .await
+            .with_context(|| format!("{signal} to `{name}`"))
+    }
+
+    /// Starts a stopped member again (same container: same data, same name).
+    pub async fn start(&self, name: &str) -> Result<()> {
+        self.member(name)?
+            .container
+            .start()
+            .await
+            .with_context(|| format!("restarting `{name}`"))
+    }
+
+    /// SIGKILLs broker `name`, waits `down`, starts it again; recorded as a fault.
+    pub async fn kill_broker(&self, name: &str, down: Duration) -> Result<()> {
+        let from = SystemTime::now();
+        self.signal(name, "SIGKILL").await?;
+        self.wait_exit(name, Duration::from_secs(10)).await?;
+        tokio::time::sleep(down).await;
+        self.start(name).await?;
+        self.record(format!("{name} killed and restarted"), from);
+        Ok(())
+    }
+
+    /// `docker pause` of `name` for `pause`; recorded as a fault.
+    pub async fn pause(&self, name: &str, pause: Duration) -> Result<()> {
+        let m = self.member(name)?;
+        let from = SystemTime::now();
+        m.container.pause().await.context("docker pause")?;
+        tokio::time::sleep(pause).await;
+        m.container.unpause().await.context("docker unpause")?;
+        self.record(format!("{name} paused for {pause:?}"), from);
+        Ok(())
+    }
+
+    /// Cuts `name` off the network for `cut`, then reconnects it; recorded as a fault.
+    pub async fn cut_network(&self, name: &str, cut: Duration) -> Result<()> {
+        let m = self.member(name)?;
+        let from = SystemTime::now();
+        self.docker
+            .disconnect_network(
+                &self.network(),
+                NetworkDisconnectRequest {
+                    container: m.host.clone(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .context("docker network disconnect")?;
+        tokio::time::sleep(cut).await;
+        self.docker
+            .connect_network(
+                &self.network(),
+                NetworkConnectRequest {
+                    container: m.host.clone(),
+                    endpoint_config: None,
+                },
+            )
+            .await
+            .context("docker network connect")?;
+        self.record(format!("{name} cut off the network for {cut:?}"), from);
+        Ok(())
+    }
+
+    /// Waits until member `name` has exited; returns its exit code.
+    pub async fn wait_exit(&self, name: &str, timeout: Duration) -> Result<i64> {
+        let host = &self.member(name)?.host;
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(code) = exited(&self.docker, host).await? {
+                return Ok(code);
+            }
+            if Instant::now() > until {
+                bail!("`{name}` still runs after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn record(&self, what: String, from: SystemTime) {
+        self.faults.lock().expect("poisoned").push(Fault {
+            what,
+            from,
+            to: SystemTime::now(),
+        });
+    }
+
+    /// The faults so far (deaths seen by the supervisor, broker kills, pauses, cuts).
+    pub fn faults(&self) -> Vec<Fault> {
+        self.faults.lock().expect("poisoned").clone()
+    }
+
+    /// From now on, a worker that exits is started again at once (after a SIGKILL or a crash
+    /// point) and its death is recorded as a fault.
+    pub fn supervise(&mut self) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hosts: Vec<String> = self.workers.values().map(|m| m.host.clone()).collect();
+        let (docker, faults) = (self.docker.clone(), self.faults.clone());
+        let (stop2, restarts2) = (stop.clone(), self.restarts.clone());
+        let task = tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                for host in &hosts {
+                    if let Ok(Some(code)) = exited(&docker, host).await {
+                        let from = SystemTime::now();
+                        if let Err(e) = docker.start_container(host, None).await {
+                            eprintln!("chaos supervisor: cannot restart {host}: {e}");
+                            continue;
+                        }
+                        restarts2.fetch_add(1, Ordering::Relaxed);
+                        faults.lock().expect("poisoned").push(Fault {
+                            what: format!("{host} died (exit code {code}) and was restarted"),
+                            from,
+                            to: SystemTime::now(),
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        self.supervisor = Some(Supervisor { stop, task });
+    }
+
+    /// Workers the supervisor restarted so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Stops restarting workers that die.
+    pub async fn unsupervise(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.stop.store(true, Ordering::Relaxed);
+            let _ = s.task.await;
+        }
+    }
+
+    /// The last `lines` lines of member `name`'s output (for a failure's diagnosis).
+    pub async fn logs(&self, name: &str, lines: usize) -> String {
+        let Ok(m) = self.member(name) else {
+            return String::new();
+        };
+        let mut out = m.container.stdout_to_vec().await.unwrap_or_default();
+        out.extend(m.container.stderr_to_vec().await.unwrap_or_default());
+        let text = String::from_utf8_lossy(&out);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Names of the workers.
+    pub fn worker_names(&self) -> Vec<String> {
+        self.workers.keys().cloned().collect()
+    }
+}
+
+struct Supervisor {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// `Some(exit code)` when the container has stopped (not when it is paused).
+async fn exited(docker: &Docker, host: &str) -> Result<Option<i64>> {
+    let c = docker.inspect_container(host, None).await?;
+    let state = c.state.context("no container state")?;
+    if state.running == Some(true) || state.restarting == Some(true) {
+        return Ok(None);
+    }
+    Ok(Some(state.exit_code.unwrap_or(-1)))
+}
+
+/// Publishes `port` on 127.0.0.1 only, on a port the OS picks.
+fn publish_on_loopback(h: &mut HostConfig, port: u16) {
+    h.publish_all_ports = Some(false);
+    h.port_bindings = Some(
+        [(
+            format!("{port}/tcp"),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+        )]
+        .into(),
+    );
+}
+
+impl Drop for Topology {
+    /// Removes every container and the network of the scenario, whatever happened; the data
+    /// folders go with the temporary directory.
+    fn drop(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.stop.store(true, Ordering::Relaxed);
+            s.task.abort();
+        }
+        let filter = format!("label=citadel.chaos={}", self.id);
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.network()])
+            .output();
+    }
+}

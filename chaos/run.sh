@@ -18,9 +18,12 @@ if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
   exit 0
 fi
 
-echo "chaos suite: release build with --features chaos"
-cargo build --release --locked --features chaos --bin citadel
-chaos/images/build.sh --citadel "$target/release/citadel"
+# The chaos build goes to its own folder: target/release/citadel stays a normal build (a binary
+# with crash points must never be installed by mistake).
+chaos_target="$target/chaos"
+echo "chaos suite: release build with --features chaos (in $chaos_target)"
+cargo build --release --locked --features chaos --bin citadel --target-dir "$chaos_target"
+chaos/images/build.sh --citadel "$chaos_target/release/citadel"
 
 figures="$target/chaos-figures.md"
 {

@@ -9,11 +9,11 @@
 # An image whose inputs (the binary, its libraries, this script) did not change is not rebuilt:
 # the hash of the inputs is kept in the image's label `citadel.chaos.inputs`.
 #
-# Usage: chaos/images/build.sh [--citadel PATH]   (default: $CARGO_TARGET_DIR or target, /release/citadel)
+# Usage: chaos/images/build.sh [--citadel PATH]   (default: ${CARGO_TARGET_DIR:-target}/chaos/release/citadel, where chaos/run.sh builds it)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-citadel="${CARGO_TARGET_DIR:-target}/release/citadel"
+citadel="${CARGO_TARGET_DIR:-target}/chaos/release/citadel"
 if [ "${1:-}" = "--citadel" ]; then citadel="$2"; fi
 
 die() { echo "chaos images: $*" >&2; exit 1; }

@@ -262,8 +262,13 @@ pub async fn release_gives_work_back<F: Fixture>() {
     a.settle(&d.receipt, &Settlement::Release, &ctx("w-a"))
         .await
         .unwrap();
-    let unstarted = a.close().await;
-    assert!(unstarted.is_empty() || unstarted.iter().all(|i| i.job_id().is_some()));
+    // Closing hands back what was claimed ahead and never handed out (a push transport may even
+    // have taken the released job again); the runner releases those too.
+    for item in a.close().await {
+        a.settle(item.receipt(), &Settlement::Release, &ctx("w-a"))
+            .await
+            .unwrap();
+    }
     // Another worker gets it at once, not after the lease; the attempt is not counted where the
     // transport says so.
     let b = f.source("w-b", LEASE).await;

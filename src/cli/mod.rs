@@ -50,13 +50,14 @@ pub enum Command {
     Work(Box<work::WorkArgs>),
     /// Inspect the job journal: what every job went through, on this node.
     Journal(journal::JournalArgs),
-    /// Measure this node (`citadel bench journal`: the cost of the durable journal).
+    /// Measure this node: the journal, each transport (redis, nats, websocket, nexus), LLM token
+    /// relay, platform detection.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
     /// The embedded control plane (`citadel nexus serve`).
     #[command(subcommand)]
     Nexus(nexus::NexusCommand),
-    /// Enqueue a job (on the local control plane, a Nexus URL or Redis); `--wait` streams it.
+    /// Enqueue a job (on the local control plane, a Nexus URL, Redis or NATS); `--wait` streams it.
     Submit(submit::SubmitArgs),
     /// The jobs of a control plane: ls, show, cancel, dlq, requeue.
     Jobs(jobs::JobsArgs),

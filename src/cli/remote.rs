@@ -63,11 +63,10 @@ impl Plane {
     }
 
     fn with_token(url: String, token: Option<String>) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let http = citadel_transports::http::build_client(|| {
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5))
+        })
+        .context("building the HTTP client")?;
         Ok(Self { http, url, token })
     }
 

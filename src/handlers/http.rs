@@ -8,15 +8,15 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::HandlerError;
+pub use citadel_transports::http::build_client;
 
 /// A client with `connect_timeout`.
 pub fn http_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    // One crypto provider for the process (ring); a second install is a harmless no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .user_agent(concat!("citadel/", env!("CARGO_PKG_VERSION")))
-        .build()
+    build_client(|| {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("citadel/", env!("CARGO_PKG_VERSION")))
+    })
 }
 
 /// Whether a server's answer with `status` can turn out differently later: 408, 425, 429 and

@@ -12,6 +12,7 @@ pub mod auto;
 mod backoff;
 mod delivery;
 pub mod events;
+pub mod http;
 mod job;
 pub mod nats;
 pub mod nexus;

@@ -31,13 +31,13 @@ pub struct LlmHandler {
 
 impl LlmHandler {
     pub fn new(config: LlmConfig) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client with default TLS settings always builds");
+        let http = super::http::build_client(|| {
+            reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(30))
+        })
+        .expect("a client that trusts no certificate authority always builds");
         Self {
             config,
             http,

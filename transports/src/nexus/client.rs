@@ -41,13 +41,12 @@ impl From<Failure> for SourceError {
 
 impl Client {
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, SourceError> {
-        // Keep the process on one crypto provider (ring); a second install is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build()
-            .map_err(|e| SourceError::Config(format!("building the HTTP client: {e}")))?;
+        let http = crate::http::build_client(|| {
+            reqwest::Client::builder()
+                .connect_timeout(timeout)
+                .pool_idle_timeout(Duration::from_secs(50))
+        })
+        .map_err(|e| SourceError::Config(format!("building the HTTP client: {e}")))?;
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(SourceError::Config(format!(

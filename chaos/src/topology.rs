@@ -159,6 +159,43 @@ impl Topology {
         Ok(())
     }
 
+    /// Starts a control plane `name` (`citadel nexus serve` in the citadel image, listening on
+    /// the scenario network, its data in `<scenario dir>/<name>`), counted among the brokers so
+    /// faults apply to it too. Returns its bearer token (the file it wrote at first start).
+    pub async fn start_plane(&mut self, name: &str) -> Result<String> {
+        let data = self.worker_dir(name);
+        std::fs::create_dir_all(&data)?;
+        let (image, tag) = crate::CITADEL_IMAGE;
+        let image = GenericImage::new(image, tag)
+            .with_wait_for(WaitFor::message_on_stderr("control plane listening on"));
+        let cmd = [
+            "nexus",
+            "serve",
+            "--listen",
+            "0.0.0.0:7411",
+            "--data",
+            "/data",
+        ]
+        .map(String::from);
+        let container = self
+            .request(image, name)
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_cmd(cmd)
+            .start()
+            .await
+            .with_context(|| format!("starting the control plane `{name}`"))?;
+        self.brokers.insert(
+            name.to_owned(),
+            Member {
+                container,
+                host: self.host(name),
+            },
+        );
+        let token = std::fs::read_to_string(data.join("token"))
+            .with_context(|| format!("reading the token of `{name}`"))?;
+        Ok(token.trim().to_owned())
+    }
+
     /// `redis://127.0.0.1:PORT` of broker `name`, as published now (a restart may change it).
     pub async fn redis_url(&self, name: &str) -> Result<String> {
         let port = self

@@ -47,6 +47,12 @@ const POINTS: [&str; 5] = [
 
 /// Four jobs per lifecycle point kill their worker once, among 300 ordinary jobs; every job
 /// completes, and a job killed before its ack (its success durable) runs exactly once.
+///
+/// One worker, restarted on its own data directory: the journal that decides "already succeeded"
+/// is that worker's. (With a second worker, a redelivery that reaches it while the first one
+/// restarts runs again: journals are per node, and the `end` event that would tell it may have
+/// died with the killed process. A full CI run met that once; sigkill-under-load covers two
+/// workers, where at-least-once is the promise.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_each_lifecycle_point() -> anyhow::Result<()> {
     const NAME: &str = "sigkill-lifecycle-points";
@@ -54,7 +60,7 @@ async fn sigkill_at_each_lifecycle_point() -> anyhow::Result<()> {
         return Ok(());
     }
     let flags: &[(&str, &str)] = &[("--max-attempts", "10")];
-    let (mut t, p) = setup("points", &[("w1", flags), ("w2", flags)]).await?;
+    let (mut t, p) = setup("points", &[("w1", flags)]).await?;
     t.supervise();
     let mut jobs = mixed("points", 300);
     for (i, point) in POINTS.iter().enumerate() {

@@ -706,16 +706,29 @@ impl Store {
     }
 
     /// Records a node's heartbeat. A beat without a status report keeps the last report.
-    pub fn heartbeat(&self, mut node: NodeRecord) -> Result<(), StoreError> {
-        if node.report.is_none() {
-            if let Some(old) = self.nodes.get(node.id.as_bytes())? {
-                node.report = serde_json::from_slice::<NodeRecord>(&old)
+    /// Records a node's beat. A beat without a report keeps the last report; the merge is one
+    /// atomic update, so a liveness beat racing a full report never erases it.
+    pub fn heartbeat(&self, node: NodeRecord) -> Result<(), StoreError> {
+        let encode = |n: &NodeRecord| serde_json::to_vec(n);
+        let fresh = encode(&node).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.nodes.update_and_fetch(node.id.as_bytes(), |old| {
+            let kept = match (&node.report, old) {
+                (None, Some(old)) => serde_json::from_slice::<NodeRecord>(old)
                     .ok()
-                    .and_then(|n| n.report);
+                    .and_then(|n| n.report),
+                _ => None,
+            };
+            match kept {
+                Some(report) => {
+                    let merged = NodeRecord {
+                        report: Some(report),
+                        ..node.clone()
+                    };
+                    Some(encode(&merged).unwrap_or_else(|_| fresh.clone()))
+                }
+                None => Some(fresh.clone()),
             }
-        }
-        let bytes = serde_json::to_vec(&node).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.nodes.insert(node.id.as_bytes(), bytes)?;
+        })?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ jobs_broker="${1:-20000}"
 jobs_http="${2:-5000}"
 out="${OUT:-target/bench-transports}"
 mkdir -p "$out"
-common=(--concurrency 64 --rate 100 --latency-for 5s --json)
+common=(--concurrency 64 --journal durable --rate 100 --latency-for 5s --json)
 echo "redis…" >&2
 "$citadel" bench redis "${common[@]}" --jobs "$jobs_broker" >"$out/redis.json"
 echo "nats…" >&2
@@ -21,15 +21,14 @@ echo "nats…" >&2
 echo "websocket…" >&2
 "$citadel" bench websocket "${common[@]}" --jobs "$jobs_http" >"$out/websocket.json"
 echo "nexus…" >&2
-"$citadel" bench nexus "${common[@]}" --jobs "$jobs_http" --plain-jobs 0 >"$out/nexus.json"
+"$citadel" bench nexus "${common[@]}" --jobs "$jobs_http" >"$out/nexus.json"
 python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
-print("TRANSPORT  JOBS/S (c=64, durable)  DISPATCH p50  p99 (100 jobs/s)")
+print("TRANSPORT  JOBS/S (c=64, durable)  CPU µs/JOB  ENQUEUE→START p50  p99  ENQUEUE→DONE p99 (100 jobs/s)")
 for name in ["redis", "nats", "websocket", "nexus"]:
     r = json.load(open(os.path.join(out, name + ".json")))
-    tp = [t for t in r["throughput"] if t["concurrency"] == 64 and t.get("durable", True)]
-    lat = r["latency"]
-    lat = lat[0] if isinstance(lat, list) else lat
-    print(f"{name:<10} {tp[0]['jobs_per_sec']:>22,.0f}  {lat['p50_ms']:>9.2f} ms  {lat['p99_ms']:.2f} ms")
+    tp = r["throughput"][0]
+    s, d = r["latency"]["start"], r["latency"]["done"]
+    print(f"{name:<10} {tp['jobs_per_sec']:>22,.0f}  {tp['cpu_us_per_job']:>10,.0f}  {s['p50_ms']:>14.2f} ms  {s['p99_ms']:.2f} ms  {d['p99_ms']:.2f} ms")
 PY

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::engine::{epoch_nanos, EngineScript, FakeEngine};
-use super::redis::{connection, redis_or_local, start_worker, Setup};
+use super::jobs::{connection, redis_or_local, redis_source, Worker};
 use crate::handlers::{LlmConfig, LlmHandler};
 
 #[derive(Debug, Args)]
@@ -142,14 +142,11 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
     llm.set_engine(&format!("vllm={}", engine.url()))
         .map_err(anyhow::Error::msg)?;
     let tmp = std::env::temp_dir().join(format!("citadel-bench-llm-{}", std::process::id()));
-    let setup = Setup {
-        url: url.clone(),
-        stream: format!("bench:llm:{}", std::process::id()),
-        dir: tmp.join("journal"),
-    };
+    let stream = format!("bench:llm:{}", std::process::id());
     let concurrency = args.streams.max(args.latency_streams).max(1);
-    let (_counters, shutdown, task) = start_worker(
-        &setup,
+    let worker = Worker::start(
+        Arc::new(redis_source(&url, &stream).await?),
+        &tmp.join("journal"),
         concurrency,
         Durability::Durable,
         vec![("llm_inference", Arc::new(LlmHandler::new(llm)))],
@@ -221,7 +218,7 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
                 let payload =
                     serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
                 redis::cmd("XADD")
-                    .arg(&setup.stream)
+                    .arg(&stream)
                     .arg("*")
                     .arg("jobId")
                     .arg(format!("bench-llm-{run_no}-{i}"))
@@ -271,8 +268,7 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
             out_of_order: s.out_of_order,
         });
     }
-    shutdown.cancel();
-    task.await??;
+    worker.stop().await?;
     listener.abort();
     std::fs::remove_dir_all(&tmp).ok();
 

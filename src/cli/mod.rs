@@ -15,6 +15,8 @@ mod status;
 mod submit;
 mod work;
 
+pub(crate) use work::redact;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;

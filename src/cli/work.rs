@@ -17,9 +17,9 @@ use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::format;
+pub(crate) use transport::redact;
 use transport::{
-    auto_config, connect_retrying, nats_config, nexus_config, redact, redis_config,
-    websocket_config,
+    auto_config, connect_retrying, nats_config, nexus_config, redis_config, websocket_config,
 };
 
 mod transport;

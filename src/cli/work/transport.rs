@@ -198,7 +198,7 @@ pub(crate) fn nexus_token_from_files(
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`: secrets never reach a log.
-pub(super) fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

@@ -104,6 +104,49 @@ async fn a_job_published_twice_is_stored_once() {
     let _ = one(&src).await;
 }
 
+/// A lone publisher's retry after a lost answer stores nothing, also once the server restarted
+/// and a worker acked the job meanwhile: the restarted server's duplicate window no longer
+/// knows the job (it is rebuilt from what the stream holds), the expected last sequence does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_publishers_retry_stores_nothing_across_a_restart() {
+    let mut server = Server::start();
+    let src = server.source("node-a").await;
+    let p = server.producer().await;
+    let first = enqueue_job(&p, "x1", "noop").await;
+    let body = json!({"jobId": "x2", "type": "noop", "payload": {}});
+    let stored_at = p.enqueue_after(SUBJECT, &body, first).await.unwrap();
+    assert_eq!(stored_at, Some(first + 1));
+    // Within the duplicate window a retry is answered with the sequence it was stored at.
+    let retried = p.enqueue_after(SUBJECT, &body, first).await.unwrap();
+    assert_eq!(retried, Some(first + 1));
+    for _ in 0..2 {
+        let d = one(&src).await;
+        src.settle(d.receipt(), &Settlement::Ack, &ctx())
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored(&p).await, 0);
+
+    server.stop();
+    server.restart();
+    let p = server.producer().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let retried = loop {
+        match p.enqueue_after(SUBJECT, &body, first).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no JetStream: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(retried, None, "the retry must not store x2 again");
+    let state = p.stream_state(DEFAULT_STREAM).await.unwrap();
+    assert_eq!((state.messages, state.last_sequence), (0, first + 1));
+    // `Nats-Msg-Id` alone (nats-server 2.9) stores it a second time.
+    assert_eq!(p.enqueue(SUBJECT, &body).await.unwrap(), first + 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_dead_lettered_with_their_reason() {
     let server = Server::start();

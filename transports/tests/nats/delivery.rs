@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM};
-use citadel_transports::{Incoming, JobSource, Settlement};
+use citadel_transports::{EventData, EventMeta, Incoming, JobSource, Settlement, WireEvent};
 use serde_json::json;
 
 use crate::harness::*;
@@ -145,6 +145,43 @@ async fn a_lone_publishers_retry_stores_nothing_across_a_restart() {
     assert_eq!((state.messages, state.last_sequence), (0, first + 1));
     // `Nats-Msg-Id` alone (nats-server 2.9) stores it a second time.
     assert_eq!(p.enqueue(SUBJECT, &body).await.unwrap(), first + 2);
+}
+
+/// A completed job delivered again because its ack was lost (a killed nats-server 2.9 forgets
+/// the acks it had not written yet) is acked again by the fetcher of the worker that gets it,
+/// never handed out: that worker's journal does not know the job and would run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_job_delivered_again_is_acked_not_handed_out() {
+    let server = Server::start();
+    let a = server.source("node-a").await;
+    let p = server.producer().await;
+    enqueue_job(&p, "done", "noop").await;
+    enqueue_job(&p, "running", "noop").await;
+    let (done, running) = (one(&a).await, one(&a).await);
+    let meta = EventMeta::new("node-a", "node-a");
+    // node-a journals the success of `done` and announces it; both acks are lost.
+    let end = EventData::End { result: json!({}) };
+    a.publish(&WireEvent::for_job(job(&done), meta.clone(), end))
+        .await
+        .unwrap();
+    let claimed = EventData::Claimed {
+        agent_version: "0".into(),
+    };
+    a.publish(&WireEvent::for_job(job(&running), meta, claimed))
+        .await
+        .unwrap();
+    drop(a);
+
+    // node-b gets both again once the 2 s lease is over: only the unfinished one is handed out.
+    let b = server.source("node-b").await;
+    let got = next_within(&b, 5, Duration::from_secs(6)).await;
+    let ids: Vec<&str> = got.iter().map(|i| job(i).id.as_str()).collect();
+    assert_eq!(ids, ["running"]);
+    b.settle(got[0].receipt(), &Settlement::Ack, &ctx())
+        .await
+        .unwrap();
+    assert!(next_within(&b, 5, Duration::from_secs(3)).await.is_empty());
+    assert_eq!(stored(&p).await, 0, "`done` was acked again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,14 @@
 //! to one consumer (rotating when several subjects are consumed) and hands every message to the
 //! inbox the moment it arrives, so a partly filled request never delays the messages it already
 //! has. The attempt is the message's delivery count less its releases (`release`). It owns the
-//! backoff after failures (the client reconnects by itself) and the acks a restarted server
-//! forgot ([`Suspects`]: such a delivery of a completed job is acked again, never handed out);
-//! it must never settle a message otherwise.
+//! backoff after failures (the client reconnects by itself) and what a restarted server forgot
+//! ([`Suspects`]: a delivery of a completed job is acked again, one another worker claimed
+//! lately is handed back for a while, neither handed out); it must never settle a message
+//! otherwise.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::AckKind;
 use futures_util::StreamExt as _;
@@ -66,14 +67,18 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     debug!("nats fetcher stopped");
 }
 
-/// The deliveries that may be acks the server forgot. nats-server 2.9 (file storage) applies an
-/// ack in memory and writes the consumer's state and the stream's deletions later: killed
-/// before that, it delivers acked jobs again after its restart, to any worker, possibly one
-/// whose journal does not know the job (it would run it a second time; the chaos suite's
-/// nats-kill scenario saw it). Any message the stream held when this source last (re)connected
-/// may be such a ghost, so a delivery of one is looked up in the status bucket first; `completed`
-/// (written with the job's `end`, which the runner publishes once the success is journaled and
-/// before it acks) means the ack was forgotten. Messages stored later cost no lookup.
+/// The deliveries that may be acks the server forgot, or jobs another worker is settling.
+/// nats-server 2.9 (file storage) applies an ack in memory and writes the consumer's state and
+/// the stream's deletions later: killed before that, it delivers acked jobs again after its
+/// restart, to any worker, possibly one whose journal does not know the job (it would run it a
+/// second time; the chaos suite's nats-kill scenario saw it). It also delivers at once jobs
+/// whose delivery it forgot, and a worker that finished one may still be retrying its `end` and
+/// its ack against the restarted server. Any message the stream held when this source last
+/// (re)connected may be such a delivery, so it is looked up in the status bucket first
+/// ([`seen`]): `completed` (written with the job's `end`, which the runner publishes once the
+/// success is journaled and before it acks) is acked again; a recent claim by another worker
+/// is handed back (uncounted, like a release) until that worker could settle it. Messages
+/// stored later cost no lookup.
 #[derive(Debug, Default)]
 struct Suspects {
     /// The client's connection count when `upto` was read (0: never).
@@ -110,17 +115,46 @@ impl Suspects {
     }
 }
 
-/// Whether the status bucket says `job` completed (a failed lookup says no: the job is then
-/// handed out, at least once).
-async fn completed(inner: &Inner, job: &JobId) -> bool {
-    match inner.status.get(super::token(job)).await {
-        Ok(Some(v)) => serde_json::from_slice::<serde_json::Value>(&v)
-            .is_ok_and(|v| v["status"] == "completed"),
-        Ok(None) => false,
+/// What the status bucket says of a suspect delivery's job.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Its success was journaled and announced: the ack was forgotten.
+    Completed,
+    /// Another worker claimed it lately and may still be announcing its result (its `end` and
+    /// ack wait on the server that was down): handed back for this long.
+    Elsewhere(Duration),
+    /// Nothing that stops it from running here (also when the lookup failed: at least once).
+    Free,
+}
+
+/// Looks up a suspect delivery's job. A claim by another worker counts for the lease plus 5 s
+/// after it (the status's `updated_at`), as a Redis fetcher that saw Redis fail takes over no
+/// lease for that long: the other worker's settlement is retried meanwhile.
+async fn seen(inner: &Inner, job: &JobId) -> Seen {
+    let status = match inner.status.get(super::token(job)).await {
+        Ok(Some(v)) => serde_json::from_slice::<serde_json::Value>(&v).unwrap_or_default(),
+        Ok(None) => return Seen::Free,
         Err(e) => {
             debug!(job_id = %job, error = %e, "looking up the job's status failed");
-            false
+            return Seen::Free;
         }
+    };
+    match status["status"].as_str() {
+        Some("completed") => Seen::Completed,
+        Some("processing") if status["worker_id"] != inner.cfg.worker_id.as_str() => {
+            let hold = inner.cfg.lease + Duration::from_secs(5);
+            let claimed = status["updated_at"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+            let left = claimed
+                .and_then(|at| (at + hold).duration_since(SystemTime::now()).ok())
+                .map(|left| left.min(hold));
+            match left {
+                Some(left) if !left.is_zero() => Seen::Elsewhere(left),
+                _ => Seen::Free,
+            }
+        }
+        _ => Seen::Free,
     }
 }
 
@@ -222,15 +256,33 @@ async fn admit(
     );
     match &item {
         Incoming::Job(d) => {
-            let suspect = info.is_some_and(|i| suspects.cover(inner, i.stream_sequence));
-            if suspect && completed(inner, &d.job.id).await {
-                warn!(subject = %msg.subject, job_id = %d.job.id, attempt,
-                    "a completed job was delivered again (the server forgot its ack); acking it again instead of running it");
-                if let Err(e) = inner.ack(&reply, AckKind::Ack).await {
-                    // It comes back after the lease and is looked up again.
-                    warn!(job_id = %d.job.id, error = %e, "acking it again failed");
+            let suspect = info.filter(|i| suspects.cover(inner, i.stream_sequence));
+            if let Some(info) = suspect {
+                // Not acked or handed back now: it comes back after the lease, looked up again.
+                match seen(inner, &d.job.id).await {
+                    Seen::Completed => {
+                        warn!(subject = %msg.subject, job_id = %d.job.id, attempt,
+                            "a completed job was delivered again (the server forgot its ack); acking it again instead of running it");
+                        if let Err(e) = inner.ack(&reply, AckKind::Ack).await {
+                            warn!(job_id = %d.job.id, error = %e, "acking it again failed");
+                        }
+                        return None;
+                    }
+                    Seen::Elsewhere(hold) => {
+                        warn!(subject = %msg.subject, job_id = %d.job.id, attempt, hold_ms = hold.as_millis() as u64,
+                            "a job another worker claimed lately was delivered again after a server restart; handing it back until that worker could settle it");
+                        let (released, stream) = (&inner.released, &inner.cfg.stream);
+                        let back = async {
+                            super::release::record(released, stream, info.stream_sequence).await?;
+                            inner.ack(&reply, AckKind::Nak(Some(hold))).await
+                        };
+                        if let Err(e) = back.await {
+                            warn!(job_id = %d.job.id, error = %e, "handing it back failed");
+                        }
+                        return None;
+                    }
+                    Seen::Free => {}
                 }
-                return None;
             }
             debug!(subject = %msg.subject, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
         }

@@ -30,11 +30,13 @@
 //!   worker (its `ack_wait` ran out). Such a late `+ACK` still acks the message, and
 //!   `extend_lease` reports [`Lease::Lost`] only once the message is gone; settle never returns
 //!   [`SourceError::LeaseLost`]. Extend leases well within `ack_wait` (the runner does).
-//! - **Forgotten acks**: nats-server 2.9 keeps an applied ack in memory for a while; killed
-//!   before it wrote it, it delivers the job again after its restart, to any worker. The fetcher
-//!   looks up deliveries of messages stored before its latest (re)connection in the status
-//!   bucket, and acks again, without handing it out, a job whose status is `completed` (its
-//!   success was journaled before the ack; `fetch`).
+//! - **Forgotten acks and deliveries**: nats-server 2.9 keeps an applied ack or a delivery in
+//!   memory for a while; killed before it wrote it, it delivers the job again after its
+//!   restart, to any worker. The fetcher looks up deliveries of messages stored before its
+//!   latest (re)connection in the status bucket: a job whose status is `completed` (its success
+//!   was journaled before the ack) is acked again, one another worker claimed less than the
+//!   lease plus 5 s ago is handed back for that long (that worker may still be settling it);
+//!   neither is handed out (`fetch`).
 //! - Server 2.9 consumers filter one subject, so several job subjects mean one durable per
 //!   subject (`{consumer}-{subject}`), pulled in turn.
 

@@ -147,11 +147,13 @@ async fn a_lone_publishers_retry_stores_nothing_across_a_restart() {
     assert_eq!(p.enqueue(SUBJECT, &body).await.unwrap(), first + 2);
 }
 
-/// A completed job delivered again because its ack was lost (a killed nats-server 2.9 forgets
-/// the acks it had not written yet) is acked again by the fetcher of the worker that gets it,
-/// never handed out: that worker's journal does not know the job and would run it again.
+/// Deliveries a killed nats-server 2.9 makes again because it forgot an ack or a delivery reach
+/// a worker whose journal does not know the job. Its fetcher acks a completed one again (its
+/// success was journaled and announced) and hands one another worker claimed lately back until
+/// that worker could settle it (lease + 5 s after the claim), without counting an attempt;
+/// neither is handed out before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_job_delivered_again_is_acked_not_handed_out() {
+async fn deliveries_a_restarted_server_forgot_are_settled_or_held_back() {
     let server = Server::start();
     let a = server.source("node-a").await;
     let p = server.producer().await;
@@ -159,7 +161,8 @@ async fn a_completed_job_delivered_again_is_acked_not_handed_out() {
     enqueue_job(&p, "running", "noop").await;
     let (done, running) = (one(&a).await, one(&a).await);
     let meta = EventMeta::new("node-a", "node-a");
-    // node-a journals the success of `done` and announces it; both acks are lost.
+    // node-a journals the success of `done` and announces it, and claims `running`; both of
+    // their acks are lost.
     let end = EventData::End { result: json!({}) };
     a.publish(&WireEvent::for_job(job(&done), meta.clone(), end))
         .await
@@ -170,13 +173,20 @@ async fn a_completed_job_delivered_again_is_acked_not_handed_out() {
     a.publish(&WireEvent::for_job(job(&running), meta, claimed))
         .await
         .unwrap();
+    let claimed_at = std::time::Instant::now();
     drop(a);
 
-    // node-b gets both again once the 2 s lease is over: only the unfinished one is handed out.
+    // node-b connects now, so both are suspects; they come again once the 2 s lease is over.
     let b = server.source("node-b").await;
-    let got = next_within(&b, 5, Duration::from_secs(6)).await;
+    let got = next_within(&b, 5, Duration::from_secs(15)).await;
     let ids: Vec<&str> = got.iter().map(|i| job(i).id.as_str()).collect();
     assert_eq!(ids, ["running"]);
+    assert!(
+        claimed_at.elapsed() >= Duration::from_secs(6),
+        "held back for the lease + 5 s after the claim, not {:?}",
+        claimed_at.elapsed()
+    );
+    assert_eq!(job(&got[0]).attempt, 2, "the hand-back is no attempt");
     b.settle(got[0].receipt(), &Settlement::Ack, &ctx())
         .await
         .unwrap();

@@ -11,7 +11,8 @@
 //!   job ran again although a journal already held its success. A re-published `end` (a
 //!   redelivery acked from the journal) carries no `start` and is no execution;
 //! - **lost**: sent, but neither completed (`end`) nor dead-lettered when the scenario's time is
-//!   up; the group must also have no pending entry left;
+//!   up; the broker must also hold no unsettled job (Redis: no pending entry in the group;
+//!   NATS: nothing the workers' consumer has still to deliver or to see acked);
 //! - **one terminal state**: never both completed and dead-lettered, never two dead letters;
 //!   a job meant to complete is never dead-lettered;
 //! - **poison**: a job expected to be dead-lettered after N executions has exactly N `start`s and
@@ -43,7 +44,7 @@ pub struct Figures {
     pub duplicated: usize,
     /// Jobs with no terminal state (must be 0).
     pub lost: usize,
-    /// Entries still pending in the group (must be 0).
+    /// Jobs the broker still holds unsettled (must be 0).
     pub pending: u64,
     pub faults: usize,
     pub longest_recovery: Option<Duration>,
@@ -125,7 +126,7 @@ pub fn check(history: &History, faults: &[Fault]) -> Figures {
         }
     }
     if f.pending > 0 {
-        let line = format!("{} entries are still pending in the group", f.pending);
+        let line = format!("{} jobs are still unsettled on the broker", f.pending);
         violate(&mut f, line);
     }
     f.longest_recovery = faults

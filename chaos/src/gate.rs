@@ -40,7 +40,7 @@ fn ready() -> Result<(), String> {
             String::from_utf8_lossy(&info.stderr).trim()
         ));
     }
-    for (name, tag) in [crate::REDIS_IMAGE, crate::CITADEL_IMAGE] {
+    for (name, tag) in [crate::REDIS_IMAGE, crate::NATS_IMAGE, crate::CITADEL_IMAGE] {
         let ok = Command::new("docker")
             .args(["image", "inspect", &format!("{name}:{tag}")])
             .output()

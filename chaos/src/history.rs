@@ -1,18 +1,22 @@
-//! Reads back what happened to every job sent: its events from the capped per-job event stream
-//! `stream:v1:{jobId}:events` (SPEC §9.2; Pub/Sub would lose what nobody heard), its entries in
-//! the dead-letter stream, and the group's pending entries. It only reads; judging is
+//! Reads back what happened to every job sent, from the broker the producer used: its events
+//! (Redis: the capped per-job event stream `stream:v1:{jobId}:events` of SPEC §9.2, since
+//! Pub/Sub would lose what nobody heard; NATS: the `EVENTS` stream), its dead letters (the
+//! dead-letter stream `dlq:v1:…`; the `DLQ` stream) and the jobs the broker still holds
+//! unsettled (the group's pending entries; the workers' consumer's pending and ack-pending
+//! messages). Both become the same [`History`], so the checker is one. It only reads; judging is
 //! [`crate::checker`]'s.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use citadel_transports::nats::{NatsProducer, DEFAULT_CONSUMER, DEFAULT_STREAM, DEFAULT_SUBJECT};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
-use crate::producer::{JobSpec, Producer, DLQ, STREAM};
+use crate::producer::{Connection, JobSpec, Producer, DLQ, STREAM};
 
-/// The consumer group of the workers.
+/// The consumer group of the Redis workers.
 const GROUP: &str = "workers";
 
 /// One wire event of a job, in stream order.
@@ -60,69 +64,53 @@ impl JobHistory {
 #[derive(Debug, Clone)]
 pub struct History {
     pub jobs: Vec<JobHistory>,
-    /// Entries delivered to a worker and not settled yet.
+    /// Jobs the broker holds unsettled: entries delivered to a worker and not settled yet
+    /// (Redis); messages the workers' consumer has still to deliver or to see acked (NATS).
     pub pending: u64,
 }
 
+/// What a broker holds about the jobs, before it is matched with what was sent.
+#[derive(Debug, Default)]
+struct Raw {
+    /// Each job's events, in order, by job id.
+    events: HashMap<String, Vec<Event>>,
+    /// Every dead letter (field → value; JSON values that are not strings as JSON text).
+    dead: Vec<HashMap<String, String>>,
+    pending: u64,
+}
+
 impl History {
-    /// Reads the history of every job `producer` sent.
-    pub async fn read(conn: &mut MultiplexedConnection, producer: &Producer) -> Result<Self> {
+    /// Reads the history of every job `producer` sent, over `conn` (from
+    /// [`Producer::connect`]).
+    pub async fn read(conn: &mut Connection, producer: &Producer) -> Result<Self> {
         let sent = producer.sent();
-        let mut jobs = Vec::with_capacity(sent.len());
-        for chunk in sent.chunks(500) {
-            let mut pipe = redis::pipe();
-            for (spec, _) in chunk {
-                pipe.cmd("XRANGE")
-                    .arg(format!("stream:v1:{}:events", spec.id))
-                    .arg("-")
-                    .arg("+");
-            }
-            let replies: Vec<Vec<(String, HashMap<String, String>)>> =
-                pipe.query_async(conn).await.context("reading job events")?;
-            for ((spec, at), entries) in chunk.iter().zip(replies) {
-                let events = entries
-                    .into_iter()
-                    .filter_map(|(_, fields)| parse_event(fields.get("event")?))
-                    .collect();
-                jobs.push(JobHistory {
-                    spec: spec.clone(),
-                    sent: *at,
-                    events,
-                    dead: Vec::new(),
-                });
-            }
-        }
-        let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(DLQ)
-            .arg("-")
-            .arg("+")
-            .query_async(conn)
-            .await
-            .context("reading the dead-letter stream")?;
+        let mut raw = match conn {
+            Connection::Redis(conn) => read_redis(conn, &sent).await?,
+            Connection::Nats(nats) => read_nats(nats).await?,
+        };
+        let mut jobs: Vec<JobHistory> = sent
+            .into_iter()
+            .map(|(spec, sent)| JobHistory {
+                events: raw.events.remove(&spec.id).unwrap_or_default(),
+                spec,
+                sent,
+                dead: Vec::new(),
+            })
+            .collect();
         let index: HashMap<String, usize> = jobs
             .iter()
             .enumerate()
             .map(|(i, j)| (j.spec.id.clone(), i))
             .collect();
-        for (_, fields) in dead {
+        for fields in raw.dead {
             if let Some(&i) = fields.get("jobId").and_then(|id| index.get(id)) {
                 jobs[i].dead.push(fields);
             }
         }
-        let pending: redis::Value = redis::cmd("XPENDING")
-            .arg(STREAM)
-            .arg(GROUP)
-            .query_async(conn)
-            .await
-            .context("XPENDING")?;
-        let pending = match pending {
-            redis::Value::Array(v) => match v.first() {
-                Some(redis::Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
-            _ => 0,
-        };
-        Ok(Self { jobs, pending })
+        Ok(Self {
+            jobs,
+            pending: raw.pending,
+        })
     }
 
     /// Polls until every job sent is terminal and nothing is pending, or `timeout` passes;
@@ -149,8 +137,98 @@ impl History {
     }
 }
 
-fn parse_event(json: &str) -> Option<Event> {
-    let v: Value = serde_json::from_str(json).ok()?;
+/// Redis: each sent job's event stream, the dead-letter stream, the group's pending entries.
+async fn read_redis(
+    conn: &mut MultiplexedConnection,
+    sent: &[(JobSpec, SystemTime)],
+) -> Result<Raw> {
+    let mut raw = Raw::default();
+    for chunk in sent.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (spec, _) in chunk {
+            pipe.cmd("XRANGE")
+                .arg(format!("stream:v1:{}:events", spec.id))
+                .arg("-")
+                .arg("+");
+        }
+        let replies: Vec<Vec<(String, HashMap<String, String>)>> =
+            pipe.query_async(conn).await.context("reading job events")?;
+        for ((spec, _), entries) in chunk.iter().zip(replies) {
+            let events = entries
+                .into_iter()
+                .filter_map(|(_, fields)| {
+                    parse_event(&serde_json::from_str(fields.get("event")?).ok()?)
+                })
+                .collect();
+            raw.events.insert(spec.id.clone(), events);
+        }
+    }
+    let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(DLQ)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .context("reading the dead-letter stream")?;
+    raw.dead = dead.into_iter().map(|(_, fields)| fields).collect();
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(STREAM)
+        .arg(GROUP)
+        .query_async(conn)
+        .await
+        .context("XPENDING")?;
+    raw.pending = match pending {
+        redis::Value::Array(v) => match v.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    Ok(raw)
+}
+
+/// NATS: the whole `EVENTS` stream (every event names its job), the dead letters of the job
+/// subject, what the workers' consumer has not settled.
+async fn read_nats(nats: &NatsProducer) -> Result<Raw> {
+    let mut raw = Raw::default();
+    for v in nats
+        .all_events()
+        .await
+        .context("reading the EVENTS stream")?
+    {
+        let Some(id) = v.get("jobId").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        if let Some(event) = parse_event(&v) {
+            raw.events.entry(id).or_default().push(event);
+        }
+    }
+    let dead = nats
+        .dead_letters(DEFAULT_SUBJECT)
+        .await
+        .context("reading the DLQ stream")?;
+    raw.dead = dead
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Object(m) => Some(
+                m.into_iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => (k, s),
+                        other => (k, other.to_string()),
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    raw.pending = nats
+        .unsettled(DEFAULT_STREAM, DEFAULT_CONSUMER)
+        .await
+        .context("reading the workers' consumer")?;
+    Ok(raw)
+}
+
+fn parse_event(v: &Value) -> Option<Event> {
     let at = humantime::parse_rfc3339(v.get("timestamp")?.as_str()?).ok()?;
     let node = v["data"]["meta"]["node_name"]
         .as_str()

@@ -1,12 +1,15 @@
-//! `citadel-chaos`: the chaos suite's machinery (SPEC §8). It runs real Redis and real release
-//! `citadel` workers (built with `--features chaos`) in containers with testcontainers, breaks
-//! them, drives load through a producer that records everything, and checks the obligations over
-//! the whole history. The scenarios themselves are the tests in `chaos/tests/`.
+//! `citadel-chaos`: the chaos suite's machinery (SPEC §8). It runs real brokers (Redis, NATS
+//! JetStream) and real release `citadel` workers (built with `--features chaos`) in containers
+//! with testcontainers, breaks them, drives load through a producer that records everything, and
+//! checks the obligations over the whole history. The scenarios themselves are the tests in
+//! `chaos/tests/`.
 //!
 //! - [`gate`]: whether the suite runs here (Docker and the images ready) or says why it skips.
 //! - [`topology`]: one scenario's containers, network and faults; always cleaned up.
-//! - [`producer`]: submits jobs with unique ids, idempotently, across broker restarts.
-//! - [`history`]: reads back every event, dead letter and pending entry of the jobs sent.
+//! - [`producer`]: submits jobs with unique ids to Redis or NATS, idempotently, across broker
+//!   restarts.
+//! - [`history`]: reads back every event, dead letter and unsettled job of the jobs sent, from
+//!   either broker, as one history.
 //! - [`checker`]: the obligations and the figures.
 //!
 //! This crate is a test harness, never shipped: it uses `anyhow` for its errors, and it must
@@ -21,8 +24,8 @@ pub mod topology;
 pub use checker::{check, Figures};
 pub use gate::gate;
 pub use history::History;
-pub use producer::{Expect, JobSpec, Producer};
-pub use topology::{Topology, WorkerSpec};
+pub use producer::{Connection, Expect, JobSpec, Producer};
+pub use topology::{Broker, Topology, WorkerSpec};
 
 /// The images `chaos/images/build.sh` builds.
 pub const REDIS_IMAGE: (&str, &str) = ("citadel-chaos/redis", "latest");

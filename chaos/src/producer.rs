@@ -1,20 +1,34 @@
-//! The load generator: submits jobs with unique ids to the Redis job stream in the wire format of
-//! SPEC §9.1, at a given rate, and keeps doing so across broker restarts. A submission is
-//! idempotent (a Lua script sets `chaos:sent:{jobId}` and adds the entry in one step), so retrying
-//! after an unanswered `XADD` never enqueues a job twice. It records when each job was sent; it
-//! must never read what the workers did (that is [`crate::history`]).
+//! The load generator: submits jobs with unique ids to the broker its URL names, at a given
+//! rate, and keeps doing so across broker restarts: to the Redis job stream in the wire format
+//! of SPEC §9.1 (`redis://…`), or to the NATS job subject as JSON bodies (`nats://…`). A
+//! submission is idempotent, so retrying after an unanswered one never enqueues a job twice:
+//! on Redis a Lua script sets `chaos:sent:{jobId}` and adds the entry in one step; on NATS the
+//! producer is the job stream's only publisher and expects its last sequence
+//! ([`NatsProducer::enqueue_after`]). It records when each job was sent; it must never read
+//! what the workers did (that is [`crate::history`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM, DEFAULT_SUBJECT};
+use citadel_transports::NatsConfig;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 
-/// The default job stream of the workers.
+/// The default job stream of the Redis workers.
 pub const STREAM: &str = "jobs:v1:gpu-general";
 /// Its dead-letter stream.
 pub const DLQ: &str = "dlq:v1:gpu-general";
+
+/// A connection to the broker a producer's URL names.
+#[derive(Debug)]
+pub enum Connection {
+    /// `redis://…`
+    Redis(MultiplexedConnection),
+    /// `nats://…`: the job subject of the default stream `JOBS`.
+    Nats(Box<NatsProducer>),
+}
 
 /// What the checker expects of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,19 +124,26 @@ impl Producer {
     }
 
     /// A connection to the broker as it is published now; retried for up to `patience`.
-    pub async fn connect(&self, patience: Duration) -> Result<MultiplexedConnection> {
+    pub async fn connect(&self, patience: Duration) -> Result<Connection> {
         let until = Instant::now() + patience;
         loop {
             let url = self.url();
             let attempt = async {
-                let client = redis::Client::open(url.as_str())?;
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
-                .context("connect timed out")?
-                .map_err(anyhow::Error::from)
+                let connecting = async {
+                    if url.starts_with("nats://") {
+                        let cfg = NatsConfig::new(url.as_str(), "chaos-producer");
+                        Ok(Connection::Nats(Box::new(
+                            NatsProducer::connect(&cfg).await?,
+                        )))
+                    } else {
+                        let client = redis::Client::open(url.as_str())?;
+                        let conn = client.get_multiplexed_async_connection().await?;
+                        Ok::<_, anyhow::Error>(Connection::Redis(conn))
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(2), connecting)
+                    .await
+                    .context("connect timed out")?
             };
             match attempt.await {
                 Ok(c) => return Ok(c),
@@ -136,33 +157,26 @@ impl Producer {
     }
 
     /// Sends `jobs` at `per_second`, retrying each until the broker takes it (up to a minute).
+    /// On NATS, one `send` at a time: the producer must be the job stream's only publisher.
     pub async fn send(&self, jobs: Vec<JobSpec>, per_second: f64) -> Result<()> {
-        let script = redis::Script::new(SUBMIT);
         let mut conn = self.connect(Duration::from_secs(60)).await?;
+        // NATS: the job stream's last sequence as this producer knows it (read at first use).
+        let mut last = None;
         let begun = Instant::now();
         for (i, job) in jobs.into_iter().enumerate() {
             let due = begun + Duration::from_secs_f64(i as f64 / per_second);
             tokio::time::sleep_until(due.into()).await;
-            let payload = job.payload.to_string();
             let until = Instant::now() + Duration::from_secs(60);
             loop {
-                let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-                let mut call = script.key(format!("chaos:sent:{}", job.id));
-                call.key(STREAM)
-                    .arg(&job.id)
-                    .arg(&job.job_type)
-                    .arg(&payload)
-                    .arg(now);
-                let sent = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    call.invoke_async::<redis::Value>(&mut conn),
-                )
-                .await;
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(2), submit(&conn, &job, &mut last))
+                        .await;
                 match sent {
-                    Ok(Ok(_)) => break,
+                    Ok(Ok(())) => break,
                     _ if Instant::now() > until => {
                         bail!("could not submit {} for a minute", job.id)
                     }
+                    Ok(Err(e)) if e.is::<Unrelated>() => return Err(e),
                     _ => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         conn = self.connect(Duration::from_secs(60)).await?;
@@ -191,4 +205,68 @@ impl Producer {
     pub fn sent(&self) -> Vec<(JobSpec, SystemTime)> {
         self.sent.lock().expect("poisoned").clone()
     }
+}
+
+/// Somebody else published to the NATS job stream: a retry can no longer tell whether its
+/// earlier try was stored, and the scenario is wrong.
+#[derive(Debug)]
+struct Unrelated(String);
+
+impl std::fmt::Display for Unrelated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unrelated {}
+
+/// Submits `job` once; an error means the outcome is unknown (retry on a new connection).
+/// `last` is the NATS job stream's last sequence this producer knows (`None`: read it first).
+async fn submit(conn: &Connection, job: &JobSpec, last: &mut Option<u64>) -> Result<()> {
+    let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    match conn {
+        Connection::Redis(conn) => {
+            let script = redis::Script::new(SUBMIT);
+            let mut call = script.key(format!("chaos:sent:{}", job.id));
+            call.key(STREAM)
+                .arg(&job.id)
+                .arg(&job.job_type)
+                .arg(job.payload.to_string())
+                .arg(now);
+            call.invoke_async::<redis::Value>(&mut conn.clone()).await?;
+        }
+        Connection::Nats(nats) => {
+            let known = match *last {
+                Some(seq) => seq,
+                // The workers create the stream: until then this fails and is retried.
+                None => nats.stream_state(DEFAULT_STREAM).await?.last_sequence,
+            };
+            *last = Some(known);
+            let body = json!({
+                "jobId": job.id,
+                "type": job.job_type,
+                "payload": job.payload,
+                "enqueuedAt": now,
+            });
+            let stored = match nats.enqueue_after(DEFAULT_SUBJECT, &body, known).await? {
+                Some(seq) => seq,
+                None => {
+                    // Not stored now: an earlier try whose answer was lost stored it, as the
+                    // next sequence, unless somebody else publishes to the stream.
+                    let now = nats.stream_state(DEFAULT_STREAM).await?.last_sequence;
+                    if now != known + 1 {
+                        return Err(Unrelated(format!(
+                            "the job stream's last sequence is {now}; {} expected: another \
+                             publisher?",
+                            known + 1
+                        ))
+                        .into());
+                    }
+                    now
+                }
+            };
+            *last = Some(stored);
+        }
+    }
+    Ok(())
 }

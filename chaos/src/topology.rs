@@ -1,9 +1,10 @@
-//! One scenario's containers: a docker network the topology creates, brokers (Redis; NATS for the
-//! transports that use it) and citadel workers, each worker with its data directory on the host
-//! (mounted at `/data`) so its journal outlives a kill and a restarted worker is the *same* worker
-//! (same journal, same consumer name). The faults: signals (SIGKILL, SIGTERM), restart, `docker
-//! pause`, network disconnect; a supervisor restarts workers that die (a kill, or a crash point
-//! of the chaos build) and records each death as a fault.
+//! One scenario's containers: a docker network the topology creates, brokers (Redis, NATS with
+//! JetStream) and citadel workers, each with its data directory on the host (mounted at `/data`)
+//! so what it stored outlives a kill: a restarted broker has its AOF or JetStream store, and a
+//! restarted worker is the *same* worker (same journal, same consumer name). The faults:
+//! signals (SIGKILL, SIGTERM), restart, `docker pause`, network disconnect; a supervisor
+//! restarts workers that die (a kill, or a crash point of the chaos build) and records each
+//! death as a fault.
 //!
 //! The test process reaches brokers only through ports published on 127.0.0.1; containers reach
 //! each other by container name on the network. Everything the topology created (containers,
@@ -35,6 +36,33 @@ pub struct Fault {
     pub to: SystemTime,
 }
 
+/// The brokers a topology can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// Redis, AOF with fsync always: a kill loses nothing it answered.
+    Redis,
+    /// nats-server with JetStream, file storage.
+    Nats,
+}
+
+impl Broker {
+    /// The member name scenarios give it, and its URL scheme.
+    pub fn name(self) -> &'static str {
+        match self {
+            Broker::Redis => "redis",
+            Broker::Nats => "nats",
+        }
+    }
+
+    /// The port clients connect to.
+    fn port(self) -> u16 {
+        match self {
+            Broker::Redis => 6379,
+            Broker::Nats => 4222,
+        }
+    }
+}
+
 /// How to start one worker: its name (node name, container name suffix) and extra flags of
 /// `citadel work`.
 #[derive(Debug, Clone)]
@@ -46,13 +74,22 @@ pub struct WorkerSpec {
 impl WorkerSpec {
     /// A Redis worker on `broker` with a 5 s lease and concurrency 4 (flags added later win).
     pub fn redis(name: &str, broker: &str) -> Self {
-        Self {
+        Self::on(Broker::Redis, name, broker)
+    }
+
+    /// A worker of `kind` on the broker host `broker`: `--redis-url`, or `--transport nats
+    /// --nats-url`; a 5 s lease and concurrency 4 (flags added later win).
+    pub fn on(kind: Broker, name: &str, broker: &str) -> Self {
+        let spec = Self {
             name: name.to_owned(),
             args: Vec::new(),
-        }
-        .arg("--redis-url", &format!("redis://{broker}:6379"))
-        .arg("--lease", "5s")
-        .arg("--concurrency", "4")
+        };
+        let url = format!("{}://{broker}:{}", kind.name(), kind.port());
+        let spec = match kind {
+            Broker::Redis => spec.arg("--redis-url", &url),
+            Broker::Nats => spec.arg("--transport", "nats").arg("--nats-url", &url),
+        };
+        spec.arg("--lease", "5s").arg("--concurrency", "4")
     }
 
     /// Sets `flag` to `value`, replacing an earlier value of the same flag.
@@ -70,6 +107,8 @@ struct Member {
     container: ContainerAsync<GenericImage>,
     /// The container's name, also its host name on the network.
     host: String,
+    /// What kind of broker it is (`None`: a worker or a control plane).
+    broker: Option<Broker>,
 }
 
 /// The containers of one scenario.
@@ -137,23 +176,38 @@ impl Topology {
             .with_startup_timeout(Duration::from_secs(30))
     }
 
-    /// Starts a Redis broker `name` (AOF with fsync always, so a kill loses nothing it answered).
-    pub async fn start_redis(&mut self, name: &str) -> Result<()> {
-        let (image, tag) = crate::REDIS_IMAGE;
+    /// Starts a broker `name` of `kind`, its store in `<scenario dir>/<name>` (mounted at
+    /// `/data`): Redis appends to its AOF there, JetStream keeps its streams and consumers there.
+    pub async fn start_broker(&mut self, kind: Broker, name: &str) -> Result<()> {
+        let data = self.worker_dir(name);
+        std::fs::create_dir_all(&data)?;
+        let ((image, tag), ready) = match kind {
+            Broker::Redis => (
+                crate::REDIS_IMAGE,
+                WaitFor::message_on_stdout("Ready to accept connections"),
+            ),
+            Broker::Nats => (
+                crate::NATS_IMAGE,
+                WaitFor::message_on_stderr("Server is ready"),
+            ),
+        };
+        let port = kind.port();
         let image = GenericImage::new(image, tag)
-            .with_exposed_port(6379.tcp())
-            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+            .with_exposed_port(port.tcp())
+            .with_wait_for(ready);
         let container = self
             .request(image, name)
-            .with_host_config_modifier(|h| publish_on_loopback(h, 6379))
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_host_config_modifier(move |h| publish_on_loopback(h, port))
             .start()
             .await
-            .with_context(|| format!("starting Redis `{name}`"))?;
+            .with_context(|| format!("starting {} `{name}`", kind.name()))?;
         self.brokers.insert(
             name.to_owned(),
             Member {
                 container,
                 host: self.host(name),
+                broker: Some(kind),
             },
         );
         Ok(())
@@ -189,6 +243,7 @@ impl Topology {
             Member {
                 container,
                 host: self.host(name),
+                broker: None,
             },
         );
         let token = std::fs::read_to_string(data.join("token"))
@@ -196,15 +251,19 @@ impl Topology {
         Ok(token.trim().to_owned())
     }
 
-    /// `redis://127.0.0.1:PORT` of broker `name`, as published now (a restart may change it).
-    pub async fn redis_url(&self, name: &str) -> Result<String> {
-        let port = self
-            .member(name)?
+    /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT` of broker `name`, as published now
+    /// (a restart may change it).
+    pub async fn broker_url(&self, name: &str) -> Result<String> {
+        let m = self.member(name)?;
+        let kind = m
+            .broker
+            .with_context(|| format!("`{name}` is not a broker"))?;
+        let port = m
             .container
-            .get_host_port_ipv4(ContainerPort::Tcp(6379))
+            .get_host_port_ipv4(ContainerPort::Tcp(kind.port()))
             .await
             .with_context(|| format!("the published port of `{name}`"))?;
-        Ok(format!("redis://127.0.0.1:{port}/"))
+        Ok(format!("{}://127.0.0.1:{port}", kind.name()))
     }
 
     /// Starts a worker. Its data directory is `<scenario dir>/<name>`, kept across restarts.
@@ -240,12 +299,13 @@ impl Topology {
             Member {
                 container,
                 host: self.host(&spec.name),
+                broker: None,
             },
         );
         Ok(())
     }
 
-    /// The host folder mounted as worker `name`'s `/data`.
+    /// The host folder mounted as member `name`'s `/data`.
     pub fn worker_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

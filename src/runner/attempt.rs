@@ -199,12 +199,14 @@ impl Shared {
         // `started` is flushed at once but not awaited: the handler does not wait for the disk
         // (dispatch latency), and a crash in the first millisecond of a run loses only the
         // record that it started; the broker's delivery count still counts the attempt.
-        let started = self.journal.append_flushing(started_event);
-        self.publish(&job, start).await;
-        if let Err(e) = started {
+        // A refused `started` (another delivery of the job ran or settled it meanwhile, e.g.
+        // while `claimed` waited on a broker that was down) publishes no `start`: the handler
+        // does not run, and a `start` would claim an execution that never happened.
+        if let Err(e) = self.journal.append_flushing(started_event) {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
         }
+        self.publish(&job, start).await;
         crate::chaos::point(Point::AfterJournal, &job);
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 

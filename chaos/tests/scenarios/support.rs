@@ -1,12 +1,12 @@
-//! What every scenario does around its faults: a topology of one Redis and named workers, a
-//! producer on it, and at the end the history, the check, the figures and (on a violation) the
-//! workers' last log lines.
+//! What every scenario does around its faults: a topology of one broker (Redis, or NATS) and
+//! named workers, a producer on it, and at the end the history, the check, the figures and (on a
+//! violation) the workers' last log lines.
 
 use std::time::Duration;
 
-use citadel_chaos::{check, Figures, History, Producer, Topology, WorkerSpec};
+use citadel_chaos::{check, Broker, Figures, History, Producer, Topology, WorkerSpec};
 
-/// The Redis broker's name in every topology.
+/// The Redis broker's name in every Redis topology.
 pub const BROKER: &str = "redis";
 
 /// A topology with one Redis and a worker per `(name, extra flags)`, and a producer on it.
@@ -14,17 +14,26 @@ pub async fn setup(
     scenario: &str,
     workers: &[(&str, &[(&str, &str)])],
 ) -> anyhow::Result<(Topology, Producer)> {
+    setup_on(Broker::Redis, scenario, workers).await
+}
+
+/// [`setup`] on a broker of `kind`, named `kind.name()`.
+pub async fn setup_on(
+    kind: Broker,
+    scenario: &str,
+    workers: &[(&str, &[(&str, &str)])],
+) -> anyhow::Result<(Topology, Producer)> {
     let mut t = Topology::new(scenario)?;
-    t.start_redis(BROKER).await?;
-    let broker = t.host(BROKER);
+    t.start_broker(kind, kind.name()).await?;
+    let broker = t.host(kind.name());
     for (name, flags) in workers {
-        let mut spec = WorkerSpec::redis(name, &broker);
+        let mut spec = WorkerSpec::on(kind, name, &broker);
         for (flag, value) in flags.iter() {
             spec = spec.arg(flag, value);
         }
         t.start_worker(spec).await?;
     }
-    let p = Producer::new(&t.redis_url(BROKER).await?);
+    let p = Producer::new(&t.broker_url(kind.name()).await?);
     Ok((t, p))
 }
 

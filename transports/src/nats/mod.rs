@@ -30,6 +30,13 @@
 //!   worker (its `ack_wait` ran out). Such a late `+ACK` still acks the message, and
 //!   `extend_lease` reports [`Lease::Lost`] only once the message is gone; settle never returns
 //!   [`SourceError::LeaseLost`]. Extend leases well within `ack_wait` (the runner does).
+//! - **Forgotten acks and deliveries**: nats-server 2.9 keeps an applied ack or a delivery in
+//!   memory for a while; killed before it wrote it, it delivers the job again after its
+//!   restart, to any worker. The fetcher looks up deliveries of messages stored before its
+//!   latest (re)connection in the status bucket: a job whose status is `completed` (its success
+//!   was journaled before the ack) is acked again, one another worker claimed less than the
+//!   lease plus 5 s ago is handed back for that long (that worker may still be settling it);
+//!   neither is handed out (`fetch`).
 //! - Server 2.9 consumers filter one subject, so several job subjects mean one durable per
 //!   subject (`{consumer}-{subject}`), pulled in turn.
 
@@ -76,6 +83,7 @@ pub(crate) struct Inner {
     consumers: Vec<(String, consumer::PullConsumer)>,
     cancel: kv::Store,
     released: kv::Store,
+    status: kv::Store,
     inbox: Inbox,
 }
 
@@ -85,6 +93,26 @@ impl std::fmt::Debug for Inner {
             .field("cfg", &self.cfg)
             .field("inbox", &self.inbox)
             .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// Sends one acknowledgement to the ack subject `reply` as a request, so it returns once
+    /// the server applied it. No responder means the consumer is gone: there is nothing left
+    /// to settle.
+    async fn ack(&self, reply: &str, kind: AckKind) -> Result<(), SourceError> {
+        match self
+            .client
+            .request(reply.to_owned(), Bytes::from(kind))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                debug!(receipt = %reply, "the consumer is gone; nothing to settle");
+                Ok(())
+            }
+            Err(e) => Err(map_err(&format!("acknowledging {reply}"), e)),
+        }
     }
 }
 
@@ -112,6 +140,7 @@ impl NatsSource {
             consumers: objects.consumers,
             cancel: objects.cancel,
             released: objects.released,
+            status: objects.status,
             inbox: Inbox::default(),
         });
         let fetcher = tokio::spawn(fetch::run(inner.clone()));
@@ -135,23 +164,8 @@ impl NatsSource {
             .ok_or_else(|| SourceError::Config(format!("receipt {r} has no JetStream ack subject")))
     }
 
-    /// Sends one acknowledgement as a request, so it returns once the server applied it. No
-    /// responder means the consumer is gone: there is nothing left to settle.
     async fn ack(&self, receipt: &Receipt, kind: AckKind) -> Result<(), SourceError> {
-        let what = format!("acknowledging {receipt}");
-        match self
-            .inner
-            .client
-            .request(receipt.id().to_owned(), Bytes::from(kind))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                debug!(receipt = %receipt, "the consumer is gone; nothing to settle");
-                Ok(())
-            }
-            Err(e) => Err(map_err(&what, e)),
-        }
+        self.inner.ack(receipt.id(), kind).await
     }
 
     /// The original message body, when the stream still holds it.

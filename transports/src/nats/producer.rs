@@ -1,14 +1,17 @@
-//! The producer's side of the NATS transport, for `citadel submit`, `citadel bench nats` and the
-//! tests: enqueue a job (the wire body with `Nats-Msg-Id: jobId`), cancel one (a key in the
-//! cancellation bucket), follow a job's events from the `EVENTS` stream (history first, then
-//! live: a late reader misses nothing the stream still keeps), read dead letters and statuses.
-//! It must never consume jobs.
+//! The producer's side of the NATS transport, for `citadel submit`, `citadel bench nats`, the
+//! chaos suite and the tests: enqueue a job (the wire body with `Nats-Msg-Id: jobId`; a lone
+//! publisher can also expect the stream's last sequence, idempotent across a server restart),
+//! cancel one (a key in the cancellation bucket), follow a job's events from the `EVENTS` stream
+//! (history first, then live: a late reader misses nothing the stream still keeps), read every
+//! event, dead letters, statuses and a stream's state. It must never consume jobs.
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 
-use super::config::{NatsConfig, CANCEL_BUCKET, DLQ_STREAM, EVENTS_STREAM, STATUS_BUCKET};
+use super::config::{
+    NatsConfig, CANCEL_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, STATUS_BUCKET,
+};
 use super::setup::{self, map_err};
 use crate::job::JobId;
 use crate::source::SourceError;
@@ -40,19 +43,69 @@ impl NatsProducer {
     /// the stream to store it; returns its stream sequence. The `jobId` becomes the
     /// `Nats-Msg-Id`, so the same job published twice within the duplicate window is one message.
     pub async fn enqueue(&self, subject: &str, body: &Value) -> Result<u64, SourceError> {
+        let what = format!("publishing a job to {subject}");
+        self.publish_job(subject, body, None)
+            .await
+            .map_err(|e| map_err(&what, e))
+    }
+
+    /// [`NatsProducer::enqueue`] for the only publisher of the job stream, idempotent also
+    /// across a server restart: the message is stored only if the stream's last sequence is
+    /// still `last` (`Nats-Expected-Last-Sequence`). Returns its stream sequence, or `None`
+    /// when the stream's last sequence is not `last` (nothing was stored by this call: for a
+    /// lone publisher, an earlier try whose answer was lost stored it at `last + 1`).
+    ///
+    /// `Nats-Msg-Id` alone is not enough there: a restarted server rebuilds its duplicate
+    /// window only from the messages the stream still holds, so a job stored, acked by a worker
+    /// (a work-queue stream then drops it) and published again after a lost answer would be
+    /// stored twice. `last` 0 (an empty stream) cannot be expected: the server ignores it.
+    pub async fn enqueue_after(
+        &self,
+        subject: &str,
+        body: &Value,
+        last: u64,
+    ) -> Result<Option<u64>, SourceError> {
+        let what = format!("publishing a job to {subject}");
+        match self.publish_job(subject, body, Some(last)).await {
+            Ok(seq) => Ok(Some(seq)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Ok(None)
+            }
+            Err(e) => Err(map_err(&what, e)),
+        }
+    }
+
+    async fn publish_job(
+        &self,
+        subject: &str,
+        body: &Value,
+        last: Option<u64>,
+    ) -> Result<u64, jetstream::context::PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = body.get("jobId").and_then(Value::as_str) {
             headers.insert("Nats-Msg-Id", id);
         }
-        let what = format!("publishing a job to {subject}");
+        if let Some(last) = last {
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+        }
         let ack = self
             .js
             .publish_with_headers(subject.to_owned(), headers, body.to_string().into())
-            .await
-            .map_err(|e| map_err(&what, e))?
+            .await?
+            .await?;
+        Ok(ack.sequence)
+    }
+
+    /// The state of `stream` now: how many messages it holds (for the work-queue job stream,
+    /// the unfinished jobs) and its last sequence.
+    pub async fn stream_state(&self, stream: &str) -> Result<stream::State, SourceError> {
+        let what = format!("reading the state of the stream {stream}");
+        let s = self
+            .js
+            .get_stream(stream)
             .await
             .map_err(|e| map_err(&what, e))?;
-        Ok(ack.sequence)
+        Ok(s.cached_info().state.clone())
     }
 
     /// Asks the workers to cancel `job` (queued or running).
@@ -118,6 +171,31 @@ impl NatsProducer {
     pub async fn events(&self, job: &JobId) -> Result<Vec<Value>, SourceError> {
         self.all(EVENTS_STREAM, &NatsConfig::events_subject(job))
             .await
+    }
+
+    /// The jobs durable consumer `consumer` of `stream` has still to deliver or to see
+    /// settled (its pending plus its ack-pending messages). On a work-queue stream this can be
+    /// fewer than the messages the stream holds: a restarted nats-server 2.9 may keep acked
+    /// messages it had not deleted on disk, which the consumer never delivers again.
+    pub async fn unsettled(&self, stream: &str, consumer: &str) -> Result<u64, SourceError> {
+        let what = format!("reading the consumer {consumer} of {stream}");
+        let s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| map_err(&what, e))?;
+        let c: consumer::PullConsumer = s
+            .get_consumer(consumer)
+            .await
+            .map_err(|e| map_err(&what, e))?;
+        let info = c.cached_info();
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Every event the events stream holds, of every job, in stream order (each names its
+    /// `jobId`).
+    pub async fn all_events(&self) -> Result<Vec<Value>, SourceError> {
+        self.all(EVENTS_STREAM, EVENTS_SUBJECTS).await
     }
 
     /// The dead letters of a job subject, oldest first.

@@ -73,6 +73,7 @@ pub(crate) struct Objects {
     pub consumers: Vec<(String, consumer::PullConsumer)>,
     pub cancel: kv::Store,
     pub released: kv::Store,
+    pub status: kv::Store,
 }
 
 pub(crate) async fn ensure(
@@ -149,8 +150,8 @@ pub(crate) async fn ensure(
         .map_err(|e| map_err(&format!("creating the stream {name}"), e))?;
     }
     let cancel = bucket(js, CANCEL_BUCKET, cfg).await?;
-    // Written by plain publishes to its subject (see `publish`), so only created here.
-    bucket(js, STATUS_BUCKET, cfg).await?;
+    // Written by plain publishes to its subject (see `publish`); read by the fetcher.
+    let status = bucket(js, STATUS_BUCKET, cfg).await?;
     let released = bucket(js, RELEASED_BUCKET, cfg).await?;
     info!(stream = %cfg.stream, subjects = ?cfg.subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
     Ok(Objects {
@@ -158,6 +159,7 @@ pub(crate) async fn ensure(
         consumers,
         cancel,
         released,
+        status,
     })
 }
 

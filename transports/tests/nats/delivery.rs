@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM};
-use citadel_transports::{Incoming, JobSource, Settlement};
+use citadel_transports::{EventData, EventMeta, Incoming, JobSource, Settlement, WireEvent};
 use serde_json::json;
 
 use crate::harness::*;
@@ -102,6 +102,96 @@ async fn a_job_published_twice_is_stored_once() {
     assert_eq!(a, b, "Nats-Msg-Id de-duplicates");
     assert_eq!(stored(&p).await, 1);
     let _ = one(&src).await;
+}
+
+/// A lone publisher's retry after a lost answer stores nothing, also once the server restarted
+/// and a worker acked the job meanwhile: the restarted server's duplicate window no longer
+/// knows the job (it is rebuilt from what the stream holds), the expected last sequence does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_publishers_retry_stores_nothing_across_a_restart() {
+    let mut server = Server::start();
+    let src = server.source("node-a").await;
+    let p = server.producer().await;
+    let first = enqueue_job(&p, "x1", "noop").await;
+    let body = json!({"jobId": "x2", "type": "noop", "payload": {}});
+    let stored_at = p.enqueue_after(SUBJECT, &body, first).await.unwrap();
+    assert_eq!(stored_at, Some(first + 1));
+    // Within the duplicate window a retry is answered with the sequence it was stored at.
+    let retried = p.enqueue_after(SUBJECT, &body, first).await.unwrap();
+    assert_eq!(retried, Some(first + 1));
+    for _ in 0..2 {
+        let d = one(&src).await;
+        src.settle(d.receipt(), &Settlement::Ack, &ctx())
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored(&p).await, 0);
+
+    server.stop();
+    server.restart();
+    let p = server.producer().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let retried = loop {
+        match p.enqueue_after(SUBJECT, &body, first).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no JetStream: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(retried, None, "the retry must not store x2 again");
+    let state = p.stream_state(DEFAULT_STREAM).await.unwrap();
+    assert_eq!((state.messages, state.last_sequence), (0, first + 1));
+    // `Nats-Msg-Id` alone (nats-server 2.9) stores it a second time.
+    assert_eq!(p.enqueue(SUBJECT, &body).await.unwrap(), first + 2);
+}
+
+/// Deliveries a killed nats-server 2.9 makes again because it forgot an ack or a delivery reach
+/// a worker whose journal does not know the job. Its fetcher acks a completed one again (its
+/// success was journaled and announced) and hands one another worker claimed lately back until
+/// that worker could settle it (lease + 5 s after the claim), without counting an attempt;
+/// neither is handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_a_restarted_server_forgot_are_settled_or_held_back() {
+    let server = Server::start();
+    let a = server.source("node-a").await;
+    let p = server.producer().await;
+    enqueue_job(&p, "done", "noop").await;
+    enqueue_job(&p, "running", "noop").await;
+    let (done, running) = (one(&a).await, one(&a).await);
+    let meta = EventMeta::new("node-a", "node-a");
+    // node-a journals the success of `done` and announces it, and claims `running`; both of
+    // their acks are lost.
+    let end = EventData::End { result: json!({}) };
+    a.publish(&WireEvent::for_job(job(&done), meta.clone(), end))
+        .await
+        .unwrap();
+    let claimed = EventData::Claimed {
+        agent_version: "0".into(),
+    };
+    a.publish(&WireEvent::for_job(job(&running), meta, claimed))
+        .await
+        .unwrap();
+    let claimed_at = std::time::Instant::now();
+    drop(a);
+
+    // node-b connects now, so both are suspects; they come again once the 2 s lease is over.
+    let b = server.source("node-b").await;
+    let got = next_within(&b, 5, Duration::from_secs(15)).await;
+    let ids: Vec<&str> = got.iter().map(|i| job(i).id.as_str()).collect();
+    assert_eq!(ids, ["running"]);
+    assert!(
+        claimed_at.elapsed() >= Duration::from_secs(6),
+        "held back for the lease + 5 s after the claim, not {:?}",
+        claimed_at.elapsed()
+    );
+    assert_eq!(job(&got[0]).attempt, 2, "the hand-back is no attempt");
+    b.settle(got[0].receipt(), &Settlement::Ack, &ctx())
+        .await
+        .unwrap();
+    assert!(next_within(&b, 5, Duration::from_secs(3)).await.is_empty());
+    assert_eq!(stored(&p).await, 0, "`done` was acked again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

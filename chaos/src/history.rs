@@ -3,8 +3,11 @@
 //! Pub/Sub would lose what nobody heard; NATS: the `EVENTS` stream), its dead letters (the
 //! dead-letter stream `dlq:v1:…`; the `DLQ` stream) and the jobs the broker still holds
 //! unsettled (the group's pending entries; the workers' consumer's pending and ack-pending
-//! messages). Both become the same [`History`], so the checker is one. It only reads; judging is
-//! [`crate::checker`]'s.
+//! messages). Both become the same [`History`], so the checker is one. The dead letters and the
+//! unsettled jobs are read before the events: a worker publishes a job's events before it
+//! dead-letters or acks it, so a reading never shows a job settled without what led there
+//! (read the other way round, most likely, a nats-kill run missed a poison job's last `start`
+//! and counted one run too few). It only reads; judging is [`crate::checker`]'s.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -137,32 +140,12 @@ impl History {
     }
 }
 
-/// Redis: each sent job's event stream, the dead-letter stream, the group's pending entries.
+/// Redis: the dead-letter stream, the group's pending entries, then each sent job's event stream.
 async fn read_redis(
     conn: &mut MultiplexedConnection,
     sent: &[(JobSpec, SystemTime)],
 ) -> Result<Raw> {
     let mut raw = Raw::default();
-    for chunk in sent.chunks(500) {
-        let mut pipe = redis::pipe();
-        for (spec, _) in chunk {
-            pipe.cmd("XRANGE")
-                .arg(format!("stream:v1:{}:events", spec.id))
-                .arg("-")
-                .arg("+");
-        }
-        let replies: Vec<Vec<(String, HashMap<String, String>)>> =
-            pipe.query_async(conn).await.context("reading job events")?;
-        for ((spec, _), entries) in chunk.iter().zip(replies) {
-            let events = entries
-                .into_iter()
-                .filter_map(|(_, fields)| {
-                    parse_event(&serde_json::from_str(fields.get("event")?).ok()?)
-                })
-                .collect();
-            raw.events.insert(spec.id.clone(), events);
-        }
-    }
     let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(DLQ)
         .arg("-")
@@ -184,25 +167,33 @@ async fn read_redis(
         },
         _ => 0,
     };
+    for chunk in sent.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (spec, _) in chunk {
+            pipe.cmd("XRANGE")
+                .arg(format!("stream:v1:{}:events", spec.id))
+                .arg("-")
+                .arg("+");
+        }
+        let replies: Vec<Vec<(String, HashMap<String, String>)>> =
+            pipe.query_async(conn).await.context("reading job events")?;
+        for ((spec, _), entries) in chunk.iter().zip(replies) {
+            let events = entries
+                .into_iter()
+                .filter_map(|(_, fields)| {
+                    parse_event(&serde_json::from_str(fields.get("event")?).ok()?)
+                })
+                .collect();
+            raw.events.insert(spec.id.clone(), events);
+        }
+    }
     Ok(raw)
 }
 
-/// NATS: the whole `EVENTS` stream (every event names its job), the dead letters of the job
-/// subject, what the workers' consumer has not settled.
+/// NATS: the dead letters of the job subject, what the workers' consumer has not settled, then
+/// the whole `EVENTS` stream (every event names its job).
 async fn read_nats(nats: &NatsProducer) -> Result<Raw> {
     let mut raw = Raw::default();
-    for v in nats
-        .all_events()
-        .await
-        .context("reading the EVENTS stream")?
-    {
-        let Some(id) = v.get("jobId").and_then(Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        if let Some(event) = parse_event(&v) {
-            raw.events.entry(id).or_default().push(event);
-        }
-    }
     let dead = nats
         .dead_letters(DEFAULT_SUBJECT)
         .await
@@ -225,6 +216,18 @@ async fn read_nats(nats: &NatsProducer) -> Result<Raw> {
         .unsettled(DEFAULT_STREAM, DEFAULT_CONSUMER)
         .await
         .context("reading the workers' consumer")?;
+    for v in nats
+        .all_events()
+        .await
+        .context("reading the EVENTS stream")?
+    {
+        let Some(id) = v.get("jobId").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        if let Some(event) = parse_event(&v) {
+            raw.events.entry(id).or_default().push(event);
+        }
+    }
     Ok(raw)
 }
 

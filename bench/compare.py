@@ -220,6 +220,7 @@ def spread_of(rows, system, c):
 # --pipe`): the most jobs/s Redis itself does for citadel's exact per-job command mix.
 
 MONITOR_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$')
+ENTRY_ID = re.compile(rb"^\d{13}-\d+$")
 
 
 def monitor_args(text):
@@ -274,42 +275,64 @@ def unblock(args):
 def redis_ceiling(tmp, jobs):
     src = RedisServer(tmp)
     capture = Path(tmp) / "monitor.txt"
-    with open(capture, "w") as f:
-        mon = subprocess.Popen(["redis-cli", "-p", str(src.port), "monitor"], stdout=f)
-        time.sleep(0.3)
-        Citadel(durable=True).throughput(src.url, "ceiling", 64, jobs)
-        time.sleep(0.3)
-        mon.terminate()
-        mon.wait()
-    src.stop()
-    commands = []
-    for line in capture.read_text(errors="replace").splitlines():
-        m = MONITOR_LINE.match(line)
-        if m:
-            commands.append((m.group(1), monitor_args(m.group(2))))
-    # The producer is the client whose XADDs carry `jobId` on the bench stream; everything up to
-    # its last command is set-up (untimed), the rest is the worker's.
-    producer = next(c for c, a in commands
-                    if a and a[0].upper() == b"XADD" and a[1].startswith(b"bench:") and b"jobId" in a)
-    last = max(i for i, (c, _) in enumerate(commands) if c == producer)
+    mon = None
+    try:
+        with open(capture, "w") as f:
+            mon = subprocess.Popen(["redis-cli", "-p", str(src.port), "monitor"], stdout=f)
+            time.sleep(0.3)
+            Citadel(durable=True).throughput(src.url, "ceiling", 64, jobs)
+            time.sleep(0.3)
+            mon.terminate()
+            mon.wait()
+        commands = []
+        for line in capture.read_text(errors="replace").splitlines():
+            m = MONITOR_LINE.match(line)
+            # MONITOR also shows what scripts run (client `lua`): those run inside the EVALSHA.
+            if m and m.group(1) != "lua":
+                commands.append((m.group(1), monitor_args(m.group(2))))
+        # The producer is the client whose XADDs carry `jobId` on the bench stream; everything up
+        # to its last command is set-up (untimed), the rest is the worker's.
+        producer, stream = next((c, a[1]) for c, a in commands
+                                if a and a[0].upper() == b"XADD" and a[1].startswith(b"bench:") and b"jobId" in a)
+    finally:
+        if mon and mon.poll() is None:
+            mon.kill()
+        src.stop()
+    last = max(i for i, (c, a) in enumerate(commands)
+               if c == producer and a[0].upper() == b"XADD" and a[1] == stream)
     skip = {b"MONITOR", b"INFO", b"CLIENT", b"HELLO", b"PING"}
-    setup = b"".join(resp(a) for _, a in commands[:last + 1] if a[0].upper() not in skip)
-    work = [unblock(a) for _, a in commands[last + 1:] if a[0].upper() not in skip]
+    setup = [a for _, a in commands[:last + 1] if a[0].upper() not in skip]
+    # The bench's own clean-up (DEL of its stream) is not part of a job.
+    work = [unblock(a) for _, a in commands[last + 1:]
+            if a[0].upper() not in skip and not (a[0].upper() == b"DEL" and a[1:] == [stream])]
+    # MONITOR shows `XADD stream *`, not the ids Redis gave: the worker's acks name those ids, so
+    # the set-up's XADDs get them back (ids grow with each XADD: the k-th XADD got the k-th id).
+    ids = sorted({t for a in work for t in a[1:] if ENTRY_ID.match(t)},
+                 key=lambda t: tuple(int(x) for x in t.split(b"-")))
+    adds = [a for a in setup if a[0].upper() == b"XADD" and a[1] == stream and a[2] == b"*"]
+    if len(ids) != len(adds):
+        raise RuntimeError(f"the capture names {len(ids)} entry ids for {len(adds)} enqueued jobs")
+    for a, i in zip(adds, ids):
+        a[2] = i
+    setup = b"".join(resp(a) for a in setup)
     (Path(tmp) / "setup.resp").write_bytes(setup)
     (Path(tmp) / "work.resp").write_bytes(b"".join(resp(a) for a in work))
     # Three replays, each into a fresh Redis from the same set-up: the median.
-    replays = []
+    replays, answers = [], ""
     for _ in range(3):
         dst = RedisServer(tmp)
-        with open(Path(tmp) / "setup.resp", "rb") as f:
-            subprocess.run(["redis-cli", "-p", str(dst.port), "--pipe"], stdin=f, check=True,
-                           capture_output=True)
-        began = time.perf_counter()
-        with open(Path(tmp) / "work.resp", "rb") as f:
-            p = subprocess.run(["redis-cli", "-p", str(dst.port), "--pipe"], stdin=f,
-                               capture_output=True, text=True)
-        replays.append(time.perf_counter() - began)
-        dst.stop()
+        try:
+            with open(Path(tmp) / "setup.resp", "rb") as f:
+                subprocess.run(["redis-cli", "-p", str(dst.port), "--pipe"], stdin=f, check=True,
+                               capture_output=True)
+            began = time.perf_counter()
+            with open(Path(tmp) / "work.resp", "rb") as f:
+                p = subprocess.run(["redis-cli", "-p", str(dst.port), "--pipe"], stdin=f,
+                                   capture_output=True, text=True)
+            replays.append(time.perf_counter() - began)
+            answers = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+        finally:
+            dst.stop()
     seconds = statistics.median(replays)
     mix = {}
     for a in work:
@@ -319,7 +342,7 @@ def redis_ceiling(tmp, jobs):
             "mix_per_job": {k: round(v / jobs, 2) for k, v in sorted(mix.items(), key=lambda kv: -kv[1])},
             "seconds": seconds, "jobs_per_sec": jobs / seconds,
             "jobs_per_sec_all": [round(jobs / r) for r in replays],
-            "replay": p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""}
+            "replay": answers}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,33 +422,47 @@ def rss_mb(pid):
     return None
 
 
+def stop_group(p, sig=signal.SIGTERM):
+    """Stops a process started in its own session, SIGKILL if it lingers."""
+    if p.poll() is None:
+        os.killpg(p.pid, sig)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def citadel_footprint(srv, tmp):
     """Idle RSS (Redis transport, and the embedded control plane default), cold start to the
     first poll, binary size."""
     out = {}
-    w = citadel_work(srv.url, "bench:idle", "idle", tmp)
-    time.sleep(10)
-    out["idle_rss_mb_redis"] = rss_mb(w.pid)
-    os.killpg(w.pid, signal.SIGTERM)
-    w.wait(30)
-    data = Path(tmp) / "data-embedded"
     env = dict(os.environ, RUST_LOG="warn")
-    w = subprocess.Popen([str(CITADEL), "--data-dir", str(data), "work", "--status-listen", "off"],
+    w = citadel_work(srv.url, "bench:idle", "idle", tmp)
+    try:
+        time.sleep(10)
+        out["idle_rss_mb_redis"] = rss_mb(w.pid)
+    finally:
+        stop_group(w)
+    w = subprocess.Popen([str(CITADEL), "--data-dir", str(Path(tmp) / "data-embedded"), "work",
+                          "--status-listen", "off"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(10)
-    out["idle_rss_mb_embedded"] = rss_mb(w.pid)
-    os.killpg(w.pid, signal.SIGTERM)
-    w.wait(30)
+    try:
+        time.sleep(10)
+        out["idle_rss_mb_embedded"] = rss_mb(w.pid)
+    finally:
+        stop_group(w)
+    polls = lambda: srv.client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0)
     starts = []
     for i in range(7):
-        before = srv.client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0)
+        before = polls()
         began = time.monotonic()
         w = citadel_work(srv.url, f"bench:cold:{i}", f"cold-{i}", tmp)
-        wait_for(lambda: srv.client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0) > before,
-                 30, "the first poll")
-        starts.append((time.monotonic() - began) * 1000)
-        os.killpg(w.pid, signal.SIGKILL)
-        w.wait()
+        try:
+            wait_for(lambda: polls() > before, 30, "the first poll")
+            starts.append((time.monotonic() - began) * 1000)
+        finally:
+            stop_group(w, signal.SIGKILL)
     out["cold_start_ms_median"] = statistics.median(starts)
     out["cold_start_ms_all"] = [round(s, 1) for s in starts]
     out["binary_bytes"] = CITADEL.stat().st_size
@@ -448,7 +485,7 @@ def tables(res, args):
     names = {s["name"]: s["label"] for s in res["systems"]}
     md = []
     hdr = "| system | " + " | ".join(f"c={c} jobs/s (spread)" for c in args.concurrency) + \
-          f" | start-up s c={max(args.concurrency)} | CPU µs/job | peak RSS MiB | Redis cmds/job | dispatch p50 / p99 ms |"
+          f" | start-up s c={max(args.concurrency)} | CPU µs/job (with start-up) | peak RSS MiB | Redis cmds/job | dispatch p50 / p99 ms |"
     md += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     for name, label in names.items():
         cells = []

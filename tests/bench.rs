@@ -69,7 +69,8 @@ fn redis_bench_reports_throughput_repeats_journal_share_and_latency() {
         assert_eq!(runs.len(), 2, "two repeats: {t}");
         assert!(num(t, "jobs_per_sec_min") <= num(t, "jobs_per_sec"));
         assert!(num(t, "jobs_per_sec") <= num(t, "jobs_per_sec_max"));
-        assert!(num(t, "jobs_per_sec") > 0.0 && num(t, "cpu_us_per_job") > 0.0);
+        // CPU time is read in 10 ms ticks: a short run may read 0, never less.
+        assert!(num(t, "jobs_per_sec") > 0.0 && num(t, "cpu_us_per_job") >= 0.0);
         assert!(num(t, "peak_rss_mb") > 1.0, "{t}");
         for run in runs {
             assert!(num(run, "first_done_s") <= num(run, "seconds"), "{run}");

@@ -137,6 +137,9 @@ pub(crate) trait Lane: Send + Sync {
     async fn fill(&self, jobs: &[BenchJob], progress: &ProgressBar) -> anyhow::Result<()>;
     /// Enqueues one job; returns once the transport accepted it.
     async fn enqueue(&self, job: &BenchJob) -> anyhow::Result<()>;
+    /// Removes the run's queue once its jobs are done (best effort: a bench against a user's
+    /// broker must not leave its jobs behind).
+    async fn clean_up(&self) {}
 }
 
 /// A transport under test.
@@ -183,6 +186,7 @@ pub(crate) struct Throughput {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Latency {
+    journal: &'static str,
     rate: u64,
     concurrency: usize,
     jobs: usize,
@@ -342,11 +346,14 @@ async fn throughput_run(
     label: &str,
 ) -> anyhow::Result<Run> {
     let lane = target.lane(run_no).await?;
-    let source = lane.source().await?;
+    let (source, settled) = TimedSource::wrap(lane.source().await?);
     let progress = bar(jobs, label);
     progress.set_message("enqueue");
-    lane.fill(&jobs_of(kind, &format!("t{run_no}"), jobs), &progress)
-        .await?;
+    lane.fill(
+        &jobs_of(kind, &format!("t{}x{run_no}", std::process::id()), jobs),
+        &progress,
+    )
+    .await?;
     progress.reset();
     progress.set_message("run");
     probe::reset_peak_rss();
@@ -355,7 +362,8 @@ async fn throughput_run(
     let began = Instant::now();
     let mut first_done_s = None;
     loop {
-        let done = worker.counters.succeeded.load(Ordering::Relaxed);
+        // Done = settled: the success journaled, then acked with the transport.
+        let done = settled.len() as u64;
         if done > 0 && first_done_s.is_none() {
             first_done_s = Some(began.elapsed().as_secs_f64());
         }
@@ -375,6 +383,7 @@ async fn throughput_run(
     let peak_rss_mb = probe::peak_rss_mb();
     progress.finish_and_clear();
     worker.stop().await?;
+    lane.clean_up().await;
     let r = Run {
         seconds,
         first_done_s: first_done_s.unwrap_or(seconds),
@@ -396,7 +405,8 @@ fn summarize(
     mut runs: Vec<Run>,
 ) -> Throughput {
     runs.sort_by(|a, b| a.jobs_per_sec.total_cmp(&b.jobs_per_sec));
-    let median = &runs[runs.len() / 2];
+    // The lower median for an even count: never the faster of two.
+    let median = &runs[(runs.len() - 1) / 2];
     Throughput {
         concurrency,
         journal: journal_name(durability),
@@ -437,11 +447,16 @@ async fn latency_run(
         .get(load.job.name())
         .expect("the built-in handlers include the bench jobs");
     let timer = Arc::new(TimedHandler::new(inner));
+    // The journal as asked: durable unless only `buffered` runs were asked for.
+    let durability = match load.journal {
+        JournalRuns::Buffered => Durability::Buffered,
+        JournalRuns::Both | JournalRuns::Durable => Durability::Durable,
+    };
     let worker = Worker::start(
         source,
         dir,
         load.latency_concurrency,
-        Durability::Durable,
+        durability,
         vec![(load.job.name(), timer.clone())],
     )
     .await?;
@@ -452,7 +467,11 @@ async fn latency_run(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut enqueued = Vec::with_capacity(total);
-    for job in jobs_of(&load.job, &format!("l{run_no}"), total as u64) {
+    for job in jobs_of(
+        &load.job,
+        &format!("l{}x{run_no}", std::process::id()),
+        total as u64,
+    ) {
         tick.tick().await;
         let at = Instant::now();
         lane.enqueue(&job).await?;
@@ -467,6 +486,7 @@ async fn latency_run(
     }
     progress.finish_and_clear();
     worker.stop().await?;
+    lane.clean_up().await;
     let start = timer.started.since_ms(&enqueued);
     let done = settled.since_ms(&enqueued);
     anyhow::ensure!(
@@ -476,6 +496,7 @@ async fn latency_run(
         done.len()
     );
     Ok(Latency {
+        journal: journal_name(durability),
         rate,
         concurrency: load.latency_concurrency,
         jobs: total,
@@ -534,8 +555,8 @@ fn print(report: &Report) {
             )
         };
         println!(
-            "latency at {} jobs/s offered (concurrency {}, {} jobs):",
-            l.rate, l.concurrency, l.jobs
+            "latency at {} jobs/s offered (concurrency {}, journal {}, {} jobs):",
+            l.rate, l.concurrency, l.journal, l.jobs
         );
         line("enqueue → handler start", &l.start);
         line("enqueue → done (acked)", &l.done);

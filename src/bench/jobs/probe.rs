@@ -31,6 +31,11 @@ impl Stamps {
             .or_insert_with(Instant::now);
     }
 
+    /// How many jobs have a stamp.
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().expect("poisoned").len()
+    }
+
     /// Milliseconds from each job's enqueue instant to its stamp, sorted; jobs without a stamp
     /// are left out.
     pub(crate) fn since_ms(&self, enqueued: &[(String, Instant)]) -> Vec<f64> {

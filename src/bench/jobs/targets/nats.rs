@@ -96,13 +96,14 @@ fn body(job: &BenchJob) -> serde_json::Value {
 
 #[async_trait]
 impl Lane for NatsLane {
-    /// Creates the stream and consumer; the source's fetcher pulls only once the runner asks.
+    /// Creates the stream and consumer (the source's fetcher pulls only once the runner asks),
+    /// then connects the producer, so no timed enqueue pays for connecting.
     async fn source(&self) -> anyhow::Result<Arc<dyn JobSource>> {
-        Ok(Arc::new(
-            NatsSource::connect(self.cfg.clone())
-                .await
-                .context("connecting the bench worker to NATS")?,
-        ))
+        let source = NatsSource::connect(self.cfg.clone())
+            .await
+            .context("connecting the bench worker to NATS")?;
+        self.producer().await?;
+        Ok(Arc::new(source))
     }
 
     /// Publishes with 256 acknowledgements outstanding at a time.

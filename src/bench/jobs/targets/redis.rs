@@ -103,6 +103,18 @@ impl Lane for RedisLane {
         pipe.query_async::<()>(&mut *self.conn.lock().await).await?;
         Ok(())
     }
+
+    /// Deletes the run's stream (the jobs' events and status hashes expire on their own).
+    async fn clean_up(&self) {
+        let mut c = self.conn.lock().await;
+        if let Err(e) = redis::cmd("DEL")
+            .arg(&self.stream)
+            .query_async::<()>(&mut *c)
+            .await
+        {
+            tracing::warn!(stream = %self.stream, error = %e, "could not delete the bench stream");
+        }
+    }
 }
 
 /// The bench worker's source on `stream` (consumer group `bench`).

@@ -1,4 +1,4 @@
-//! The node manifest (`citadel.yaml`, SPEC §6): node name and tags, services, transports,
+//! The node manifest (`citadel.yaml`, docs/node-management.md): node name and tags, services, transports,
 //! permissions, worker and journal settings. Parsing is strict: an unknown key or an unknown
 //! service is an error that names the field and the line, so a typo never silently falls back
 //! to a default. Values are layered by the commands: defaults < this file < `CITADEL_*`

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod config;
+pub mod format;
 pub mod handlers;
 pub mod manifest;
 pub mod nexus;

@@ -28,7 +28,7 @@ pub fn initial(name: &str, tags: &[String], plane: Option<&Enrolment>) -> String
          # Inference engines run as Docker Compose services (vllm, ollama, llamacpp, lmstudio), e.g.\n\
          #   - name: vllm\n\
          #     model: Qwen/Qwen2.5-0.5B-Instruct\n\
-         #     port: 8201          # host port (SPEC 9.6 defaults)\n\
+         #     port: 8201          # host port (the engines' default ports)\n\
          #     image: vllm/vllm-openai:v0.6.4   # replaces the default image\n\
          #     gpu: true           # default: when an NVIDIA driver is present\n\
          services: []\n\n",

@@ -1,4 +1,4 @@
-//! The transport conformance suite (SPEC §3): one set of tests, written once in
+//! The transport conformance suite (docs/transports.md): one set of tests, written once in
 //! `conformance/suite.rs`, run against every transport with its real server — redis-server, nats-server and
 //! `citadel nexus serve` — through a small [`fixture::Fixture`] per transport that plays the
 //! producer (enqueue, cancel, read the dead-letter queue and the job's events in the transport's

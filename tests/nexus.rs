@@ -1,5 +1,5 @@
 //! The control plane (`citadel nexus serve`) as a real child process on a free loopback port, and
-//! the nexus transport and the CLI against it: the wire format of SPEC §9.4 byte for byte, auth,
+//! the nexus transport and the CLI against it: the wire format of docs/wire-format.md#nexus-http byte for byte, auth,
 //! malformed requests, leases, long-poll, events, restart without loss, and the zero-config flow.
 
 #[path = "../transports/tests/redis/harness.rs"]

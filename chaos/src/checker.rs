@@ -1,4 +1,4 @@
-//! The obligations of SPEC §8, checked over a whole [`History`], and the figures every scenario
+//! The obligations of docs/chaos.md, checked over a whole [`History`], and the figures every scenario
 //! prints. Pure: it reads a history and the faults, never a broker or a container.
 //!
 //! What counts:

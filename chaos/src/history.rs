@@ -1,5 +1,5 @@
 //! Reads back what happened to every job sent, from the broker the producer used: its events
-//! (Redis: the capped per-job event stream `stream:v1:{jobId}:events` of SPEC §9.2, since
+//! (Redis: the capped per-job event stream `stream:v1:{jobId}:events` of docs/wire-format.md#job-events, since
 //! Pub/Sub would lose what nobody heard; NATS: the `EVENTS` stream), its dead letters (the
 //! dead-letter stream `dlq:v1:…`; the `DLQ` stream) and the jobs the broker still holds
 //! unsettled (the group's pending entries; the workers' consumer's pending and ack-pending

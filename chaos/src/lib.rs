@@ -1,4 +1,4 @@
-//! `citadel-chaos`: the chaos suite's machinery (SPEC §8). It runs real brokers (Redis, NATS
+//! `citadel-chaos`: the chaos suite's machinery (docs/chaos.md). It runs real brokers (Redis, NATS
 //! JetStream) and real release `citadel` workers (built with `--features chaos`) in containers
 //! with testcontainers, breaks them, drives load through a producer that records everything, and
 //! checks the obligations over the whole history. The scenarios themselves are the tests in

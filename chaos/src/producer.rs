@@ -1,6 +1,6 @@
 //! The load generator: submits jobs with unique ids to the broker its URL names, at a given
 //! rate, and keeps doing so across broker restarts: to the Redis job stream in the wire format
-//! of SPEC §9.1 (`redis://…`), or to the NATS job subject as JSON bodies (`nats://…`). A
+//! of docs/wire-format.md#job-entries (`redis://…`), or to the NATS job subject as JSON bodies (`nats://…`). A
 //! submission is idempotent, so retrying after an unanswered one never enqueues a job twice:
 //! on Redis a Lua script sets `chaos:sent:{jobId}` and adds the entry in one step; on NATS the
 //! producer is the job stream's only publisher and expects its last sequence

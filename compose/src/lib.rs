@@ -1,4 +1,4 @@
-//! `citadel-compose`: the inference engines a node runs as Docker Compose services (SPEC §6,
+//! `citadel-compose`: the inference engines a node runs as Docker Compose services (docs/node-management.md,
 //! §9.6). It owns the compose files embedded in the binary ([`files`]), the driver that runs them
 //! with `docker compose` (v2) or `docker-compose` (v1) as project `PREFIX-<engine>` ([`driver`]),
 //! and the HTTP readiness probes ([`probe`]). It must never decide *which* services a node runs
@@ -40,7 +40,7 @@ impl Engine {
         }
     }
 
-    /// The host port the engine is published on by default (SPEC §9.6).
+    /// The host port the engine is published on by default (docs/wire-format.md#llm-engines).
     pub fn default_port(self) -> u16 {
         match self {
             Engine::Vllm => 8201,
@@ -50,7 +50,7 @@ impl Engine {
         }
     }
 
-    /// The path that answers 200 once the engine can serve (SPEC §9.6).
+    /// The path that answers 200 once the engine can serve (docs/wire-format.md#llm-engines).
     pub fn readiness_path(self) -> &'static str {
         match self {
             Engine::Vllm => "/health",
@@ -98,7 +98,7 @@ pub struct ServiceSpec {
     pub engine: Engine,
     /// Replaces the engine's default image (a pinned tag, a mirror, or a local stand-in).
     pub image: Option<String>,
-    /// The host port (default: the engine's, SPEC §9.6).
+    /// The host port (default: the engine's, docs/wire-format.md#llm-engines).
     pub port: Option<u16>,
     /// The host address the port is published on (default 127.0.0.1).
     pub bind: Option<String>,

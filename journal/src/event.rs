@@ -1,4 +1,4 @@
-//! The journal's record: one [`JobEvent`] per lifecycle step of a job (SPEC §2). This type is the
+//! The journal's record: one [`JobEvent`] per lifecycle step of a job (docs/journal.md). This type is the
 //! on-disk format (behind the codec's version byte) and the `export` format, so it changes only
 //! with a new format version.
 

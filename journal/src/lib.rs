@@ -1,4 +1,4 @@
-//! `citadel-journal` owns the local, durable record of every job's lifecycle (SPEC §2): the event
+//! `citadel-journal` owns the local, durable record of every job's lifecycle (docs/journal.md): the event
 //! type ([`JobEvent`]), the append path with group commit ([`Journal::append`]), the lifecycle
 //! fold ([`JobState`]), replay, export, retention ([`RetentionPolicy`]) and the socket through
 //! which `citadel journal` reads a running worker's journal ([`remote`]).

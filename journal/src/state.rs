@@ -1,4 +1,4 @@
-//! The lifecycle fold (SPEC §2): [`JobState`] folds a job's events into where the job stands and
+//! The lifecycle fold (docs/journal.md): [`JobState`] folds a job's events into where the job stands and
 //! rejects histories that cannot happen. Pure: no I/O, no clock. The journal runs this fold on
 //! every append (so an impossible event is refused before it is written) and on every replay.
 
@@ -159,7 +159,7 @@ impl JobState {
         matches!(self.phase, Some(Phase::Settled(_)))
     }
 
-    /// The attempt number a new start must use (SPEC §2.4): the broker's count or one past the
+    /// The attempt number a new start must use (docs/journal.md#invariants): the broker's count or one past the
     /// journal's, whichever is higher.
     pub fn next_attempt(&self, broker_attempt: u32) -> u32 {
         broker_attempt.max(self.attempts + 1)

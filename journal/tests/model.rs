@@ -1,5 +1,5 @@
 //! Property tests of the lifecycle fold and the journal against a model: random event sequences
-//! over a few jobs. The model is an independent checker of SPEC §2's obligations over a history;
+//! over a few jobs. The model is an independent checker of docs/journal.md's obligations over a history;
 //! the fold must never accept a history the checker rejects, must accept every history a
 //! well-behaved worker produces, and the journal's replay must equal its live fold.
 
@@ -43,7 +43,7 @@ fn history() -> impl Strategy<Value = Vec<(usize, EventKind)>> {
     proptest::collection::vec((0..JOBS.len(), any_event()), 0..60)
 }
 
-/// The obligations of SPEC §2 over one job's accepted history, checked without the fold.
+/// The obligations of docs/journal.md over one job's accepted history, checked without the fold.
 fn obligations_hold(events: &[&EventKind]) -> Result<(), String> {
     let mut succeeded = false;
     let mut last_attempt = 0;

@@ -201,7 +201,7 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    crate::cli::table(
+    crate::format::table(
         &["WRITERS", "DURABLE", "EVENTS", "SECONDS", "APPENDS/S"],
         &rows,
     );

@@ -292,7 +292,7 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    crate::cli::table(
+    crate::format::table(
         &[
             "RUN",
             "TOKENS",

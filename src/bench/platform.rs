@@ -141,7 +141,7 @@ pub async fn run(args: PlatformBench) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    crate::cli::table(&["measurement", "p50 µs", "p99 µs"], &rows);
+    crate::format::table(&["measurement", "p50 µs", "p99 µs"], &rows);
     println!("/metrics for 64 job types: {} bytes", out.metrics_bytes);
     Ok(())
 }

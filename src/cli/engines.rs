@@ -1,13 +1,13 @@
 //! The `citadel work` settings of `llm_inference`: `--engine NAME=URL` (repeatable;
 //! `CITADEL_ENGINES=vllm=…,ollama=…`) and the engine timeouts, layered over the config file's
-//! `llm:` section and the SPEC §9.6 defaults. Only builds an [`LlmConfig`]; never contacts an
+//! `llm:` section and the docs/wire-format.md#llm-engines defaults. Only builds an [`LlmConfig`]; never contacts an
 //! engine.
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::format;
 use crate::config::LlmSection;
+use crate::format;
 use crate::handlers::LlmConfig;
 
 #[derive(Debug, Args)]

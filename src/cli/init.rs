@@ -1,5 +1,5 @@
 //! `citadel init`: enrols this node. With a control plane it runs the device authorization of
-//! SPEC §9.5 (start → show the user code and URL → poll, honouring `slow_down` and expiry), then
+//! docs/wire-format.md#device-authorization (start → show the user code and URL → poll, honouring `slow_down` and expiry), then
 //! writes the node's credentials (`DATA_DIR/node-token`, mode 0600), its identity
 //! (`DATA_DIR/identity.json`, 0600) and the manifest; `--offline` writes an identity and a
 //! manifest with no control plane. It refuses to replace an existing manifest or identity

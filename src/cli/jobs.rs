@@ -108,7 +108,7 @@ pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    super::table(
+    crate::format::table(
         &["ID", "TYPE", "STATE", "ATTEMPTS", "UPDATED", "DETAIL"],
         &rows,
     );

@@ -1,4 +1,4 @@
-//! `citadel journal`: the debugging tool over the job journal (SPEC §2). It opens the journal
+//! `citadel journal`: the debugging tool over the job journal (docs/journal.md). It opens the journal
 //! directly when no worker holds it, and reads it through the worker's socket when one does, so it
 //! works on a running node without stopping it and without the control plane. Every view is a
 //! fold of the stored events ([`citadel_journal::replay`]); nothing here appends events.
@@ -15,7 +15,7 @@ use citadel_journal::{
 use citadel_transports::JobId;
 use clap::{Args, Subcommand};
 
-use super::format::{self, table};
+use crate::format::{self, table};
 
 #[derive(Debug, Args)]
 pub struct JournalArgs {

@@ -2,9 +2,7 @@
 //! this module owns only the shared flags (data directory, logging) and the dispatch.
 
 mod engines;
-mod format;
 mod init;
-pub use format::table;
 mod jobs;
 mod journal;
 mod nexus;
@@ -14,8 +12,6 @@ mod settings;
 mod status;
 mod submit;
 mod work;
-
-pub(crate) use work::redact;
 
 use std::path::PathBuf;
 

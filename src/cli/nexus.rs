@@ -1,4 +1,4 @@
-//! `citadel nexus serve`: runs the embedded control plane alone (SPEC §5) until SIGTERM/SIGINT.
+//! `citadel nexus serve`: runs the embedded control plane alone (docs/control-plane.md) until SIGTERM/SIGINT.
 //! It prints where it listens and where the token is, never the token itself.
 //! `citadel nexus approve CODE`: approves (or `--deny`) a node waiting in `citadel init`.
 
@@ -61,8 +61,8 @@ async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         None => Listen::LoopbackFrom(nexus::DEFAULT_PORT),
     };
     let device = nexus::device::DeviceSettings {
-        ttl: super::format::parse_duration(&args.device_code_ttl).context("--device-code-ttl")?,
-        interval: super::format::parse_duration(&args.device_poll_interval)
+        ttl: crate::format::parse_duration(&args.device_code_ttl).context("--device-code-ttl")?,
+        interval: crate::format::parse_duration(&args.device_poll_interval)
             .context("--device-poll-interval")?,
     };
     let running = nexus::start_with(&dir, listen, device).await?;
@@ -107,7 +107,7 @@ async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
         if rows.is_empty() {
             println!("no node is waiting for approval");
         } else {
-            super::table(&["CODE", "HOST", "EXPIRES IN"], &rows);
+            crate::format::table(&["CODE", "HOST", "EXPIRES IN"], &rows);
         }
         return Ok(());
     };

@@ -9,8 +9,8 @@ use anyhow::{bail, Context as _};
 use citadel_compose::Engine;
 use clap::{Args, Subcommand};
 
-use super::format;
 use crate::config::{self, FileConfig};
+use crate::format;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -176,7 +176,7 @@ fn print_table(list: &[citadel_compose::ServiceStatus]) {
             ]
         })
         .collect();
-    super::table(
+    crate::format::table(
         &["SERVICE", "STATE", "HEALTH", "READY", "URL", "IMAGE"],
         &rows,
     );

@@ -51,7 +51,7 @@ pub fn run(cmd: ConfigCommand, data_dir: &Path) -> anyhow::Result<()> {
             vec![r.key.to_string(), value, r.source.to_string()]
         })
         .collect();
-    super::table(&["SETTING", "VALUE", "SOURCE"], &table);
+    crate::format::table(&["SETTING", "VALUE", "SOURCE"], &table);
     println!("(flags given to a command override these for that command)");
     Ok(())
 }

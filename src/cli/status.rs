@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::Value;
 
-use super::format;
+use crate::format;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

@@ -1,6 +1,6 @@
 //! `citadel submit TYPE [KEY=VALUE | KEY:=JSON …] [--payload JSON] [--wait]`: enqueues one job on
 //! a control plane (`--nexus`, `CITADEL_NEXUS_URL`, else the local one), on Redis
-//! (`--redis-url`/`CITADEL_REDIS_URL`, in the wire format of SPEC §9.1) or on NATS JetStream
+//! (`--redis-url`/`CITADEL_REDIS_URL`, in the wire format of docs/wire-format.md#job-entries) or on NATS JetStream
 //! (`--nats-url`/`CITADEL_NATS_URL`, the same fields as a JSON message on `--subject`). With `--wait` it streams
 //! the job's events as they come (chunks to stdout at once), prints the result and exits non-zero
 //! when the job fails, is cancelled or dead-lettered, or the timeout passes. It never runs a job.
@@ -14,8 +14,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use super::format;
 use super::remote::encode;
+use crate::format;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -40,7 +40,7 @@ pub struct SubmitArgs {
     timeout: String,
     #[command(flatten)]
     plane: super::remote::PlaneArgs,
-    /// Submit to Redis instead (SPEC §9.1 entry on --stream).
+    /// Submit to Redis instead (docs/wire-format.md#job-entries entry on --stream).
     #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
     /// The Redis job stream.
@@ -245,7 +245,7 @@ fn render(ev: &Value) -> Option<Result<(), String>> {
     }
 }
 
-/// Redis: XADD in the SPEC §9.1 format; with --wait, XREAD BLOCK on the job's event stream.
+/// Redis: XADD in the docs/wire-format.md#job-entries format; with --wait, XREAD BLOCK on the job's event stream.
 async fn redis_submit(
     args: &SubmitArgs,
     url: &str,

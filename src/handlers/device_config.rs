@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::{Handler, HandlerError, JobContext};
 use crate::manifest;
 
-/// Payload keys every job may carry (SPEC §9.1); they are not part of the device config.
+/// Payload keys every job may carry (docs/wire-format.md#job-entries); they are not part of the device config.
 const RUNTIME_KEYS: [&str; 6] = [
     "target_node",
     "timeout_ms",

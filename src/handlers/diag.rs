@@ -1,4 +1,4 @@
-//! The diagnostic job types used by benchmarks and chaos tests (SPEC §4): `noop`, `echo`,
+//! The diagnostic job types used by benchmarks and chaos tests (ARCHITECTURE.md): `noop`, `echo`,
 //! `sleep {ms}` and `fail {times?}`. They do nothing harmful and never touch the machine.
 
 use std::time::Duration;

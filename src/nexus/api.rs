@@ -1,5 +1,5 @@
 //! The control plane's HTTP API (axum): the routes, bearer-token auth, body limits and the JSON
-//! error shape `{"error": MESSAGE}`. The Nexus wire format of SPEC §9.4 (`GET /api/v1/jobs/next`,
+//! error shape `{"error": MESSAGE}`. The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
 //! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
 //! citadel's own API, documented in the README. Every handler that changes state waits for
 //! [`Store::flush`] before it answers. This module must never hold job state of its own or log
@@ -207,7 +207,7 @@ async fn claim_wait(
     }
 }
 
-/// The SPEC §9.4 payload: every value a string.
+/// The docs/wire-format.md#nexus-http payload: every value a string.
 fn stringly(payload: &Map<String, Value>) -> Map<String, Value> {
     payload
         .iter()
@@ -221,7 +221,7 @@ fn stringly(payload: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-/// `GET /api/v1/jobs/next[?wait=S]` (SPEC §9.4): 200 `{"id","type","payload"}` or 204. The lease
+/// `GET /api/v1/jobs/next[?wait=S]` (docs/wire-format.md#nexus-http): 200 `{"id","type","payload"}` or 204. The lease
 /// travels in headers so the body stays the Go agent's format byte for byte.
 async fn next_job(
     State(app): St,
@@ -264,7 +264,7 @@ struct StatusBody {
     output: Option<String>,
 }
 
-/// `POST /api/v1/jobs/{id}/status` (SPEC §9.4) → 204.
+/// `POST /api/v1/jobs/{id}/status` (docs/wire-format.md#nexus-http) → 204.
 async fn report_status(
     State(app): St,
     Path(id): Path<String>,
@@ -285,7 +285,7 @@ async fn report_status(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A node as SPEC §9.4 lists it: `{id, name, ip_address, status, last_seen}`.
+/// A node as docs/wire-format.md#nexus-http lists it: `{id, name, ip_address, status, last_seen}`.
 fn node_json(n: &NodeRecord, now: u64) -> Value {
     let online = now.saturating_sub(n.last_seen_ms) < NODE_OFFLINE_AFTER.as_millis() as u64;
     json!({
@@ -297,7 +297,7 @@ fn node_json(n: &NodeRecord, now: u64) -> Value {
     })
 }
 
-/// `GET /api/v1/nodes` (SPEC §9.4).
+/// `GET /api/v1/nodes` (docs/wire-format.md#nexus-http).
 async fn nodes(State(app): St) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let list: Vec<Value> = app
@@ -309,7 +309,7 @@ async fn nodes(State(app): St) -> ApiResult<Json<Value>> {
     Ok(Json(Value::Array(list)))
 }
 
-/// `GET /api/v1/nodes/{id}`: the node with its last status report (SPEC §9.3) as `report`.
+/// `GET /api/v1/nodes/{id}`: the node with its last status report (docs/wire-format.md#heartbeat) as `report`.
 async fn node(State(app): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let found = app.store.nodes()?.into_iter().find(|n| n.id == id);
     let n = found.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node `{id}`")))?;
@@ -326,7 +326,7 @@ struct HeartbeatBody {
     name: Option<String>,
     #[serde(default)]
     status: Option<String>,
-    /// The node's full status message (SPEC §9.3), when the worker sends one.
+    /// The node's full status message (docs/wire-format.md#heartbeat), when the worker sends one.
     #[serde(default)]
     report: Option<Value>,
 }
@@ -503,10 +503,12 @@ async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     Ok(Json(r))
 }
 
-/// Checks a job event (SPEC §9.2) and records it (not yet flushed).
+/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed).
 pub(super) fn record_event(store: &Store, id: &str, ev: &Value) -> ApiResult<u64> {
     if !ev.is_object() {
-        return Err(ApiError::bad("an event is a JSON object (SPEC §9.2)"));
+        return Err(ApiError::bad(
+            "an event is a JSON object (docs/wire-format.md#job-events)",
+        ));
     }
     if let Some(j) = ev.get("jobId").and_then(Value::as_str) {
         if j != id {

@@ -1,4 +1,4 @@
-//! Device authorization on the control plane (SPEC §9.5, RFC 8628 style): a node asks to join
+//! Device authorization on the control plane (docs/wire-format.md#device-authorization, RFC 8628 style): a node asks to join
 //! (`start`), a person approves its user code (`citadel nexus approve CODE` or the `/device`
 //! page, both with the control plane's token), and the node's polls (`token`) get its
 //! credentials. Pending requests live in memory only (they expire within minutes; a restarted
@@ -40,7 +40,7 @@ pub struct StartRequest {
     pub machine_id: Option<String>,
 }
 
-/// The answer to `start` (SPEC §9.5).
+/// The answer to `start` (docs/wire-format.md#device-authorization).
 #[derive(Debug, Clone, Serialize)]
 pub struct StartResponse {
     pub device_code: String,

@@ -1,4 +1,4 @@
-//! The HTTP side of device authorization (SPEC §9.5): `POST /api/fabric/device-auth/start` and
+//! The HTTP side of device authorization (docs/wire-format.md#device-authorization): `POST /api/fabric/device-auth/start` and
 //! `/token` for nodes (no bearer token: a node has none yet; the device code is the secret),
 //! `POST /api/v1/device-auth/approve` and `GET /api/v1/device-auth/pending` for approvers (bearer
 //! token), and the `/device` approval page. The credentials a node receives are the control

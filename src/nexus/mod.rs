@@ -1,6 +1,6 @@
-//! The embedded control plane (SPEC §5): a job queue with leases, long-poll, events, cancellation,
+//! The embedded control plane (docs/control-plane.md): a job queue with leases, long-poll, events, cancellation,
 //! a dead-letter list and node heartbeats, persisted in sled, behind an HTTP API that speaks the
-//! Nexus wire format (SPEC §9.4). `citadel nexus serve` runs it alone; `citadel work` embeds it
+//! Nexus wire format (docs/wire-format.md#nexus-http). `citadel nexus serve` runs it alone; `citadel work` embeds it
 //! when nothing else is configured. This module owns starting and stopping it, the bearer token
 //! (generated at first start, `DATA/token`, mode 0600) and the address file (`DATA/address`) that
 //! lets `citadel submit` and `citadel work` on the same machine find it. It must never run jobs,

@@ -1,4 +1,4 @@
-//! `GET /api/v1/jobs/{id}/events`: a job's events (SPEC §9.2 JSON) as Server-Sent Events. Each
+//! `GET /api/v1/jobs/{id}/events`: a job's events (docs/wire-format.md#job-events JSON) as Server-Sent Events. Each
 //! event's SSE `id` is its index (from 0) and its SSE `event` its type; a client that reconnects
 //! with `Last-Event-ID: N` (or `?after=N`) gets the events after N. The stream ends once the job
 //! is final and every event has been sent. This module only reads the store; it must never change

@@ -155,7 +155,7 @@ pub struct NodeRecord {
     pub status: String,
     /// Unix milliseconds.
     pub last_seen_ms: u64,
-    /// The last status message the node sent (SPEC §9.3), if any.
+    /// The last status message the node sent (docs/wire-format.md#heartbeat), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
 }
@@ -504,7 +504,7 @@ impl Store {
         Ok(r)
     }
 
-    /// `POST /api/v1/jobs/{id}/status` (SPEC §9.4): the plain poller's final word on a job.
+    /// `POST /api/v1/jobs/{id}/status` (docs/wire-format.md#nexus-http): the plain poller's final word on a job.
     pub fn report_status(
         &self,
         id: &str,

@@ -1,4 +1,4 @@
-//! `GET /api/v1/ws`: the WebSocket job push (SPEC §3 `websocket`). One socket per worker; the
+//! `GET /api/v1/ws`: the WebSocket job push (docs/transports.md `websocket`). One socket per worker; the
 //! frames are those of `citadel_transports::websocket::protocol` (documented in the README). The
 //! worker says `hello`, grants `credit`, and the control plane pushes leased jobs up to the credit
 //! the moment they become ready; settlements, lease renewals and job events arrive as requests

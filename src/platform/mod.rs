@@ -1,6 +1,6 @@
 //! Platform detection: what this machine is and can do — GPUs ([`gpu`], NVML), the OS, package
 //! manager and Docker ([`host`]), CPU, memory, load and disk ([`system`]), the inference engines
-//! answering on their default loopback ports (SPEC §9.6), and the capability tags derived from
+//! answering on their default loopback ports (docs/wire-format.md#llm-engines), and the capability tags derived from
 //! all of it (`gpu:<model>`, `vram:<N>gb`, `engine:<name>`, `os:<os>`, `arch:<arch>`). It feeds
 //! the status message, the heartbeat and `citadel platform`. Detection only reads; it must never
 //! change the machine, and a missing driver or daemon is a fact to report, never an error.
@@ -19,7 +19,7 @@ pub use gpu::{Gpu, GpuReport};
 pub use host::{DockerInfo, OsInfo};
 pub use system::SystemInfo;
 
-/// The inference engines and the loopback port each listens on by default (SPEC §9.6).
+/// The inference engines and the loopback port each listens on by default (docs/wire-format.md#llm-engines).
 pub const ENGINE_PORTS: &[(&str, u16)] = &[
     ("vllm", 8201),
     ("llamacpp", 8200),

@@ -1,7 +1,7 @@
 //! One delivery, start to settlement. In order: journal the delivery; a job the journal shows as
-//! succeeded is acked again with its recorded result re-published and never run (SPEC §2.2); a
+//! succeeded is acked again with its recorded result re-published and never run (docs/journal.md#invariants); a
 //! job for another node is skipped; a job past its attempts is dead-lettered without running
-//! (SPEC §2.4); a cancelled job is not started; an unknown type is dead-lettered with the list of
+//! (docs/journal.md#invariants); a cancelled job is not started; an unknown type is dead-lettered with the list of
 //! supported types. Otherwise the handler runs under a cancellation token that fires on the
 //! producer's cancellation (polled every second), the deadline, a lost lease or the drain
 //! timeout, while the lease is extended; its outcome is journaled and settled through the one
@@ -186,7 +186,7 @@ impl Shared {
         )
         .delivery(&delivery_id);
         // The cancellation check and `claimed` share a round trip: a job cancelled before it
-        // started reads `claimed, cancelled` (SPEC §9.2 order) and never starts.
+        // started reads `claimed, cancelled` (docs/wire-format.md#job-events order) and never starts.
         let (cancelled, ()) = tokio::join!(
             self.source.is_cancelled(&job.id),
             self.publish(&job, claimed)

@@ -1,4 +1,4 @@
-//! The one settle path (SPEC §2.1): the settlement's event is appended to the journal and made
+//! The one settle path (docs/journal.md#invariants): the settlement's event is appended to the journal and made
 //! durable, and only then is the settlement sent to the transport. Transient transport errors are
 //! retried with the shared backoff for a bounded time; if the transport stays away, the journal
 //! already says what was decided, and a redelivery of the job is settled from it (a succeeded job

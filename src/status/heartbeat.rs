@@ -1,5 +1,5 @@
 //! The heartbeat: every interval (30 s by default), the status message goes to the active
-//! transport through `JobSource::heartbeat` (Redis: SPEC §9.3; nexus: the node API). A failed
+//! transport through `JobSource::heartbeat` (Redis: docs/wire-format.md#heartbeat; nexus: the node API). A failed
 //! beat is logged and the next one comes on schedule; the loop never stops the worker.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The node's status: one [`NodeStatus`] holds what a running worker knows about itself (the
 //! transport, the runner's counters, the platform detection) and builds from it the status
-//! message of SPEC §9.3, which the heartbeat sends ([`heartbeat`]), the status server serves as
+//! message of docs/wire-format.md#heartbeat, which the heartbeat sends ([`heartbeat`]), the status server serves as
 //! `/status` and renders as `/metrics` ([`server`], [`prometheus`]). This module reads state; it
 //! must never change the runner or the transport.
 
@@ -134,7 +134,7 @@ impl NodeStatus {
         }
     }
 
-    /// The status message (SPEC §9.3).
+    /// The status message (docs/wire-format.md#heartbeat).
     pub async fn message(&self) -> Value {
         let platform = self.platform().await;
         let c = &self.counters;

@@ -39,6 +39,6 @@ pub trait Fixture: Send + Sync + Sized + 'static {
     /// The dead-letter queue.
     async fn dead_letters(&self) -> Vec<Dead>;
 
-    /// The SPEC §9.2 events of a job as a (late) reader sees them, in order.
+    /// The docs/wire-format.md#job-events events of a job as a (late) reader sees them, in order.
     async fn events(&self, id: &str) -> Vec<Value>;
 }

@@ -1,5 +1,5 @@
 //! The Redis Streams transport under the conformance suite: a real redis-server, entries written
-//! as SPEC §9.1, cancellation keys, the `dlq:v1:…` stream and the capped event stream.
+//! as docs/wire-format.md#job-entries, cancellation keys, the `dlq:v1:…` stream and the capped event stream.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The promises of SPEC §3, written once, for any [`Fixture`]: delivery and ack, cancel-safe
+//! The promises of docs/transports.md, written once, for any [`Fixture`]: delivery and ack, cancel-safe
 //! `next`, retry with a delay that counts an attempt, dead-letter with the reason and attempts,
 //! lease extension, lease loss of a silent worker, release at shutdown, cancellation before start
 //! and mid-run, event order, bad payloads. Each test starts its own servers.

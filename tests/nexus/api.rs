@@ -1,4 +1,4 @@
-//! The HTTP API of `citadel nexus serve`: SPEC §9.4 byte for byte, auth, malformed requests,
+//! The HTTP API of `citadel nexus serve`: docs/wire-format.md#nexus-http byte for byte, auth, malformed requests,
 //! leases and their expiry, long-poll, SSE events and restart without loss.
 
 use std::os::unix::fs::PermissionsExt;

@@ -129,7 +129,7 @@ async fn submit_to_redis_writes_the_wire_format_and_waits_for_the_events() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"msg\":\"hi\"}\n");
-    // The entry a producer of the Go platform would have written (SPEC §9.1).
+    // The entry a producer of the Go platform would have written (docs/wire-format.md#job-entries).
     let mut c = server.conn().await;
     let entries = crate::harness::range(&mut c, crate::harness::STREAM).await;
     let fields: std::collections::HashMap<String, String> = entries[0].1.iter().cloned().collect();

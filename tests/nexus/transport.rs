@@ -1,5 +1,5 @@
 //! The nexus `JobSource` against the real control plane: full mode (claims sized to `max`,
-//! leases, events, cancellation, settlements) and plain mode (SPEC §9.4 only, as the Go agent).
+//! leases, events, cancellation, settlements) and plain mode (docs/wire-format.md#nexus-http only, as the Go agent).
 
 use std::time::Duration;
 

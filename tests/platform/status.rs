@@ -1,6 +1,6 @@
 //! The status server of a real `citadel work` on a real redis-server: /healthz, /readyz (and
 //! how it turns unready when Redis goes away), /status, /metrics (parsed strictly), the Redis
-//! heartbeat of SPEC §9.3, `citadel status`, and the nexus heartbeat on the embedded control
+//! heartbeat of docs/wire-format.md#heartbeat, `citadel status`, and the nexus heartbeat on the embedded control
 //! plane.
 
 use std::process::Command;
@@ -197,7 +197,7 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
         s["gpu"].as_array().unwrap().len()
     );
 
-    // SPEC §9.3 on Redis: the stream entry and the publication.
+    // docs/wire-format.md#heartbeat on Redis: the stream entry and the publication.
     let msg = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
         .await
         .expect("a heartbeat on node:status:node-a")

@@ -1,4 +1,4 @@
-//! The event sequence and fields of every way a job can end (SPEC §9.2), the status hash, the
+//! The event sequence and fields of every way a job can end (docs/wire-format.md#job-events), the status hash, the
 //! dead-letter entries (§9.1), retries and cancellation.
 
 use std::time::Duration;

@@ -62,7 +62,7 @@ async fn a_nats_worker_runs_retries_dead_letters_and_cancels_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Success: the events of SPEC §9.2, in order, the status, the message gone from the queue.
+    // Success: the events of docs/wire-format.md#job-events, in order, the status, the message gone from the queue.
     submit(&p, "ok-1", "echo", json!({"text": "hi"})).await;
     let evs = wait_for(&p, "ok-1", "end").await;
     assert_eq!(types(&evs), ["claimed", "start", "end"]);

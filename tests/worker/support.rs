@@ -134,7 +134,7 @@ impl Drop for Worker {
     }
 }
 
-/// The events of a job so far, from its capped event stream (SPEC §9.2 JSON, in order).
+/// The events of a job so far, from its capped event stream (docs/wire-format.md#job-events JSON, in order).
 pub async fn events(c: &mut MultiplexedConnection, job: &str) -> Vec<Value> {
     harness::range(c, &format!("stream:v1:{job}:events"))
         .await

@@ -1,4 +1,4 @@
-//! Job events in the wire format of SPEC §9.2: the `claimed` / `start` / `chunk` / `end` /
+//! Job events in the wire format of docs/wire-format.md#job-events: the `claimed` / `start` / `chunk` / `end` /
 //! `error` / `cancelled` messages a producer reads on `stream:v1:{jobId}`. This module owns the
 //! exact JSON shape and the status each event implies; it must never send anything (transports
 //! do) nor decide when an event is due (the runtime does).
@@ -196,7 +196,7 @@ impl WireEvent {
         data
     }
 
-    /// The event as the JSON text sent on the wire (keys in the order of SPEC §9.2).
+    /// The event as the JSON text sent on the wire (keys in the order of docs/wire-format.md#job-events).
     pub fn to_json(&self) -> String {
         let envelope = Envelope {
             version: EVENT_VERSION,

@@ -1,5 +1,5 @@
 //! The `JobSource` trait: the one interface the runtime uses to receive, settle, lease, cancel
-//! and report jobs, whatever the transport (SPEC §3), and the small types that travel with it.
+//! and report jobs, whatever the transport (docs/transports.md), and the small types that travel with it.
 //! This module owns the contract only; it must never contain transport code or runtime policy
 //! (how many attempts, which backoff): those belong to the implementations and the runner.
 
@@ -167,12 +167,12 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
     /// Whether the producer asked to cancel the job.
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError>;
 
-    /// Sends a job event (SPEC §9.2) to whoever listens, and records the status it implies.
+    /// Sends a job event (docs/wire-format.md#job-events) to whoever listens, and records the status it implies.
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError>;
 
     async fn health(&self) -> Health;
 
-    /// Reports this node's status (SPEC §9.3: a JSON status message) where the transport's
+    /// Reports this node's status (docs/wire-format.md#heartbeat: a JSON status message) where the transport's
     /// control plane or fleet reads it. Transports without a node channel accept and drop it.
     async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
         let _ = status;

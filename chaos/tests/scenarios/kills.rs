@@ -16,7 +16,7 @@ async fn sigkill_worker_under_load() -> anyhow::Result<()> {
     if !gate(NAME) {
         return Ok(());
     }
-    // Interrupted attempts count (SPEC §2.4): a job killed often must not hit the default 3.
+    // Interrupted attempts count (docs/journal.md#invariants): a job killed often must not hit the default 3.
     let flags: &[(&str, &str)] = &[("--concurrency", "8"), ("--max-attempts", "20")];
     let (mut t, p) = setup("kill", &[("w1", flags), ("w2", flags)]).await?;
     t.supervise();

@@ -531,7 +531,7 @@ fn print(report: &Report) {
             ]
         })
         .collect();
-    crate::cli::table(
+    crate::format::table(
         &[
             "CONCURRENCY",
             "JOURNAL",

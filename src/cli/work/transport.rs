@@ -12,8 +12,8 @@ use citadel_transports::{
 };
 
 use super::{duration, WorkArgs};
-use crate::cli::format;
 use crate::config::{self, AutoSection, NexusSection, RedisSection, WebSocketSection};
+use crate::format;
 
 /// The Redis transport's settings from the flags, environment and config file.
 pub(super) fn redis_config(
@@ -195,30 +195,4 @@ pub(crate) fn nexus_token_from_files(
         return Ok(Some(t.trim().to_string()));
     }
     crate::nexus::read_token(&crate::nexus::data_dir(data_dir))
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`: secrets never reach a log.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => format!("{}***{}", &url[..s + 3], &url[at..]),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn credentials_are_redacted() {
-        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
-        assert_eq!(redact("redis://pw@h"), "redis://***@h");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }

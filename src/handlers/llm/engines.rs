@@ -1,5 +1,5 @@
 //! Where the inference engines are and how long to wait for them: the base URL of each backend
-//! (SPEC §9.6 defaults, overridden by `--engine NAME=URL`, `CITADEL_ENGINES` or the config
+//! (docs/wire-format.md#llm-engines defaults, overridden by `--engine NAME=URL`, `CITADEL_ENGINES` or the config
 //! file's `llm:` section) and the connect, readiness, first-token and idle timeouts. Also the
 //! readiness probe: a bounded wait for an engine that is still loading, remembered for a few
 //! seconds once it answers. Never sends a generation request (that is [`super::client`]).

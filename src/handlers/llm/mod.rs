@@ -1,4 +1,4 @@
-//! The `llm_inference` handler (SPEC §9.6): validates the payload ([`request`]), picks the
+//! The `llm_inference` handler (docs/wire-format.md#llm-engines): validates the payload ([`request`]), picks the
 //! engine by `backend`, waits (bounded) for it to be ready ([`engines`]), streams the generation
 //! ([`client`], parsed by [`parse`]) token by token into the job's chunks, and returns
 //! `{content, finish_reason, usage}`. Cancellation and the job deadline reach the engine: the

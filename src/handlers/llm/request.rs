@@ -1,4 +1,4 @@
-//! What an `llm_inference` job asks for, and how each engine is asked for it (SPEC §9.6). Parses
+//! What an `llm_inference` job asks for, and how each engine is asked for it (docs/wire-format.md#llm-engines). Parses
 //! the payload (`backend`, `model`, `prompt` or `messages`, `max_tokens`, `temperature`,
 //! `top_p`, `stop`, `stream`; numbers and booleans may arrive as strings, as the Nexus wire
 //! format carries only strings) and translates it into one engine call: the path, the JSON body
@@ -43,7 +43,7 @@ impl Backend {
         }
     }
 
-    /// The engine's default base URL on this host (SPEC §9.6 ports).
+    /// The engine's default base URL on this host (docs/wire-format.md#llm-engines ports).
     pub fn default_url(self) -> &'static str {
         match self {
             Backend::Vllm => "http://127.0.0.1:8201",
@@ -98,7 +98,7 @@ pub struct LlmRequest {
     pub stream: bool,
 }
 
-/// `max_tokens` when the payload has none (SPEC §9.6).
+/// `max_tokens` when the payload has none (docs/wire-format.md#llm-engines).
 pub const DEFAULT_MAX_TOKENS: u64 = 512;
 
 /// One HTTP request to an engine.

@@ -1,4 +1,4 @@
-//! The `auto` transport (SPEC §3): one [`JobSource`] over an ordered list of candidate
+//! The `auto` transport (docs/transports.md): one [`JobSource`] over an ordered list of candidate
 //! transports (best first: redis > nats > websocket > nexus). It connects to every candidate in
 //! the background (one that is down at start is retried with the reconnect backoff), probes their
 //! health every `probe_interval`, and lets the pure [`Selector`] decide which one delivers new

@@ -1,4 +1,4 @@
-//! The NATS JetStream transport (SPEC §3): a durable pull consumer on a work-queue stream of job
+//! The NATS JetStream transport (docs/transports.md): a durable pull consumer on a work-queue stream of job
 //! subjects. It owns pulling, settling and leasing messages, dead-lettering, the cancellation
 //! and status buckets and job events on NATS; it must never run jobs, journal anything or choose
 //! a settlement.

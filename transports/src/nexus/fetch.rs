@@ -1,7 +1,7 @@
 //! Claiming jobs from the control plane in the background, into the inbox `next()` drains (the
 //! same hand-over as the Redis transport, so `next()` is cancel-safe and never claims more than
 //! the free slots). Full mode long-polls `POST /api/v1/jobs/claim`; plain mode (a server that
-//! only speaks SPEC §9.4) polls `GET /api/v1/jobs/next` every `poll_interval`. Also turns the
+//! only speaks docs/wire-format.md#nexus-http) polls `GET /api/v1/jobs/next` every `poll_interval`. Also turns the
 //! server's JSON into deliveries. This module must never settle or run a job.
 
 use std::sync::Arc;

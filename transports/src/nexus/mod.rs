@@ -1,4 +1,4 @@
-//! The nexus transport (SPEC §3, §9.4): jobs over HTTP from a citadel control plane (`citadel
+//! The nexus transport (docs/transports.md, §9.4): jobs over HTTP from a citadel control plane (`citadel
 //! nexus serve`, or one embedded in `citadel work`), with a bearer token, long-poll claims sized
 //! to the free slots, leases, settlements, cancellation and job events; and, against a server
 //! that only speaks the Go agent's format, plain polling of `GET /api/v1/jobs/next` every 5 s
@@ -58,7 +58,7 @@ pub struct NexusConfig {
     pub request_timeout: Duration,
     /// Node heartbeat interval (full mode).
     pub heartbeat: Duration,
-    /// Speak only SPEC §9.4 even to a citadel control plane.
+    /// Speak only docs/wire-format.md#nexus-http even to a citadel control plane.
     pub force_plain: bool,
 }
 
@@ -85,7 +85,7 @@ impl NexusConfig {
 pub(crate) enum Mode {
     /// A citadel control plane: claims, leases, events, cancellation.
     Full,
-    /// SPEC §9.4 only.
+    /// docs/wire-format.md#nexus-http only.
     Plain,
 }
 
@@ -155,7 +155,7 @@ impl NexusSource {
         })
     }
 
-    /// Whether the server speaks more than SPEC §9.4.
+    /// Whether the server speaks more than docs/wire-format.md#nexus-http.
     pub fn is_full(&self) -> bool {
         self.inner.mode == Mode::Full
     }

@@ -1,4 +1,4 @@
-//! The Redis transport's settings and the key names derived from them (SPEC §9.1). This module
+//! The Redis transport's settings and the key names derived from them (docs/wire-format.md#job-entries). This module
 //! owns validation and naming; it must never open a connection.
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Defaults (SPEC §9.1) for a consumer named `consumer`.
+    /// Defaults (docs/wire-format.md#job-entries) for a consumer named `consumer`.
     pub fn new(url: impl Into<String>, consumer: impl Into<String>) -> Self {
         let consumer = consumer.into();
         Self {

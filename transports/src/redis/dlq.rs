@@ -1,4 +1,4 @@
-//! The fields of a dead-letter entry (SPEC §9.1): `original_message_id`, `original_queue`,
+//! The fields of a dead-letter entry (docs/wire-format.md#job-entries): `original_message_id`, `original_queue`,
 //! `reason`, `moved_at` (RFC 3339 UTC), `worker_id`, `jobId`, `enqueuedAt` (when known),
 //! `payload`, plus our `attempts` and `errors` (a JSON array of strings). Pure code; the move
 //! itself is the dead-letter script's job (which also swaps in the original entry's exact

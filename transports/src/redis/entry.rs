@@ -1,4 +1,4 @@
-//! Turning one stream entry into a job, exactly per SPEC §9.1: all fields are strings; `jobId`;
+//! Turning one stream entry into a job, exactly per docs/wire-format.md#job-entries: all fields are strings; `jobId`;
 //! `type` (else `payload.type`); `payload`, a JSON object encoded as a string; optional
 //! `enqueuedAt`; optional `rayId` (else `payload.rayId`). Empty strings count as absent, a field
 //! written twice keeps its last value, and a missing `payload` is an empty object. Pure code: it

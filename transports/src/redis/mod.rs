@@ -1,4 +1,4 @@
-//! The Redis Streams transport (SPEC §3, §9.1): a consumer group on one or more job streams.
+//! The Redis Streams transport (docs/transports.md, §9.1): a consumer group on one or more job streams.
 //! It owns claiming, settling and leasing stream entries, dead-lettering, cancellation flags and
 //! job events on Redis; it must never run jobs, journal anything or choose a settlement.
 //!
@@ -42,7 +42,7 @@ mod publish;
 mod reply;
 mod scripts;
 
-/// The stream every node's heartbeat is appended to (SPEC §9.3).
+/// The stream every node's heartbeat is appended to (docs/wire-format.md#heartbeat).
 pub const NODE_STATUS_STREAM: &str = "node:status:stream";
 /// The approximate length the heartbeat stream is capped at.
 pub const NODE_STATUS_MAXLEN: usize = 10_000;
@@ -333,7 +333,7 @@ impl JobSource for RedisSource {
         self.inner.publisher.publish(event).await
     }
 
-    /// SPEC §9.3: `XADD node:status:stream MAXLEN ~ 10000 * nodeId … timestamp … payload …`,
+    /// docs/wire-format.md#heartbeat: `XADD node:status:stream MAXLEN ~ 10000 * nodeId … timestamp … payload …`,
     /// then `PUBLISH node:status:{nodeId}` with the same JSON, in one round trip.
     async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
         let node_id = status

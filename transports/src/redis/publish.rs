@@ -1,4 +1,4 @@
-//! Job events on Redis (SPEC §9.2): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
+//! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
 //! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a late
 //! subscriber can resume from an index or an entry id), and updates the status hash
 //! `job:{jobId}:status`. One [`Publisher`] task sends every event of the source: whatever is

@@ -1,4 +1,4 @@
-//! The WebSocket transport (SPEC §3): a citadel control plane pushes leased jobs to this worker
+//! The WebSocket transport (docs/transports.md): a citadel control plane pushes leased jobs to this worker
 //! over one WebSocket (`GET /api/v1/ws`, bearer token), for nodes behind proxies that allow
 //! nothing but one outbound HTTP(S) connection. This module owns the mapping of the `JobSource`
 //! contract onto the frames of [`protocol`]; [`conn`] owns the socket (connect, hello, credit,

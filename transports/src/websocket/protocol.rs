@@ -51,7 +51,7 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lease_ms: Option<u64>,
     },
-    /// A job event (SPEC §9.2 JSON object).
+    /// A job event (docs/wire-format.md#job-events JSON object).
     Event { id: u64, job: String, event: Value },
     /// A round trip, for health probes.
     Ping { id: u64 },

@@ -1,5 +1,5 @@
 //! The test harness: a real `redis-server` on a free loopback port, killed on drop, and helpers
-//! to write entries in the wire format of SPEC §9.1 and to look at the group's state.
+//! to write entries in the wire format of docs/wire-format.md#job-entries and to look at the group's state.
 
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ impl Server {
     }
 }
 
-/// `XADD` of a job exactly as a producer of SPEC §9.1 writes it.
+/// `XADD` of a job exactly as a producer of docs/wire-format.md#job-entries writes it.
 pub async fn enqueue(c: &mut MultiplexedConnection, fields: &[(&str, &str)]) -> String {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(STREAM).arg("*");

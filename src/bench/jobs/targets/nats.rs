@@ -30,7 +30,7 @@ pub async fn run(args: NatsBench) -> anyhow::Result<()> {
     let (url, described) = match (&args.nats_url, &local) {
         (Some(u), _) => (
             u.clone(),
-            format!("NATS JetStream ({})", crate::cli::redact(u)),
+            format!("NATS JetStream ({})", crate::format::redact(u)),
         ),
         (None, Some(l)) => (
             l.url(),

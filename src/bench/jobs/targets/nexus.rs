@@ -1,7 +1,7 @@
 //! `citadel bench nexus` and `citadel bench websocket`: jobs through the embedded control plane,
 //! started in the bench process on a free loopback port with its own temporary data folder, and
 //! taken by the worker with long-poll claims (nexus), plain 5 s polling as the Go agent does
-//! (`nexus --plain`, SPEC §9.4), or the control plane's WebSocket push. The plane's CPU is part
+//! (`nexus --plain`, docs/wire-format.md#nexus-http), or the control plane's WebSocket push. The plane's CPU is part
 //! of the process's figures.
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::nexus::{self, Listen};
 
 #[derive(Debug, Args)]
 pub struct NexusBench {
-    /// Take jobs as the Go agent does (SPEC §9.4 polling every 5 s) instead of long-poll claims.
+    /// Take jobs as the Go agent does (docs/wire-format.md#nexus-http polling every 5 s) instead of long-poll claims.
     #[arg(long)]
     plain: bool,
     #[command(flatten)]

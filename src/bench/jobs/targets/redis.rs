@@ -1,4 +1,4 @@
-//! `citadel bench redis`: jobs through Redis Streams (SPEC §9.1 entries, one stream per run, the
+//! `citadel bench redis`: jobs through Redis Streams (docs/wire-format.md#job-entries entries, one stream per run, the
 //! consumer group `bench`), against `--redis-url` or a throwaway local redis-server.
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub async fn run(args: RedisBench) -> anyhow::Result<()> {
     let target = RedisTarget {
         described: match &local {
             Some(_) => "Redis Streams (a local redis-server started by the bench)".into(),
-            None => format!("Redis Streams ({})", crate::cli::redact(&url)),
+            None => format!("Redis Streams ({})", crate::format::redact(&url)),
         },
         url,
     };
@@ -147,5 +147,5 @@ pub(crate) async fn connection(url: &str) -> anyhow::Result<redis::aio::Multiple
     redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await
-        .with_context(|| format!("connecting to {}", crate::cli::redact(url)))
+        .with_context(|| format!("connecting to {}", crate::format::redact(url)))
 }

@@ -1,5 +1,5 @@
-//! Small formatting and parsing helpers for the CLI: tables, durations, sizes, times. Output
-//! only; no command logic here.
+//! Small formatting and parsing helpers shared by the commands and the benchmarks: tables,
+//! durations, sizes, times, URLs with their credentials redacted. Output only; no command logic.
 
 use std::time::Duration;
 
@@ -101,9 +101,30 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `redis://user:secret@host` → `redis://user:***@host`: secrets never reach a log.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 
     #[test]
     fn sizes_parse() {

@@ -16,8 +16,8 @@ use citadel_transports::{
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::format;
-pub(crate) use transport::redact;
+use crate::format;
+use crate::format::redact;
 use transport::{
     auto_config, connect_retrying, nats_config, nexus_config, redis_config, websocket_config,
 };

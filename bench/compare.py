@@ -5,7 +5,7 @@ Run by `bench/compare.sh` (which installs, builds and creates the virtual enviro
 Every system is driven through the contract in `bench/peers/CONTRACT.md`; citadel through
 `citadel bench redis --json` and, for crash recovery, idle memory and cold start, real
 `citadel work` processes. It prints the tables and writes `bench/results/compare.json` (every
-run's raw figures), `bench/results/compare.md` (the tables the README shows) and
+run's raw figures), `bench/results/compare.md` (the tables docs/performance.md shows) and
 `bench/results/throughput.png` (jobs/s by concurrency for each system).
 
 Nothing here asserts a timing: it measures, takes medians of repeats and prints ratios.

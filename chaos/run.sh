@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the chaos suite (README "The chaos suite"): builds the release `citadel` with
+# Runs the chaos suite (docs/chaos.md): builds the release `citadel` with
 # `--features chaos` and the container images (chaos/images/build.sh skips what did not
 # change), then the scenarios one at a time, each printing its figures; the figures of the run
 # are also written to $CARGO_TARGET_DIR/chaos-figures.md (or target/).

@@ -22,7 +22,7 @@ pub fn initial(name: &str, tags: &[String], plane: Option<&Enrolment>) -> String
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let tags: Vec<String> = tags.iter().map(|t| q(t)).collect();
     let mut out = format!(
-        "# citadel.yaml: this node's manifest (README \"The manifest\"). `citadel up` converges the\n\
+        "# citadel.yaml: this node's manifest (docs/configuration.md). `citadel up` converges the\n\
          # machine to it; `citadel config show` prints the effective settings and their sources.\n\
          node:\n  name: {}\n  tags: [{}]\n\n\
          # Inference engines run as Docker Compose services (vllm, ollama, llamacpp, lmstudio), e.g.\n\

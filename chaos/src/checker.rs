@@ -182,7 +182,7 @@ fn recovery(history: &History, fault: &Fault) -> Option<Duration> {
 
 impl Figures {
     /// One line of figures, printed by every scenario (and appended to the file named by
-    /// `CITADEL_CHAOS_FIGURES`, a Markdown table the README quotes).
+    /// `CITADEL_CHAOS_FIGURES`, a Markdown table docs/chaos.md quotes).
     pub fn report(&self, scenario: &str) {
         let recovery = self
             .longest_recovery

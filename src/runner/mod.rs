@@ -6,6 +6,7 @@
 //! the journal durable. This module decides *when* things run; it never talks to a broker except
 //! through [`JobSource`].
 
+mod admission;
 mod attempt;
 pub mod metrics;
 mod settle;

@@ -298,19 +298,28 @@ async fn export(dir: &Path, a: ExportArgs) -> anyhow::Result<()> {
         .transpose()
         .context("invalid job id")?;
     let (events, damaged) = load(&open(dir)?, a.from_seq).await?;
-    use std::io::Write as _;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for ev in events
+    let chosen = events
         .iter()
         .filter(|e| since.is_none_or(|t| e.at_ms >= t))
-        .filter(|e| job.as_ref().is_none_or(|j| &e.job_id == j))
-    {
+        .filter(|e| job.as_ref().is_none_or(|j| &e.job_id == j));
+    match write_json_lines(chosen) {
+        // The reader closed the pipe (`| head`): it has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        written => written?,
+    }
+    warn_damage(&damaged);
+    Ok(())
+}
+
+/// Writes events to stdout as JSON lines, buffered.
+fn write_json_lines<'a>(events: impl Iterator<Item = &'a JobEvent>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for ev in events {
         serde_json::to_writer(&mut out, ev)?;
         writeln!(out)?;
     }
-    out.flush()?;
-    warn_damage(&damaged);
-    Ok(())
+    out.flush()
 }
 
 async fn stats(dir: &Path, a: StatsArgs) -> anyhow::Result<()> {

@@ -4,36 +4,24 @@
 //! recorded result re-published and never run (docs/journal.md#invariants), a job for another
 //! node is skipped, and a job past its attempts or of an unknown type is dead-lettered without
 //! running. An admitted job the producer cancelled is not started. Otherwise the handler runs
-//! under a cancellation token that fires on the producer's cancellation (polled every second),
-//! the deadline, a lost lease or the drain timeout, while the lease is extended; its outcome is
-//! journaled and settled through the one settle path. This module must never settle before
-//! journaling.
+//! under supervision ([`super::supervise`]: cancellation, deadline, lease, drain, chunks); its
+//! outcome is journaled and settled through the one settle path. This module must never settle
+//! before journaling.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use citadel_journal::{EventKind, NewEvent};
-use citadel_transports::{
-    Delivery, EventData, Lease, Malformed, SettleContext, Settlement, WireEvent,
-};
+use citadel_transports::{Delivery, EventData, Malformed, SettleContext, Settlement, WireEvent};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Facts, Verdict};
 use super::settle::SettleTarget;
+use super::supervise::Stop;
 use super::Shared;
 use crate::chaos::Point;
-use crate::handlers::{ChunkSink, Handler, HandlerError, JobContext};
-
-/// Why a running handler was told to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Producer,
-    Deadline,
-    LeaseLost,
-    Drain,
-}
+use crate::handlers::{Handler, HandlerError};
 
 /// What a finished run's settlement needs to know besides its outcome.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +31,6 @@ struct Ran {
     elapsed_ms: u64,
     max_attempts: u32,
 }
-
-/// A handler that ignores its cancellation gets this long before it is dropped.
-const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(10);
-/// Chunk checkpoints are journaled every this many chunks (and at the end).
-const CHECKPOINT_EVERY: u64 = 32;
 
 impl Shared {
     pub(crate) async fn publish(&self, job: &citadel_transports::Job, data: EventData) {
@@ -346,119 +329,6 @@ impl Shared {
         }
     }
 
-    /// Runs the handler with its token, deadline, lease extension, cancellation polling and chunk
-    /// relay; returns its outcome and why it was stopped, if it was.
-    async fn run_handler(
-        &self,
-        job: &citadel_transports::Job,
-        receipt: &citadel_transports::Receipt,
-        delivery_id: &str,
-        handler: Arc<dyn Handler>,
-        timeout: Option<Duration>,
-        drain: CancellationToken,
-    ) -> (Result<Value, HandlerError>, Option<Stop>) {
-        let cancel = CancellationToken::new();
-        let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
-        let stop_with = |why: Stop| {
-            let mut s = stop.lock().expect("poisoned");
-            if s.is_none() {
-                *s = Some(why);
-            }
-            cancel.cancel();
-        };
-        let (chunks, mut chunk_rx) = ChunkSink::channel(256);
-        let ctx = JobContext {
-            job: job.clone(),
-            cancel: cancel.clone(),
-            deadline: timeout.map(|t| Instant::now() + t),
-            chunks,
-        };
-        let lease_every = self
-            .source
-            .capabilities()
-            .lease
-            .map(|l| (l / 3).max(Duration::from_millis(50)));
-        let run = async {
-            let guarded = async {
-                tokio::select! {
-                    r = handler.run(&ctx) => r,
-                    () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
-                        Err(HandlerError::retryable("the handler did not stop after cancellation"))
-                    }
-                }
-            };
-            tokio::pin!(guarded);
-            let mut next_index: u64 = 0;
-            // First ticks one period from now: awaiting an interval's immediate first tick goes
-            // through the timer wheel and costs up to a millisecond per job.
-            let every = |period: Duration| {
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
-            };
-            let mut cancel_poll = every(self.config.cancel_poll);
-            let mut lease_tick = every(lease_every.unwrap_or(Duration::from_secs(3600)));
-            let deadline = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(deadline);
-            let mut deadline_fired = false;
-            let result = loop {
-                tokio::select! {
-                    r = &mut guarded => break r,
-                    Some(content) = chunk_rx.recv() => {
-                        let index = next_index;
-                        next_index += 1;
-                        self.publish(job, EventData::Chunk { content, index }).await;
-                        if (index + 1) % CHECKPOINT_EVERY == 0 {
-                            self.append_quiet(job, delivery_id, EventKind::Chunk { index });
-                        }
-                    }
-                    () = &mut deadline, if !deadline_fired => { deadline_fired = true; stop_with(Stop::Deadline); }
-                    () = drain.cancelled(), if !cancel.is_cancelled() => stop_with(Stop::Drain),
-                    _ = cancel_poll.tick() => {
-                        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
-                            stop_with(Stop::Producer);
-                        }
-                    }
-                    _ = lease_tick.tick(), if lease_every.is_some() => {
-                        match self.source.extend_lease(receipt).await {
-                            Ok(Lease::Held) => {
-                                self.counters.jobs.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Ok(Lease::Lost) => {
-                                self.counters.jobs.leases_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
-                                stop_with(Stop::LeaseLost);
-                            }
-                            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not extend the lease; trying again"),
-                        }
-                    }
-                }
-            };
-            // Chunks sent just before the handler returned still go out, in order.
-            while let Ok(content) = chunk_rx.try_recv() {
-                let index = next_index;
-                next_index += 1;
-                self.publish(job, EventData::Chunk { content, index }).await;
-            }
-            if next_index > 0 && next_index % CHECKPOINT_EVERY != 0 {
-                self.append_quiet(
-                    job,
-                    delivery_id,
-                    EventKind::Chunk {
-                        index: next_index - 1,
-                    },
-                );
-            }
-            result
-        };
-        let result = run.await;
-        let why = *stop.lock().expect("poisoned");
-        (result, why)
-    }
-
     /// A failed or timed-out attempt: retry after the backoff while attempts remain, else
     /// dead-letter. The terminal event is already journaled.
     async fn fail(&self, s: &SettleTarget<'_>, error: String, retryable: bool, max_attempts: u32) {
@@ -583,7 +453,12 @@ impl Shared {
 
     /// Appends an event that gates no settlement by itself (it becomes durable with the
     /// settlement that follows it, or within 500 ms).
-    fn append_quiet(&self, job: &citadel_transports::Job, delivery_id: &str, event: EventKind) {
+    pub(super) fn append_quiet(
+        &self,
+        job: &citadel_transports::Job,
+        delivery_id: &str,
+        event: EventKind,
+    ) {
         let name = event.name();
         self.record_outcome(&job.job_type, &event);
         if let Err(e) = self.journal.append_buffered(

@@ -310,10 +310,10 @@ impl Journal {
         let mut live = inner.live.lock().expect("journal lock poisoned");
         // Everything queued goes into the store first, so the blocks hold every event.
         inner.commit.write_out()?;
-        let candidates: Vec<retention::Candidate> = live
+        let candidates: Vec<retention::RetentionCandidate> = live
             .jobs
             .values()
-            .map(|t| retention::Candidate {
+            .map(|t| retention::RetentionCandidate {
                 job_id: t.state.job_id.clone(),
                 settled: t.state.is_settled(),
                 last_at_ms: t.state.last_at_ms,

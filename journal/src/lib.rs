@@ -28,5 +28,7 @@ pub use journal::{
     socket_path, Damage, Durability, Journal, JournalInfo, JournalOptions, OpenReport,
 };
 pub use replay::{replay, Replay, Until};
-pub use retention::{select as select_for_removal, Candidate, CompactReport, RetentionPolicy};
+pub use retention::{
+    select as select_for_removal, CompactReport, RetentionCandidate, RetentionPolicy,
+};
 pub use state::{JobState, Outcome, Phase, SettledAs, TransitionError, MAX_ERROR_HISTORY};

@@ -30,7 +30,7 @@ pub struct CompactReport {
 
 /// One job as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub struct RetentionCandidate {
     pub job_id: JobId,
     pub settled: bool,
     pub last_at_ms: u64,
@@ -38,8 +38,8 @@ pub struct Candidate {
 }
 
 /// The jobs to remove under `policy` at time `now_ms`.
-pub fn select(jobs: &[Candidate], policy: &RetentionPolicy, now_ms: u64) -> Vec<JobId> {
-    let mut settled: Vec<&Candidate> = jobs.iter().filter(|c| c.settled).collect();
+pub fn select(jobs: &[RetentionCandidate], policy: &RetentionPolicy, now_ms: u64) -> Vec<JobId> {
+    let mut settled: Vec<&RetentionCandidate> = jobs.iter().filter(|c| c.settled).collect();
     settled.sort_by_key(|c| (c.last_at_ms, c.job_id.clone()));
     let mut total: u64 = jobs.iter().map(|c| c.bytes).sum();
     let cutoff = policy
@@ -63,8 +63,8 @@ pub fn select(jobs: &[Candidate], policy: &RetentionPolicy, now_ms: u64) -> Vec<
 mod tests {
     use super::*;
 
-    fn c(id: &str, settled: bool, at: u64, bytes: u64) -> Candidate {
-        Candidate {
+    fn c(id: &str, settled: bool, at: u64, bytes: u64) -> RetentionCandidate {
+        RetentionCandidate {
             job_id: JobId::new(id).unwrap(),
             settled,
             last_at_ms: at,

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::store::{
-    now_ms, rfc3339_ms, JobRecord, JobState, NewJob, NodeRecord, Settle, Store, StoreError,
+    now_ms, rfc3339_ms, JobRecord, LeaseSettle, NewJob, NodeRecord, QueueState, Store, StoreError,
     DEFAULT_LEASE, NODE_OFFLINE_AFTER,
 };
 
@@ -369,7 +369,7 @@ struct ListQuery {
 async fn list_jobs(State(app): St, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+        Some(s) => Some(QueueState::parse(s).ok_or_else(|| {
             ApiError::bad(format!(
                 "unknown state {s:?} (queued, leased, succeeded, failed, cancelled, dead)"
             ))
@@ -452,18 +452,18 @@ pub(super) fn settle_of(
     delay_ms: u64,
     reason: Option<String>,
     errors: Vec<String>,
-) -> ApiResult<Settle> {
+) -> ApiResult<LeaseSettle> {
     Ok(match action {
-        "ack" => Settle::Ack,
-        "retry" => Settle::Retry {
+        "ack" => LeaseSettle::Ack,
+        "retry" => LeaseSettle::Retry {
             delay: Duration::from_millis(delay_ms),
             error: errors.last().cloned(),
         },
-        "dead_letter" => Settle::DeadLetter {
+        "dead_letter" => LeaseSettle::DeadLetter {
             reason: reason.unwrap_or_else(|| "dead-lettered by the worker".into()),
             errors,
         },
-        "release" => Settle::Release,
+        "release" => LeaseSettle::Release,
         other => {
             return Err(ApiError::bad(format!(
                 "action must be ack, retry, dead_letter or release, not {other:?}"
@@ -528,7 +528,7 @@ async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> Api
 }
 
 async fn dlq(State(app): St) -> Json<Value> {
-    Json(json!({ "jobs": app.store.list(Some(JobState::Dead), 10_000) }))
+    Json(json!({ "jobs": app.store.list(Some(QueueState::Dead), 10_000) }))
 }
 
 async fn requeue(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobRecord>> {

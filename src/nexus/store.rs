@@ -42,9 +42,11 @@ impl StoreError {
     }
 }
 
+/// Where a control-plane job stands in the queue (not the worker journal's lifecycle state,
+/// `citadel_journal::JobState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum JobState {
+pub enum QueueState {
     Queued,
     Leased,
     Succeeded,
@@ -53,9 +55,9 @@ pub enum JobState {
     Dead,
 }
 
-impl JobState {
+impl QueueState {
     pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Leased)
+        !matches!(self, QueueState::Queued | QueueState::Leased)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -80,7 +82,7 @@ pub struct JobRecord {
     pub payload: Map<String, Value>,
     #[serde(rename = "rayId", default, skip_serializing_if = "Option::is_none")]
     pub ray_id: Option<String>,
-    pub state: JobState,
+    pub state: QueueState,
     /// Deliveries so far.
     pub attempts: u32,
     pub max_attempts: u32,
@@ -132,9 +134,9 @@ pub struct NewJob {
     pub max_attempts: Option<u32>,
 }
 
-/// How a worker settles a lease.
+/// How a worker settles a lease (the control plane's side of a transport `Settlement`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Settle {
+pub enum LeaseSettle {
     Ack,
     Retry {
         delay: Duration,
@@ -246,7 +248,7 @@ impl Store {
         loaded.sort_by_key(|r| r.seq);
         for r in loaded {
             mem.next_seq = mem.next_seq.max(r.seq + 1);
-            if r.state == JobState::Queued {
+            if r.state == QueueState::Queued {
                 mem.queue.insert((r.not_before_ms, r.seq, r.id.clone()));
             }
             mem.jobs.insert(r.id.clone(), r);
@@ -299,7 +301,7 @@ impl Store {
     /// Puts a job (back) in the queue, ready at `not_before_ms`, and persists it.
     fn enqueue(&self, mem: &mut Mem, id: &str, not_before_ms: u64) -> Result<(), StoreError> {
         if let Some(r) = mem.jobs.get_mut(id) {
-            r.state = JobState::Queued;
+            r.state = QueueState::Queued;
             r.lease = None;
             r.not_before_ms = not_before_ms;
             let key = (not_before_ms, r.seq, r.id.clone());
@@ -341,7 +343,7 @@ impl Store {
             job_type: new.job_type,
             payload: new.payload,
             ray_id: new.ray_id.filter(|s| !s.is_empty()),
-            state: JobState::Queued,
+            state: QueueState::Queued,
             attempts: 0,
             max_attempts,
             created_at: rfc3339_ms(now),
@@ -373,7 +375,7 @@ impl Store {
     }
 
     /// Jobs, newest first, optionally of one state.
-    pub fn list(&self, state: Option<JobState>, limit: usize) -> Vec<JobRecord> {
+    pub fn list(&self, state: Option<QueueState>, limit: usize) -> Vec<JobRecord> {
         let mem = self.lock();
         let mut all: Vec<&JobRecord> = mem
             .jobs
@@ -405,10 +407,10 @@ impl Store {
             let Some(r) = mem.jobs.get_mut(&first.2) else {
                 continue;
             };
-            if r.state != JobState::Queued {
+            if r.state != QueueState::Queued {
                 continue;
             }
-            r.state = JobState::Leased;
+            r.state = QueueState::Leased;
             r.attempts += 1;
             r.lease = Some(LeaseInfo {
                 id: random_hex(8),
@@ -433,7 +435,7 @@ impl Store {
             .get_mut(id)
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         match &r.lease {
-            Some(l) if l.id == lease_id && r.state == JobState::Leased => Ok(r),
+            Some(l) if l.id == lease_id && r.state == QueueState::Leased => Ok(r),
             _ => Err(StoreError::LeaseLost(id.to_string())),
         }
     }
@@ -457,7 +459,12 @@ impl Store {
     }
 
     /// Applies a worker's settlement. Settling a job that is already final succeeds (idempotent).
-    pub fn settle(&self, id: &str, lease_id: &str, how: Settle) -> Result<JobRecord, StoreError> {
+    pub fn settle(
+        &self,
+        id: &str,
+        lease_id: &str,
+        how: LeaseSettle,
+    ) -> Result<JobRecord, StoreError> {
         let now = now_ms();
         let mut mem = self.lock();
         if let Some(r) = mem.jobs.get(id) {
@@ -470,27 +477,27 @@ impl Store {
         r.lease = None;
         let mut requeue_at = None;
         match how {
-            Settle::Ack => {
+            LeaseSettle::Ack => {
                 r.state = match r.outcome.as_deref() {
-                    Some("error") => JobState::Failed,
-                    Some("cancelled") => JobState::Cancelled,
-                    _ => JobState::Succeeded,
+                    Some("error") => QueueState::Failed,
+                    Some("cancelled") => QueueState::Cancelled,
+                    _ => QueueState::Succeeded,
                 };
             }
-            Settle::Retry { delay, error } => {
+            LeaseSettle::Retry { delay, error } => {
                 if let Some(e) = error {
                     r.errors.push(e);
                 }
                 requeue_at = Some(now + delay.as_millis() as u64);
             }
-            Settle::DeadLetter { reason, errors } => {
-                r.state = JobState::Dead;
+            LeaseSettle::DeadLetter { reason, errors } => {
+                r.state = QueueState::Dead;
                 r.dead_reason = Some(reason);
                 if !errors.is_empty() {
                     r.errors = errors;
                 }
             }
-            Settle::Release => {
+            LeaseSettle::Release => {
                 r.attempts = r.attempts.saturating_sub(1);
                 requeue_at = Some(0);
             }
@@ -520,11 +527,11 @@ impl Store {
         if r.state.is_final() {
             return Ok(());
         }
-        let was_queued = r.state == JobState::Queued;
+        let was_queued = r.state == QueueState::Queued;
         r.state = if success {
-            JobState::Succeeded
+            QueueState::Succeeded
         } else {
-            JobState::Failed
+            QueueState::Failed
         };
         r.lease = None;
         r.updated_at = rfc3339_ms(now);
@@ -598,12 +605,12 @@ impl Store {
     pub fn cancel(&self, id: &str, reason: &str) -> Result<JobRecord, StoreError> {
         let r = self.get(id)?;
         match r.state {
-            JobState::Queued => {
+            QueueState::Queued => {
                 {
                     let mut mem = self.lock();
                     mem.queue.retain(|k| k.2 != id);
                     if let Some(r) = mem.jobs.get_mut(id) {
-                        r.state = JobState::Cancelled;
+                        r.state = QueueState::Cancelled;
                         r.cancel_requested = true;
                         r.updated_at = rfc3339_ms(now_ms());
                         let r = r.clone();
@@ -622,7 +629,7 @@ impl Store {
                 let v: Value = serde_json::from_str(&ev.to_json()).unwrap_or(Value::Null);
                 self.append_event(id, &v)?;
             }
-            JobState::Leased => {
+            QueueState::Leased => {
                 let mut mem = self.lock();
                 if let Some(r) = mem.jobs.get_mut(id) {
                     r.cancel_requested = true;
@@ -642,7 +649,7 @@ impl Store {
             .jobs
             .get_mut(id)
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        if r.state != JobState::Dead {
+        if r.state != QueueState::Dead {
             return Err(StoreError::Invalid(format!(
                 "job {id} is not dead-lettered (it is {:?})",
                 r.state
@@ -667,7 +674,8 @@ impl Store {
             .jobs
             .values()
             .filter(|r| {
-                r.state == JobState::Leased && r.lease.as_ref().is_some_and(|l| l.expires_ms <= now)
+                r.state == QueueState::Leased
+                    && r.lease.as_ref().is_some_and(|l| l.expires_ms <= now)
             })
             .map(|r| r.id.clone())
             .collect();
@@ -682,7 +690,7 @@ impl Store {
                 r.attempts
             ));
             if r.attempts >= r.max_attempts {
-                r.state = JobState::Dead;
+                r.state = QueueState::Dead;
                 r.dead_reason = Some(format!(
                     "the lease expired on attempt {} of {}",
                     r.attempts, r.max_attempts
@@ -769,24 +777,24 @@ mod tests {
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].attempts, 1);
             assert_eq!(s.expire_leases().unwrap(), 1);
-            assert_eq!(s.get(&id).unwrap().state, JobState::Queued);
+            assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
             let got = s.claim("w", 4, DEFAULT_LEASE).unwrap();
             let lease = got[0].lease.clone().unwrap();
             assert!(matches!(
-                s.settle(&id, "other", Settle::Ack),
+                s.settle(&id, "other", LeaseSettle::Ack),
                 Err(StoreError::LeaseLost(_))
             ));
-            s.settle(&id, &lease.id, Settle::Release).unwrap();
+            s.settle(&id, &lease.id, LeaseSettle::Release).unwrap();
             assert_eq!(s.get(&id).unwrap().attempts, 1);
             s.submit(job("noop")).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.list(Some(JobState::Queued), 10).len(), 2);
+        assert_eq!(s.list(Some(QueueState::Queued), 10).len(), 2);
         let got = s.claim("w", 1, Duration::from_millis(0)).unwrap();
         assert_eq!(got[0].id, id, "submission order survives a restart");
         s.expire_leases().unwrap();
-        assert_eq!(s.get(&id).unwrap().state, JobState::Dead);
+        assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);
         s.requeue(&id).unwrap();
-        assert_eq!(s.get(&id).unwrap().state, JobState::Queued);
+        assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
     }
 }

@@ -24,7 +24,7 @@ use citadel_transports::websocket::protocol::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 
 use super::api::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
-use super::store::{now_ms, JobState, NodeRecord, Store, DEFAULT_LEASE};
+use super::store::{now_ms, NodeRecord, QueueState, Store, DEFAULT_LEASE};
 
 /// The most credit a worker may hold (jobs pushed but not yet settled are not limited by it).
 const MAX_CREDIT: usize = 10_000;
@@ -166,7 +166,7 @@ impl Session {
     fn push_again(&mut self, worker: &str, out: &Out) {
         let mine = self
             .store()
-            .list(Some(JobState::Leased), usize::MAX)
+            .list(Some(QueueState::Leased), usize::MAX)
             .into_iter()
             .filter(|r| r.lease.as_ref().is_some_and(|l| l.worker == worker));
         for r in mine {
@@ -184,7 +184,7 @@ impl Session {
         let told = &mut self.told;
         self.held.retain(|id, lease| match store.get(id) {
             Ok(r)
-                if r.state == JobState::Leased
+                if r.state == QueueState::Leased
                     && r.lease.as_ref().is_some_and(|l| &l.id == lease) =>
             {
                 if r.cancel_requested && told.insert(id.clone()) {

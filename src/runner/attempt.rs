@@ -1,41 +1,36 @@
-//! One delivery, start to settlement. In order: journal the delivery; a job the journal shows as
-//! succeeded is acked again with its recorded result re-published and never run (docs/journal.md#invariants); a
-//! job for another node is skipped; a job past its attempts is dead-lettered without running
-//! (docs/journal.md#invariants); a cancelled job is not started; an unknown type is dead-lettered with the list of
-//! supported types. Otherwise the handler runs under a cancellation token that fires on the
-//! producer's cancellation (polled every second), the deadline, a lost lease or the drain
-//! timeout, while the lease is extended; its outcome is journaled and settled through the one
-//! settle path. This module must never settle before journaling.
+//! One delivery, start to settlement. It carries out the admission decision
+//! ([`super::admission`]): a duplicate of a job running here is handed back unjournaled; anything
+//! else is journaled first, then a job the journal shows as succeeded is acked again with its
+//! recorded result re-published and never run (docs/journal.md#invariants), a job for another
+//! node is skipped, and a job past its attempts or of an unknown type is dead-lettered without
+//! running. An admitted job the producer cancelled is not started. Otherwise the handler runs
+//! under supervision ([`super::supervise`]: cancellation, deadline, lease, drain, chunks); its
+//! outcome is journaled and settled through the one settle path. This module must never settle
+//! before journaling.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use citadel_journal::{EventKind, NewEvent, Phase};
-use citadel_transports::{
-    Delivery, EventData, Lease, Malformed, SettleContext, Settlement, WireEvent,
-};
+use citadel_journal::{EventKind, NewEvent};
+use citadel_transports::{Delivery, EventData, Malformed, SettleContext, Settlement, WireEvent};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::settle::Settle;
+use super::admission::{self, Admission, Facts, Verdict};
+use super::settle::SettleTarget;
+use super::supervise::Stop;
 use super::Shared;
 use crate::chaos::Point;
-use crate::handlers::{ChunkSink, HandlerError, JobContext};
+use crate::handlers::{Handler, HandlerError};
 
-/// Why a running handler was told to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Producer,
-    Deadline,
-    LeaseLost,
-    Drain,
+/// What a finished run's settlement needs to know besides its outcome.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    /// The deadline the handler ran under.
+    timeout: Option<Duration>,
+    elapsed_ms: u64,
+    max_attempts: u32,
 }
-
-/// A handler that ignores its cancellation gets this long before it is dropped.
-const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(10);
-/// Chunk checkpoints are journaled every this many chunks (and at the end).
-const CHECKPOINT_EVERY: u64 = 32;
 
 impl Shared {
     pub(crate) async fn publish(&self, job: &citadel_transports::Job, data: EventData) {
@@ -77,100 +72,125 @@ impl Shared {
             .await;
     }
 
+    /// Decides the delivery's admission ([`admission::decide`]) and carries it out: a duplicate of
+    /// a running job is handed back unjournaled; anything else is journaled as received first.
     pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
         let Delivery { mut job, receipt } = d;
         crate::chaos::point(Point::AfterClaim, &job);
         let delivery_id = receipt.id().to_string();
         let state = self.journal.state(&job.id);
-        if state
-            .as_ref()
-            .is_some_and(|s| s.phase == Some(Phase::Running))
-        {
-            // The same job is running here right now (a duplicate entry): hand this copy back
-            // for later, when the journal will know how the run ended.
-            tracing::warn!(job_id = %job.id, receipt = %receipt, "duplicate delivery of a running job; retrying it later");
-            let ctx = SettleContext {
-                job: Some(&job),
-                attempts: job.attempt,
-                errors: vec![],
-                worker_id: self.config.worker_id.clone(),
-            };
-            let delay = self.config.lease;
-            self.send_settlement(&receipt, &Settlement::Retry { delay }, &ctx, Some(&job.id))
-                .await;
+        let facts = Facts {
+            state: state.as_ref(),
+            job: &job,
+            node_id: &self.meta.node_id,
+            node_name: &self.meta.node_name,
+            default_max_attempts: self.config.max_attempts,
+        };
+        let (attempt, verdict) = match admission::decide(&facts, self.registry.get(&job.job_type)) {
+            Admission::DuplicateRunning => return self.hand_back_running(&job, &receipt).await,
+            Admission::Receive { attempt, verdict } => (attempt, verdict),
+        };
+        job.attempt = attempt;
+        if !self.journal_received(&job, &delivery_id) {
             return;
         }
-        if let Some(s) = &state {
-            job.attempt = s.next_attempt(job.attempt);
-        }
-        let s = Settle {
+        let s = SettleTarget {
             job: &job,
             receipt: &receipt,
             delivery_id: &delivery_id,
         };
+        match verdict {
+            Verdict::AlreadySucceeded => self.ack_recorded(&s).await,
+            Verdict::OtherNode { target } => {
+                let reason = format!("addressed to node `{target}`");
+                tracing::info!(job_id = %job.id, target = %target, "skipping a job for another node");
+                self.settle(&s, EventKind::Skipped { reason }, Settlement::Ack)
+                    .await;
+            }
+            Verdict::AttemptsExhausted { max } => {
+                let error = format!(
+                    "delivered {} times without finishing (max {max} attempts); the job may crash the worker",
+                    job.attempt
+                );
+                self.give_up(&s, error, false, max).await;
+            }
+            Verdict::UnknownType { max_attempts } => {
+                let error = format!(
+                    "unknown job type `{}`; this node supports: {}",
+                    job.job_type,
+                    self.registry.names().join(", ")
+                );
+                self.give_up(&s, error, false, max_attempts).await;
+            }
+            Verdict::Run {
+                max_attempts,
+                handler,
+            } => self.start(&s, handler, max_attempts, drain).await,
+        }
+    }
+
+    /// The same job is running here right now (a duplicate entry): hands this copy back for
+    /// later, when the journal will know how the run ended.
+    async fn hand_back_running(
+        &self,
+        job: &citadel_transports::Job,
+        receipt: &citadel_transports::Receipt,
+    ) {
+        tracing::warn!(job_id = %job.id, receipt = %receipt, "duplicate delivery of a running job; retrying it later");
+        let ctx = SettleContext {
+            job: Some(job),
+            attempts: job.attempt,
+            errors: vec![],
+            worker_id: self.config.worker_id.clone(),
+        };
+        let delay = self.config.lease;
+        self.send_settlement(receipt, &Settlement::Retry { delay }, &ctx, Some(&job.id))
+            .await;
+    }
+
+    /// Journals the delivery (`received`, buffered); false if the journal refused it, which
+    /// leaves the delivery for redelivery.
+    fn journal_received(&self, job: &citadel_transports::Job, delivery_id: &str) -> bool {
         let received = self.journal.append_buffered(
             NewEvent::new(
                 job.id.clone(),
                 self.source.name(),
                 EventKind::Received { job: job.clone() },
             )
-            .delivery(&delivery_id),
+            .delivery(delivery_id),
         );
         if let Err(e) = received {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the delivery; leaving it for redelivery");
-            return;
+            return false;
         }
+        true
+    }
 
-        // Effectively-once: a job that already succeeded is acked with its recorded result.
-        if state.as_ref().is_some_and(|s| s.ever_succeeded()) {
-            let result = self
-                .journal
-                .recorded_result(&job.id)
-                .ok()
-                .flatten()
-                .unwrap_or(Value::Null);
-            tracing::info!(job_id = %job.id, "redelivered job already succeeded; acking it without running");
-            self.counters
-                .deduplicated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.ack_with_result(&s, result).await;
-            return;
-        }
+    /// Effectively-once: a job that already succeeded is acked with its recorded result.
+    async fn ack_recorded(&self, s: &SettleTarget<'_>) {
+        let result = self
+            .journal
+            .recorded_result(&s.job.id)
+            .ok()
+            .flatten()
+            .unwrap_or(Value::Null);
+        tracing::info!(job_id = %s.job.id, "redelivered job already succeeded; acking it without running");
+        self.counters
+            .deduplicated
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ack_with_result(s, result).await;
+    }
 
-        if let Some(target) = job.payload_str("target_node").filter(|t| !t.is_empty()) {
-            if target != self.meta.node_id && target != self.meta.node_name {
-                let reason = format!("addressed to node `{target}`");
-                tracing::info!(job_id = %job.id, target = %target, "skipping a job for another node");
-                self.settle(&s, EventKind::Skipped { reason }, Settlement::Ack)
-                    .await;
-                return;
-            }
-        }
-
-        let max_attempts = job
-            .payload_str("maxAttempts")
-            .and_then(|m| m.parse::<u32>().ok())
-            .filter(|m| *m > 0)
-            .unwrap_or(self.config.max_attempts);
-        if job.attempt > max_attempts {
-            let error = format!(
-                "delivered {} times without finishing (max {max_attempts} attempts); the job may crash the worker",
-                job.attempt
-            );
-            self.give_up(&s, error, false, max_attempts).await;
-            return;
-        }
-
-        let Some(handler) = self.registry.get(&job.job_type) else {
-            let error = format!(
-                "unknown job type `{}`; this node supports: {}",
-                job.job_type,
-                self.registry.names().join(", ")
-            );
-            self.give_up(&s, error, false, max_attempts).await;
-            return;
-        };
-
+    /// Runs an admitted job: `claimed` (the producer's cancellation checked in the same round
+    /// trip), `started` journaled, `start` published, the handler, then its outcome settled.
+    async fn start(
+        &self,
+        s: &SettleTarget<'_>,
+        handler: Arc<dyn Handler>,
+        max_attempts: u32,
+        drain: CancellationToken,
+    ) {
+        let job = s.job;
         let claimed = EventData::Claimed {
             agent_version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -184,15 +204,15 @@ impl Shared {
                 attempt: job.attempt,
             },
         )
-        .delivery(&delivery_id);
+        .delivery(s.delivery_id);
         // The cancellation check and `claimed` share a round trip: a job cancelled before it
         // started reads `claimed, cancelled` (docs/wire-format.md#job-events order) and never starts.
         let (cancelled, ()) = tokio::join!(
             self.source.is_cancelled(&job.id),
-            self.publish(&job, claimed)
+            self.publish(job, claimed)
         );
         if matches!(cancelled, Ok(true)) {
-            self.cancelled(&s, "cancelled by the producer before it started")
+            self.cancelled(s, "cancelled by the producer before it started")
                 .await;
             return;
         }
@@ -206,75 +226,85 @@ impl Shared {
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
         }
-        self.publish(&job, start).await;
-        crate::chaos::point(Point::AfterJournal, &job);
+        self.publish(job, start).await;
+        crate::chaos::point(Point::AfterJournal, job);
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 
-        let timeout = self.config.timeout_for(&job);
-        self.record_start(&job);
+        let timeout = self.config.timeout_for(job);
+        self.record_start(job);
         let begun = Instant::now();
         let (outcome, stop) = self
-            .run_handler(&job, &receipt, &delivery_id, handler, timeout, drain)
+            .run_handler(job, s.receipt, s.delivery_id, handler, timeout, drain)
             .await;
         self.counters.jobs.duration(&job.job_type, begun.elapsed());
-        let elapsed_ms = begun.elapsed().as_millis() as u64;
+        let ran = Ran {
+            timeout,
+            elapsed_ms: begun.elapsed().as_millis() as u64,
+            max_attempts,
+        };
+        self.settle_outcome(s, outcome, stop, ran).await;
+    }
 
+    /// Journals how the handler's run ended and settles the delivery accordingly.
+    async fn settle_outcome(
+        &self,
+        s: &SettleTarget<'_>,
+        outcome: Result<Value, HandlerError>,
+        stop: Option<Stop>,
+        ran: Ran,
+    ) {
+        let (job, delivery_id) = (s.job, s.delivery_id);
         match (outcome, stop) {
             (_, Some(Stop::LeaseLost)) => {
                 // Another worker owns the delivery: record how this attempt ended, settle nothing.
                 let reason = "the lease was lost: another worker owns the job now".to_string();
-                self.append_quiet(&job, &delivery_id, EventKind::Interrupted { reason });
+                self.append_quiet(job, delivery_id, EventKind::Interrupted { reason });
             }
             (Ok(result), _) => {
                 self.counters
                     .succeeded
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.append_quiet(
-                    &job,
-                    &delivery_id,
+                    job,
+                    delivery_id,
                     EventKind::Succeeded {
                         result: result.clone(),
                     },
                 );
-                crate::chaos::point(Point::AfterResult, &job);
+                crate::chaos::point(Point::AfterResult, job);
                 // `end` goes out once the success is durable: a producer that saw `end` knows a
                 // redelivery will not run the job again (the chaos suite's checker relies on it).
-                self.ack_with_result(&s, result).await;
+                self.ack_with_result(s, result).await;
             }
             (Err(_), Some(Stop::Drain)) => {
                 let reason =
                     "the worker shut down before the job finished (drain timeout)".to_string();
-                self.append_quiet(&job, &delivery_id, EventKind::Interrupted { reason });
-                self.settle(&s, EventKind::Released, Settlement::Release)
+                self.append_quiet(job, delivery_id, EventKind::Interrupted { reason });
+                self.settle(s, EventKind::Released, Settlement::Release)
                     .await;
             }
             (Err(_), Some(Stop::Producer)) => {
-                self.cancelled(&s, "cancelled by the producer").await;
+                self.cancelled(s, "cancelled by the producer").await;
             }
             (Err(_), Some(Stop::Deadline)) => {
                 let error = format!(
                     "timed out after {}",
-                    humantime::format_duration(timeout.unwrap_or_default())
+                    humantime::format_duration(ran.timeout.unwrap_or_default())
                 );
-                self.append_quiet(
-                    &job,
-                    &delivery_id,
-                    EventKind::TimedOut {
-                        after_ms: elapsed_ms,
-                    },
-                );
-                self.fail(&s, error, true, max_attempts).await;
+                let after_ms = ran.elapsed_ms;
+                self.append_quiet(job, delivery_id, EventKind::TimedOut { after_ms });
+                self.fail(s, error, true, ran.max_attempts).await;
             }
             (Err(e), None) => {
                 self.append_quiet(
-                    &job,
-                    &delivery_id,
+                    job,
+                    delivery_id,
                     EventKind::Failed {
                         error: e.message.clone(),
                         retryable: e.retryable,
                     },
                 );
-                self.fail(&s, e.message, e.retryable, max_attempts).await;
+                self.fail(s, e.message, e.retryable, ran.max_attempts).await;
             }
         }
     }
@@ -299,122 +329,9 @@ impl Shared {
         }
     }
 
-    /// Runs the handler with its token, deadline, lease extension, cancellation polling and chunk
-    /// relay; returns its outcome and why it was stopped, if it was.
-    async fn run_handler(
-        &self,
-        job: &citadel_transports::Job,
-        receipt: &citadel_transports::Receipt,
-        delivery_id: &str,
-        handler: Arc<dyn crate::handlers::Handler>,
-        timeout: Option<Duration>,
-        drain: CancellationToken,
-    ) -> (Result<Value, HandlerError>, Option<Stop>) {
-        let cancel = CancellationToken::new();
-        let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
-        let stop_with = |why: Stop| {
-            let mut s = stop.lock().expect("poisoned");
-            if s.is_none() {
-                *s = Some(why);
-            }
-            cancel.cancel();
-        };
-        let (chunks, mut chunk_rx) = ChunkSink::channel(256);
-        let ctx = JobContext {
-            job: job.clone(),
-            cancel: cancel.clone(),
-            deadline: timeout.map(|t| Instant::now() + t),
-            chunks,
-        };
-        let lease_every = self
-            .source
-            .capabilities()
-            .lease
-            .map(|l| (l / 3).max(Duration::from_millis(50)));
-        let run = async {
-            let guarded = async {
-                tokio::select! {
-                    r = handler.run(&ctx) => r,
-                    () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
-                        Err(HandlerError::retryable("the handler did not stop after cancellation"))
-                    }
-                }
-            };
-            tokio::pin!(guarded);
-            let mut next_index: u64 = 0;
-            // First ticks one period from now: awaiting an interval's immediate first tick goes
-            // through the timer wheel and costs up to a millisecond per job.
-            let every = |period: Duration| {
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
-            };
-            let mut cancel_poll = every(self.config.cancel_poll);
-            let mut lease_tick = every(lease_every.unwrap_or(Duration::from_secs(3600)));
-            let deadline = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(deadline);
-            let mut deadline_fired = false;
-            let result = loop {
-                tokio::select! {
-                    r = &mut guarded => break r,
-                    Some(content) = chunk_rx.recv() => {
-                        let index = next_index;
-                        next_index += 1;
-                        self.publish(job, EventData::Chunk { content, index }).await;
-                        if (index + 1) % CHECKPOINT_EVERY == 0 {
-                            self.append_quiet(job, delivery_id, EventKind::Chunk { index });
-                        }
-                    }
-                    () = &mut deadline, if !deadline_fired => { deadline_fired = true; stop_with(Stop::Deadline); }
-                    () = drain.cancelled(), if !cancel.is_cancelled() => stop_with(Stop::Drain),
-                    _ = cancel_poll.tick() => {
-                        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
-                            stop_with(Stop::Producer);
-                        }
-                    }
-                    _ = lease_tick.tick(), if lease_every.is_some() => {
-                        match self.source.extend_lease(receipt).await {
-                            Ok(Lease::Held) => {
-                                self.counters.jobs.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Ok(Lease::Lost) => {
-                                self.counters.jobs.leases_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
-                                stop_with(Stop::LeaseLost);
-                            }
-                            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not extend the lease; trying again"),
-                        }
-                    }
-                }
-            };
-            // Chunks sent just before the handler returned still go out, in order.
-            while let Ok(content) = chunk_rx.try_recv() {
-                let index = next_index;
-                next_index += 1;
-                self.publish(job, EventData::Chunk { content, index }).await;
-            }
-            if next_index > 0 && next_index % CHECKPOINT_EVERY != 0 {
-                self.append_quiet(
-                    job,
-                    delivery_id,
-                    EventKind::Chunk {
-                        index: next_index - 1,
-                    },
-                );
-            }
-            result
-        };
-        let result = run.await;
-        let why = *stop.lock().expect("poisoned");
-        (result, why)
-    }
-
     /// A failed or timed-out attempt: retry after the backoff while attempts remain, else
     /// dead-letter. The terminal event is already journaled.
-    async fn fail(&self, s: &Settle<'_>, error: String, retryable: bool, max_attempts: u32) {
+    async fn fail(&self, s: &SettleTarget<'_>, error: String, retryable: bool, max_attempts: u32) {
         let job = s.job;
         if retryable && job.attempt < max_attempts {
             let delay = self.config.retry.delay(job.attempt.saturating_sub(1));
@@ -471,14 +388,20 @@ impl Shared {
     }
 
     /// Acks a succeeded job; its `end` (with `result`) is published once the ack is journaled.
-    async fn ack_with_result(&self, s: &Settle<'_>, result: Value) {
+    async fn ack_with_result(&self, s: &SettleTarget<'_>, result: Value) {
         let end = Some(EventData::End { result });
         self.settle_announcing(s, EventKind::Acked, Settlement::Ack, end)
             .await;
     }
 
     /// Refuses a delivery without running it: a failed event, then the dead-letter queue.
-    async fn give_up(&self, s: &Settle<'_>, error: String, retryable: bool, max_attempts: u32) {
+    async fn give_up(
+        &self,
+        s: &SettleTarget<'_>,
+        error: String,
+        retryable: bool,
+        max_attempts: u32,
+    ) {
         self.append_quiet(
             s.job,
             s.delivery_id,
@@ -491,7 +414,7 @@ impl Shared {
     }
 
     /// The producer cancelled the job: a `cancelled` event, the terminal event, then the ack.
-    async fn cancelled(&self, s: &Settle<'_>, reason: &str) {
+    async fn cancelled(&self, s: &SettleTarget<'_>, reason: &str) {
         self.counters
             .cancelled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -508,7 +431,12 @@ impl Shared {
         self.settle_terminal(s, terminal, Settlement::Ack).await;
     }
 
-    async fn settle_terminal(&self, s: &Settle<'_>, terminal: EventKind, settlement: Settlement) {
+    async fn settle_terminal(
+        &self,
+        s: &SettleTarget<'_>,
+        terminal: EventKind,
+        settlement: Settlement,
+    ) {
         self.append_quiet(s.job, s.delivery_id, terminal);
         let event = match &settlement {
             Settlement::Ack => EventKind::Acked,
@@ -525,7 +453,12 @@ impl Shared {
 
     /// Appends an event that gates no settlement by itself (it becomes durable with the
     /// settlement that follows it, or within 500 ms).
-    fn append_quiet(&self, job: &citadel_transports::Job, delivery_id: &str, event: EventKind) {
+    pub(super) fn append_quiet(
+        &self,
+        job: &citadel_transports::Job,
+        delivery_id: &str,
+        event: EventKind,
+    ) {
         let name = event.name();
         self.record_outcome(&job.job_type, &event);
         if let Err(e) = self.journal.append_buffered(

@@ -1,14 +1,17 @@
 //! The worker runtime ([`Runner`]): fetches a job only when a slot is free (backpressure), runs
-//! each delivery to its settlement ([`attempt`]), settles through the one path that journals
+//! each delivery to its settlement ([`attempt`], deciding its admission in [`admission`] and
+//! supervising its handler in [`supervise`]), settles through the one path that journals
 //! first ([`settle`]), backs off when the transport goes away, and drains on shutdown (ARCHITECTURE.md):
 //! stop fetching, hand back claimed-but-unstarted work at once, let running jobs finish (their
 //! leases kept alive) up to the drain timeout, then interrupt and release what is left, and make
 //! the journal durable. This module decides *when* things run; it never talks to a broker except
 //! through [`JobSource`].
 
+mod admission;
 mod attempt;
 pub mod metrics;
 mod settle;
+mod supervise;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

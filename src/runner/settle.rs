@@ -16,9 +16,9 @@ use super::Shared;
 /// How long a settlement keeps being retried against a transport that is away.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// What is being settled.
+/// The delivery a settlement is for: the job, its receipt and its delivery id.
 #[derive(Debug)]
-pub(crate) struct Settle<'a> {
+pub(crate) struct SettleTarget<'a> {
     pub job: &'a Job,
     pub receipt: &'a Receipt,
     pub delivery_id: &'a str,
@@ -26,7 +26,12 @@ pub(crate) struct Settle<'a> {
 
 impl Shared {
     /// Journals `event` durably, then applies `settlement` on the transport.
-    pub(crate) async fn settle(&self, s: &Settle<'_>, event: EventKind, settlement: Settlement) {
+    pub(crate) async fn settle(
+        &self,
+        s: &SettleTarget<'_>,
+        event: EventKind,
+        settlement: Settlement,
+    ) {
         self.settle_announcing(s, event, settlement, None).await;
     }
 
@@ -34,7 +39,7 @@ impl Shared {
     /// append and the transport: whoever sees it knows the outcome is journaled.
     pub(crate) async fn settle_announcing(
         &self,
-        s: &Settle<'_>,
+        s: &SettleTarget<'_>,
         event: EventKind,
         settlement: Settlement,
         announce: Option<EventData>,

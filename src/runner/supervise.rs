@@ -1,0 +1,145 @@
+//! One handler run under supervision: the handler gets a cancellation token that fires on the
+//! producer's cancellation (polled every `cancel_poll`), the deadline, a lost lease or the drain
+//! timeout; the lease is extended meanwhile, chunks are relayed in order as `chunk` events and
+//! checkpointed in the journal. It returns the handler's outcome and why it was stopped; it
+//! never settles the delivery (that is [`super::attempt`]'s, after the outcome is journaled).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use citadel_journal::EventKind;
+use citadel_transports::{EventData, Job, Lease, Receipt};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::handlers::{ChunkSink, Handler, HandlerError, JobContext};
+
+/// Why a running handler was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    Producer,
+    Deadline,
+    LeaseLost,
+    Drain,
+}
+
+/// A handler that ignores its cancellation gets this long before it is dropped.
+const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(10);
+/// Chunk checkpoints are journaled every this many chunks (and at the end).
+const CHECKPOINT_EVERY: u64 = 32;
+
+impl Shared {
+    /// Runs the handler with its token, deadline, lease extension, cancellation polling and chunk
+    /// relay; returns its outcome and why it was stopped, if it was.
+    pub(super) async fn run_handler(
+        &self,
+        job: &Job,
+        receipt: &Receipt,
+        delivery_id: &str,
+        handler: Arc<dyn Handler>,
+        timeout: Option<Duration>,
+        drain: CancellationToken,
+    ) -> (Result<Value, HandlerError>, Option<Stop>) {
+        let cancel = CancellationToken::new();
+        let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
+        let stop_with = |why: Stop| {
+            let mut s = stop.lock().expect("poisoned");
+            if s.is_none() {
+                *s = Some(why);
+            }
+            cancel.cancel();
+        };
+        let (chunks, mut chunk_rx) = ChunkSink::channel(256);
+        let ctx = JobContext {
+            job: job.clone(),
+            cancel: cancel.clone(),
+            deadline: timeout.map(|t| Instant::now() + t),
+            chunks,
+        };
+        let lease_every = self
+            .source
+            .capabilities()
+            .lease
+            .map(|l| (l / 3).max(Duration::from_millis(50)));
+        let run = async {
+            let guarded = async {
+                tokio::select! {
+                    r = handler.run(&ctx) => r,
+                    () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
+                        Err(HandlerError::retryable("the handler did not stop after cancellation"))
+                    }
+                }
+            };
+            tokio::pin!(guarded);
+            let mut next_index: u64 = 0;
+            // First ticks one period from now: awaiting an interval's immediate first tick goes
+            // through the timer wheel and costs up to a millisecond per job.
+            let every = |period: Duration| {
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+            };
+            let mut cancel_poll = every(self.config.cancel_poll);
+            let mut lease_tick = every(lease_every.unwrap_or(Duration::from_secs(3600)));
+            let deadline = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(deadline);
+            let mut deadline_fired = false;
+            let result = loop {
+                tokio::select! {
+                    r = &mut guarded => break r,
+                    Some(content) = chunk_rx.recv() => {
+                        let index = next_index;
+                        next_index += 1;
+                        self.publish(job, EventData::Chunk { content, index }).await;
+                        if (index + 1) % CHECKPOINT_EVERY == 0 {
+                            self.append_quiet(job, delivery_id, EventKind::Chunk { index });
+                        }
+                    }
+                    () = &mut deadline, if !deadline_fired => { deadline_fired = true; stop_with(Stop::Deadline); }
+                    () = drain.cancelled(), if !cancel.is_cancelled() => stop_with(Stop::Drain),
+                    _ = cancel_poll.tick() => {
+                        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
+                            stop_with(Stop::Producer);
+                        }
+                    }
+                    _ = lease_tick.tick(), if lease_every.is_some() => {
+                        match self.source.extend_lease(receipt).await {
+                            Ok(Lease::Held) => {
+                                self.counters.jobs.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Ok(Lease::Lost) => {
+                                self.counters.jobs.leases_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
+                                stop_with(Stop::LeaseLost);
+                            }
+                            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not extend the lease; trying again"),
+                        }
+                    }
+                }
+            };
+            // Chunks sent just before the handler returned still go out, in order.
+            while let Ok(content) = chunk_rx.try_recv() {
+                let index = next_index;
+                next_index += 1;
+                self.publish(job, EventData::Chunk { content, index }).await;
+            }
+            if next_index > 0 && next_index % CHECKPOINT_EVERY != 0 {
+                self.append_quiet(
+                    job,
+                    delivery_id,
+                    EventKind::Chunk {
+                        index: next_index - 1,
+                    },
+                );
+            }
+            result
+        };
+        let result = run.await;
+        let why = *stop.lock().expect("poisoned");
+        (result, why)
+    }
+}

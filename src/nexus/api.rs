@@ -1,7 +1,7 @@
 //! The control plane's HTTP API (axum): the routes, bearer-token auth, body limits and the JSON
 //! error shape `{"error": MESSAGE}`. The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
 //! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
-//! citadel's own API, documented in the README. Every handler that changes state waits for
+//! citadel's own API, documented in docs/control-plane.md. Every handler that changes state waits for
 //! [`Store::flush`] before it answers. This module must never hold job state of its own or log
 //! the token.
 

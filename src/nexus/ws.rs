@@ -1,5 +1,5 @@
 //! `GET /api/v1/ws`: the WebSocket job push (docs/transports.md `websocket`). One socket per worker; the
-//! frames are those of `citadel_transports::websocket::protocol` (documented in the README). The
+//! frames are those of `citadel_transports::websocket::protocol` (documented in docs/transports.md). The
 //! worker says `hello`, grants `credit`, and the control plane pushes leased jobs up to the credit
 //! the moment they become ready; settlements, lease renewals and job events arrive as requests
 //! with an id and are answered `ok` or `error` (the status the HTTP API would give: 409 for a lost

@@ -1,8 +1,8 @@
 //! Redis for the tests: a throwaway `redis-server` ([`LocalRedis`], in `local`) wrapped as a
 //! test [`Server`] (panics instead of errors, sources with short test timings), and the producer's
 //! side of the wire format (docs/wire-format.md#job-entries): `XADD` a job, and read back the
-//! group's pending entries and the streams the worker writes. It never reads or writes a stream
-//! the tests did not name.
+//! group's pending entries and the streams the worker writes. It only talks to a server a test
+//! started.
 
 mod local;
 

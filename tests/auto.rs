@@ -3,25 +3,15 @@
 //! to the control plane within the detection bound when Redis dies, keeps working, upgrades back
 //! when Redis returns, and no job is lost or run twice across both switches (the journal says).
 
-#[path = "../transports/tests/redis/harness.rs"]
-#[allow(dead_code)]
-mod harness;
-#[path = "nexus/support.rs"]
-#[allow(dead_code)]
-mod plane;
-#[path = "worker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use citadel_transports::redis::LocalRedis;
+use citadel_harness::redis::{self as harness, LocalRedis};
 use serde_json::{json, Value};
 
-use plane::Plane;
-use support::Worker;
+use crate::support::plane::{self, Plane};
+use crate::support::worker::{self, Worker};
 
 /// The state of a job on the control plane.
 fn plane_state(p: &Plane, id: &str) -> String {
@@ -108,16 +98,16 @@ async fn auto_falls_back_when_redis_dies_and_upgrades_back_without_losing_or_rep
     let mut all = Vec::new();
     for i in 0..10 {
         let id = format!("r1-{i}");
-        support::submit(&mut c, &id, "echo", json!({"i": i})).await;
+        worker::submit(&mut c, &id, "echo", json!({"i": i})).await;
         all.push(id);
     }
     // A job that is still running when Redis dies: its ack must go through once Redis is back.
-    support::submit(&mut c, "r1-long", "sleep", json!({"ms": 2500})).await;
+    worker::submit(&mut c, "r1-long", "sleep", json!({"ms": 2500})).await;
     all.push("r1-long".into());
     for id in all.iter().filter(|id| *id != "r1-long") {
-        support::wait_for(&mut c, id, "end", Duration::from_secs(20)).await;
+        worker::wait_for(&mut c, id, "end", Duration::from_secs(20)).await;
     }
-    support::wait_for(&mut c, "r1-long", "start", Duration::from_secs(20)).await;
+    worker::wait_for(&mut c, "r1-long", "start", Duration::from_secs(20)).await;
     assert!(switches(&worker.logs()).is_empty(), "{}", worker.logs());
 
     // Phase 2: Redis dies; the control plane takes over within the bound.
@@ -159,14 +149,14 @@ async fn auto_falls_back_when_redis_dies_and_upgrades_back_without_losing_or_rep
         .unwrap();
     for i in 0..10 {
         let id = format!("r2-{i}");
-        support::submit(&mut c, &id, "echo", json!({"i": i})).await;
+        worker::submit(&mut c, &id, "echo", json!({"i": i})).await;
         all.push(id);
     }
     for i in 0..10 {
-        support::wait_for(&mut c, &format!("r2-{i}"), "end", Duration::from_secs(30)).await;
+        worker::wait_for(&mut c, &format!("r2-{i}"), "end", Duration::from_secs(30)).await;
     }
-    support::wait_for(&mut c, "r1-long", "end", Duration::from_secs(30)).await;
-    support::eventually(Duration::from_secs(40), "r1-long acked in redis", || {
+    worker::wait_for(&mut c, "r1-long", "end", Duration::from_secs(30)).await;
+    worker::eventually(Duration::from_secs(40), "r1-long acked in redis", || {
         let mut c = c.clone();
         async move { harness::pending(&mut c).await.is_empty() }
     })

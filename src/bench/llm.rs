@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use citadel_harness::engine::{epoch_nanos, EngineScript, FakeEngine};
 use citadel_journal::Durability;
 use clap::Args;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::engine::{epoch_nanos, EngineScript, FakeEngine};
 use super::jobs::{connection, redis_or_local, redis_source, Worker};
 use crate::handlers::{LlmConfig, LlmHandler};
 

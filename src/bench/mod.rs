@@ -1,7 +1,6 @@
 //! `citadel bench`: measurements a user can run on their own node. Benchmarks report ratios and
 //! rates from one run; nothing here asserts a timing.
 
-pub mod engine;
 mod jobs;
 mod journal;
 mod llm;

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use citadel_transports::{AutoConfig, AutoSource, Candidate, JobSource, NexusConfig, NexusSource};
 use serde_json::Value;
 
-use crate::fixture::{Dead, Fixture};
-use crate::nexus::NexusFixture;
-use crate::redis_fixture::RedisFixture;
+use super::fixture::{Dead, Fixture};
+use super::nexus::NexusFixture;
+use super::redis_fixture::RedisFixture;
 
 pub struct AutoFixture {
     redis: RedisFixture,

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use citadel_harness::nats::{Server, SUBJECT};
 use citadel_transports::nats::NatsProducer;
 use citadel_transports::{JobId, JobSource, NatsSource};
 use serde_json::{json, Value};
 
-use crate::fixture::{Dead, Fixture};
-use crate::nats_harness::{Server, SUBJECT};
+use super::fixture::{Dead, Fixture};
 
 pub struct NatsFixture {
     server: Server,

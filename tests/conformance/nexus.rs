@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use citadel_transports::{JobSource, NexusConfig, NexusSource};
 use serde_json::{json, Value};
 
-use crate::fixture::{Dead, Fixture};
-use crate::plane::{self, Plane};
+use super::fixture::{Dead, Fixture};
+use crate::support::plane::{self, Plane};
 
 pub struct NexusFixture {
     plane: Plane,

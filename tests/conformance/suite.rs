@@ -13,7 +13,7 @@ use citadel_transports::{
 };
 use serde_json::{json, Value};
 
-use crate::fixture::Fixture;
+use super::fixture::Fixture;
 
 /// Calls `next` until `want` deliveries came or `within` passed.
 async fn take(src: &Arc<dyn JobSource>, want: usize, within: Duration) -> Vec<Incoming> {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use citadel_transports::{websocket, JobSource, WebSocketConfig, WebSocketSource};
 use serde_json::Value;
 
-use crate::fixture::{Dead, Fixture};
-use crate::nexus::NexusFixture;
+use super::fixture::{Dead, Fixture};
+use super::nexus::NexusFixture;
 
 pub struct WebSocketFixture {
     plane: NexusFixture,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::*;
+use crate::support::plane::*;
 
 fn plane() -> (tempfile::TempDir, Plane) {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::*;
+use crate::support::plane::*;
 
 #[test]
 fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
@@ -90,7 +90,7 @@ fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_to_redis_writes_the_wire_format_and_waits_for_the_events() {
-    let server = crate::harness::Server::start().await;
+    let server = citadel_harness::redis::Server::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -131,7 +131,7 @@ async fn submit_to_redis_writes_the_wire_format_and_waits_for_the_events() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"msg\":\"hi\"}\n");
     // The entry a producer of the Go platform would have written (docs/wire-format.md#job-entries).
     let mut c = server.conn().await;
-    let entries = crate::harness::range(&mut c, crate::harness::STREAM).await;
+    let entries = citadel_harness::redis::range(&mut c, citadel_harness::redis::STREAM).await;
     let fields: std::collections::HashMap<String, String> = entries[0].1.iter().cloned().collect();
     assert_eq!(fields["jobId"], "r-1");
     assert_eq!(fields["type"], "echo");

@@ -9,7 +9,7 @@ use citadel_transports::{
 };
 use serde_json::json;
 
-use crate::support::*;
+use crate::support::plane::*;
 
 fn cfg(p: &Plane) -> NexusConfig {
     let mut c = NexusConfig::new(p.url(), "worker-1");

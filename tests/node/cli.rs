@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use super::support::BIN;
+use crate::support::plane::BIN;
 
 /// `citadel` on `data`, with the environment of this machine's user cleared of citadel settings.
 pub fn citadel(data: &Path) -> Command {

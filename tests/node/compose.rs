@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::cli::{citadel, run};
-use super::support::{eventually, free_port, raw, Plane, BIN};
+use crate::support::plane::{eventually, free_port, raw, Plane, BIN};
 
 const STANDIN: &str = "citadel-standin:test";
 

@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use serde_json::{json, Value};
 
 use super::cli::{citadel, mode, run};
-use super::support::{raw, Plane};
+use crate::support::plane::{raw, Plane};
 
 /// Starts `citadel init --control-plane URL` and returns it with the user code it printed.
 fn start_init(data: &std::path::Path, plane: &Plane, name: &str) -> (Child, String) {

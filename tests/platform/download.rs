@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::servers::FileServer;
+use super::servers::FileServer;
 
 pub fn context(job_type: &str, payload: Value) -> (JobContext, mpsc::Receiver<String>) {
     let (chunks, rx) = ChunkSink::channel(100_000);
@@ -191,7 +191,7 @@ async fn cancellation_stops_the_transfer_and_keeps_the_part_for_later() {
         async move { h.run(&ctx).await }
     });
     let part = dir.path().join("slow.bin.part");
-    crate::support::eventually(Duration::from_secs(10), "bytes in the .part file", || {
+    crate::support::worker::eventually(Duration::from_secs(10), "bytes in the .part file", || {
         let part = part.clone();
         async move { std::fs::metadata(&part).is_ok_and(|m| m.len() > 0) }
     })

@@ -7,8 +7,8 @@ use std::time::Duration;
 use citadel::handlers::{Extraction, ExtractionPolicy, Handler};
 use serde_json::json;
 
-use crate::download::context;
-use crate::servers::GlinerServer;
+use super::download::context;
+use super::servers::GlinerServer;
 
 fn handler(url: String, ready_timeout: Duration) -> Extraction {
     Extraction::new(ExtractionPolicy {

@@ -6,13 +6,13 @@
 use std::process::Command;
 use std::time::Duration;
 
+use citadel_harness::redis::{self as harness, Server};
 use citadel_transports::{JobSource, NexusConfig, NexusSource};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::harness::{self, Server};
-use crate::servers::GlinerServer;
-use crate::support::{self, Worker};
+use super::servers::GlinerServer;
+use crate::support::worker::{self, Worker};
 
 const BIN: &str = env!("CARGO_BIN_EXE_citadel");
 
@@ -57,7 +57,7 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
         ],
     );
     let addr_file = data.join("status.addr");
-    support::eventually(Duration::from_secs(20), "status.addr", || {
+    worker::eventually(Duration::from_secs(20), "status.addr", || {
         let f = addr_file.clone();
         async move { f.exists() }
     })
@@ -74,17 +74,17 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
     pubsub.subscribe("node:status:node-a").await.unwrap();
 
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
-    support::eventually(Duration::from_secs(20), "/readyz answers 200", || {
+    worker::eventually(Duration::from_secs(20), "/readyz answers 200", || {
         let url = format!("{base}/readyz");
         async move { get(&url).await.0 == 200 }
     })
     .await;
 
     // Jobs: two echoes, a failure that is dead-lettered at once, an extraction.
-    support::submit(&mut c, "e-1", "echo", json!({"x": 1})).await;
-    support::submit(&mut c, "e-2", "echo", json!({"x": 2})).await;
-    support::submit(&mut c, "f-1", "fail", json!({"maxAttempts": 1})).await;
-    support::submit(
+    worker::submit(&mut c, "e-1", "echo", json!({"x": 1})).await;
+    worker::submit(&mut c, "e-2", "echo", json!({"x": 2})).await;
+    worker::submit(&mut c, "f-1", "fail", json!({"maxAttempts": 1})).await;
+    worker::submit(
         &mut c,
         "g-1",
         "GLINER_EXTRACTION",
@@ -97,9 +97,9 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
         ("f-1", "error"),
         ("g-1", "end"),
     ] {
-        support::wait_for(&mut c, job, ty, Duration::from_secs(20)).await;
+        worker::wait_for(&mut c, job, ty, Duration::from_secs(20)).await;
     }
-    let g = support::wait_for(&mut c, "g-1", "end", Duration::from_secs(1)).await;
+    let g = worker::wait_for(&mut c, "g-1", "end", Duration::from_secs(1)).await;
     let end = g.iter().find(|e| e["type"] == "end").unwrap();
     assert_eq!(end["data"]["result"]["entities"][0]["text"], "Ada");
 
@@ -108,7 +108,7 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
     let m = loop {
         let (code, text) = get(&format!("{base}/metrics")).await;
         assert_eq!(code, 200);
-        let e = crate::prom::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+        let e = super::prom::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
         let done = e.value("citadel_dead_letters_total", &[]) == Some(1.0)
             && e.value(
                 "citadel_jobs_total",
@@ -250,7 +250,7 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
 
     // Redis goes away: not ready, with the reason.
     server.stop();
-    support::eventually(Duration::from_secs(20), "/readyz answers 503", || {
+    worker::eventually(Duration::from_secs(20), "/readyz answers 503", || {
         let url = format!("{base}/readyz");
         async move { get(&url).await.0 == 503 }
     })

@@ -13,8 +13,8 @@ use citadel_transports::{JobSource, WebSocketSource};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::source::{cfg, sse_types};
-use crate::support::*;
+use super::source::{cfg, sse_types};
+use crate::support::plane::*;
 
 /// Counts the runs of each job, then sleeps `ms` (honouring cancellation).
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use citadel_transports::{
 };
 use serde_json::json;
 
-use crate::support::*;
+use crate::support::plane::*;
 
 pub fn cfg(p: &Plane, worker: &str) -> WebSocketConfig {
     let mut c = WebSocketConfig::new(ws_url(&p.url()).unwrap(), worker);

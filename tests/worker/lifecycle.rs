@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use citadel_harness::redis::{self as harness, Server};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::harness::{self, Server};
-use crate::support::*;
+use crate::support::worker::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 

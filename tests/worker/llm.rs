@@ -1,17 +1,17 @@
 //! `llm_inference` end to end: a producer enqueues in the wire format, the real `citadel work`
 //! process calls stand-in engines (real HTTP servers on loopback speaking each engine's protocol
-//! byte for byte, `citadel::bench::engine`), and the test reads the job's events from Redis:
+//! byte for byte, `citadel_harness::engine`), and the test reads the job's events from Redis:
 //! tokens as numbered chunks, the result, resumption by a late reader, cancellation and deadlines
 //! that close the engine connection, and every kind of engine failure as a clear error.
 
 use std::time::{Duration, Instant};
 
-use citadel::bench::engine::{EngineScript, FakeEngine};
+use citadel_harness::engine::{EngineScript, FakeEngine};
+use citadel_harness::redis::Server;
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::harness::Server;
-use crate::support::*;
+use crate::support::worker::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 

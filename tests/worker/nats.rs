@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use citadel_harness::nats::{types, Server, SUBJECT};
 use citadel_transports::nats::NatsProducer;
 use citadel_transports::JobId;
 use serde_json::{json, Value};
 
-use crate::nats_harness::{types, Server, SUBJECT};
-use crate::support::Worker;
+use crate::support::worker::Worker;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use citadel_harness::redis::{self as harness, Server};
 use citadel_journal::{EventKind, Journal, JournalOptions, NewEvent};
 use citadel_transports::{Job, JobId};
 use serde_json::json;
 
-use crate::harness::{self, Server};
-use crate::support::*;
+use crate::support::worker::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 

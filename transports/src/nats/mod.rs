@@ -43,7 +43,6 @@
 mod config;
 mod dlq;
 mod fetch;
-mod local;
 mod message;
 mod producer;
 mod release;
@@ -62,7 +61,6 @@ pub use config::{
     token, NatsConfig, CANCEL_BUCKET, DEFAULT_CONSUMER, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM,
     DEFAULT_SUBJECT, DLQ_STREAM, EVENTS_STREAM, STATUS_BUCKET,
 };
-pub use local::LocalNats;
 pub use message::{ack_info, AckInfo};
 pub use producer::NatsProducer;
 

@@ -36,7 +36,6 @@ mod dlq;
 mod entry;
 mod fetch;
 pub(crate) mod inbox;
-mod local;
 mod park;
 mod publish;
 mod reply;
@@ -61,7 +60,6 @@ use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
 pub use entry::{incoming, parse_job, Rejected};
-pub use local::LocalRedis;
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;

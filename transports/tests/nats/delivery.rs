@@ -7,7 +7,7 @@ use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM};
 use citadel_transports::{EventData, EventMeta, Incoming, JobSource, Settlement, WireEvent};
 use serde_json::json;
 
-use crate::harness::*;
+use citadel_harness::nats::*;
 
 /// Messages the job stream still holds (work-queue retention: the unfinished ones).
 async fn stored(p: &NatsProducer) -> u64 {

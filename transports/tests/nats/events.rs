@@ -7,7 +7,7 @@ use citadel_transports::{EventData, EventMeta, JobId, JobSource, WireEvent};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::harness::*;
+use citadel_harness::nats::*;
 
 fn events_for(id: &JobId) -> Vec<WireEvent> {
     let meta = EventMeta::new("node-1", "gpu-box");

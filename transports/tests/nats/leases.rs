@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use citadel_transports::{JobSource, Lease, Settlement};
 
-use crate::harness::*;
+use citadel_harness::nats::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extending_the_lease_keeps_a_long_job() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use citadel_transports::{JobSource, SettleContext, Settlement};
 
-use crate::harness::*;
+use citadel_harness::nats::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_redelivers_after_the_delay_and_counts_an_attempt() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use citadel_transports::{Incoming, JobSource, RedisSource, SettleContext, Settlement};
 use serde_json::json;
 
-use crate::harness::*;
+use citadel_harness::redis::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_an_entry_in_the_wire_format() {

@@ -7,7 +7,7 @@ use citadel_transports::{EventData, EventMeta, JobId, JobSource, WireEvent};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::harness::*;
+use citadel_harness::redis::*;
 
 fn meta() -> EventMeta {
     EventMeta::new("node-id-1", "gpu-box")

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use citadel_transports::{JobSource, Lease, RedisSource, SettleContext, Settlement, SourceError};
 
-use crate::harness::*;
+use citadel_harness::redis::*;
 
 async fn with_lease(server: &Server, consumer: &str, lease_ms: u64) -> RedisSource {
     let mut cfg = server.config(consumer);

@@ -6,7 +6,7 @@ use citadel_transports::{
     Incoming, JobSource, RedisSource, SettleContext, Settlement, SourceError,
 };
 
-use crate::harness::*;
+use citadel_harness::redis::*;
 
 async fn one(src: &RedisSource) -> Incoming {
     let mut got = next_within(src, 1, Duration::from_secs(5)).await;

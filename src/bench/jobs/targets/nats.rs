@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use citadel_transports::nats::{LocalNats, NatsProducer};
+use citadel_harness::nats::LocalNats;
+use citadel_transports::nats::NatsProducer;
 use citadel_transports::{JobSource, NatsConfig, NatsSource};
 use clap::Args;
 use indicatif::ProgressBar;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use citadel_transports::redis::LocalRedis;
+use citadel_harness::redis::LocalRedis;
 use citadel_transports::{JobSource, RedisConfig, RedisSource};
 use clap::Args;
 use indicatif::ProgressBar;

@@ -1,5 +1,6 @@
 //! A `citadel nexus serve` child process and a raw HTTP/1.1 client (so responses are checked as
-//! the bytes on the wire).
+//! the bytes on the wire). It runs this package's own binary (`CARGO_BIN_EXE_citadel`, which only
+//! its integration tests see), so it lives here and not in `citadel-harness`.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -37,7 +38,6 @@ impl Plane {
     }
 
     /// A control plane with extra `nexus serve` flags (e.g. `--device-code-ttl 3s`).
-    #[allow(dead_code)] // used by tests/node
     pub fn start_args(dir: &Path, extra: &[&str]) -> Self {
         Self::spawn(dir, free_port(), extra)
     }
@@ -82,8 +82,7 @@ impl Plane {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The process id, while it runs (tests/websocket stops and resumes the process).
-    #[allow(dead_code)]
+    /// The process id, while it runs (the websocket tests stop and resume the process).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -231,7 +230,6 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 /// The `citadel` binary on a data directory, with no transport setting inherited from the
 /// environment.
-#[allow(dead_code)]
 pub fn citadel(data: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.arg("--data-dir").arg(data);

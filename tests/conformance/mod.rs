@@ -5,36 +5,19 @@
 //! own wire format). A promise a transport cannot keep is a capability it declares
 //! (`Capabilities`), and the suite checks the declaration as well as the behaviour.
 
-#[path = "../transports/tests/redis/harness.rs"]
-#[allow(dead_code)]
-mod harness;
-#[path = "../transports/tests/nats/harness.rs"]
-#[allow(dead_code)]
-mod nats_harness;
-#[path = "nexus/support.rs"]
-#[allow(dead_code)]
-mod plane;
-
-#[path = "conformance/auto.rs"]
 mod auto;
-#[path = "conformance/fixture.rs"]
 mod fixture;
-#[path = "conformance/nats.rs"]
 mod nats;
-#[path = "conformance/nexus.rs"]
 mod nexus;
-#[path = "conformance/redis.rs"]
 mod redis_fixture;
-#[path = "conformance/suite.rs"]
 mod suite;
-#[path = "conformance/websocket.rs"]
 mod websocket;
 
 /// Instantiates every test of the suite for one fixture.
 macro_rules! conformance {
     ($name:ident, $fixture:ty) => {
         mod $name {
-            use crate::suite;
+            use crate::conformance::suite;
             type F = $fixture;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +68,14 @@ macro_rules! conformance {
     };
 }
 
-conformance!(redis, crate::redis_fixture::RedisFixture);
-conformance!(nats_jetstream, crate::nats::NatsFixture);
-conformance!(nexus_http, crate::nexus::NexusFixture);
-conformance!(websocket_push, crate::websocket::WebSocketFixture);
-conformance!(auto_over_redis_and_nexus, crate::auto::AutoFixture);
+conformance!(redis, crate::conformance::redis_fixture::RedisFixture);
+conformance!(nats_jetstream, crate::conformance::nats::NatsFixture);
+conformance!(nexus_http, crate::conformance::nexus::NexusFixture);
+conformance!(
+    websocket_push,
+    crate::conformance::websocket::WebSocketFixture
+);
+conformance!(
+    auto_over_redis_and_nexus,
+    crate::conformance::auto::AutoFixture
+);

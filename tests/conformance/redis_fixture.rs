@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use citadel_harness::redis::{self as harness, Server};
 use citadel_transports::{JobSource, RedisSource};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
-use crate::fixture::{Dead, Fixture};
-use crate::harness::{self, Server};
+use super::fixture::{Dead, Fixture};
 
 pub struct RedisFixture {
     server: Server,

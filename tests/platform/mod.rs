@@ -4,20 +4,8 @@
 //! against a local HTTP server with Range support, and `extraction` against a stand-in GLiNER
 //! service speaking its HTTP protocol.
 
-#[path = "../transports/tests/redis/harness.rs"]
-#[allow(dead_code)]
-mod harness;
-#[path = "worker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-#[path = "platform/download.rs"]
 mod download;
-#[path = "platform/extraction.rs"]
 mod extraction;
-#[path = "platform/prom.rs"]
 mod prom;
-#[path = "platform/servers.rs"]
 mod servers;
-#[path = "platform/status.rs"]
 mod status;

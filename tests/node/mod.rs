@@ -4,13 +4,6 @@
 //! engine image built here (`citadel up/down/services ls/logs`, `APPLY_DEVICE_CONFIG` through a
 //! real worker).
 
-#[path = "nexus/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-#[path = "node/cli.rs"]
 mod cli;
-#[path = "node/compose.rs"]
 mod compose;
-#[path = "node/init.rs"]
 mod init;

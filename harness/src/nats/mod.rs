@@ -1,18 +1,22 @@
-//! The NATS test harness: a real `nats-server -js` (the library's [`LocalNats`]: free loopback
-//! port, temporary store, killed on drop; restartable on the same port and store), sources with
-//! short test timings, and a producer that writes job messages exactly as the wire format says.
-//! It uses only `citadel_transports`' public API, so other test crates (the worker tests, the
-//! cross-transport conformance suite) can include it with `#[path]`.
+//! NATS for the tests: a throwaway `nats-server -js` ([`LocalNats`], in `local`: free loopback
+//! port, temporary store, killed on drop; restartable on the same port and store) wrapped as a
+//! test [`Server`] (panics instead of errors, sources with short test timings), and the producer's
+//! side: job messages published exactly as the wire format says, and the events read back.
+
+mod local;
 
 use std::time::Duration;
 
-use citadel_transports::nats::{LocalNats, NatsProducer};
+use citadel_transports::nats::NatsProducer;
 use citadel_transports::{Incoming, JobSource, NatsConfig, NatsSource, SettleContext};
 use serde_json::{json, Value};
+
+pub use local::LocalNats;
 
 pub const SUBJECT: &str = "jobs.v1.gpu-general";
 
 /// A throwaway nats-server with test conveniences.
+#[derive(Debug)]
 pub struct Server {
     nats: LocalNats,
 }

@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use citadel_harness::redis::{self as harness, Server};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
-
-use crate::harness::{self, Server};
 
 /// A `citadel work` process with its own data directory.
 pub struct Worker {

@@ -1,9 +1,7 @@
 //! A throwaway `nats-server -js` on a free loopback port with its own temporary store directory,
-//! for `citadel bench nats` and the tests (and the cross-transport conformance suite: this file
-//! uses only the standard library, so a test crate can include it with `#[path]`). It can be
-//! stopped and started again on the same port and store (JetStream state survives); it is killed
-//! and its store removed when dropped. It only runs the Debian binary; it never touches a server
-//! the user runs.
+//! for `citadel bench nats` and the tests. It can be stopped and started again on the same port
+//! and store (JetStream state survives); it is killed and its store removed when dropped. It only
+//! runs the Debian binary; it never touches a server the user runs.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

@@ -1,17 +1,24 @@
-//! The test harness: a real `redis-server` on a free loopback port, killed on drop, and helpers
-//! to write entries in the wire format of docs/wire-format.md#job-entries and to look at the group's state.
+//! Redis for the tests: a throwaway `redis-server` ([`LocalRedis`], in `local`) wrapped as a
+//! test [`Server`] (panics instead of errors, sources with short test timings), and the producer's
+//! side of the wire format (docs/wire-format.md#job-entries): `XADD` a job, and read back the
+//! group's pending entries and the streams the worker writes. It only talks to a server a test
+//! started.
+
+mod local;
 
 use std::time::Duration;
 
-use citadel_transports::redis::LocalRedis;
 use citadel_transports::{Incoming, JobSource, RedisConfig, RedisSource};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
+pub use local::LocalRedis;
+
 pub const STREAM: &str = "jobs:v1:gpu-general";
 pub const GROUP: &str = "workers";
 
-/// A throwaway redis-server (the library's [`LocalRedis`]) with test conveniences.
+/// A throwaway redis-server ([`LocalRedis`]) with test conveniences.
+#[derive(Debug)]
 pub struct Server {
     redis: LocalRedis,
 }

@@ -1,0 +1,11 @@
+//! The real servers and stand-ins that citadel's tests and `citadel bench` start, all on loopback
+//! and all stopped when dropped: a throwaway `redis-server` and `nats-server -js`
+//! ([`redis::LocalRedis`], [`nats::LocalNats`]) with the producer-side helpers the tests use to
+//! write jobs in the wire format (docs/wire-format.md#job-entries) and read what the worker wrote
+//! back, and a stand-in inference engine ([`engine::FakeEngine`]). Test scaffolding only: it never
+//! touches a server the user runs, never stands in for the worker's own code, and no product
+//! crate uses it outside `citadel bench`.
+
+pub mod engine;
+pub mod nats;
+pub mod redis;

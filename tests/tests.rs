@@ -9,6 +9,7 @@ mod support;
 
 mod auto;
 mod bench;
+mod broken_pipe;
 mod conformance;
 mod journal_cli;
 mod nexus;

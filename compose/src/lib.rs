@@ -1,5 +1,5 @@
-//! `citadel-compose`: the inference engines a node runs as Docker Compose services (docs/node-management.md,
-//! §9.6). It owns the compose files embedded in the binary ([`files`]), the driver that runs them
+//! `citadel-compose`: the inference engines a node runs as Docker Compose services (docs/node-management.md;
+//! ports in docs/wire-format.md#llm-engines). It owns the compose files embedded in the binary ([`files`]), the driver that runs them
 //! with `docker compose` (v2) or `docker-compose` (v1) as project `PREFIX-<engine>` ([`driver`]),
 //! and the HTTP readiness probes ([`probe`]). It must never decide *which* services a node runs
 //! (the manifest does) and never pull models or talk to an engine beyond its readiness endpoint.

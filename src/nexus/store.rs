@@ -546,7 +546,7 @@ impl Store {
         self.put(&r)
     }
 
-    /// Records one §9.2 event; returns its index.
+    /// Records one job event (docs/wire-format.md#job-events); returns its index.
     pub fn append_event(&self, id: &str, event: &Value) -> Result<u64, StoreError> {
         let ty = event
             .get("type")

@@ -149,7 +149,7 @@ async fn the_plain_poller_of_spec_9_4_is_still_served() {
     assert_eq!(
         d.job.payload,
         json!({"msg": "hi", "n": "3"}),
-        "§9.4 payloads are strings"
+        "plain-mode payloads (docs/wire-format.md#nexus-http) are strings"
     );
     src.publish(&WireEvent::for_job(
         &d.job,

@@ -1,5 +1,5 @@
 //! The event sequence and fields of every way a job can end (docs/wire-format.md#job-events), the status hash, the
-//! dead-letter entries (§9.1), retries and cancellation.
+//! dead-letter entries (docs/wire-format.md#job-entries), retries and cancellation.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! `citadel work` against a real redis-server: the real binary as a child process, a producer
-//! that writes entries exactly as docs/wire-format.md#job-entries and reads the events of §9.2. `worker/nats.rs` does
+//! that writes entries exactly as docs/wire-format.md#job-entries and reads the events of docs/wire-format.md#job-events. `worker/nats.rs` does
 //! the same against a real nats-server.
 
 mod lifecycle;

@@ -14,6 +14,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
+use citadel_transports::redis::{JobEntry, RedisProducer};
+
 use super::remote::encode;
 use crate::format;
 
@@ -245,7 +247,7 @@ fn render(ev: &Value) -> Option<Result<(), String>> {
     }
 }
 
-/// Redis: XADD in the docs/wire-format.md#job-entries format; with --wait, XREAD BLOCK on the job's event stream.
+/// Redis: a job entry of docs/wire-format.md#job-entries ([`RedisProducer`]); with --wait, XREAD BLOCK on the job's event stream.
 async fn redis_submit(
     args: &SubmitArgs,
     url: &str,
@@ -266,18 +268,10 @@ async fn redis_submit(
         payload.insert("maxAttempts".into(), n.into());
     }
     let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let _: String = redis::cmd("XADD")
-        .arg(&args.stream)
-        .arg("*")
-        .arg("jobId")
-        .arg(&id)
-        .arg("type")
-        .arg(&args.job_type)
-        .arg("payload")
-        .arg(Value::Object(payload).to_string())
-        .arg("enqueuedAt")
-        .arg(now)
-        .query_async(&mut conn)
+    let payload = Value::Object(payload);
+    let entry = JobEntry::new(&id, &args.job_type, &payload).enqueued_at(&now);
+    RedisProducer::new(conn.clone())
+        .enqueue(&args.stream, &entry)
         .await
         .context("XADD")?;
     if !args.wait {

@@ -10,18 +10,21 @@
 
 pub mod auto;
 mod backoff;
+mod control_plane;
 mod delivery;
 pub mod events;
 pub mod http;
+mod inbox;
 mod job;
 pub mod nats;
 pub mod nexus;
+pub mod parse;
 pub mod redis;
 mod settlement;
 mod source;
 pub mod websocket;
 
-pub use self::auto::{AutoConfig, AutoSource, Candidate};
+pub use self::auto::{AutoConfig, AutoSource, TransportCandidate};
 pub use self::nats::{NatsConfig, NatsSource};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
 use citadel_transports::{
-    AutoSource, Candidate, JobSource, NatsSource, NexusSource, RedisSource, WebSocketSource,
+    AutoSource, JobSource, NatsSource, NexusSource, RedisSource, TransportCandidate,
+    WebSocketSource,
 };
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -389,14 +390,14 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
             let mut candidates = Vec::new();
             if redis_url.is_some() {
                 let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
-                candidates.push(Candidate::new("redis", move || {
+                candidates.push(TransportCandidate::new("redis", move || {
                     let cfg = cfg.clone();
                     async move { Ok(Arc::new(RedisSource::connect(cfg).await?) as Arc<dyn JobSource>) }
                 }));
             }
             if configured.contains(&TransportKind::Nats) {
                 let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
-                candidates.push(Candidate::new("nats", move || {
+                candidates.push(TransportCandidate::new("nats", move || {
                     let cfg = cfg.clone();
                     async move { Ok(Arc::new(NatsSource::connect(cfg).await?) as Arc<dyn JobSource>) }
                 }));
@@ -412,7 +413,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                     lease_setting,
                     data_dir,
                 )?;
-                candidates.push(Candidate::new("websocket", move || {
+                candidates.push(TransportCandidate::new("websocket", move || {
                     let cfg = cfg.clone();
                     async move {
                         Ok(Arc::new(WebSocketSource::connect(cfg).await?) as Arc<dyn JobSource>)
@@ -429,7 +430,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
                     lease_setting,
                     data_dir,
                 )?;
-                candidates.push(Candidate::new("nexus", move || {
+                candidates.push(TransportCandidate::new("nexus", move || {
                     let cfg = cfg.clone();
                     async move { Ok(Arc::new(NexusSource::connect(cfg).await?) as Arc<dyn JobSource>) }
                 }));

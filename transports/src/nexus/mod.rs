@@ -13,7 +13,6 @@
 //! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
 //!   in memory and sent as the `output` of the status report when the job is acked.
 
-pub(crate) mod client;
 pub(crate) mod fetch;
 
 use std::collections::HashMap;
@@ -26,13 +25,13 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::control_plane::Client;
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
+use crate::inbox::Inbox;
 use crate::job::JobId;
-use crate::redis::inbox::Inbox;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
-use client::Client;
 pub use fetch::SOURCE;
 
 /// How the nexus transport behaves.

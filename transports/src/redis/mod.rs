@@ -35,9 +35,9 @@ mod conn;
 mod dlq;
 mod entry;
 mod fetch;
-pub(crate) mod inbox;
 mod local;
 mod park;
+mod producer;
 mod publish;
 mod reply;
 mod scripts;
@@ -60,15 +60,15 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
-pub use entry::{incoming, parse_job, Rejected};
 pub use local::LocalRedis;
+pub use producer::{JobEntry, RedisProducer};
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;
+use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
-use inbox::Inbox;
 use park::Parked;
 use scripts::{ClaimMode, Owned, Scripts, Target};
 

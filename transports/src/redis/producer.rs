@@ -1,0 +1,172 @@
+//! The producer's side of the Redis transport, for `citadel submit`, `citadel bench redis`/`llm`,
+//! the chaos suite and the tests: the one place that writes a job entry of the wire format
+//! (docs/wire-format.md#job-entries: `jobId`, `type`, `payload` as a JSON string, and
+//! `enqueuedAt` when given) with `XADD`, one at a time, pipelined, or once only (behind a marker
+//! key, so a retry after an unanswered try never enqueues the job twice). It must never consume
+//! jobs.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+
+use super::conn::map_err;
+use crate::source::SourceError;
+
+/// One job entry as a producer writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEntry<'a> {
+    pub job_id: &'a str,
+    pub job_type: &'a str,
+    /// A JSON object (written as its JSON text).
+    pub payload: &'a Value,
+    /// RFC 3339, e.g. [`crate::events::rfc3339`] of now; not written when `None`.
+    pub enqueued_at: Option<&'a str>,
+}
+
+impl<'a> JobEntry<'a> {
+    /// An entry without `enqueuedAt`.
+    pub fn new(job_id: &'a str, job_type: &'a str, payload: &'a Value) -> Self {
+        Self {
+            job_id,
+            job_type,
+            payload,
+            enqueued_at: None,
+        }
+    }
+
+    /// The same entry with `enqueuedAt`.
+    pub fn enqueued_at(self, at: &'a str) -> Self {
+        Self {
+            enqueued_at: Some(at),
+            ..self
+        }
+    }
+
+    /// The entry's fields, name then value, in the order they are written.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("jobId", self.job_id.to_owned()),
+            ("type", self.job_type.to_owned()),
+            ("payload", self.payload.to_string()),
+        ];
+        if let Some(at) = self.enqueued_at {
+            fields.push(("enqueuedAt", at.to_owned()));
+        }
+        fields
+    }
+
+    /// `XADD stream * field value …` for this entry.
+    fn xadd(&self, stream: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (name, value) in self.fields() {
+            cmd.arg(name).arg(value);
+        }
+        cmd
+    }
+}
+
+/// Adds the entry (ARGV) to the stream KEYS[2] only when the marker KEYS[1] was not set, and
+/// sets it (for ARGV[1] seconds): the entry id, or false when the marker was already there.
+const ONCE: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+";
+
+/// Enqueues jobs on Redis job streams.
+#[derive(Clone)]
+pub struct RedisProducer {
+    conn: MultiplexedConnection,
+}
+
+impl std::fmt::Debug for RedisProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProducer").finish_non_exhaustive()
+    }
+}
+
+impl RedisProducer {
+    /// Connects to the Redis at `url`.
+    pub async fn connect(url: &str) -> Result<Self, SourceError> {
+        let client = redis::Client::open(url).map_err(map_err)?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(map_err)?;
+        Ok(Self::new(conn))
+    }
+
+    /// A producer on a connection the caller already holds.
+    pub fn new(conn: MultiplexedConnection) -> Self {
+        Self { conn }
+    }
+
+    /// Adds `entry` to `stream`; returns the entry's id.
+    pub async fn enqueue(&self, stream: &str, entry: &JobEntry<'_>) -> Result<String, SourceError> {
+        entry
+            .xadd(stream)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)
+    }
+
+    /// Adds every entry to `stream` in one pipeline (one round trip).
+    pub async fn enqueue_all(
+        &self,
+        stream: &str,
+        entries: &[JobEntry<'_>],
+    ) -> Result<(), SourceError> {
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.add_command(entry.xadd(stream)).ignore();
+        }
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)
+    }
+
+    /// Adds `entry` to `stream` unless `marker` is set, and sets `marker` for `ttl`, in one
+    /// step: a retry whose earlier try was stored (its answer lost) adds nothing. `true` when
+    /// this call added the entry.
+    pub async fn enqueue_once(
+        &self,
+        stream: &str,
+        entry: &JobEntry<'_>,
+        marker: &str,
+        ttl: Duration,
+    ) -> Result<bool, SourceError> {
+        let script = redis::Script::new(ONCE);
+        let mut call = script.key(marker);
+        call.key(stream).arg(ttl.as_secs().max(1));
+        for (name, value) in entry.fields() {
+            call.arg(name).arg(value);
+        }
+        let added: Option<String> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(added.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_the_wire_fields_in_order() {
+        let payload = serde_json::json!({"msg": "hi"});
+        let e = JobEntry::new("j-1", "echo", &payload);
+        let names: Vec<_> = e.fields().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["jobId", "type", "payload"]);
+        let fields = e.enqueued_at("2026-12-06T00:00:00.000Z").fields();
+        assert_eq!(fields[2].1, r#"{"msg":"hi"}"#);
+        assert_eq!(
+            fields[3],
+            ("enqueuedAt", "2026-12-06T00:00:00.000Z".to_owned())
+        );
+    }
+}

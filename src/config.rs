@@ -90,7 +90,7 @@ pub struct TransportsSection {
 }
 
 /// How `--transport auto` switches (durations such as `3s`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoSection {
     pub fallback_after: Option<String>,
@@ -98,7 +98,7 @@ pub struct AutoSection {
     pub probe_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSection {
     /// `ws://host:port/api/v1/ws` (or `wss://`); default: derived from `transports.nexus.url`.
@@ -108,7 +108,7 @@ pub struct WebSocketSection {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSection {
     /// `nats://host:port` (comma separated for a cluster).
@@ -123,7 +123,7 @@ pub struct NatsSection {
     pub credentials_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NexusSection {
     /// `http://host:port` of the control plane.
@@ -132,7 +132,7 @@ pub struct NexusSection {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     pub url: Option<String>,

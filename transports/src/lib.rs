@@ -3,7 +3,9 @@
 //! vocabulary a worker uses to settle a delivery ([`Settlement`]), the one backoff policy
 //! ([`Backoff`]), the job events of the wire
 //! format ([`WireEvent`]), the [`JobSource`] trait and its implementations ([`redis`], [`nats`],
-//! [`websocket`], [`nexus`]) and the [`auto`] selector over them.
+//! [`websocket`], [`nexus`], listed once in the [`registry`]), the parts they share (the
+//! job-entry [`parse`]r, the fetcher's inbox, the control-plane client) and the [`auto`] selector
+//! over them.
 //!
 //! This crate must never know about the journal or the runtime: it describes jobs and moves them,
 //! it does not decide what happens to them.
@@ -20,6 +22,7 @@ pub mod nats;
 pub mod nexus;
 pub mod parse;
 pub mod redis;
+pub mod registry;
 mod settlement;
 mod source;
 pub mod websocket;
@@ -28,6 +31,7 @@ pub use self::auto::{AutoConfig, AutoSource, TransportCandidate};
 pub use self::nats::{NatsConfig, NatsSource};
 pub use self::nexus::{NexusConfig, NexusSource};
 pub use self::redis::{RedisConfig, RedisSource};
+pub use self::registry::{Description, TransportConfig, TransportName, TransportProducer};
 pub use self::websocket::{WebSocketConfig, WebSocketSource};
 pub use backoff::{Backoff, Retrier};
 pub use delivery::{Delivery, Incoming, Malformed, Receipt};

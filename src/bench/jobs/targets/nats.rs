@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use citadel_transports::nats::{LocalNats, NatsProducer};
-use citadel_transports::{JobSource, NatsConfig, NatsSource};
+use citadel_transports::{JobSource, NatsConfig, TransportConfig};
 use clap::Args;
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -99,11 +99,12 @@ impl Lane for NatsLane {
     /// Creates the stream and consumer (the source's fetcher pulls only once the runner asks),
     /// then connects the producer, so no timed enqueue pays for connecting.
     async fn source(&self) -> anyhow::Result<Arc<dyn JobSource>> {
-        let source = NatsSource::connect(self.cfg.clone())
+        let source = TransportConfig::Nats(self.cfg.clone())
+            .connect()
             .await
             .context("connecting the bench worker to NATS")?;
         self.producer().await?;
-        Ok(Arc::new(source))
+        Ok(source)
     }
 
     /// Publishes with 256 acknowledgements outstanding at a time.

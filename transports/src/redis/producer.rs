@@ -169,4 +169,87 @@ mod tests {
             ("enqueuedAt", "2026-12-06T00:00:00.000Z".to_owned())
         );
     }
+
+    /// A redis-server on a unix socket of its own, killed when dropped.
+    struct Server(std::process::Child, std::path::PathBuf);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+
+    async fn server() -> (Server, RedisProducer) {
+        let sock =
+            std::env::temp_dir().join(format!("citadel-producer-{}.sock", std::process::id()));
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let server = Server(child, sock.clone());
+        let url = format!("redis+unix://{}", sock.display());
+        for _ in 0..100 {
+            if let Ok(p) = RedisProducer::connect(&url).await {
+                return (server, p);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not start on {url}");
+    }
+
+    #[tokio::test]
+    async fn enqueue_once_adds_the_entry_once() {
+        let (_server, p) = server().await;
+        let payload = serde_json::json!({"n": 1});
+        let e = JobEntry::new("j-1", "noop", &payload).enqueued_at("2026-12-06T00:00:00Z");
+        let ttl = Duration::from_secs(60);
+        assert!(p.enqueue_once("s", &e, "sent:j-1", ttl).await.unwrap());
+        assert!(!p.enqueue_once("s", &e, "sent:j-1", ttl).await.unwrap());
+        p.enqueue_all("s", &[JobEntry::new("j-2", "noop", &payload)])
+            .await
+            .unwrap();
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        let entries: Entries = redis::cmd("XRANGE")
+            .arg("s")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut p.conn.clone())
+            .await
+            .unwrap();
+        let fields: Vec<_> = entries.iter().map(|(_, f)| f.clone()).collect();
+        let f = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            fields,
+            [
+                f(&[
+                    ("jobId", "j-1"),
+                    ("type", "noop"),
+                    ("payload", r#"{"n":1}"#),
+                    ("enqueuedAt", "2026-12-06T00:00:00Z"),
+                ]),
+                f(&[
+                    ("jobId", "j-2"),
+                    ("type", "noop"),
+                    ("payload", r#"{"n":1}"#)
+                ]),
+            ]
+        );
+    }
 }

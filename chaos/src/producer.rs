@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM, DEFAULT_SUBJECT};
-use citadel_transports::redis::{JobEntry, RedisProducer};
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 use citadel_transports::NatsConfig;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -236,12 +237,9 @@ async fn submit(conn: &Connection, job: &JobSpec, last: &mut Option<u64>) -> Res
                 None => nats.stream_state(DEFAULT_STREAM).await?.last_sequence,
             };
             *last = Some(known);
-            let body = json!({
-                "jobId": job.id,
-                "type": job.job_type,
-                "payload": job.payload,
-                "enqueuedAt": now,
-            });
+            let body = JobEntry::new(&job.id, &job.job_type, &job.payload)
+                .enqueued_at(&now)
+                .to_json();
             let stored = match nats.enqueue_after(DEFAULT_SUBJECT, &body, known).await? {
                 Some(seq) => seq,
                 None => {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use citadel_journal::Durability;
-use citadel_transports::redis::{JobEntry, RedisProducer};
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 use clap::Args;
 use futures_util::StreamExt as _;
 use serde::Serialize;

@@ -14,7 +14,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use citadel_transports::redis::{JobEntry, RedisProducer};
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 
 use super::remote::encode;
 use crate::format;
@@ -356,7 +357,10 @@ async fn nats_submit(
         payload.insert("maxAttempts".into(), n.into());
     }
     let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let body = json!({"jobId": id, "type": args.job_type, "payload": payload, "enqueuedAt": now});
+    let payload = Value::Object(payload);
+    let body = JobEntry::new(&id, &args.job_type, &payload)
+        .enqueued_at(&now)
+        .to_json();
     producer.enqueue(&args.subject, &body).await.with_context(|| {
         format!(
             "publishing to {} (no stream holds it? `citadel work --transport nats` creates the JOBS stream)",

@@ -61,7 +61,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
 pub use local::LocalRedis;
-pub use producer::{JobEntry, RedisProducer};
+pub use producer::RedisProducer;
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;

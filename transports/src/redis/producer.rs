@@ -1,70 +1,25 @@
 //! The producer's side of the Redis transport, for `citadel submit`, `citadel bench redis`/`llm`,
 //! the chaos suite and the tests: the one place that writes a job entry of the wire format
-//! (docs/wire-format.md#job-entries: `jobId`, `type`, `payload` as a JSON string, and
-//! `enqueuedAt` when given) with `XADD`, one at a time, pipelined, or once only (behind a marker
+//! ([`JobEntry`]: `jobId`, `type`, `payload` as a JSON string, and `enqueuedAt` when given) with
+//! `XADD`, one at a time, pipelined, or once only (behind a marker
 //! key, so a retry after an unanswered try never enqueues the job twice). It must never consume
 //! jobs.
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use serde_json::Value;
-
 use super::conn::map_err;
+use crate::produce::JobEntry;
 use crate::source::SourceError;
+use redis::aio::MultiplexedConnection;
 
-/// One job entry as a producer writes it.
-#[derive(Debug, Clone, Copy)]
-pub struct JobEntry<'a> {
-    pub job_id: &'a str,
-    pub job_type: &'a str,
-    /// A JSON object (written as its JSON text).
-    pub payload: &'a Value,
-    /// RFC 3339, e.g. [`crate::events::rfc3339`] of now; not written when `None`.
-    pub enqueued_at: Option<&'a str>,
-}
-
-impl<'a> JobEntry<'a> {
-    /// An entry without `enqueuedAt`.
-    pub fn new(job_id: &'a str, job_type: &'a str, payload: &'a Value) -> Self {
-        Self {
-            job_id,
-            job_type,
-            payload,
-            enqueued_at: None,
-        }
+/// `XADD stream * field value …` for `entry`.
+fn xadd(entry: &JobEntry<'_>, stream: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (name, value) in entry.fields() {
+        cmd.arg(name).arg(value);
     }
-
-    /// The same entry with `enqueuedAt`.
-    pub fn enqueued_at(self, at: &'a str) -> Self {
-        Self {
-            enqueued_at: Some(at),
-            ..self
-        }
-    }
-
-    /// The entry's fields, name then value, in the order they are written.
-    fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("jobId", self.job_id.to_owned()),
-            ("type", self.job_type.to_owned()),
-            ("payload", self.payload.to_string()),
-        ];
-        if let Some(at) = self.enqueued_at {
-            fields.push(("enqueuedAt", at.to_owned()));
-        }
-        fields
-    }
-
-    /// `XADD stream * field value …` for this entry.
-    fn xadd(&self, stream: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream).arg("*");
-        for (name, value) in self.fields() {
-            cmd.arg(name).arg(value);
-        }
-        cmd
-    }
+    cmd
 }
 
 /// Adds the entry (ARGV) to the stream KEYS[2] only when the marker KEYS[1] was not set, and
@@ -106,8 +61,7 @@ impl RedisProducer {
 
     /// Adds `entry` to `stream`; returns the entry's id.
     pub async fn enqueue(&self, stream: &str, entry: &JobEntry<'_>) -> Result<String, SourceError> {
-        entry
-            .xadd(stream)
+        xadd(entry, stream)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(map_err)
@@ -121,7 +75,7 @@ impl RedisProducer {
     ) -> Result<(), SourceError> {
         let mut pipe = redis::pipe();
         for entry in entries {
-            pipe.add_command(entry.xadd(stream)).ignore();
+            pipe.add_command(xadd(entry, stream)).ignore();
         }
         pipe.query_async(&mut self.conn.clone())
             .await
@@ -155,20 +109,6 @@ impl RedisProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entries_carry_the_wire_fields_in_order() {
-        let payload = serde_json::json!({"msg": "hi"});
-        let e = JobEntry::new("j-1", "echo", &payload);
-        let names: Vec<_> = e.fields().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["jobId", "type", "payload"]);
-        let fields = e.enqueued_at("2026-12-06T00:00:00.000Z").fields();
-        assert_eq!(fields[2].1, r#"{"msg":"hi"}"#);
-        assert_eq!(
-            fields[3],
-            ("enqueuedAt", "2026-12-06T00:00:00.000Z".to_owned())
-        );
-    }
 
     /// A redis-server on a unix socket of its own, killed when dropped.
     struct Server(std::process::Child, std::path::PathBuf);

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use citadel_transports::nats::{LocalNats, NatsProducer};
-use citadel_transports::{JobSource, NatsConfig, TransportConfig};
+use citadel_transports::{JobEntry, JobSource, NatsConfig, TransportConfig};
 use clap::Args;
 use indicatif::ProgressBar;
-use serde_json::json;
 
 use super::super::{BenchJob, Defaults, Lane, Load, Target};
 
@@ -91,7 +90,7 @@ impl NatsLane {
 }
 
 fn body(job: &BenchJob) -> serde_json::Value {
-    json!({"jobId": job.id, "type": job.kind, "payload": job.payload})
+    JobEntry::new(&job.id, job.kind, &job.payload).to_json()
 }
 
 #[async_trait]

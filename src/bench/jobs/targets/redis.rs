@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use citadel_transports::redis::{JobEntry, LocalRedis, RedisProducer};
+use citadel_transports::redis::{LocalRedis, RedisProducer};
+use citadel_transports::JobEntry;
 use citadel_transports::{JobSource, RedisConfig, RedisSource};
 use clap::Args;
 use indicatif::ProgressBar;

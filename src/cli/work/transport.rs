@@ -28,12 +28,15 @@ pub enum TransportChoice {
     Only(TransportName),
 }
 
-const AUTO_HELP: &str = "The best healthy configured transport (redis > nats > websocket > \
-                         nexus), falling back when it fails and upgrading back when it recovers";
-
 /// The values of `--transport`: `auto`, then the registry's names, each with its help.
 pub(super) fn transport_parser() -> impl TypedValueParser<Value = TransportChoice> {
-    let values = std::iter::once(PossibleValue::new("auto").help(AUTO_HELP)).chain(
+    let order: Vec<&str> = TransportName::ALL.iter().map(|n| n.as_str()).collect();
+    let auto = format!(
+        "The best healthy configured transport ({}), falling back when it fails and upgrading \
+         back when it recovers",
+        order.join(" > ")
+    );
+    let values = std::iter::once(PossibleValue::new("auto").help(auto)).chain(
         TransportName::ALL
             .into_iter()
             .map(|n| PossibleValue::new(n.as_str()).help(n.help())),

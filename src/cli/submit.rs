@@ -248,6 +248,34 @@ fn render(ev: &Value) -> Option<Result<(), String>> {
     }
 }
 
+/// A job for a broker's producer (Redis, NATS): its id (`--id`, else a fresh one), its payload
+/// with `maxAttempts` when given, and when it was enqueued.
+struct Job {
+    id: String,
+    payload: Value,
+    now: String,
+}
+
+impl Job {
+    fn new(args: &SubmitArgs, mut payload: Map<String, Value>) -> Self {
+        if let Some(n) = args.max_attempts {
+            payload.insert("maxAttempts".into(), n.into());
+        }
+        Self {
+            id: args
+                .id
+                .clone()
+                .unwrap_or_else(crate::nexus::store::new_job_id),
+            payload: Value::Object(payload),
+            now: citadel_transports::events::rfc3339(std::time::SystemTime::now()),
+        }
+    }
+
+    fn entry<'a>(&'a self, job_type: &'a str) -> JobEntry<'a> {
+        JobEntry::new(&self.id, job_type, &self.payload).enqueued_at(&self.now)
+    }
+}
+
 /// Redis: a job entry of docs/wire-format.md#job-entries ([`RedisProducer`]); with --wait, XREAD BLOCK on the job's event stream.
 async fn redis_submit(
     args: &SubmitArgs,
@@ -260,17 +288,9 @@ async fn redis_submit(
         .get_multiplexed_async_connection()
         .await
         .context("connecting to redis")?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(crate::nexus::store::new_job_id);
-    let mut payload = payload;
-    if let Some(n) = args.max_attempts {
-        payload.insert("maxAttempts".into(), n.into());
-    }
-    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let payload = Value::Object(payload);
-    let entry = JobEntry::new(&id, &args.job_type, &payload).enqueued_at(&now);
+    let job = Job::new(args, payload);
+    let id = &job.id;
+    let entry = job.entry(&args.job_type);
     RedisProducer::new(conn.clone())
         .enqueue(&args.stream, &entry)
         .await
@@ -347,20 +367,10 @@ async fn nats_submit(
     let producer = NatsProducer::connect(&cfg)
         .await
         .context("connecting to nats")?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(crate::nexus::store::new_job_id);
+    let job = Job::new(args, payload);
+    let id = &job.id;
     let job_id = citadel_transports::JobId::new(id.clone()).context("--id")?;
-    let mut payload = payload;
-    if let Some(n) = args.max_attempts {
-        payload.insert("maxAttempts".into(), n.into());
-    }
-    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let payload = Value::Object(payload);
-    let body = JobEntry::new(&id, &args.job_type, &payload)
-        .enqueued_at(&now)
-        .to_json();
+    let body = job.entry(&args.job_type).to_json();
     producer.enqueue(&args.subject, &body).await.with_context(|| {
         format!(
             "publishing to {} (no stream holds it? `citadel work --transport nats` creates the JOBS stream)",

@@ -90,7 +90,7 @@ pub struct TransportsSection {
 }
 
 /// How `--transport auto` switches (durations such as `3s`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoSection {
     pub fallback_after: Option<String>,
@@ -98,7 +98,7 @@ pub struct AutoSection {
     pub probe_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSection {
     /// `ws://host:port/api/v1/ws` (or `wss://`); default: derived from `transports.nexus.url`.
@@ -108,7 +108,7 @@ pub struct WebSocketSection {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSection {
     /// `nats://host:port` (comma separated for a cluster).
@@ -123,7 +123,7 @@ pub struct NatsSection {
     pub credentials_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NexusSection {
     /// `http://host:port` of the control plane.
@@ -132,7 +132,7 @@ pub struct NexusSection {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     pub url: Option<String>,
@@ -258,135 +258,214 @@ pub struct Effective {
     pub source: Source,
 }
 
-/// The effective settings (defaults < manifest < environment), with where each came from.
-/// Command-line flags override these per command and are not seen here.
-pub fn effective(file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Vec<Effective> {
+/// One setting of the node: its key in the manifest, the `citadel work` flag and the
+/// `CITADEL_*` variable that override it (when there are), and its default as `citadel config
+/// show` prints it. `citadel work` takes its defaults from here too ([`default_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub key: &'static str,
+    pub flag: Option<&'static str>,
+    pub env: Option<&'static str>,
+    pub default: &'static str,
+}
+
+const fn row(
+    key: &'static str,
+    flag: Option<&'static str>,
+    env: Option<&'static str>,
+    default: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        flag,
+        env,
+        default,
+    }
+}
+
+/// The default of `node.name`: this machine's host name.
+const HOST_NAME: &str = "(host name)";
+/// The default of `transport`: `auto` over the registry's transports.
+const AUTO: &str = "(auto)";
+
+/// Every setting, in the order `citadel config show` lists them.
+pub const SETTINGS: &[Setting] = &[
+    row(
+        "node.name",
+        Some("--node-name"),
+        Some("CITADEL_NODE_NAME"),
+        HOST_NAME,
+    ),
+    row("node.tags", None, None, ""),
+    row("services", None, None, ""),
+    row(
+        "transport",
+        Some("--transport"),
+        Some("CITADEL_TRANSPORT"),
+        AUTO,
+    ),
+    row(
+        "worker.concurrency",
+        Some("--concurrency"),
+        Some("CITADEL_CONCURRENCY"),
+        "1",
+    ),
+    row(
+        "worker.drain_timeout",
+        Some("--drain-timeout"),
+        Some("CITADEL_DRAIN_TIMEOUT"),
+        "30s",
+    ),
+    row(
+        "worker.default_timeout",
+        Some("--default-timeout"),
+        Some("CITADEL_DEFAULT_TIMEOUT"),
+        "1h",
+    ),
+    row(
+        "worker.max_attempts",
+        Some("--max-attempts"),
+        Some("CITADEL_MAX_ATTEMPTS"),
+        "3",
+    ),
+    row(
+        "worker.journal.retention",
+        Some("--journal-retention"),
+        Some("CITADEL_JOURNAL_RETENTION"),
+        "7d",
+    ),
+    row(
+        "worker.journal.max_size",
+        Some("--journal-max-size"),
+        Some("CITADEL_JOURNAL_MAX_SIZE"),
+        "unbounded",
+    ),
+    row(
+        "transports.redis.url",
+        Some("--redis-url"),
+        Some("CITADEL_REDIS_URL"),
+        "",
+    ),
+    row(
+        "transports.redis.streams",
+        Some("--stream"),
+        Some("CITADEL_STREAMS"),
+        "jobs:v1:gpu-general",
+    ),
+    row(
+        "transports.redis.group",
+        Some("--group"),
+        Some("CITADEL_GROUP"),
+        "workers",
+    ),
+    row(
+        "transports.redis.lease",
+        Some("--lease"),
+        Some("CITADEL_LEASE"),
+        "60s",
+    ),
+    row(
+        "transports.nexus.url",
+        Some("--nexus-url"),
+        Some("CITADEL_NEXUS_URL"),
+        "",
+    ),
+    row("transports.nexus.token_file", None, None, ""),
+    row(
+        "permissions.shell.enabled",
+        Some("--enable-shell"),
+        Some("CITADEL_ENABLE_SHELL"),
+        "false",
+    ),
+    row(
+        "permissions.shell.allow",
+        Some("--shell-allow"),
+        Some("CITADEL_SHELL_ALLOW"),
+        "(any program)",
+    ),
+    row("permissions.terminal.enabled", None, None, "false"),
+    row("permissions.ssh.enabled", None, None, "false"),
+];
+
+/// The default of the setting `key` (a key of [`SETTINGS`]).
+pub fn default_of(key: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .map_or("", |s| s.default)
+}
+
+/// What the manifest says of `key`, as text.
+fn file_value(file: &FileConfig, key: &str) -> Option<String> {
     let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(","));
     let w = &file.worker;
     let redis = file.transports.redis.as_ref();
     let nexus = file.transports.nexus.as_ref();
     let shell = &file.permissions.shell;
-    let services: Vec<&str> = file.services.iter().map(|s| s.engine.name()).collect();
-    let rows: Vec<(&'static str, Option<&'static str>, Option<String>, String)> = vec![
-        (
-            "node.name",
-            Some("CITADEL_NODE_NAME"),
-            file.node.name.clone(),
-            crate::node::host_name(),
-        ),
-        ("node.tags", None, list(&file.node.tags), String::new()),
-        (
-            "services",
-            None,
-            (!services.is_empty()).then(|| services.join(",")),
-            String::new(),
-        ),
-        (
-            "worker.concurrency",
-            Some("CITADEL_CONCURRENCY"),
-            w.concurrency.map(|c| c.to_string()),
-            "1".into(),
-        ),
-        (
-            "worker.drain_timeout",
-            Some("CITADEL_DRAIN_TIMEOUT"),
-            w.drain_timeout.clone(),
-            "30s".into(),
-        ),
-        (
-            "worker.default_timeout",
-            Some("CITADEL_DEFAULT_TIMEOUT"),
-            w.default_timeout.clone(),
-            "1h".into(),
-        ),
-        (
-            "worker.max_attempts",
-            Some("CITADEL_MAX_ATTEMPTS"),
-            w.max_attempts.map(|c| c.to_string()),
-            "3".into(),
-        ),
-        (
-            "worker.journal.retention",
-            Some("CITADEL_JOURNAL_RETENTION"),
-            w.journal.retention.clone(),
-            "7d".into(),
-        ),
-        (
-            "worker.journal.max_size",
-            Some("CITADEL_JOURNAL_MAX_SIZE"),
-            w.journal.max_size.clone(),
-            "unbounded".into(),
-        ),
-        (
-            "transports.redis.url",
-            Some("CITADEL_REDIS_URL"),
-            redis.and_then(|r| r.url.clone()),
-            String::new(),
-        ),
-        (
-            "transports.redis.streams",
-            Some("CITADEL_STREAMS"),
-            redis.and_then(|r| list(&r.streams)),
-            "jobs:v1:gpu-general".into(),
-        ),
-        (
-            "transports.redis.group",
-            Some("CITADEL_GROUP"),
-            redis.and_then(|r| r.group.clone()),
-            "workers".into(),
-        ),
-        (
-            "transports.redis.lease",
-            Some("CITADEL_LEASE"),
-            redis.and_then(|r| r.lease.clone()),
-            "60s".into(),
-        ),
-        (
-            "transports.nexus.url",
-            Some("CITADEL_NEXUS_URL"),
-            nexus.and_then(|n| n.url.clone()),
-            String::new(),
-        ),
-        (
-            "transports.nexus.token_file",
-            None,
-            nexus.and_then(|n| n.token_file.as_ref().map(|p| p.display().to_string())),
-            String::new(),
-        ),
-        (
-            "permissions.shell.enabled",
-            Some("CITADEL_ENABLE_SHELL"),
-            shell.enabled.map(|b| b.to_string()),
-            "false".into(),
-        ),
-        (
-            "permissions.shell.allow",
-            Some("CITADEL_SHELL_ALLOW"),
-            list(&shell.allow),
-            "(any program)".into(),
-        ),
-        (
-            "permissions.terminal.enabled",
-            None,
-            file.permissions.terminal.enabled.map(|b| b.to_string()),
-            "false".into(),
-        ),
-        (
-            "permissions.ssh.enabled",
-            None,
-            file.permissions.ssh.enabled.map(|b| b.to_string()),
-            "false".into(),
-        ),
-    ];
-    rows.into_iter()
-        .map(|(key, var, from_file, default)| {
-            let from_env = var.and_then(|v| env(v).filter(|s| !s.is_empty()).map(|s| (v, s)));
-            let (value, source) = match (from_env, from_file) {
-                (Some((v, s)), _) => (s, Source::Env(v)),
+    match key {
+        "node.name" => file.node.name.clone(),
+        "node.tags" => list(&file.node.tags),
+        "services" => {
+            let names: Vec<&str> = file.services.iter().map(|s| s.engine.name()).collect();
+            (!names.is_empty()).then(|| names.join(","))
+        }
+        "worker.concurrency" => w.concurrency.map(|c| c.to_string()),
+        "worker.drain_timeout" => w.drain_timeout.clone(),
+        "worker.default_timeout" => w.default_timeout.clone(),
+        "worker.max_attempts" => w.max_attempts.map(|c| c.to_string()),
+        "worker.journal.retention" => w.journal.retention.clone(),
+        "worker.journal.max_size" => w.journal.max_size.clone(),
+        "transports.redis.url" => redis.and_then(|r| r.url.clone()),
+        "transports.redis.streams" => redis.and_then(|r| list(&r.streams)),
+        "transports.redis.group" => redis.and_then(|r| r.group.clone()),
+        "transports.redis.lease" => redis.and_then(|r| r.lease.clone()),
+        "transports.nexus.url" => nexus.and_then(|n| n.url.clone()),
+        "transports.nexus.token_file" => {
+            nexus.and_then(|n| n.token_file.as_ref().map(|p| p.display().to_string()))
+        }
+        "permissions.shell.enabled" => shell.enabled.map(|b| b.to_string()),
+        "permissions.shell.allow" => list(&shell.allow),
+        "permissions.terminal.enabled" => file.permissions.terminal.enabled.map(|b| b.to_string()),
+        "permissions.ssh.enabled" => file.permissions.ssh.enabled.map(|b| b.to_string()),
+        _ => None,
+    }
+}
+
+/// A default as the node will use it: the host name, `auto` over the registry's transports in
+/// their order, or the table's text.
+fn resolved_default(s: &Setting) -> String {
+    match s.default {
+        HOST_NAME => crate::node::host_name(),
+        AUTO => {
+            let names: Vec<&str> = citadel_transports::TransportName::ALL
+                .iter()
+                .map(|n| n.as_str())
+                .collect();
+            format!("auto ({})", names.join(" > "))
+        }
+        d => d.to_string(),
+    }
+}
+
+/// The effective settings (defaults < manifest < environment), with where each came from.
+/// Command-line flags override these per command and are not seen here.
+pub fn effective(file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Vec<Effective> {
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let from_env = s
+                .env
+                .and_then(|v| env(v).filter(|x| !x.is_empty()).map(|x| (v, x)));
+            let (value, source) = match (from_env, file_value(file, s.key)) {
+                (Some((v, x)), _) => (x, Source::Env(v)),
                 (None, Some(f)) => (f, Source::Manifest),
-                (None, None) => (default, Source::Default),
+                (None, None) => (resolved_default(s), Source::Default),
             };
-            Effective { key, value, source }
+            Effective {
+                key: s.key,
+                value,
+                source,
+            }
         })
         .collect()
 }

@@ -2,7 +2,8 @@
 //! rate, and keeps doing so across broker restarts: to the Redis job stream in the wire format
 //! of docs/wire-format.md#job-entries (`redis://…`), or to the NATS job subject as JSON bodies (`nats://…`). A
 //! submission is idempotent, so retrying after an unanswered one never enqueues a job twice:
-//! on Redis a Lua script sets `chaos:sent:{jobId}` and adds the entry in one step; on NATS the
+//! on Redis the entry is added only with the marker `chaos:sent:{jobId}`, in one step
+//! ([`RedisProducer::enqueue_once`]); on NATS the
 //! producer is the job stream's only publisher and expects its last sequence
 //! ([`NatsProducer::enqueue_after`]). It records when each job was sent; it must never read
 //! what the workers did (that is [`crate::history`]).
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use citadel_transports::nats::{NatsProducer, DEFAULT_STREAM, DEFAULT_SUBJECT};
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 use citadel_transports::NatsConfig;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -20,6 +23,8 @@ use serde_json::{json, Value};
 pub const STREAM: &str = "jobs:v1:gpu-general";
 /// Its dead-letter stream.
 pub const DLQ: &str = "dlq:v1:gpu-general";
+/// How long the marker of a sent job (`chaos:sent:{jobId}`) keeps a retry from sending it again.
+const SENT_MARKER_TTL: Duration = Duration::from_secs(7200);
 
 /// A connection to the broker a producer's URL names.
 #[derive(Debug)]
@@ -91,13 +96,6 @@ pub fn mixed(prefix: &str, n: usize) -> Vec<JobSpec> {
         })
         .collect()
 }
-
-const SUBMIT: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 7200) then
-  return redis.call('XADD', KEYS[2], '*', 'jobId', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'enqueuedAt', ARGV[4])
-end
-return false
-";
 
 /// Submits jobs; shared by the scenario and its load task.
 #[derive(Debug, Clone)]
@@ -226,14 +224,11 @@ async fn submit(conn: &Connection, job: &JobSpec, last: &mut Option<u64>) -> Res
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     match conn {
         Connection::Redis(conn) => {
-            let script = redis::Script::new(SUBMIT);
-            let mut call = script.key(format!("chaos:sent:{}", job.id));
-            call.key(STREAM)
-                .arg(&job.id)
-                .arg(&job.job_type)
-                .arg(job.payload.to_string())
-                .arg(now);
-            call.invoke_async::<redis::Value>(&mut conn.clone()).await?;
+            let entry = JobEntry::new(&job.id, &job.job_type, &job.payload).enqueued_at(&now);
+            let marker = format!("chaos:sent:{}", job.id);
+            RedisProducer::new(conn.clone())
+                .enqueue_once(STREAM, &entry, &marker, SENT_MARKER_TTL)
+                .await?;
         }
         Connection::Nats(nats) => {
             let known = match *last {
@@ -242,12 +237,9 @@ async fn submit(conn: &Connection, job: &JobSpec, last: &mut Option<u64>) -> Res
                 None => nats.stream_state(DEFAULT_STREAM).await?.last_sequence,
             };
             *last = Some(known);
-            let body = json!({
-                "jobId": job.id,
-                "type": job.job_type,
-                "payload": job.payload,
-                "enqueuedAt": now,
-            });
+            let body = JobEntry::new(&job.id, &job.job_type, &job.payload)
+                .enqueued_at(&now)
+                .to_json();
             let stored = match nats.enqueue_after(DEFAULT_SUBJECT, &body, known).await? {
                 Some(seq) => seq,
                 None => {

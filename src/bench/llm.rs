@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use citadel_harness::engine::{epoch_nanos, EngineScript, FakeEngine};
 use citadel_journal::Durability;
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 use clap::Args;
 use futures_util::StreamExt as _;
 use serde::Serialize;
@@ -171,7 +173,7 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
         })
     };
 
-    let mut c = connection(&url).await?;
+    let producer = RedisProducer::new(connection(&url).await?);
     let mut reports = Vec::new();
     let latency_interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     // (label, streams, tokens per stream, token interval, through citadel or Redis alone)
@@ -217,16 +219,9 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
             for i in 0..streams {
                 let payload =
                     serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
-                redis::cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("jobId")
-                    .arg(format!("bench-llm-{run_no}-{i}"))
-                    .arg("type")
-                    .arg("llm_inference")
-                    .arg("payload")
-                    .arg(payload.to_string())
-                    .query_async::<String>(&mut c)
+                let id = format!("bench-llm-{run_no}-{i}");
+                producer
+                    .enqueue(&stream, &JobEntry::new(&id, "llm_inference", &payload))
                     .await?;
             }
         } else {

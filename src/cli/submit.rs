@@ -14,6 +14,9 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
+
 use super::remote::encode;
 use crate::format;
 
@@ -245,7 +248,35 @@ fn render(ev: &Value) -> Option<Result<(), String>> {
     }
 }
 
-/// Redis: XADD in the docs/wire-format.md#job-entries format; with --wait, XREAD BLOCK on the job's event stream.
+/// A job for a broker's producer (Redis, NATS): its id (`--id`, else a fresh one), its payload
+/// with `maxAttempts` when given, and when it was enqueued.
+struct Job {
+    id: String,
+    payload: Value,
+    now: String,
+}
+
+impl Job {
+    fn new(args: &SubmitArgs, mut payload: Map<String, Value>) -> Self {
+        if let Some(n) = args.max_attempts {
+            payload.insert("maxAttempts".into(), n.into());
+        }
+        Self {
+            id: args
+                .id
+                .clone()
+                .unwrap_or_else(crate::nexus::store::new_job_id),
+            payload: Value::Object(payload),
+            now: citadel_transports::events::rfc3339(std::time::SystemTime::now()),
+        }
+    }
+
+    fn entry<'a>(&'a self, job_type: &'a str) -> JobEntry<'a> {
+        JobEntry::new(&self.id, job_type, &self.payload).enqueued_at(&self.now)
+    }
+}
+
+/// Redis: a job entry of docs/wire-format.md#job-entries ([`RedisProducer`]); with --wait, XREAD BLOCK on the job's event stream.
 async fn redis_submit(
     args: &SubmitArgs,
     url: &str,
@@ -257,27 +288,11 @@ async fn redis_submit(
         .get_multiplexed_async_connection()
         .await
         .context("connecting to redis")?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(crate::nexus::store::new_job_id);
-    let mut payload = payload;
-    if let Some(n) = args.max_attempts {
-        payload.insert("maxAttempts".into(), n.into());
-    }
-    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let _: String = redis::cmd("XADD")
-        .arg(&args.stream)
-        .arg("*")
-        .arg("jobId")
-        .arg(&id)
-        .arg("type")
-        .arg(&args.job_type)
-        .arg("payload")
-        .arg(Value::Object(payload).to_string())
-        .arg("enqueuedAt")
-        .arg(now)
-        .query_async(&mut conn)
+    let job = Job::new(args, payload);
+    let id = &job.id;
+    let entry = job.entry(&args.job_type);
+    RedisProducer::new(conn.clone())
+        .enqueue(&args.stream, &entry)
         .await
         .context("XADD")?;
     if !args.wait {
@@ -352,17 +367,10 @@ async fn nats_submit(
     let producer = NatsProducer::connect(&cfg)
         .await
         .context("connecting to nats")?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(crate::nexus::store::new_job_id);
+    let job = Job::new(args, payload);
+    let id = &job.id;
     let job_id = citadel_transports::JobId::new(id.clone()).context("--id")?;
-    let mut payload = payload;
-    if let Some(n) = args.max_attempts {
-        payload.insert("maxAttempts".into(), n.into());
-    }
-    let now = citadel_transports::events::rfc3339(std::time::SystemTime::now());
-    let body = json!({"jobId": id, "type": args.job_type, "payload": payload, "enqueuedAt": now});
+    let body = job.entry(&args.job_type).to_json();
     producer.enqueue(&args.subject, &body).await.with_context(|| {
         format!(
             "publishing to {} (no stream holds it? `citadel work --transport nats` creates the JOBS stream)",

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use citadel_transports::{AutoConfig, AutoSource, Candidate, JobSource, NexusConfig, NexusSource};
+use citadel_transports::{
+    AutoConfig, AutoSource, JobSource, NexusConfig, NexusSource, TransportCandidate,
+};
 use serde_json::Value;
 
 use super::fixture::{Dead, Fixture};
@@ -35,11 +37,11 @@ impl Fixture for AutoFixture {
         cfg.lease = lease;
         cfg.block = Duration::from_millis(300);
         let candidates = vec![
-            Candidate::new("redis", move || {
+            TransportCandidate::new("redis", move || {
                 let s = redis.clone();
                 async move { Ok(s) }
             }),
-            Candidate::new("nexus", move || {
+            TransportCandidate::new("nexus", move || {
                 let cfg = cfg.clone();
                 async move { Ok(Arc::new(NexusSource::connect(cfg).await?) as Arc<dyn JobSource>) }
             }),

@@ -8,7 +8,8 @@ mod local;
 
 use std::time::Duration;
 
-use citadel_transports::{Incoming, JobSource, RedisConfig, RedisSource};
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::{Incoming, JobEntry, JobSource, RedisConfig, RedisSource};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
@@ -71,7 +72,8 @@ impl Server {
     }
 }
 
-/// `XADD` of a job exactly as a producer of docs/wire-format.md#job-entries writes it.
+/// A raw `XADD` of these fields: for entries a producer would never write (malformed ones, or
+/// fields of another producer). Well-formed jobs go through [`enqueue_job`].
 pub async fn enqueue(c: &mut MultiplexedConnection, fields: &[(&str, &str)]) -> String {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(STREAM).arg("*");
@@ -81,8 +83,14 @@ pub async fn enqueue(c: &mut MultiplexedConnection, fields: &[(&str, &str)]) -> 
     cmd.query_async(c).await.unwrap()
 }
 
+/// A job `{"n":1}` enqueued by the product's own producer ([`RedisProducer`]), as
+/// docs/wire-format.md#job-entries has it.
 pub async fn enqueue_job(c: &mut MultiplexedConnection, id: &str, ty: &str) -> String {
-    enqueue(c, &[("jobId", id), ("type", ty), ("payload", r#"{"n":1}"#)]).await
+    let payload = serde_json::json!({"n": 1});
+    RedisProducer::new(c.clone())
+        .enqueue(STREAM, &JobEntry::new(id, ty, &payload))
+        .await
+        .expect("enqueue a job")
 }
 
 /// Calls `next(max)` until something comes or `within` passes.

@@ -1,53 +1,34 @@
-//! `citadel work`: runs this node as a worker. Builds the effective settings (defaults < config
-//! file < `CITADEL_*` environment < flags), opens the journal (refusing to start when another
-//! worker holds the same data directory), serves the journal to `citadel journal`, connects the
-//! transport (retrying with backoff while it is away), and runs the [`Runner`] until SIGTERM or
-//! SIGINT; a second signal exits at once.
+//! `citadel work`: runs this node as a worker, in this order: resolve the settings once
+//! ([`settings`]: defaults < config file < `CITADEL_*` environment < flags), open the journal
+//! (refusing to start when another worker holds the same data directory) and keep it trimmed
+//! ([`journal`]), serve it to `citadel journal`, build the job handlers ([`handlers`]), connect
+//! the transport(s) of the registry ([`transport`], retrying with backoff while they are away),
+//! then run the [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second
+//! signal exits at once); everything stops in the reverse order. This module owns that order and
+//! the flags; it must never run a job itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use citadel_journal::{Durability, Journal, JournalError, JournalOptions, RetentionPolicy};
-use citadel_transports::{
-    AutoSource, Candidate, JobSource, NatsSource, NexusSource, RedisSource, WebSocketSource,
-};
+use anyhow::Context as _;
+use citadel_journal::Journal;
+use citadel_transports::JobSource;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::format;
-use crate::format::redact;
-use transport::{
-    auto_config, connect_retrying, nats_config, nexus_config, redis_config, websocket_config,
-};
-
+mod handlers;
+mod journal;
+mod settings;
 mod transport;
-use crate::config::{self, FileConfig};
-use crate::handlers::{
-    DeviceConfigHandler, DownloadPolicy, ExtractionPolicy, Registry, ShellPolicy,
-};
-use crate::runner::{Runner, RunnerConfig};
-use crate::status::server::StatusListen;
-use crate::status::NodeStatus;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TransportKind {
-    /// The best healthy configured transport (redis > nexus), falling back when it fails and
-    /// upgrading back when it recovers.
-    Auto,
-    /// Redis Streams consumer group (the production path).
-    Redis,
-    /// NATS JetStream durable pull consumer (`--nats-url`).
-    Nats,
-    /// HTTP polling of a Nexus control plane (`--nexus-url`), long-poll and leases when it is a
-    /// citadel control plane.
-    Nexus,
-    /// Jobs pushed by a citadel control plane over one WebSocket (`--nexus-url` or `--ws-url`):
-    /// for nodes behind proxies that allow one outbound HTTP(S) connection and nothing else.
-    #[value(name = "websocket")]
-    WebSocket,
-}
+use crate::config::{self, FileConfig};
+use crate::format;
+use crate::handlers::Registry;
+use crate::runner::Runner;
+use crate::status::NodeStatus;
+use settings::Settings;
+use transport::{Plan, TransportChoice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DurabilityArg {
@@ -62,8 +43,8 @@ pub struct WorkArgs {
     /// The transport to take jobs from. Default `auto`: the best healthy configured transport
     /// (redis > nats > websocket > nexus), or, with none configured, an embedded control plane on
     /// loopback.
-    #[arg(long, value_enum, env = "CITADEL_TRANSPORT")]
-    transport: Option<TransportKind>,
+    #[arg(long, env = "CITADEL_TRANSPORT", value_parser = transport::transport_parser())]
+    transport: Option<TransportChoice>,
     /// The Nexus control plane (http://host:port).
     #[arg(long, env = "CITADEL_NEXUS_URL", value_name = "URL")]
     nexus_url: Option<String>,
@@ -223,377 +204,31 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     let file = FileConfig::load(&config_path, required)?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let settings = Settings::resolve(&args, &file, data_dir)?;
 
-    let node_name = args
-        .node_name
-        .clone()
-        .or(file.node.name.clone())
-        .unwrap_or_else(crate::node::host_name);
-    let instance = crate::node::instance_id(data_dir)?;
-    let consumer = crate::node::consumer_name(&node_name, &instance);
-
-    let journal_dir = crate::paths::journal_dir(data_dir);
-    let options = JournalOptions {
-        durability: match args.journal_durability {
-            DurabilityArg::Durable => Durability::Durable,
-            DurabilityArg::Buffered => Durability::Buffered,
-        },
-        recover: true,
-    };
-    let (journal, report) = match Journal::open(&journal_dir, options) {
-        Ok(opened) => opened,
-        Err(JournalError::Locked { .. }) => bail!(
-            "another citadel worker is already running on the data directory {} (its journal is locked); \
-             stop it first, or give this worker its own --data-dir",
-            data_dir.display()
-        ),
-        Err(e) => return Err(e).context("opening the journal"),
-    };
-    if !report.interrupted.is_empty() {
-        tracing::warn!(
-            count = report.interrupted.len(),
-            "jobs were running when the worker last stopped; marked interrupted"
-        );
-    }
-    if !report.damaged.is_empty() {
-        tracing::warn!(
-            count = report.damaged.len(),
-            "damaged journal entries were skipped (see `citadel journal stats`)"
-        );
-    }
-    let retention = retention_policy(&args, &file)?;
-    let retention_task = tokio::spawn(keep_journal_trim(journal.clone(), retention));
+    let journal = journal::open(data_dir, args.journal_durability)?;
+    let retention = tokio::spawn(journal::keep_trimmed(
+        journal.clone(),
+        settings.retention.clone(),
+    ));
     let socket = citadel_journal::remote::serve(journal.clone())
         .await
         .context("serving the journal socket")?;
+    let handlers = handlers::registry(&args, &file, &config_path, data_dir)?;
+    let (source, embedded) = connect(&args, &file, &settings, data_dir).await?;
 
-    let w = &file.worker;
-    let mut runner_config = RunnerConfig::new(node_name.clone(), consumer.clone());
-    runner_config.concurrency = args.concurrency.or(w.concurrency).unwrap_or(1).max(1);
-    runner_config.drain_timeout = duration(
-        "drain_timeout",
-        args.drain_timeout.as_ref(),
-        w.drain_timeout.as_ref(),
-        runner_config.drain_timeout,
-    )?;
-    runner_config.default_timeout = duration(
-        "default_timeout",
-        args.default_timeout.as_ref(),
-        w.default_timeout.as_ref(),
-        runner_config.default_timeout,
-    )?;
-    runner_config.max_attempts = args
-        .max_attempts
-        .or(w.max_attempts)
-        .unwrap_or(runner_config.max_attempts)
-        .max(1);
+    let result = work(
+        settings,
+        source,
+        journal.clone(),
+        handlers,
+        &config_path,
+        data_dir,
+    )
+    .await;
 
-    let shell = &file.permissions.shell;
-    let shell_policy = ShellPolicy {
-        enabled: args.enable_shell || shell.enabled.unwrap_or(false),
-        allow: if args.shell_allow.is_empty() {
-            shell.allow.clone().unwrap_or_default()
-        } else {
-            args.shell_allow.clone()
-        },
-        passcode: match &shell.passcode_env {
-            Some(var) => Some(std::env::var(var).with_context(|| {
-                format!("permissions.shell.passcode_env names `{var}`, which is not set")
-            })?),
-            None => std::env::var("CITADEL_SHELL_PASSCODE")
-                .ok()
-                .filter(|p| !p.is_empty()),
-        },
-        workspace: data_dir.join("workspace"),
-        max_output: match &shell.max_output {
-            Some(s) => usize::try_from(format::parse_size(s)?)?,
-            None => ShellPolicy::default().max_output,
-        },
-    };
-    if shell_policy.enabled {
-        tracing::warn!(allowlist = ?shell_policy.allow, "shell_command is ENABLED: producers can run commands on this machine");
-    }
-    let models_dir = args
-        .models_dir
-        .clone()
-        .or(w.models_dir.clone())
-        .unwrap_or_else(|| data_dir.join("models"));
-    let extraction = ExtractionPolicy {
-        url: args
-            .extraction_url
-            .clone()
-            .or(w.extraction_url.clone())
-            .unwrap_or_else(|| crate::handlers::extraction::DEFAULT_URL.into()),
-        ..ExtractionPolicy::default()
-    };
-    let mut registry = Registry::builtin(shell_policy)
-        .with_node_handlers(DownloadPolicy::new(models_dir), extraction)
-        .context("building the HTTP client of the handlers")?;
-    registry.register(
-        "APPLY_DEVICE_CONFIG",
-        Arc::new(DeviceConfigHandler::new(
-            config_path.clone(),
-            data_dir.to_path_buf(),
-        )),
-    );
-    registry.alias("apply_device_config", "APPLY_DEVICE_CONFIG");
-    let llm = args.engines.config(&file.llm)?;
-    registry.register(
-        "llm_inference",
-        Arc::new(crate::handlers::LlmHandler::new(llm)),
-    );
-
-    let redis_file = file.transports.redis.unwrap_or_default();
-    let nexus_file = file.transports.nexus.unwrap_or_default();
-    let auto_file = file.transports.auto;
-    let ws_file = file.transports.websocket.unwrap_or_default();
-    let nats_file = file.transports.nats.unwrap_or_default();
-    let nexus_url = args.nexus_url.clone().or(nexus_file.url.clone());
-    // `auto` is the default; with nothing configured at all it means the embedded control plane.
-    // Best first: the order `auto` prefers them in.
-    let configured: Vec<TransportKind> = [
-        (
-            TransportKind::Redis,
-            args.redis_url.is_some() || redis_file.url.is_some(),
-        ),
-        (
-            TransportKind::Nats,
-            args.nats_url.is_some() || nats_file.url.is_some(),
-        ),
-        (
-            TransportKind::WebSocket,
-            args.ws_url.is_some() || ws_file.url.is_some(),
-        ),
-        (TransportKind::Nexus, nexus_url.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, on)| on.then_some(k))
-    .collect();
-    let kind = match (args.transport, configured.as_slice()) {
-        (Some(TransportKind::Auto) | None, []) => None,
-        (Some(TransportKind::Auto) | None, [only]) => Some(*only),
-        (None, _) => Some(TransportKind::Auto),
-        (Some(k), _) => Some(k),
-    };
-    let lease_setting = duration(
-        "lease",
-        args.lease.as_ref(),
-        redis_file.lease.as_ref(),
-        Duration::from_secs(60),
-    )?;
-    runner_config.lease = lease_setting;
-    let redis_url = args.redis_url.clone().or(redis_file.url.clone());
-    let mut embedded = None;
-    let source: Arc<dyn JobSource> = match kind {
-        Some(TransportKind::Auto) => {
-            let mut candidates = Vec::new();
-            if redis_url.is_some() {
-                let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
-                candidates.push(Candidate::new("redis", move || {
-                    let cfg = cfg.clone();
-                    async move { Ok(Arc::new(RedisSource::connect(cfg).await?) as Arc<dyn JobSource>) }
-                }));
-            }
-            if configured.contains(&TransportKind::Nats) {
-                let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
-                candidates.push(Candidate::new("nats", move || {
-                    let cfg = cfg.clone();
-                    async move { Ok(Arc::new(NatsSource::connect(cfg).await?) as Arc<dyn JobSource>) }
-                }));
-            }
-            if configured.contains(&TransportKind::WebSocket) {
-                let cfg = websocket_config(
-                    &args,
-                    &ws_file,
-                    &nexus_file,
-                    nexus_url.as_deref(),
-                    &consumer,
-                    &node_name,
-                    lease_setting,
-                    data_dir,
-                )?;
-                candidates.push(Candidate::new("websocket", move || {
-                    let cfg = cfg.clone();
-                    async move {
-                        Ok(Arc::new(WebSocketSource::connect(cfg).await?) as Arc<dyn JobSource>)
-                    }
-                }));
-            }
-            if let Some(url) = nexus_url {
-                let cfg = nexus_config(
-                    &args,
-                    &nexus_file,
-                    url,
-                    &consumer,
-                    &node_name,
-                    lease_setting,
-                    data_dir,
-                )?;
-                candidates.push(Candidate::new("nexus", move || {
-                    let cfg = cfg.clone();
-                    async move { Ok(Arc::new(NexusSource::connect(cfg).await?) as Arc<dyn JobSource>) }
-                }));
-            }
-            let auto_cfg = auto_config(&args, auto_file.as_ref())?;
-            eprintln!(
-                "citadel {} working: node {node_name}, worker {consumer}, transport auto over {} (falls back within {}), concurrency {}",
-                env!("CARGO_PKG_VERSION"),
-                candidates.iter().map(|c| c.name()).collect::<Vec<_>>().join(" > "),
-                humantime::format_duration(auto_cfg.detection_bound()),
-                runner_config.concurrency
-            );
-            Arc::new(
-                AutoSource::start(candidates, auto_cfg)
-                    .await
-                    .context("starting the auto transport")?,
-            )
-        }
-        None | Some(TransportKind::Nexus) => {
-            let url = match (kind, nexus_url) {
-                (Some(_), Some(url)) => url,
-                (Some(_), None) => bail!(
-                    "--transport nexus needs --nexus-url (or CITADEL_NEXUS_URL, or transports.nexus.url)"
-                ),
-                (None, _) => {
-                    let dir = crate::nexus::data_dir(data_dir);
-                    let running = crate::nexus::start(
-                        &dir,
-                        crate::nexus::Listen::LoopbackFrom(crate::nexus::DEFAULT_PORT),
-                    )
-                    .await
-                    .context("starting the embedded control plane")?;
-                    eprintln!(
-                        "citadel: no transport configured: serving an embedded control plane on {} (data in {})\n\
-                         citadel: submit a job from another terminal:  citadel submit --wait echo msg=hi",
-                        running.url,
-                        dir.display()
-                    );
-                    let url = running.url.clone();
-                    embedded = Some(running);
-                    url
-                }
-            };
-            let mut cfg = nexus_config(
-                &args,
-                &nexus_file,
-                url,
-                &consumer,
-                &node_name,
-                lease_setting,
-                data_dir,
-            )?;
-            if let Some(plane) = &embedded {
-                cfg.token = Some(plane.token.clone());
-            }
-            eprintln!(
-                "citadel {} working: node {node_name}, worker {consumer}, nexus {}, concurrency {}",
-                env!("CARGO_PKG_VERSION"),
-                cfg.url,
-                runner_config.concurrency
-            );
-            Arc::new(
-                connect_retrying("the control plane", || NexusSource::connect(cfg.clone())).await?,
-            )
-        }
-        Some(TransportKind::WebSocket) => {
-            let cfg = websocket_config(
-                &args,
-                &ws_file,
-                &nexus_file,
-                nexus_url.as_deref(),
-                &consumer,
-                &node_name,
-                lease_setting,
-                data_dir,
-            )?;
-            runner_config.lease = cfg.lease;
-            eprintln!(
-                "citadel {} working: node {node_name}, worker {consumer}, websocket {}, concurrency {}",
-                env!("CARGO_PKG_VERSION"),
-                cfg.url,
-                runner_config.concurrency
-            );
-            Arc::new(
-                connect_retrying("the control plane WebSocket", || {
-                    WebSocketSource::connect(cfg.clone())
-                })
-                .await?,
-            )
-        }
-        Some(TransportKind::Redis) => {
-            let cfg = redis_config(&args, redis_file, &consumer, lease_setting)?;
-            eprintln!(
-                "citadel {} working: node {node_name}, consumer {consumer}, redis {} streams {} group {}, concurrency {}",
-                env!("CARGO_PKG_VERSION"),
-                redact(&cfg.url),
-                cfg.streams.join(","),
-                cfg.group,
-                runner_config.concurrency
-            );
-            Arc::new(connect_retrying("redis", || RedisSource::connect(cfg.clone())).await?)
-        }
-        Some(TransportKind::Nats) => {
-            let cfg = nats_config(&args, nats_file, consumer.clone(), lease_setting)?;
-            runner_config.lease = cfg.lease;
-            eprintln!(
-                "citadel {} working: node {node_name}, worker {consumer}, nats {} stream {} subjects {} consumer {}, concurrency {}",
-                env!("CARGO_PKG_VERSION"),
-                redact(&cfg.url),
-                cfg.stream,
-                cfg.subjects.join(","),
-                cfg.consumer,
-                runner_config.concurrency
-            );
-            Arc::new(connect_retrying("nats", || NatsSource::connect(cfg.clone())).await?)
-        }
-    };
-
-    let status_listen: StatusListen = args
-        .status_listen
-        .as_ref()
-        .or(w.status_listen.as_ref())
-        .map_or(Ok(StatusListen::Auto), |s| s.parse())
-        .context("setting `status_listen`")?;
-    let heartbeat_every = duration(
-        "heartbeat_interval",
-        args.heartbeat_interval.as_ref(),
-        w.heartbeat_interval.as_ref(),
-        crate::status::heartbeat::DEFAULT_INTERVAL,
-    )?;
-    let identity = crate::status::Identity {
-        node_id: runner_config.node_id.clone(),
-        node_name: node_name.clone(),
-        worker_id: consumer.clone(),
-        concurrency: runner_config.concurrency,
-        data_dir: data_dir.to_path_buf(),
-        manifest: config_path.clone(),
-    };
-
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone(), journal.clone())?;
-    let runner = Runner::new(source.clone(), journal.clone(), registry, runner_config);
-    let status = Arc::new(NodeStatus::new(identity, source, runner.counters()));
-    let status_server = crate::status::server::start(status_listen, status.clone()).await?;
-    if let Some(s) = &status_server {
-        eprintln!(
-            "citadel: status on http://{} (/status, /metrics, /healthz, /readyz)",
-            s.addr
-        );
-    }
-    let beats = CancellationToken::new();
-    let heartbeat = tokio::spawn(crate::status::heartbeat::run(
-        status,
-        heartbeat_every,
-        beats.clone(),
-    ));
-    let result = runner.run(shutdown).await;
-    beats.cancel();
-    let _ = heartbeat.await;
-    if let Some(s) = status_server {
-        s.stop().await;
-    }
     socket.abort();
-    retention_task.abort();
+    retention.abort();
     journal.sync().await.context("flushing the journal")?;
     if let Some(plane) = embedded {
         plane
@@ -604,51 +239,106 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// The journal's retention from the flags, environment and config file.
-fn retention_policy(args: &WorkArgs, file: &FileConfig) -> anyhow::Result<RetentionPolicy> {
-    let j = &file.worker.journal;
-    let age = args.journal_retention.as_ref().or(j.retention.as_ref());
-    let max_age = match age.map(String::as_str) {
-        None => Some(DEFAULT_RETENTION),
-        Some("0") => None,
-        Some(a) => Some(format::parse_duration(a).context("setting `journal_retention`")?),
+/// The transport(s) of `--transport`, connected, after their start-up line; with none
+/// configured, an embedded control plane (returned, to be stopped last).
+async fn connect(
+    args: &WorkArgs,
+    file: &FileConfig,
+    settings: &Settings,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<dyn JobSource>, Option<crate::nexus::Running>)> {
+    let who = transport::Identity {
+        node_name: &settings.node_name,
+        consumer: &settings.consumer,
+        lease: settings.runner.lease,
+        data_dir,
     };
-    let size = args.journal_max_size.as_ref().or(j.max_size.as_ref());
-    let max_bytes = size
-        .map(|s| format::parse_size(s).context("setting `journal_max_size`"))
-        .transpose()?;
-    Ok(RetentionPolicy { max_age, max_bytes })
+    let concurrency = settings.runner.concurrency;
+    let (cfg, embedded) = match transport::plan(args, file, &who)? {
+        Plan::Auto(configs, auto) => {
+            let source =
+                transport::start_auto(configs, auto, who.node_name, who.consumer, concurrency)
+                    .await?;
+            return Ok((source, None));
+        }
+        Plan::Only(cfg) => (cfg, None),
+        Plan::Embedded => {
+            let plane = start_embedded(data_dir).await?;
+            let cfg = transport::embedded_config(
+                args,
+                file,
+                plane.url.clone(),
+                plane.token.clone(),
+                &who,
+            )?;
+            (cfg, Some(plane))
+        }
+    };
+    transport::announce(&cfg, who.node_name, who.consumer, concurrency);
+    Ok((transport::connect_one(&cfg).await?, embedded))
 }
 
-/// Settled jobs are kept this long by default.
-const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Serves an embedded control plane on loopback, and says how to use it.
+async fn start_embedded(data_dir: &Path) -> anyhow::Result<crate::nexus::Running> {
+    let dir = crate::nexus::data_dir(data_dir);
+    let running = crate::nexus::start(
+        &dir,
+        crate::nexus::Listen::LoopbackFrom(crate::nexus::DEFAULT_PORT),
+    )
+    .await
+    .context("starting the embedded control plane")?;
+    eprintln!(
+        "citadel: no transport configured: serving an embedded control plane on {} (data in {})\n\
+         citadel: submit a job from another terminal:  citadel submit --wait echo msg=hi",
+        running.url,
+        dir.display()
+    );
+    Ok(running)
+}
 
-/// Compacts the journal now and every hour; a failure is logged and tried again next time.
-async fn keep_journal_trim(journal: Journal, policy: RetentionPolicy) {
-    if policy.max_age.is_none() && policy.max_bytes.is_none() {
-        return;
+/// Runs the worker until a signal: the runner, then the status server and the heartbeat
+/// around it; stops them in the reverse order.
+async fn work(
+    settings: Settings,
+    source: Arc<dyn JobSource>,
+    journal: Journal,
+    handlers: Registry,
+    config_path: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let identity = crate::status::Identity {
+        node_id: settings.runner.node_id.clone(),
+        node_name: settings.node_name.clone(),
+        worker_id: settings.consumer.clone(),
+        concurrency: settings.runner.concurrency,
+        data_dir: data_dir.to_path_buf(),
+        manifest: config_path.to_path_buf(),
+    };
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone(), journal.clone())?;
+    let runner = Runner::new(source.clone(), journal, handlers, settings.runner);
+    let status = Arc::new(NodeStatus::new(identity, source, runner.counters()));
+    let status_server =
+        crate::status::server::start(settings.status_listen, status.clone()).await?;
+    if let Some(s) = &status_server {
+        eprintln!(
+            "citadel: status on http://{} (/status, /metrics, /healthz, /readyz)",
+            s.addr
+        );
     }
-    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        hourly.tick().await;
-        let j = journal.clone();
-        let p = policy.clone();
-        match tokio::task::spawn_blocking(move || j.compact(&p)).await {
-            Ok(Ok(r)) if r.jobs_removed + r.damaged_removed > 0 => {
-                tracing::info!(
-                    jobs = r.jobs_removed,
-                    events = r.events_removed,
-                    damaged = r.damaged_removed,
-                    "journal retention removed settled jobs"
-                )
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "journal retention failed; trying again in an hour")
-            }
-            Err(e) => tracing::warn!(error = %e, "journal retention task failed"),
-        }
+    let beats = CancellationToken::new();
+    let heartbeat = tokio::spawn(crate::status::heartbeat::run(
+        status,
+        settings.heartbeat_every,
+        beats.clone(),
+    ));
+    let result = runner.run(shutdown).await;
+    beats.cancel();
+    let _ = heartbeat.await;
+    if let Some(s) = status_server {
+        s.stop().await;
     }
+    result
 }
 
 /// First SIGTERM/SIGINT: drain. Second: flush what the journal has and exit at once.

@@ -1,22 +1,216 @@
 //! How `citadel work` turns flags, `CITADEL_*` variables and the config file into each
-//! transport's settings, and connects with the shared backoff. It owns the precedence rules per
-//! transport (defaults < file < environment < flags); it must never run jobs or pick between
-//! transports (`work` decides which, `auto` switches at run time).
+//! transport's settings, which transports it then uses (the registry's list, best first, filtered
+//! to the configured ones) and how it connects them with the shared backoff. It owns the
+//! precedence rules per transport (defaults < file < environment < flags); it must never run
+//! jobs, nor switch transports at run time (`auto` does).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use citadel_transports::{
-    websocket, AutoConfig, Backoff, NatsConfig, NexusConfig, RedisConfig, WebSocketConfig,
+    websocket, AutoConfig, AutoSource, Backoff, JobSource, NatsConfig, NexusConfig, RedisConfig,
+    TransportConfig, TransportName, WebSocketConfig,
 };
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::{duration, WorkArgs};
-use crate::config::{self, AutoSection, NexusSection, RedisSection, WebSocketSection};
-use crate::format;
+use crate::config::{self, AutoSection, FileConfig, NexusSection, RedisSection, WebSocketSection};
+use crate::format::{self, redact};
+
+/// `--transport`: `auto` or one transport of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// The best healthy configured transport, falling back when it fails and upgrading back when
+    /// it recovers.
+    Auto,
+    Only(TransportName),
+}
+
+/// The values of `--transport`: `auto`, then the registry's names, each with its help.
+pub(super) fn transport_parser() -> impl TypedValueParser<Value = TransportChoice> {
+    let order: Vec<&str> = TransportName::ALL.iter().map(|n| n.as_str()).collect();
+    let auto = format!(
+        "The best healthy configured transport ({}), falling back when it fails and upgrading \
+         back when it recovers",
+        order.join(" > ")
+    );
+    let values = std::iter::once(PossibleValue::new("auto").help(auto)).chain(
+        TransportName::ALL
+            .into_iter()
+            .map(|n| PossibleValue::new(n.as_str()).help(n.help())),
+    );
+    PossibleValuesParser::new(values).map(|s| match TransportName::parse(&s) {
+        Some(n) => TransportChoice::Only(n),
+        None => TransportChoice::Auto,
+    })
+}
+
+/// Who this worker is to the transports.
+#[derive(Debug)]
+pub(super) struct Identity<'a> {
+    pub node_name: &'a str,
+    pub consumer: &'a str,
+    pub lease: Duration,
+    pub data_dir: &'a Path,
+}
+
+/// What `citadel work` takes jobs from.
+#[derive(Debug)]
+pub(super) enum Plan {
+    /// One transport (retried with backoff until it connects).
+    Only(TransportConfig),
+    /// `auto` over these, best first.
+    Auto(Vec<TransportConfig>, AutoConfig),
+    /// Nothing configured: an embedded control plane on loopback.
+    Embedded,
+}
+
+/// Whether the flags, environment or file name a server for `name`.
+fn configured(name: TransportName, args: &WorkArgs, file: &FileConfig) -> bool {
+    let t = &file.transports;
+    match name {
+        TransportName::Redis => {
+            args.redis_url.is_some() || t.redis.as_ref().is_some_and(|r| r.url.is_some())
+        }
+        TransportName::Nats => {
+            args.nats_url.is_some() || t.nats.as_ref().is_some_and(|n| n.url.is_some())
+        }
+        TransportName::WebSocket => {
+            args.ws_url.is_some() || t.websocket.as_ref().is_some_and(|w| w.url.is_some())
+        }
+        TransportName::Nexus => nexus_url(args, file).is_some(),
+    }
+}
+
+fn nexus_url(args: &WorkArgs, file: &FileConfig) -> Option<String> {
+    let section = file.transports.nexus.as_ref();
+    args.nexus_url
+        .clone()
+        .or_else(|| section.and_then(|n| n.url.clone()))
+}
+
+/// `name`'s settings from the flags, environment and config file.
+fn transport_config(
+    name: TransportName,
+    args: &WorkArgs,
+    file: &FileConfig,
+    who: &Identity<'_>,
+) -> anyhow::Result<TransportConfig> {
+    let t = &file.transports;
+    let nexus_file = t.nexus.clone().unwrap_or_default();
+    Ok(match name {
+        TransportName::Redis => TransportConfig::Redis(redis_config(
+            args,
+            t.redis.clone().unwrap_or_default(),
+            who.consumer,
+            who.lease,
+        )?),
+        TransportName::Nats => TransportConfig::Nats(nats_config(
+            args,
+            t.nats.clone().unwrap_or_default(),
+            who.consumer.to_string(),
+            who.lease,
+        )?),
+        TransportName::WebSocket => TransportConfig::WebSocket(websocket_config(
+            args,
+            &t.websocket.clone().unwrap_or_default(),
+            &nexus_file,
+            nexus_url(args, file).as_deref(),
+            who,
+        )?),
+        TransportName::Nexus => {
+            let Some(url) = nexus_url(args, file) else {
+                bail!("--transport nexus needs --nexus-url (or CITADEL_NEXUS_URL, or transports.nexus.url)")
+            };
+            TransportConfig::Nexus(nexus_config(args, &nexus_file, url, who)?)
+        }
+    })
+}
+
+/// Which transports to use: `--transport` (default `auto`) over the configured ones; `auto`
+/// with one configured is that one, with none the embedded control plane.
+pub(super) fn plan(args: &WorkArgs, file: &FileConfig, who: &Identity<'_>) -> anyhow::Result<Plan> {
+    let configured: Vec<TransportName> = TransportName::ALL
+        .into_iter()
+        .filter(|n| configured(*n, args, file))
+        .collect();
+    let only = match (args.transport, configured.as_slice()) {
+        (Some(TransportChoice::Auto) | None, []) => return Ok(Plan::Embedded),
+        (Some(TransportChoice::Auto) | None, [only]) => *only,
+        (Some(TransportChoice::Auto) | None, _) => {
+            let configs = configured
+                .into_iter()
+                .map(|n| transport_config(n, args, file, who))
+                .collect::<anyhow::Result<_>>()?;
+            let auto = auto_config(args, file.transports.auto.as_ref())?;
+            return Ok(Plan::Auto(configs, auto));
+        }
+        (Some(TransportChoice::Only(n)), _) => n,
+    };
+    Ok(Plan::Only(transport_config(only, args, file, who)?))
+}
+
+/// The embedded control plane's nexus settings.
+pub(super) fn embedded_config(
+    args: &WorkArgs,
+    file: &FileConfig,
+    url: String,
+    token: String,
+    who: &Identity<'_>,
+) -> anyhow::Result<TransportConfig> {
+    let nexus_file = file.transports.nexus.clone().unwrap_or_default();
+    let mut cfg = nexus_config(args, &nexus_file, url, who)?;
+    cfg.token = Some(token);
+    Ok(TransportConfig::Nexus(cfg))
+}
+
+/// The start-up line of one transport.
+pub(super) fn announce(cfg: &TransportConfig, node_name: &str, consumer: &str, concurrency: usize) {
+    let d = cfg.describe();
+    eprintln!(
+        "citadel {} working: node {node_name}, {} {consumer}, {} {}{}, concurrency {concurrency}",
+        env!("CARGO_PKG_VERSION"),
+        d.role,
+        cfg.name(),
+        redact(&d.url),
+        d.detail,
+    );
+}
+
+/// Connects one transport, retrying while its server is away.
+pub(super) async fn connect_one(cfg: &TransportConfig) -> anyhow::Result<Arc<dyn JobSource>> {
+    connect_retrying(cfg.name().peer(), || cfg.connect()).await
+}
+
+/// Starts `auto` over `configs` (best first), after its start-up line.
+pub(super) async fn start_auto(
+    configs: Vec<TransportConfig>,
+    auto: AutoConfig,
+    node_name: &str,
+    consumer: &str,
+    concurrency: usize,
+) -> anyhow::Result<Arc<dyn JobSource>> {
+    let names: Vec<&str> = configs.iter().map(|c| c.name().as_str()).collect();
+    eprintln!(
+        "citadel {} working: node {node_name}, worker {consumer}, transport auto over {} (falls back within {}), concurrency {concurrency}",
+        env!("CARGO_PKG_VERSION"),
+        names.join(" > "),
+        humantime::format_duration(auto.detection_bound()),
+    );
+    let candidates = configs
+        .into_iter()
+        .map(TransportConfig::candidate)
+        .collect();
+    let source = AutoSource::start(candidates, auto)
+        .await
+        .context("starting the auto transport")?;
+    Ok(Arc::new(source))
+}
 
 /// The Redis transport's settings from the flags, environment and config file.
-pub(super) fn redis_config(
+fn redis_config(
     args: &WorkArgs,
     r: RedisSection,
     consumer: &str,
@@ -46,37 +240,30 @@ pub(super) fn redis_config(
 
 /// The nexus transport's settings; the token from the flag, the config's token file or the
 /// local control plane's.
-pub(super) fn nexus_config(
+fn nexus_config(
     args: &WorkArgs,
     file: &NexusSection,
     url: String,
-    consumer: &str,
-    node_name: &str,
-    lease: Duration,
-    data_dir: &Path,
+    who: &Identity<'_>,
 ) -> anyhow::Result<NexusConfig> {
-    let mut cfg = NexusConfig::new(url, consumer.to_string());
+    let mut cfg = NexusConfig::new(url, who.consumer.to_string());
     cfg.token = match args.nexus_token.clone() {
         Some(t) => Some(t),
-        None => nexus_token_from_files(file.token_file.as_deref(), data_dir)?,
+        None => nexus_token_from_files(file.token_file.as_deref(), who.data_dir)?,
     };
-    cfg.node_name = node_name.to_string();
-    cfg.lease = lease;
+    cfg.node_name = who.node_name.to_string();
+    cfg.lease = who.lease;
     Ok(cfg)
 }
 
 /// The websocket transport's settings: the URL from `--ws-url`/the config, else derived from the
 /// nexus URL; the token as for nexus (the websocket token file first).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn websocket_config(
+fn websocket_config(
     args: &WorkArgs,
     ws_file: &WebSocketSection,
     nexus_file: &NexusSection,
     nexus_url: Option<&str>,
-    consumer: &str,
-    node_name: &str,
-    lease: Duration,
-    data_dir: &Path,
+    who: &Identity<'_>,
 ) -> anyhow::Result<WebSocketConfig> {
     let url = match (args.ws_url.clone().or(ws_file.url.clone()), nexus_url) {
         (Some(url), _) => url,
@@ -93,18 +280,18 @@ pub(super) fn websocket_config(
                 .token_file
                 .as_deref()
                 .or(nexus_file.token_file.as_deref()),
-            data_dir,
+            who.data_dir,
         )?,
     };
-    let mut cfg = WebSocketConfig::new(url, consumer.to_string());
+    let mut cfg = WebSocketConfig::new(url, who.consumer.to_string());
     cfg.token = token;
-    cfg.node_name = node_name.to_string();
-    cfg.lease = lease;
+    cfg.node_name = who.node_name.to_string();
+    cfg.lease = who.lease;
     Ok(cfg)
 }
 
 /// How `auto` probes and switches, from the flags and `transports.auto`.
-pub(super) fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::Result<AutoConfig> {
+fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::Result<AutoConfig> {
     let mut cfg = AutoConfig::default();
     cfg.policy.fail_after = duration(
         "fallback_after",
@@ -131,7 +318,7 @@ pub(super) fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::R
 }
 
 /// The NATS settings: defaults < `transports.nats` < `CITADEL_NATS_*` < flags.
-pub(super) fn nats_config(
+fn nats_config(
     args: &WorkArgs,
     file: config::NatsSection,
     worker_id: String,
@@ -165,7 +352,7 @@ pub(super) fn nats_config(
 
 /// Connects with `connect`, retrying with backoff while the server is away (any error that is not
 /// retryable, a configuration error above all, stops at once).
-pub(super) async fn connect_retrying<S, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<S>
+async fn connect_retrying<S, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<S>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<S, citadel_transports::SourceError>>,

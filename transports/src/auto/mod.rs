@@ -43,20 +43,20 @@ type Connecting =
     Pin<Box<dyn Future<Output = Result<Arc<dyn JobSource>, SourceError>> + Send + 'static>>;
 
 /// One transport `auto` may use: its name and how to connect to it.
-pub struct Candidate {
+pub struct TransportCandidate {
     name: String,
     connect: Box<dyn Fn() -> Connecting + Send + Sync>,
 }
 
-impl std::fmt::Debug for Candidate {
+impl std::fmt::Debug for TransportCandidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Candidate")
+        f.debug_struct("TransportCandidate")
             .field("name", &self.name)
             .finish()
     }
 }
 
-impl Candidate {
+impl TransportCandidate {
     /// A candidate connected by `connect`, which is called again (with backoff) until it
     /// succeeds or fails with a configuration error.
     pub fn new<F, Fut>(name: impl Into<String>, connect: F) -> Self
@@ -222,7 +222,10 @@ pub struct AutoSource {
 impl AutoSource {
     /// Starts connecting to every candidate, waits up to `cfg.start_wait` for them, and makes the
     /// best healthy one active (the best one when none is healthy yet).
-    pub async fn start(candidates: Vec<Candidate>, cfg: AutoConfig) -> Result<Self, SourceError> {
+    pub async fn start(
+        candidates: Vec<TransportCandidate>,
+        cfg: AutoConfig,
+    ) -> Result<Self, SourceError> {
         if candidates.is_empty() {
             return Err(SourceError::Config(
                 "auto has no transport to choose from".into(),
@@ -298,7 +301,7 @@ impl Drop for AutoSource {
 
 /// Connects candidate `i`, retrying with the reconnect backoff; a configuration error ends the
 /// attempts (it will not fix itself) and leaves the candidate unhealthy.
-async fn connect(inner: Arc<Inner>, i: usize, c: Candidate) {
+async fn connect(inner: Arc<Inner>, i: usize, c: TransportCandidate) {
     let mut retrier = Backoff::RECONNECT.retrier();
     loop {
         match (c.connect)().await {

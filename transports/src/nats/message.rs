@@ -1,7 +1,7 @@
 //! Turning one JetStream message into a job, and reading the broker's facts out of its ack
 //! subject. The body is JSON `{"jobId","type","payload","enqueuedAt"?,"rayId"?}` where `payload`
 //! is a JSON object or a string holding one (as Redis entries carry it); the fields then follow
-//! the Redis rules exactly (the same parser: `type` falls back to `payload.type`, `rayId` to
+//! the Redis rules exactly (the same parser, [`crate::parse`]: `type` falls back to `payload.type`, `rayId` to
 //! `payload.rayId`, empty strings are absent). Pure code: it must never do I/O nor panic on any
 //! input (a bad message is an [`Incoming::Malformed`]).
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::config::NatsConfig;
 use crate::delivery::{Incoming, Receipt};
-use crate::redis::{incoming, parse_job, Rejected};
+use crate::parse::{incoming, parse_job, Rejected};
 
 /// The broker's facts about one delivery, from its ack subject
 /// (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`, or the
@@ -83,9 +83,12 @@ pub fn parse(
             .and_then(|s| crate::job::JobId::new(s).ok()),
         reason,
     })?;
-    let mut job = parse_job(&fields, subject, attempt, max_payload)?;
-    job.source = NatsConfig::source_name(subject);
-    Ok(job)
+    parse_job(
+        &fields,
+        NatsConfig::source_name(subject),
+        attempt,
+        max_payload,
+    )
 }
 
 /// Parses a delivery into what `next` returns.

@@ -66,8 +66,8 @@ pub use producer::NatsProducer;
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{rfc3339, WireEvent};
+use crate::inbox::Inbox;
 use crate::job::JobId;
-use crate::redis::inbox::Inbox;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
 use setup::map_err;

@@ -1,19 +1,19 @@
 //! Claiming jobs from the control plane in the background, into the inbox `next()` drains (the
 //! same hand-over as the Redis transport, so `next()` is cancel-safe and never claims more than
 //! the free slots). Full mode long-polls `POST /api/v1/jobs/claim`; plain mode (a server that
-//! only speaks docs/wire-format.md#nexus-http) polls `GET /api/v1/jobs/next` every `poll_interval`. Also turns the
-//! server's JSON into deliveries. This module must never settle or run a job.
+//! only speaks docs/wire-format.md#nexus-http) polls `GET /api/v1/jobs/next` every `poll_interval`. The job records
+//! become deliveries through [`crate::control_plane::from_record`]. This module must never settle or run a job.
 
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use super::{Inner, Mode};
 use crate::backoff::Backoff;
-use crate::delivery::{Delivery, Incoming, Malformed, Receipt};
-use crate::job::{Job, JobId};
+use crate::control_plane::from_record;
+use crate::delivery::Incoming;
 use crate::source::SourceError;
 
 /// The source name jobs from the control plane carry.
@@ -89,64 +89,9 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
     Ok(items)
 }
 
-fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 /// One job of a `POST /api/v1/jobs/claim` answer.
 pub(crate) fn from_claim(v: &Value) -> Incoming {
     from_record(v, SOURCE)
-}
-
-/// A control plane job record (a claim answer, or a job pushed over the WebSocket) as a
-/// delivery from `source`.
-pub(crate) fn from_record(v: &Value, source: &str) -> Incoming {
-    let raw_id = text(v, "id").unwrap_or_default();
-    let lease = v
-        .get("lease")
-        .and_then(|l| text(l, "id"))
-        .unwrap_or_default();
-    let attempt = v
-        .get("attempts")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .max(1) as u32;
-    let receipt = Receipt::new(raw_id.clone(), lease);
-    let bad = |job_id: Option<JobId>, reason: String| {
-        Incoming::Malformed(Malformed {
-            receipt: receipt.clone(),
-            job_id,
-            reason,
-            attempt,
-        })
-    };
-    let id = match JobId::new(raw_id) {
-        Ok(id) => id,
-        Err(e) => return bad(None, format!("invalid job id: {e}")),
-    };
-    let Some(job_type) = text(v, "type") else {
-        return bad(Some(id), "missing type".into());
-    };
-    let payload = match v.get("payload") {
-        Some(p @ Value::Object(_)) => p.clone(),
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(_) => return bad(Some(id), "payload is not a JSON object".into()),
-    };
-    Incoming::Job(Delivery {
-        job: Job {
-            id,
-            job_type,
-            payload,
-            ray_id: text(v, "rayId"),
-            enqueued_at: text(v, "created_at"),
-            attempt,
-            source: source.into(),
-        },
-        receipt,
-    })
 }
 
 /// Plain mode: one `GET /api/v1/jobs/next`, exactly as the Go agent does it.
@@ -160,7 +105,7 @@ async fn poll(inner: &Inner) -> Result<Vec<Incoming>, SourceError> {
         .json()
         .await
         .map_err(|e| SourceError::Broker(format!("GET /api/v1/jobs/next: unreadable job: {e}")))?;
-    // The §9.4 job has no lease and no attempt count: it is this worker's until it reports.
+    // A plain-mode job (docs/wire-format.md#nexus-http) has no lease and no attempt count: it is this worker's until it reports.
     let mut v = v;
     if let Some(o) = v.as_object_mut() {
         o.insert("attempts".into(), 1.into());

@@ -1,4 +1,4 @@
-//! The nexus transport (docs/transports.md, §9.4): jobs over HTTP from a citadel control plane (`citadel
+//! The nexus transport (docs/transports.md, docs/wire-format.md#nexus-http): jobs over HTTP from a citadel control plane (`citadel
 //! nexus serve`, or one embedded in `citadel work`), with a bearer token, long-poll claims sized
 //! to the free slots, leases, settlements, cancellation and job events; and, against a server
 //! that only speaks the Go agent's format, plain polling of `GET /api/v1/jobs/next` every 5 s
@@ -13,7 +13,6 @@
 //! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
 //!   in memory and sent as the `output` of the status report when the job is acked.
 
-pub(crate) mod client;
 pub(crate) mod fetch;
 
 use std::collections::HashMap;
@@ -26,13 +25,13 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::control_plane::Client;
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
+use crate::inbox::Inbox;
 use crate::job::JobId;
-use crate::redis::inbox::Inbox;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
-use client::Client;
 pub use fetch::SOURCE;
 
 /// How the nexus transport behaves.
@@ -393,8 +392,8 @@ impl JobSource for NexusSource {
         }
     }
 
-    /// Posts the node's status message to the control plane's node API (full mode; a plain
-    /// §9.4 server has no node API, so the message is dropped there).
+    /// Posts the node's status message to the control plane's node API (full mode; a
+    /// plain-mode server has no node API, so the message is dropped there).
     async fn heartbeat(&self, status: &serde_json::Value) -> Result<(), SourceError> {
         if self.inner.mode != Mode::Full {
             return Ok(());

@@ -1,4 +1,4 @@
-//! The Redis Streams transport (docs/transports.md, §9.1): a consumer group on one or more job streams.
+//! The Redis Streams transport (docs/transports.md, docs/wire-format.md#job-entries): a consumer group on one or more job streams.
 //! It owns claiming, settling and leasing stream entries, dead-lettering, cancellation flags and
 //! job events on Redis; it must never run jobs, journal anything or choose a settlement.
 //!
@@ -35,8 +35,8 @@ mod conn;
 mod dlq;
 mod entry;
 mod fetch;
-pub(crate) mod inbox;
 mod park;
+mod producer;
 mod publish;
 mod reply;
 mod scripts;
@@ -59,14 +59,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
-pub use entry::{incoming, parse_job, Rejected};
+pub use producer::RedisProducer;
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;
+use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
-use inbox::Inbox;
 use park::Parked;
 use scripts::{ClaimMode, Owned, Scripts, Target};
 

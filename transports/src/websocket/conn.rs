@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::protocol::{ClientFrame, ServerFrame};
 use super::{lock, Inner, SOURCE};
 use crate::backoff::Backoff;
-use crate::nexus::fetch::from_record;
+use crate::control_plane::from_record;
 use crate::source::SourceError;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -33,11 +33,11 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{info, warn};
 
+use crate::control_plane::Client;
 use crate::delivery::{Incoming, Receipt};
 use crate::events::WireEvent;
+use crate::inbox::Inbox;
 use crate::job::JobId;
-use crate::nexus::client::Client;
-use crate::redis::inbox::Inbox;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
 use protocol::{ClientFrame, ServerFrame};

@@ -7,10 +7,9 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use citadel_harness::nats::LocalNats;
 use citadel_transports::nats::NatsProducer;
-use citadel_transports::{JobSource, NatsConfig, NatsSource};
+use citadel_transports::{JobEntry, JobSource, NatsConfig, TransportConfig};
 use clap::Args;
 use indicatif::ProgressBar;
-use serde_json::json;
 
 use super::super::{BenchJob, Defaults, Lane, Load, Target};
 
@@ -92,7 +91,7 @@ impl NatsLane {
 }
 
 fn body(job: &BenchJob) -> serde_json::Value {
-    json!({"jobId": job.id, "type": job.kind, "payload": job.payload})
+    JobEntry::new(&job.id, job.kind, &job.payload).to_json()
 }
 
 #[async_trait]
@@ -100,11 +99,12 @@ impl Lane for NatsLane {
     /// Creates the stream and consumer (the source's fetcher pulls only once the runner asks),
     /// then connects the producer, so no timed enqueue pays for connecting.
     async fn source(&self) -> anyhow::Result<Arc<dyn JobSource>> {
-        let source = NatsSource::connect(self.cfg.clone())
+        let source = TransportConfig::Nats(self.cfg.clone())
+            .connect()
             .await
             .context("connecting the bench worker to NATS")?;
         self.producer().await?;
-        Ok(Arc::new(source))
+        Ok(source)
     }
 
     /// Publishes with 256 acknowledgements outstanding at a time.

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use citadel_transports::{
-    websocket, JobSource, NexusConfig, NexusSource, WebSocketConfig, WebSocketSource,
-};
+use citadel_transports::{websocket, JobSource, NexusConfig, TransportConfig, WebSocketConfig};
 use clap::Args;
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -119,16 +117,17 @@ impl Target for Plane {
 #[async_trait]
 impl Lane for Plane {
     async fn source(&self) -> anyhow::Result<Arc<dyn JobSource>> {
-        Ok(if self.via == Via::WebSocket {
+        let cfg = if self.via == Via::WebSocket {
             let mut cfg = WebSocketConfig::new(websocket::ws_url(&self.url)?, "bench-worker");
             cfg.token = Some(self.token.clone());
-            Arc::new(WebSocketSource::connect(cfg).await?)
+            TransportConfig::WebSocket(cfg)
         } else {
             let mut cfg = NexusConfig::new(self.url.clone(), "bench-worker");
             cfg.token = Some(self.token.clone());
             cfg.force_plain = self.via == Via::Plain;
-            Arc::new(NexusSource::connect(cfg).await?)
-        })
+            TransportConfig::Nexus(cfg)
+        };
+        Ok(cfg.connect().await?)
     }
 
     /// Submits with 16 requests in flight.

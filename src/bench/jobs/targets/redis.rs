@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use citadel_harness::redis::LocalRedis;
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::JobEntry;
 use citadel_transports::{JobSource, RedisConfig, RedisSource};
 use clap::Args;
 use indicatif::ProgressBar;
@@ -49,10 +51,12 @@ impl Target for RedisTarget {
     }
 
     async fn lane(&self, run_no: usize) -> anyhow::Result<Box<dyn Lane>> {
+        let conn = connection(&self.url).await?;
         Ok(Box::new(RedisLane {
             url: self.url.clone(),
             stream: format!("bench:{}:{run_no}", std::process::id()),
-            conn: tokio::sync::Mutex::new(connection(&self.url).await?),
+            producer: RedisProducer::new(conn.clone()),
+            conn,
         }))
     }
 }
@@ -60,22 +64,12 @@ impl Target for RedisTarget {
 struct RedisLane {
     url: String,
     stream: String,
-    conn: tokio::sync::Mutex<redis::aio::MultiplexedConnection>,
+    conn: redis::aio::MultiplexedConnection,
+    producer: RedisProducer,
 }
 
-impl RedisLane {
-    fn xadd(&self, pipe: &mut redis::Pipeline, job: &BenchJob) {
-        pipe.cmd("XADD")
-            .arg(&self.stream)
-            .arg("*")
-            .arg("jobId")
-            .arg(&job.id)
-            .arg("type")
-            .arg(job.kind)
-            .arg("payload")
-            .arg(job.payload.to_string())
-            .ignore();
-    }
+fn entry(job: &BenchJob) -> JobEntry<'_> {
+    JobEntry::new(&job.id, job.kind, &job.payload)
 }
 
 #[async_trait]
@@ -85,31 +79,24 @@ impl Lane for RedisLane {
     }
 
     async fn fill(&self, jobs: &[BenchJob], progress: &ProgressBar) -> anyhow::Result<()> {
-        let mut c = self.conn.lock().await;
         for chunk in jobs.chunks(500) {
-            let mut pipe = redis::pipe();
-            for job in chunk {
-                self.xadd(&mut pipe, job);
-            }
-            pipe.query_async::<()>(&mut *c).await?;
+            let entries: Vec<_> = chunk.iter().map(entry).collect();
+            self.producer.enqueue_all(&self.stream, &entries).await?;
             progress.inc(chunk.len() as u64);
         }
         Ok(())
     }
 
     async fn enqueue(&self, job: &BenchJob) -> anyhow::Result<()> {
-        let mut pipe = redis::pipe();
-        self.xadd(&mut pipe, job);
-        pipe.query_async::<()>(&mut *self.conn.lock().await).await?;
+        self.producer.enqueue(&self.stream, &entry(job)).await?;
         Ok(())
     }
 
     /// Deletes the run's stream (the jobs' events and status hashes expire on their own).
     async fn clean_up(&self) {
-        let mut c = self.conn.lock().await;
         if let Err(e) = redis::cmd("DEL")
             .arg(&self.stream)
-            .query_async::<()>(&mut *c)
+            .query_async::<()>(&mut self.conn.clone())
             .await
         {
             tracing::warn!(stream = %self.stream, error = %e, "could not delete the bench stream");

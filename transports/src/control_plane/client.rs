@@ -1,4 +1,4 @@
-//! The HTTP side of the nexus transport: one reqwest client (rustls on `ring`), the bearer token
+//! The HTTP side of the control-plane transports (nexus, websocket): one reqwest client (rustls on `ring`), the bearer token
 //! on every request, and the mapping of HTTP failures onto [`SourceError`] (unreachable or 5xx:
 //! retryable; 401/403: a configuration error; 409: a lost lease). This module must never log the
 //! token, and it must never decide what happens to a job.

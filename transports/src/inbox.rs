@@ -2,7 +2,7 @@
 //! the demand (the sum of `max` over the `next()` calls now waiting). The fetcher claims only
 //! what is wanted and not yet buffered, so nothing is claimed without a free slot; `next()` only
 //! drains the buffer, so dropping it never loses a claimed entry (what arrives after it is gone
-//! waits for the next call). This module must never talk to Redis.
+//! waits for the next call). Every transport with a background fetcher uses it. This module must never talk to a server.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -1,0 +1,10 @@
+//! What the two transports that talk to a citadel control plane (nexus over HTTP, websocket over
+//! one WebSocket) share: the HTTP client with its error mapping ([`client`]) and the decoding of
+//! the plane's job records ([`record`]). It must never claim, settle or run a job itself; the
+//! transports do that with these parts.
+
+pub(crate) mod client;
+mod record;
+
+pub(crate) use client::Client;
+pub(crate) use record::from_record;

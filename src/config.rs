@@ -341,6 +341,48 @@ pub const SETTINGS: &[Setting] = &[
         "unbounded",
     ),
     row(
+        "worker.status_listen",
+        Some("--status-listen"),
+        Some("CITADEL_STATUS_LISTEN"),
+        "auto",
+    ),
+    row(
+        "worker.heartbeat_interval",
+        Some("--heartbeat-interval"),
+        Some("CITADEL_HEARTBEAT_INTERVAL"),
+        "30s",
+    ),
+    row(
+        "worker.models_dir",
+        Some("--models-dir"),
+        Some("CITADEL_MODELS_DIR"),
+        "DATA_DIR/models",
+    ),
+    row(
+        "worker.extraction_url",
+        Some("--extraction-url"),
+        Some("CITADEL_EXTRACTION_URL"),
+        crate::handlers::extraction::DEFAULT_URL,
+    ),
+    row(
+        "transports.auto.fallback_after",
+        Some("--fallback-after"),
+        Some("CITADEL_FALLBACK_AFTER"),
+        "3s",
+    ),
+    row(
+        "transports.auto.upgrade_after",
+        Some("--upgrade-after"),
+        Some("CITADEL_UPGRADE_AFTER"),
+        "5s",
+    ),
+    row(
+        "transports.auto.probe_interval",
+        Some("--probe-interval"),
+        Some("CITADEL_PROBE_INTERVAL"),
+        "1s",
+    ),
+    row(
         "transports.redis.url",
         Some("--redis-url"),
         Some("CITADEL_REDIS_URL"),
@@ -365,6 +407,54 @@ pub const SETTINGS: &[Setting] = &[
         "60s",
     ),
     row(
+        "transports.redis.max_payload",
+        Some("--max-payload"),
+        Some("CITADEL_MAX_PAYLOAD"),
+        "16MiB",
+    ),
+    row(
+        "transports.nats.url",
+        Some("--nats-url"),
+        Some("CITADEL_NATS_URL"),
+        "",
+    ),
+    row(
+        "transports.nats.stream",
+        Some("--nats-stream"),
+        Some("CITADEL_NATS_STREAM"),
+        citadel_transports::nats::DEFAULT_STREAM,
+    ),
+    row(
+        "transports.nats.subjects",
+        Some("--nats-subject"),
+        Some("CITADEL_NATS_SUBJECTS"),
+        citadel_transports::nats::DEFAULT_SUBJECT,
+    ),
+    row(
+        "transports.nats.consumer",
+        Some("--nats-consumer"),
+        Some("CITADEL_NATS_CONSUMER"),
+        citadel_transports::nats::DEFAULT_CONSUMER,
+    ),
+    row(
+        "transports.nats.credentials_file",
+        Some("--nats-credentials"),
+        Some("CITADEL_NATS_CREDENTIALS"),
+        "",
+    ),
+    row(
+        "transports.websocket.url",
+        Some("--ws-url"),
+        Some("CITADEL_WS_URL"),
+        "(from transports.nexus.url)",
+    ),
+    row(
+        "transports.websocket.token_file",
+        None,
+        None,
+        "(transports.nexus.token_file)",
+    ),
+    row(
         "transports.nexus.url",
         Some("--nexus-url"),
         Some("CITADEL_NEXUS_URL"),
@@ -383,6 +473,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("CITADEL_SHELL_ALLOW"),
         "(any program)",
     ),
+    row(
+        "permissions.shell.passcode_env",
+        None,
+        None,
+        "CITADEL_SHELL_PASSCODE",
+    ),
+    row("permissions.shell.max_output", None, None, "1MiB"),
     row("permissions.terminal.enabled", None, None, "false"),
     row("permissions.ssh.enabled", None, None, "false"),
 ];
@@ -400,7 +497,14 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
     let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(","));
     let w = &file.worker;
     let redis = file.transports.redis.as_ref();
-    let nexus = file.transports.nexus.as_ref();
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let t = &file.transports;
+    let (nexus, nats, ws, auto) = (
+        t.nexus.as_ref(),
+        t.nats.as_ref(),
+        t.websocket.as_ref(),
+        t.auto.as_ref(),
+    );
     let shell = &file.permissions.shell;
     match key {
         "node.name" => file.node.name.clone(),
@@ -415,16 +519,31 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
         "worker.max_attempts" => w.max_attempts.map(|c| c.to_string()),
         "worker.journal.retention" => w.journal.retention.clone(),
         "worker.journal.max_size" => w.journal.max_size.clone(),
+        "worker.status_listen" => w.status_listen.clone(),
+        "worker.heartbeat_interval" => w.heartbeat_interval.clone(),
+        "worker.models_dir" => path(&w.models_dir),
+        "worker.extraction_url" => w.extraction_url.clone(),
+        "transports.auto.fallback_after" => auto.and_then(|a| a.fallback_after.clone()),
+        "transports.auto.upgrade_after" => auto.and_then(|a| a.upgrade_after.clone()),
+        "transports.auto.probe_interval" => auto.and_then(|a| a.probe_interval.clone()),
         "transports.redis.url" => redis.and_then(|r| r.url.clone()),
+        "transports.redis.max_payload" => redis.and_then(|r| r.max_payload.clone()),
+        "transports.nats.url" => nats.and_then(|n| n.url.clone()),
+        "transports.nats.stream" => nats.and_then(|n| n.stream.clone()),
+        "transports.nats.subjects" => nats.and_then(|n| list(&n.subjects)),
+        "transports.nats.consumer" => nats.and_then(|n| n.consumer.clone()),
+        "transports.nats.credentials_file" => nats.and_then(|n| path(&n.credentials_file)),
+        "transports.websocket.url" => ws.and_then(|n| n.url.clone()),
+        "transports.websocket.token_file" => ws.and_then(|n| path(&n.token_file)),
         "transports.redis.streams" => redis.and_then(|r| list(&r.streams)),
         "transports.redis.group" => redis.and_then(|r| r.group.clone()),
         "transports.redis.lease" => redis.and_then(|r| r.lease.clone()),
         "transports.nexus.url" => nexus.and_then(|n| n.url.clone()),
-        "transports.nexus.token_file" => {
-            nexus.and_then(|n| n.token_file.as_ref().map(|p| p.display().to_string()))
-        }
+        "transports.nexus.token_file" => nexus.and_then(|n| path(&n.token_file)),
         "permissions.shell.enabled" => shell.enabled.map(|b| b.to_string()),
         "permissions.shell.allow" => list(&shell.allow),
+        "permissions.shell.passcode_env" => shell.passcode_env.clone(),
+        "permissions.shell.max_output" => shell.max_output.clone(),
         "permissions.terminal.enabled" => file.permissions.terminal.enabled.map(|b| b.to_string()),
         "permissions.ssh.enabled" => file.permissions.ssh.enabled.map(|b| b.to_string()),
         _ => None,

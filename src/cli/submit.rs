@@ -14,8 +14,9 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
+use citadel_transports::nats::NatsProducer;
 use citadel_transports::redis::RedisProducer;
-use citadel_transports::JobEntry;
+use citadel_transports::{JobEntry, NatsConfig, RedisConfig, TransportConfig, TransportProducer};
 
 use super::remote::encode;
 use crate::format;
@@ -87,11 +88,16 @@ pub fn build_payload(
 pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
     let payload = build_payload(args.payload.as_deref(), &args.fields)?;
     let timeout = format::parse_duration(&args.timeout).context("--timeout")?;
-    if let (Some(url), None) = (&args.redis_url, &args.plane.nexus_url) {
-        return redis_submit(&args, url, payload, timeout).await;
-    }
-    if let (Some(url), None) = (&args.nats_url, &args.plane.nexus_url) {
-        return nats_submit(&args, url, payload, timeout).await;
+    if let Some(broker) = broker(&args) {
+        let producer = broker
+            .producer()
+            .await
+            .with_context(|| format!("connecting to {}", broker.name()))?;
+        return match producer {
+            TransportProducer::Redis(p) => redis_submit(&args, p, payload, timeout).await,
+            TransportProducer::Nats(p) => nats_submit(&args, &p, payload, timeout).await,
+            TransportProducer::ControlPlane { .. } => unreachable!("broker() names a broker"),
+        };
     }
     let plane = args.plane.locate(data_dir)?;
     let mut body = json!({"type": args.job_type, "payload": payload});
@@ -276,22 +282,34 @@ impl Job {
     }
 }
 
+/// The broker `--redis-url` or `--nats-url` names (without `--nexus-url`), as the registry's
+/// transport settings; `None` submits to a control plane.
+fn broker(args: &SubmitArgs) -> Option<TransportConfig> {
+    if args.plane.nexus_url.is_some() {
+        return None;
+    }
+    if let Some(url) = &args.redis_url {
+        return Some(TransportConfig::Redis(RedisConfig::new(url, SUBMITTER)));
+    }
+    let url = args.nats_url.as_ref()?;
+    Some(TransportConfig::Nats(NatsConfig::new(url, SUBMITTER)))
+}
+
+/// The name `citadel submit` gives itself to a broker.
+const SUBMITTER: &str = "citadel-submit";
+
 /// Redis: a job entry of docs/wire-format.md#job-entries ([`RedisProducer`]); with --wait, XREAD BLOCK on the job's event stream.
 async fn redis_submit(
     args: &SubmitArgs,
-    url: &str,
+    producer: RedisProducer,
     payload: Map<String, Value>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(url).context("--redis-url")?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to redis")?;
+    let mut conn = producer.connection();
     let job = Job::new(args, payload);
     let id = &job.id;
     let entry = job.entry(&args.job_type);
-    RedisProducer::new(conn.clone())
+    producer
         .enqueue(&args.stream, &entry)
         .await
         .context("XADD")?;
@@ -330,8 +348,9 @@ async fn redis_submit(
             Err(e) => {
                 eprintln!("event stream interrupted ({e}); resuming after entry {last}");
                 tokio::time::sleep(retrier.next_delay()).await;
-                if let Ok(c) = client.get_multiplexed_async_connection().await {
-                    conn = c;
+                let url = args.redis_url.as_deref().unwrap_or_default();
+                if let Ok(p) = RedisProducer::connect(url).await {
+                    conn = p.connection();
                 }
                 continue;
             }
@@ -356,17 +375,12 @@ async fn redis_submit(
 /// EVENTS stream (history first, so nothing published before we listened is missed).
 async fn nats_submit(
     args: &SubmitArgs,
-    url: &str,
+    producer: &NatsProducer,
     payload: Map<String, Value>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    use citadel_transports::nats::NatsProducer;
     use futures_util::StreamExt as _;
 
-    let cfg = citadel_transports::NatsConfig::new(url, "citadel-submit");
-    let producer = NatsProducer::connect(&cfg)
-        .await
-        .context("connecting to nats")?;
     let job = Job::new(args, payload);
     let id = &job.id;
     let job_id = citadel_transports::JobId::new(id.clone()).context("--id")?;

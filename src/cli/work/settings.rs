@@ -184,4 +184,42 @@ mod tests {
         );
         assert_eq!(default_duration("transports.redis.lease").unwrap(), r.lease);
     }
+
+    /// The defaults `config show` prints are the ones the code uses where the code keeps its
+    /// own constant.
+    #[test]
+    fn the_table_states_the_code_defaults() {
+        assert_eq!(
+            default_duration("worker.heartbeat_interval").unwrap(),
+            crate::status::heartbeat::DEFAULT_INTERVAL
+        );
+        let auto = citadel_transports::AutoConfig::default();
+        assert_eq!(
+            default_duration("transports.auto.fallback_after").unwrap(),
+            auto.policy.fail_after
+        );
+        assert_eq!(
+            default_duration("transports.auto.upgrade_after").unwrap(),
+            auto.policy.recover_after
+        );
+        assert_eq!(
+            default_duration("transports.auto.probe_interval").unwrap(),
+            auto.probe_interval
+        );
+        let size = |key| format::parse_size(config::default_of(key)).unwrap() as usize;
+        assert_eq!(
+            size("transports.redis.max_payload"),
+            citadel_transports::redis::DEFAULT_MAX_PAYLOAD
+        );
+        assert_eq!(
+            size("permissions.shell.max_output"),
+            crate::handlers::ShellPolicy::default().max_output
+        );
+        assert_eq!(
+            config::default_of("worker.status_listen")
+                .parse::<StatusListen>()
+                .unwrap(),
+            StatusListen::Auto
+        );
+    }
 }

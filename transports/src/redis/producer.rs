@@ -59,6 +59,11 @@ impl RedisProducer {
         Self { conn }
     }
 
+    /// Its connection, for reading what the workers write back (a job's event stream).
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
     /// Adds `entry` to `stream`; returns the entry's id.
     pub async fn enqueue(&self, stream: &str, entry: &JobEntry<'_>) -> Result<String, SourceError> {
         xadd(entry, stream)

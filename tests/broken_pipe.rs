@@ -17,15 +17,12 @@ async fn write_many_jobs(dir: &Path) {
     let (journal, _) = Journal::open(dir, JournalOptions::default()).unwrap();
     for n in 0..JOBS {
         let id = JobId::new(format!("job-{n:05}")).unwrap();
-        let job = Job {
-            id: id.clone(),
-            job_type: "llm_inference".into(),
-            payload: serde_json::json!({"prompt": "a prompt long enough to fill the pipe quickly"}),
-            ray_id: None,
-            enqueued_at: None,
-            attempt: 1,
-            source: "redis:jobs:v1:gpu-general".into(),
-        };
+        let job = Job::first_delivery(
+            id.clone(),
+            "llm_inference",
+            serde_json::json!({"prompt": "a prompt long enough to fill the pipe quickly"}),
+            "redis:jobs:v1:gpu-general",
+        );
         let event = NewEvent::new(id, "redis", EventKind::Received { job }).delivery("1-0");
         journal.append_buffered(event).unwrap();
     }

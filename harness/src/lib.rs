@@ -8,4 +8,5 @@
 
 pub mod engine;
 pub mod nats;
+mod process;
 pub mod redis;

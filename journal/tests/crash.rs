@@ -35,15 +35,12 @@ fn crash_writer() {
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let job_id = JobId::new(format!("w{w}-{i}-{}", std::process::id())).unwrap();
-                    let job = Job {
-                        id: job_id.clone(),
-                        job_type: "noop".into(),
-                        payload: serde_json::json!({"w": w, "i": i}),
-                        ray_id: None,
-                        enqueued_at: None,
-                        attempt: 1,
-                        source: "crash".into(),
-                    };
+                    let job = Job::first_delivery(
+                        job_id.clone(),
+                        "noop",
+                        serde_json::json!({"w": w, "i": i}),
+                        "crash",
+                    );
                     for event in [
                         EventKind::Received { job },
                         EventKind::Started { attempt: 1 },

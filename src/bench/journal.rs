@@ -140,15 +140,7 @@ async fn append_run(
         tasks.push(tokio::spawn(async move {
             for i in 0..jobs_per_writer {
                 let id = JobId::new(format!("bench-{w}-{i}")).expect("valid id");
-                let job = Job {
-                    id: id.clone(),
-                    job_type: "noop".into(),
-                    payload: serde_json::json!({}),
-                    ray_id: None,
-                    enqueued_at: None,
-                    attempt: 1,
-                    source: "bench".into(),
-                };
+                let job = Job::first_delivery(id.clone(), "noop", serde_json::json!({}), "bench");
                 for event in [
                     EventKind::Received { job },
                     EventKind::Started { attempt: 1 },

@@ -118,15 +118,7 @@ async fn a_job_journaled_as_succeeded_is_acked_again_without_running() {
         let (journal, _) =
             Journal::open(dir.path().join("journal"), JournalOptions::default()).unwrap();
         let id = JobId::new("done").unwrap();
-        let job = Job {
-            id: id.clone(),
-            job_type: "fail".into(),
-            payload: json!({}),
-            ray_id: None,
-            enqueued_at: None,
-            attempt: 1,
-            source: "redis:jobs:v1:gpu-general".into(),
-        };
+        let job = Job::first_delivery(id.clone(), "fail", json!({}), "redis:jobs:v1:gpu-general");
         for e in [
             EventKind::Received { job },
             EventKind::Started { attempt: 1 },
@@ -292,15 +284,12 @@ async fn the_worker_applies_journal_retention_and_keeps_unsettled_jobs() {
             Journal::open(dir.path().join("journal"), JournalOptions::default()).unwrap();
         for (id, settle) in [("old-done", true), ("still-owed", false)] {
             let job_id = JobId::new(id).unwrap();
-            let job = Job {
-                id: job_id.clone(),
-                job_type: "noop".into(),
-                payload: json!({}),
-                ray_id: None,
-                enqueued_at: None,
-                attempt: 1,
-                source: "redis:jobs:v1:gpu-general".into(),
-            };
+            let job = Job::first_delivery(
+                job_id.clone(),
+                "noop",
+                json!({}),
+                "redis:jobs:v1:gpu-general",
+            );
             let mut events = vec![EventKind::Received { job }];
             if settle {
                 events.extend([

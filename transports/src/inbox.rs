@@ -170,6 +170,26 @@ impl Inbox {
     pub fn take_buffered(&self) -> Vec<Incoming> {
         self.lock().buf.drain(..).collect()
     }
+
+    /// A source's `close`: closes the inbox, gives each fetcher task `patience` to finish what it
+    /// is claiming (aborting one that does not), then hands back what was claimed but never
+    /// handed out.
+    pub async fn close_after(
+        &self,
+        transport: &str,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        patience: std::time::Duration,
+    ) -> Vec<Incoming> {
+        self.close();
+        for mut t in tasks {
+            if tokio::time::timeout(patience, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        let left = self.take_buffered();
+        tracing::info!(unclaimed = left.len(), "{transport} job source closed");
+        left
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,24 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job's first delivery from `source`, without a trace id or an enqueue time.
+    pub fn first_delivery(
+        id: JobId,
+        job_type: impl Into<String>,
+        payload: serde_json::Value,
+        source: impl Into<String>,
+    ) -> Self {
+        Self {
+            id,
+            job_type: job_type.into(),
+            payload,
+            ray_id: None,
+            enqueued_at: None,
+            attempt: 1,
+            source: source.into(),
+        }
+    }
+
     /// A payload field as a string, whether the producer sent a string or a number.
     pub fn payload_str(&self, key: &str) -> Option<String> {
         match self.payload.get(key)? {

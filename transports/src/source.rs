@@ -85,6 +85,35 @@ pub struct Capabilities {
     pub lease_loss_detected: bool,
 }
 
+impl Capabilities {
+    /// Everything a leased transport can promise, with leases of `lease`; a transport that
+    /// cannot keep one of the promises says so with struct update syntax.
+    pub fn leased(lease: Duration) -> Self {
+        Self {
+            events: true,
+            lease: Some(lease),
+            dead_letter: true,
+            cancellation: true,
+            batch: true,
+            uncounted_release: true,
+            lease_loss_detected: true,
+        }
+    }
+
+    /// Delivery alone: no events, leases, dead letters, cancellation or batches.
+    pub fn delivery_only() -> Self {
+        Self {
+            events: false,
+            lease: None,
+            dead_letter: false,
+            cancellation: false,
+            batch: false,
+            uncounted_release: false,
+            lease_loss_detected: false,
+        }
+    }
+}
+
 /// Which transport is delivering, for `citadel status` and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {

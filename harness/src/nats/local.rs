@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A running local nats-server with JetStream.
@@ -39,19 +39,11 @@ impl LocalNats {
     }
 
     fn launch(&mut self) -> std::io::Result<()> {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("starting nats-server (apt-get install -y nats-server): {e}"),
-                )
-            })?;
+            .arg(&self.store);
+        let child = crate::process::spawn_quiet(&mut cmd, "nats-server")?;
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {

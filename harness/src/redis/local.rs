@@ -4,7 +4,7 @@
 //! Redis the user runs.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// A running local redis-server.
@@ -43,8 +43,8 @@ impl LocalRedis {
     }
 
     async fn launch(&mut self) -> std::io::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(match self.persist {
                 Some(_) => [
                     "--save",
@@ -57,16 +57,8 @@ impl LocalRedis {
                 None => ["--save", "", "--appendonly", "no", "--appendfsync", "no"],
             })
             .arg("--dir")
-            .arg(self.persist.clone().unwrap_or_else(std::env::temp_dir))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("starting redis-server (apt-get install -y redis-server): {e}"),
-                )
-            })?;
+            .arg(self.persist.clone().unwrap_or_else(std::env::temp_dir));
+        let child = crate::process::spawn_quiet(&mut cmd, "redis-server")?;
         self.child = Some(child);
         for _ in 0..200 {
             if let Ok(client) = redis::Client::open(self.url()) {

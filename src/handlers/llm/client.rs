@@ -59,24 +59,6 @@ pub struct Answer {
     pub tokens: u64,
 }
 
-/// A reqwest error in words, without the URL's query (which could hold a secret).
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut msg = if e.is_connect() {
-        "connection failed".to_string()
-    } else if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg = format!("{msg}: {s}");
-        source = s.source();
-    }
-    msg
-}
-
 /// The engine's message from an error body: its JSON error message, else the text (capped).
 pub(crate) fn error_text(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
@@ -116,7 +98,7 @@ pub async fn generate(
         .json(&call.body)
         .send();
     let mut resp = tokio::select! {
-        r = request => r.map_err(|e| LlmError::Connect(describe(&e)))?,
+        r = request => r.map_err(|e| LlmError::Connect(crate::handlers::http::describe(&e)))?,
         () = tokio::time::sleep_until(first_deadline) => return Err(LlmError::FirstToken(timeouts.first_token)),
         () = cancel.cancelled() => return Err(LlmError::Cancelled),
     };
@@ -134,7 +116,7 @@ pub async fn generate(
     }
     if !call.stream {
         let body = tokio::select! {
-            b = resp.bytes() => b.map_err(|e| LlmError::Cut { tokens: 0, reason: describe(&e) })?,
+            b = resp.bytes() => b.map_err(|e| LlmError::Cut { tokens: 0, reason: crate::handlers::http::describe(&e) })?,
             () = tokio::time::sleep_until(first_deadline) => return Err(LlmError::FirstToken(timeouts.first_token)),
             () = cancel.cancelled() => return Err(LlmError::Cancelled),
         };
@@ -186,7 +168,7 @@ pub async fn generate(
             Err(e) => {
                 return Err(LlmError::Cut {
                     tokens: answer.tokens,
-                    reason: describe(&e),
+                    reason: crate::handlers::http::describe(&e),
                 })
             }
         };

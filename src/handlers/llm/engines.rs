@@ -137,7 +137,7 @@ impl Readiness {
                         let msg = super::client::error_text(&body);
                         format!("{url} answered HTTP {status}: {msg}")
                     }
-                    Err(e) => format!("{url}: {}", super::client::describe(&e)),
+                    Err(e) => format!("{url}: {}", crate::handlers::http::describe(&e)),
                 },
                 () = cancel.cancelled() => return Err(LlmError::Cancelled),
             };

@@ -6,5 +6,5 @@
 pub(crate) mod client;
 mod record;
 
-pub(crate) use client::Client;
+pub(crate) use client::{Client, Failure};
 pub(crate) use record::from_record;

@@ -119,15 +119,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v["original_body"], "{nope");
-        let job = Job {
-            id: JobId::new("j-2").unwrap(),
-            job_type: "echo".into(),
-            payload: json!({"a":1}),
-            ray_id: None,
-            enqueued_at: None,
-            attempt: 1,
-            source: "nats:jobs.v1.gpu-general".into(),
-        };
+        let job = Job::first_delivery(
+            JobId::new("j-2").unwrap(),
+            "echo",
+            json!({"a":1}),
+            "nats:jobs.v1.gpu-general",
+        );
         let ctx = SettleContext {
             job: Some(&job),
             ..Default::default()

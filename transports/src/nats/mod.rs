@@ -234,15 +234,11 @@ impl JobSource for NatsSource {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // Releases are recorded and subtracted from the delivery count (`release`), but an old
+        // delivery cannot be told from the new one.
         Capabilities {
-            events: true,
-            lease: Some(self.inner.cfg.lease),
-            dead_letter: true,
-            cancellation: true,
-            batch: true,
-            // Releases are recorded and subtracted from the delivery count (`release`).
-            uncounted_release: true,
             lease_loss_detected: false,
+            ..Capabilities::leased(self.inner.cfg.lease)
         }
     }
 
@@ -363,23 +359,14 @@ impl JobSource for NatsSource {
     }
 
     async fn close(&self) -> Vec<Incoming> {
-        self.inner.inbox.close();
         let task = self
             .fetcher
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut t) = task {
-            let patience = self.inner.cfg.block + self.inner.cfg.command_timeout;
-            if tokio::time::timeout(patience + Duration::from_secs(1), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
-        let left = self.inner.inbox.take_buffered();
-        info!(unclaimed = left.len(), "nats job source closed");
-        left
+        let patience =
+            self.inner.cfg.block + self.inner.cfg.command_timeout + Duration::from_secs(1);
+        let tasks = task.into_iter().collect();
+        self.inner.inbox.close_after("nats", tasks, patience).await
     }
 }

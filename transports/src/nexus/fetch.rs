@@ -97,7 +97,7 @@ pub(crate) fn from_claim(v: &Value) -> Incoming {
 /// Plain mode: one `GET /api/v1/jobs/next`, exactly as the Go agent does it.
 async fn poll(inner: &Inner) -> Result<Vec<Incoming>, SourceError> {
     let rb = inner.client.request(Method::GET, "/api/v1/jobs/next");
-    let resp = inner.client.send(rb, inner.cfg.request_timeout).await?;
+    let resp = inner.send(rb).await?;
     if resp.status() == StatusCode::NO_CONTENT {
         return Ok(Vec::new());
     }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::control_plane::Client;
+use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
 use crate::inbox::Inbox;
@@ -99,6 +99,22 @@ pub(crate) struct Inner {
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
     /// full status reports keep coming.
     last_report: Mutex<Option<Instant>>,
+}
+
+impl Inner {
+    /// Sends `rb` (built on this source's client) with the request timeout.
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        self.client.send(rb, self.cfg.request_timeout).await
+    }
+
+    /// POSTs `body` as JSON to `path`.
+    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, Failure> {
+        self.send(self.client.request(Method::POST, path).json(body))
+            .await
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,13 +212,7 @@ impl NexusSource {
             "output": output,
         });
         let path = format!("/api/v1/jobs/{}/status", path_id(receipt.queue()));
-        let rb = self.inner.client.request(Method::POST, &path).json(&body);
-        match self
-            .inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await
-        {
+        match self.inner.post(&path, &body).await {
             Ok(_) => Ok(()),
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) => Err(f.error),
@@ -230,11 +240,7 @@ async fn heartbeats(inner: Arc<Inner>) {
         }
         let body =
             json!({"id": inner.cfg.worker_id, "name": inner.cfg.node_name, "status": "online"});
-        let rb = inner
-            .client
-            .request(Method::POST, "/api/v1/nodes/heartbeat")
-            .json(&body);
-        if let Err(f) = inner.client.send(rb, inner.cfg.request_timeout).await {
+        if let Err(f) = inner.post("/api/v1/nodes/heartbeat", &body).await {
             tracing::debug!(error = %f.error, "node heartbeat failed");
         }
         tokio::select! {
@@ -251,15 +257,9 @@ impl JobSource for NexusSource {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let full = self.inner.mode == Mode::Full;
-        Capabilities {
-            events: full,
-            lease: full.then_some(self.inner.cfg.lease),
-            dead_letter: full,
-            cancellation: full,
-            batch: full,
-            uncounted_release: full,
-            lease_loss_detected: full,
+        match self.inner.mode {
+            Mode::Full => Capabilities::leased(self.inner.cfg.lease),
+            Mode::Plain => Capabilities::delivery_only(),
         }
     }
 
@@ -294,13 +294,7 @@ impl JobSource for NexusSource {
             Settlement::Ack | Settlement::Release => {}
         }
         let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
-        let rb = self.inner.client.request(Method::POST, &path).json(&body);
-        match self
-            .inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await
-        {
+        match self.inner.post(&path, &body).await {
             Ok(_) => Ok(()),
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) if f.status == Some(StatusCode::CONFLICT) => {
@@ -318,13 +312,7 @@ impl JobSource for NexusSource {
         let body =
             json!({"lease_id": receipt.id(), "lease_ms": self.inner.cfg.lease.as_millis() as u64});
         let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
-        let rb = self.inner.client.request(Method::POST, &path).json(&body);
-        match self
-            .inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await
-        {
+        match self.inner.post(&path, &body).await {
             Ok(_) => Ok(Lease::Held),
             Err(f) if matches!(f.status, Some(StatusCode::CONFLICT | StatusCode::NOT_FOUND)) => {
                 warn!(receipt = %receipt, "lease lost");
@@ -381,12 +369,7 @@ impl JobSource for NexusSource {
             .request(Method::POST, &path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(event.to_json());
-        match self
-            .inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await
-        {
+        match self.inner.send(rb).await {
             Ok(_) => Ok(()),
             Err(f) => Err(f.error),
         }
@@ -404,15 +387,7 @@ impl JobSource for NexusSource {
             "status": "online",
             "report": status,
         });
-        let rb = self
-            .inner
-            .client
-            .request(Method::POST, "/api/v1/nodes/heartbeat")
-            .json(&body);
-        self.inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await?;
+        self.inner.post("/api/v1/nodes/heartbeat", &body).await?;
         *lock(&self.inner.last_report) = Some(Instant::now());
         Ok(())
     }
@@ -424,12 +399,7 @@ impl JobSource for NexusSource {
         };
         let started = Instant::now();
         let rb = self.inner.client.request(Method::GET, path);
-        match self
-            .inner
-            .client
-            .send(rb, self.inner.cfg.request_timeout)
-            .await
-        {
+        match self.inner.send(rb).await {
             Ok(_) => Health::up(started.elapsed()),
             Err(f) => Health::down(f.error.to_string()),
         }
@@ -440,17 +410,9 @@ impl JobSource for NexusSource {
     }
 
     async fn close(&self) -> Vec<Incoming> {
-        self.inner.inbox.close();
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         let patience = self.inner.cfg.long_poll + Duration::from_secs(2);
-        for mut t in tasks {
-            if tokio::time::timeout(patience, &mut t).await.is_err() {
-                t.abort();
-            }
-        }
-        let left = self.inner.inbox.take_buffered();
-        info!(unclaimed = left.len(), "nexus job source closed");
-        left
+        self.inner.inbox.close_after("nexus", tasks, patience).await
     }
 }
 

@@ -195,15 +195,7 @@ impl JobSource for RedisSource {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            events: true,
-            lease: Some(self.inner.cfg.lease),
-            dead_letter: true,
-            cancellation: true,
-            batch: true,
-            uncounted_release: true,
-            lease_loss_detected: true,
-        }
+        Capabilities::leased(self.inner.cfg.lease)
     }
 
     async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {
@@ -383,17 +375,9 @@ impl JobSource for RedisSource {
     }
 
     async fn close(&self) -> Vec<Incoming> {
-        self.inner.inbox.close();
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         let patience =
             self.inner.cfg.block + self.inner.cfg.command_timeout + Duration::from_secs(1);
-        for mut t in tasks {
-            if tokio::time::timeout(patience, &mut t).await.is_err() {
-                t.abort();
-            }
-        }
-        let left = self.inner.inbox.take_buffered();
-        info!(unclaimed = left.len(), "redis job source closed");
-        left
+        self.inner.inbox.close_after("redis", tasks, patience).await
     }
 }

@@ -279,15 +279,7 @@ impl JobSource for WebSocketSource {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            events: true,
-            lease: Some(self.inner.cfg.lease),
-            dead_letter: true,
-            cancellation: true,
-            batch: true,
-            uncounted_release: true,
-            lease_loss_detected: true,
-        }
+        Capabilities::leased(self.inner.cfg.lease)
     }
 
     async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {

@@ -43,10 +43,10 @@ pub fn display_url(url: &reqwest::Url) -> String {
 /// A `reqwest::Error` in words, without the URL (which may carry a token in its query).
 pub fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut text = if e.is_timeout() {
+    let mut text = if e.is_connect() {
+        "connection failed".to_string()
+    } else if e.is_timeout() {
         "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
     } else {
         "request failed".to_string()
     };

@@ -7,6 +7,7 @@
 //! on the way that every stream arrived whole and in order. Asserts no timing.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,109 +141,152 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
     let engine = FakeEngine::start(EngineScript::default())
         .await
         .context("starting the stand-in engine")?;
+    let tmp = std::env::temp_dir().join(format!("citadel-bench-llm-{}", std::process::id()));
+    let stream = format!("bench:llm:{}", std::process::id());
+    let worker = start_worker(&args, &engine, &url, &stream, &tmp).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = listen(&url, seen.clone()).await?;
+    let bench = Bench {
+        engine: &engine,
+        producer: RedisProducer::new(connection(&url).await?),
+        url: &url,
+        stream: &stream,
+        seen: &seen,
+    };
+    let mut reports = Vec::new();
+    for (run_no, run) in plan(&args).into_iter().enumerate() {
+        reports.push(bench.measure(run_no, run).await?);
+    }
+    worker.stop().await?;
+    listener.abort();
+    std::fs::remove_dir_all(&tmp).ok();
+    print_reports(&reports, args.json)
+}
+
+/// The real runner with the `llm_inference` handler on the stand-in engine, on `stream`.
+async fn start_worker(
+    args: &LlmBench,
+    engine: &FakeEngine,
+    url: &str,
+    stream: &str,
+    tmp: &Path,
+) -> anyhow::Result<Worker> {
     let mut llm = LlmConfig::default();
     llm.set_engine(&format!("vllm={}", engine.url()))
         .map_err(anyhow::Error::msg)?;
-    let tmp = std::env::temp_dir().join(format!("citadel-bench-llm-{}", std::process::id()));
-    let stream = format!("bench:llm:{}", std::process::id());
     let concurrency = args.streams.max(args.latency_streams).max(1);
-    let worker = Worker::start(
-        Arc::new(redis_source(&url, &stream).await?),
+    Worker::start(
+        Arc::new(redis_source(url, stream).await?),
         &tmp.join("journal"),
         concurrency,
         Durability::Durable,
         vec![("llm_inference", Arc::new(LlmHandler::new(llm)))],
     )
-    .await?;
+    .await
+}
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut pubsub = redis::Client::open(url.as_str())?
-        .get_async_pubsub()
-        .await?;
+/// The subscriber: every event on the bench's stream channels goes into `seen`, with the time
+/// it arrived.
+async fn listen(url: &str, seen: Arc<Mutex<Seen>>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
     pubsub.psubscribe("stream:v1:bench-llm-*").await?;
-    let listener = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                let at = epoch_nanos();
-                if let Ok(payload) = msg.get_payload::<String>() {
-                    seen.lock().expect("poisoned").take(&payload, at);
-                }
+    Ok(tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let at = epoch_nanos();
+            if let Ok(payload) = msg.get_payload::<String>() {
+                seen.lock().expect("poisoned").take(&payload, at);
             }
-        })
-    };
+        }
+    }))
+}
 
-    let producer = RedisProducer::new(connection(&url).await?);
-    let mut reports = Vec::new();
+/// One run of the plan.
+struct Run {
+    label: String,
+    streams: usize,
+    /// Tokens per stream.
+    tokens: usize,
+    /// Between two tokens of a stream (zero: flat out).
+    interval: Duration,
+    /// Through citadel, or Redis alone (the baseline).
+    relayed: bool,
+}
+
+/// The runs, in order: the baseline, the latency run, one stream and many streams flat out.
+fn plan(args: &LlmBench) -> [Run; 4] {
     let latency_interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    // (label, streams, tokens per stream, token interval, through citadel or Redis alone)
-    let plan = [
-        (
-            format!("baseline: Redis PUBLISH alone at {} msgs/s", args.rate),
-            1,
-            args.latency_tokens,
-            latency_interval,
-            false,
-        ),
-        (
-            format!("latency at {} tokens/s", args.rate),
-            args.latency_streams,
-            args.latency_tokens,
-            latency_interval,
-            true,
-        ),
-        (
-            "one stream, flat out".to_string(),
-            1,
-            args.tokens,
-            Duration::ZERO,
-            true,
-        ),
-        (
-            format!("{} streams, flat out", args.streams),
-            args.streams,
-            args.stream_tokens,
-            Duration::ZERO,
-            true,
-        ),
-    ];
-    for (run_no, (label, streams, tokens, interval, relayed)) in plan.into_iter().enumerate() {
+    [
+        Run {
+            label: format!("baseline: Redis PUBLISH alone at {} msgs/s", args.rate),
+            streams: 1,
+            tokens: args.latency_tokens,
+            interval: latency_interval,
+            relayed: false,
+        },
+        Run {
+            label: format!("latency at {} tokens/s", args.rate),
+            streams: args.latency_streams,
+            tokens: args.latency_tokens,
+            interval: latency_interval,
+            relayed: true,
+        },
+        Run {
+            label: "one stream, flat out".to_string(),
+            streams: 1,
+            tokens: args.tokens,
+            interval: Duration::ZERO,
+            relayed: true,
+        },
+        Run {
+            label: format!("{} streams, flat out", args.streams),
+            streams: args.streams,
+            tokens: args.stream_tokens,
+            interval: Duration::ZERO,
+            relayed: true,
+        },
+    ]
+}
+
+/// What the runs share: the engine, the producer, the stream and what the subscriber saw.
+struct Bench<'a> {
+    engine: &'a FakeEngine,
+    producer: RedisProducer,
+    url: &'a str,
+    stream: &'a str,
+    seen: &'a Mutex<Seen>,
+}
+
+impl Bench<'_> {
+    /// Runs `run` to its last `end` event and reports it; fails when a stream failed, stalled
+    /// or arrived incomplete.
+    async fn measure(&self, run_no: usize, run: Run) -> anyhow::Result<RunReport> {
+        let Run {
+            label,
+            streams,
+            tokens,
+            interval,
+            relayed,
+        } = run;
         eprintln!("[{}] {label}: {streams} × {tokens} tokens…", run_no + 1);
-        engine.script(|s| {
+        self.engine.script(|s| {
             s.timestamp_tokens = Some(tokens);
             s.token_interval = interval;
         });
-        *seen.lock().expect("poisoned") = Seen::default();
+        *self.seen.lock().expect("poisoned") = Seen::default();
         let started = Instant::now();
         if relayed {
-            for i in 0..streams {
-                let payload =
-                    serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
-                let id = format!("bench-llm-{run_no}-{i}");
-                producer
-                    .enqueue(&stream, &JobEntry::new(&id, "llm_inference", &payload))
-                    .await?;
-            }
+            self.enqueue(run_no, streams, tokens).await?;
         } else {
-            tokio::spawn(publish_directly(connection(&url).await?, tokens, interval));
+            tokio::spawn(publish_directly(
+                connection(self.url).await?,
+                tokens,
+                interval,
+            ));
         }
-        loop {
-            {
-                let s = seen.lock().expect("poisoned");
-                anyhow::ensure!(s.failures.is_empty(), "a stream failed: {:?}", s.failures);
-                if s.ends as usize >= streams {
-                    break;
-                }
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(600),
-                "the relay stalled"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.wait_for_ends(streams, started).await?;
         let seconds = started.elapsed().as_secs_f64();
-        let mut s = std::mem::take(&mut *seen.lock().expect("poisoned"));
+        let mut s = std::mem::take(&mut *self.seen.lock().expect("poisoned"));
         anyhow::ensure!(
             s.chunks == (streams * tokens) as u64,
             "{} of {} tokens arrived",
@@ -251,7 +295,7 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
         );
         s.latencies_us.sort_by(f64::total_cmp);
         let pct = |p: f64| super::percentile(&s.latencies_us, p);
-        reports.push(RunReport {
+        Ok(RunReport {
             run: label,
             streams,
             tokens: s.chunks,
@@ -261,13 +305,45 @@ pub async fn run(args: LlmBench) -> anyhow::Result<()> {
             p99_us: pct(0.99),
             max_us: s.latencies_us.last().copied().unwrap_or(0.0),
             out_of_order: s.out_of_order,
-        });
+        })
     }
-    worker.stop().await?;
-    listener.abort();
-    std::fs::remove_dir_all(&tmp).ok();
 
-    if args.json {
+    /// One `llm_inference` job per stream, each asking for `tokens` tokens.
+    async fn enqueue(&self, run_no: usize, streams: usize, tokens: usize) -> anyhow::Result<()> {
+        for i in 0..streams {
+            let payload =
+                serde_json::json!({"prompt": "bench", "max_tokens": tokens, "backend": "vllm"});
+            let id = format!("bench-llm-{run_no}-{i}");
+            self.producer
+                .enqueue(self.stream, &JobEntry::new(&id, "llm_inference", &payload))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `streams` streams have ended; fails at the first failed stream, or after
+    /// ten minutes.
+    async fn wait_for_ends(&self, streams: usize, started: Instant) -> anyhow::Result<()> {
+        loop {
+            {
+                let s = self.seen.lock().expect("poisoned");
+                anyhow::ensure!(s.failures.is_empty(), "a stream failed: {:?}", s.failures);
+                if s.ends as usize >= streams {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "the relay stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// The reports as JSON, or as a table between a heading and a note on what latency means.
+fn print_reports(reports: &[RunReport], json: bool) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
     }

@@ -83,27 +83,54 @@ pub async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn print_summary(m: &Value) {
-    let s = |v: &Value| match v {
+    print_worker(m);
+    print_system(&m["system"]);
+    print_gpus(&m["gpu"], &m["system"]);
+    let tags: Vec<String> = m["capabilities"]["tags"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    println!("tags       {}", tags.join(" "));
+    print_services(&m["services"]);
+}
+
+/// A value as shown: a string as is, null as `-`, anything else as JSON.
+fn text(v: &Value) -> String {
+    match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
-    };
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    }
+}
+
+/// A count (0 when absent).
+fn count(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Bytes in GiB with one decimal (`-` when absent).
+fn gib(v: &Value) -> String {
+    v.as_u64().map_or("-".to_string(), |b| {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
+/// The node, transport and jobs lines.
+fn print_worker(m: &Value) {
     let node = &m["node"];
     let w = &m["worker"];
     let t = &m["transport"];
-    let sys = &m["system"];
     println!(
         "node       {} (worker {}), citadel {}, up {}",
-        s(&node["name"]),
-        s(&node["worker_id"]),
-        s(&node["agent_version"]),
-        format::duration(n(&node["uptime_s"]) * 1000)
+        text(&node["name"]),
+        text(&node["worker_id"]),
+        text(&node["agent_version"]),
+        format::duration(count(&node["uptime_s"]) * 1000)
     );
     println!(
         "transport  {} (switches {}), consuming: {}",
-        s(&t["active"]),
-        n(&t["switches"]),
+        text(&t["active"]),
+        count(&t["switches"]),
         if w["consuming"].as_bool() == Some(true) {
             "yes"
         } else {
@@ -112,66 +139,67 @@ fn print_summary(m: &Value) {
     );
     println!(
         "jobs       in flight {} of {}, processed {} (succeeded {}, failed {}, cancelled {}), retried {}, dead-lettered {}",
-        n(&w["in_flight"]),
-        n(&w["concurrency"]),
-        n(&w["processed"]),
-        n(&w["succeeded"]),
-        n(&w["failed"]),
-        n(&w["cancelled"]),
-        n(&w["retried"]),
-        n(&w["dead_lettered"])
+        count(&w["in_flight"]),
+        count(&w["concurrency"]),
+        count(&w["processed"]),
+        count(&w["succeeded"]),
+        count(&w["failed"]),
+        count(&w["cancelled"]),
+        count(&w["retried"]),
+        count(&w["dead_lettered"])
     );
-    let gib = |v: &Value| {
-        v.as_u64().map_or("-".to_string(), |b| {
-            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-        })
-    };
+}
+
+fn print_system(sys: &Value) {
     println!(
         "system     {} {}, {} CPUs, load {}, memory {} available of {}",
-        s(&sys["os"]["pretty_name"]),
-        s(&sys["os"]["arch"]),
-        n(&sys["cpu_count"]),
-        s(&sys["load"]),
+        text(&sys["os"]["pretty_name"]),
+        text(&sys["os"]["arch"]),
+        count(&sys["cpu_count"]),
+        text(&sys["load"]),
         gib(&sys["memory_available_bytes"]),
         gib(&sys["memory_total_bytes"])
     );
-    match m["gpu"].as_array() {
+}
+
+/// One line a GPU, or why there is none.
+fn print_gpus(gpu: &Value, sys: &Value) {
+    match gpu.as_array() {
         Some(gpus) if !gpus.is_empty() => {
             for g in gpus {
                 println!(
                     "gpu {}      {}, {} ({} used), {}% busy, {}°C, driver {}",
-                    n(&g["index"]),
-                    s(&g["name"]),
+                    count(&g["index"]),
+                    text(&g["name"]),
                     gib(&g["memory_total_bytes"]),
                     gib(&g["memory_used_bytes"]),
-                    s(&g["utilization_percent"]),
-                    s(&g["temperature_c"]),
-                    s(&sys["gpu_driver"])
+                    text(&g["utilization_percent"]),
+                    text(&g["temperature_c"]),
+                    text(&sys["gpu_driver"])
                 );
             }
         }
-        _ => println!("gpu        none ({})", s(&sys["gpu_error"])),
+        _ => println!("gpu        none ({})", text(&sys["gpu_error"])),
     }
-    let tags: Vec<String> = m["capabilities"]["tags"]
-        .as_array()
-        .map(|a| a.iter().map(s).collect())
-        .unwrap_or_default();
-    println!("tags       {}", tags.join(" "));
-    for svc in m["services"].as_array().into_iter().flatten() {
+}
+
+/// One line a service, or why they are unknown.
+fn print_services(services: &Value) {
+    for svc in services.as_array().into_iter().flatten() {
         match svc.get("error") {
-            Some(e) => println!("services   unknown: {}", s(e)),
+            Some(e) => println!("services   unknown: {}", text(e)),
             None => println!(
                 "service    {} ({}): {}{}, {}",
-                s(&svc["name"]),
-                s(&svc["image"]),
-                s(&svc["state"]),
+                text(&svc["name"]),
+                text(&svc["image"]),
+                text(&svc["state"]),
                 svc["health"]
                     .as_str()
                     .map_or(String::new(), |h| format!(" ({h})")),
                 if svc["ready"].as_bool() == Some(true) {
-                    format!("ready at {}", s(&svc["url"]))
+                    format!("ready at {}", text(&svc["url"]))
                 } else {
-                    format!("not ready: {}", s(&svc["detail"]))
+                    format!("not ready: {}", text(&svc["detail"]))
                 }
             ),
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::parse::{self, ParseError, StreamParser, Usage};
+use super::parse::{self, ParseError, Step, StreamParser, Usage};
 use super::request::EngineCall;
 use crate::handlers::ChunkSink;
 
@@ -92,86 +92,130 @@ pub async fn generate(
     sink: &ChunkSink,
 ) -> Result<Answer, LlmError> {
     let sent = Instant::now();
-    let first_deadline = tokio::time::Instant::now() + timeouts.first_token;
+    let limits = Limits {
+        timeouts,
+        first_deadline: tokio::time::Instant::now() + timeouts.first_token,
+        cancel,
+    };
     let request = http
         .post(format!("{base}{}", call.path))
         .json(&call.body)
         .send();
-    let mut resp = tokio::select! {
+    let resp = tokio::select! {
         r = request => r.map_err(|e| LlmError::Connect(crate::handlers::http::describe(&e)))?,
-        () = tokio::time::sleep_until(first_deadline) => return Err(LlmError::FirstToken(timeouts.first_token)),
+        () = tokio::time::sleep_until(limits.first_deadline) => return Err(LlmError::FirstToken(timeouts.first_token)),
         () = cancel.cancelled() => return Err(LlmError::Cancelled),
     };
-    let status = resp.status();
-    if !status.is_success() {
-        let body = tokio::select! {
-            b = resp.bytes() => b.unwrap_or_default(),
-            () = tokio::time::sleep(timeouts.idle) => Default::default(),
-            () = cancel.cancelled() => return Err(LlmError::Cancelled),
-        };
-        return Err(LlmError::Http {
-            status: status.as_u16(),
-            message: error_text(&body),
-        });
+    if !resp.status().is_success() {
+        return Err(limits.http_error(resp).await);
     }
     if !call.stream {
+        return limits.whole(resp, call).await;
+    }
+    limits.stream(resp, call, sink, sent).await
+}
+
+/// What bounds one call while its answer is read: the timeouts, the first token's deadline
+/// (counted from sending the request) and the job's cancellation.
+struct Limits<'a> {
+    timeouts: Timeouts,
+    first_deadline: tokio::time::Instant,
+    cancel: &'a CancellationToken,
+}
+
+impl Limits<'_> {
+    /// The error for an answer that is not a success, with the engine's message from its body.
+    async fn http_error(&self, resp: reqwest::Response) -> LlmError {
+        let status = resp.status();
+        let body = tokio::select! {
+            b = resp.bytes() => b.unwrap_or_default(),
+            () = tokio::time::sleep(self.timeouts.idle) => Default::default(),
+            () = self.cancel.cancelled() => return LlmError::Cancelled,
+        };
+        LlmError::Http {
+            status: status.as_u16(),
+            message: error_text(&body),
+        }
+    }
+
+    /// A non-streamed answer: the whole body, due by the first token's deadline.
+    async fn whole(&self, resp: reqwest::Response, call: &EngineCall) -> Result<Answer, LlmError> {
         let body = tokio::select! {
             b = resp.bytes() => b.map_err(|e| LlmError::Cut { tokens: 0, reason: crate::handlers::http::describe(&e) })?,
-            () = tokio::time::sleep_until(first_deadline) => return Err(LlmError::FirstToken(timeouts.first_token)),
-            () = cancel.cancelled() => return Err(LlmError::Cancelled),
+            () = tokio::time::sleep_until(self.first_deadline) => return Err(LlmError::FirstToken(self.timeouts.first_token)),
+            () = self.cancel.cancelled() => return Err(LlmError::Cancelled),
         };
         let (content, finish_reason, usage) = parse::parse_whole(call.protocol, &body)?;
-        return Ok(Answer {
+        Ok(Answer {
             tokens: u64::from(!content.is_empty()),
             content,
             finish_reason,
             usage,
-        });
+        })
     }
 
-    let mut parser = StreamParser::new(call.protocol);
-    let mut answer = Answer::default();
-    let mut done = false;
-    while !done {
+    /// A streamed answer, read until its final message; each token goes to `sink` at once.
+    async fn stream(
+        &self,
+        mut resp: reqwest::Response,
+        call: &EngineCall,
+        sink: &ChunkSink,
+        sent: Instant,
+    ) -> Result<Answer, LlmError> {
+        let mut parser = StreamParser::new(call.protocol);
+        let mut answer = Answer::default();
+        let mut done = false;
+        while !done {
+            let (steps, ended) = self.next_steps(&mut resp, &mut parser, &answer).await?;
+            done = ended;
+            done |= self.take_steps(steps, &mut answer, sink, sent).await?;
+        }
+        Ok(answer)
+    }
+
+    /// The steps in the next piece of the body, and whether the body ended; the piece is due
+    /// within the first-token timeout before the first token and the idle timeout after it.
+    async fn next_steps(
+        &self,
+        resp: &mut reqwest::Response,
+        parser: &mut StreamParser,
+        answer: &Answer,
+    ) -> Result<(Vec<Step>, bool), LlmError> {
         let wait_until = if answer.tokens == 0 {
-            first_deadline
+            self.first_deadline
         } else {
-            tokio::time::Instant::now() + timeouts.idle
+            tokio::time::Instant::now() + self.timeouts.idle
         };
         let piece = tokio::select! {
             c = resp.chunk() => c,
             () = tokio::time::sleep_until(wait_until) => {
                 return Err(if answer.tokens == 0 {
-                    LlmError::FirstToken(timeouts.first_token)
+                    LlmError::FirstToken(self.timeouts.first_token)
                 } else {
-                    LlmError::Idle { after: timeouts.idle, tokens: answer.tokens }
+                    LlmError::Idle { after: self.timeouts.idle, tokens: answer.tokens }
                 });
             }
-            () = cancel.cancelled() => return Err(LlmError::Cancelled),
+            () = self.cancel.cancelled() => return Err(LlmError::Cancelled),
         };
-        let steps = match piece {
-            Ok(Some(bytes)) => parser.push(&bytes)?,
-            Ok(None) => {
-                let last = parser.finish()?;
-                let steps: Vec<_> = last.into_iter().collect();
-                let finished = steps.iter().any(|s| s.done || s.finish_reason.is_some())
-                    || answer.finish_reason.is_some();
-                if !finished {
-                    return Err(LlmError::Cut {
-                        tokens: answer.tokens,
-                        reason: "the body ended without the final message".into(),
-                    });
-                }
-                done = true;
-                steps
-            }
-            Err(e) => {
-                return Err(LlmError::Cut {
-                    tokens: answer.tokens,
-                    reason: crate::handlers::http::describe(&e),
-                })
-            }
-        };
+        match piece {
+            Ok(Some(bytes)) => Ok((parser.push(&bytes)?, false)),
+            Ok(None) => Ok((last_steps(parser, answer)?, true)),
+            Err(e) => Err(LlmError::Cut {
+                tokens: answer.tokens,
+                reason: crate::handlers::http::describe(&e),
+            }),
+        }
+    }
+
+    /// Adds parsed steps to `answer`, sending each token to `sink`; whether the stream is done.
+    async fn take_steps(
+        &self,
+        steps: Vec<Step>,
+        answer: &mut Answer,
+        sink: &ChunkSink,
+        sent: Instant,
+    ) -> Result<bool, LlmError> {
+        let mut done = false;
         for step in steps {
             if let Some(text) = step.text {
                 if answer.tokens == 0 {
@@ -184,7 +228,7 @@ pub async fn generate(
                 answer.content.push_str(&text);
                 tokio::select! {
                     () = sink.send(text) => {}
-                    () = cancel.cancelled() => return Err(LlmError::Cancelled),
+                    () = self.cancel.cancelled() => return Err(LlmError::Cancelled),
                 }
             }
             if step.finish_reason.is_some() {
@@ -195,8 +239,22 @@ pub async fn generate(
             }
             done |= step.done;
         }
+        Ok(done)
     }
-    Ok(answer)
+}
+
+/// The steps left in the parser when the body ends; the stream must have finished by then.
+fn last_steps(parser: &mut StreamParser, answer: &Answer) -> Result<Vec<Step>, LlmError> {
+    let steps: Vec<_> = parser.finish()?.into_iter().collect();
+    let finished =
+        steps.iter().any(|s| s.done || s.finish_reason.is_some()) || answer.finish_reason.is_some();
+    if !finished {
+        return Err(LlmError::Cut {
+            tokens: answer.tokens,
+            reason: "the body ended without the final message".into(),
+        });
+    }
+    Ok(steps)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! (stdout and stderr, interleaved by line) is streamed as chunks and capped (default 1 MiB, the
 //! result says `truncated`). This module must never run a command the policy does not allow.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use async_trait::async_trait;
@@ -15,77 +14,9 @@ use tokio::sync::mpsc;
 
 use super::{Handler, HandlerError, JobContext};
 
-/// Characters that make a command more than one simple command; refused when an allowlist is set.
-const SHELL_CONTROL: &[char] = &[';', '&', '|', '`', '$', '<', '>', '\n', '(', ')'];
+mod policy;
 
-/// What the node allows.
-#[derive(Debug, Clone)]
-pub struct ShellPolicy {
-    pub enabled: bool,
-    /// When not empty, the command's first word must be one of these, and the command must be a
-    /// single simple command (no `;`, `&`, `|`, `$`, backquotes, redirections or subshells).
-    pub allow: Vec<String>,
-    /// When set, `payload.passcode` must equal it.
-    pub passcode: Option<String>,
-    /// The working directory of every command (created mode 0700).
-    pub workspace: PathBuf,
-    /// The most output bytes kept and streamed.
-    pub max_output: usize,
-}
-
-impl Default for ShellPolicy {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            allow: Vec::new(),
-            passcode: None,
-            workspace: std::env::temp_dir().join("citadel-workspace"),
-            max_output: 1024 * 1024,
-        }
-    }
-}
-
-impl ShellPolicy {
-    /// Whether `command` (with the payload's `passcode`) may run; the error says why not.
-    pub fn check(&self, command: &str, passcode: Option<&str>) -> Result<(), HandlerError> {
-        if !self.enabled {
-            return Err(HandlerError::permanent(
-                "shell_command is disabled on this node",
-            ));
-        }
-        if let Some(expected) = &self.passcode {
-            let given = passcode.unwrap_or("");
-            // Compare without stopping early, so timing says nothing about the passcode.
-            let same = given.len() == expected.len()
-                && given
-                    .bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            if !same {
-                return Err(HandlerError::permanent(
-                    "shell_command: wrong or missing passcode",
-                ));
-            }
-        }
-        if !self.allow.is_empty() {
-            let program = command.split_whitespace().next().unwrap_or("");
-            if !self.allow.iter().any(|a| a == program) {
-                return Err(HandlerError::permanent(format!(
-                    "shell_command: `{program}` is not in this node's allowlist ({})",
-                    self.allow.join(", ")
-                )));
-            }
-            if command.contains(SHELL_CONTROL) {
-                return Err(HandlerError::permanent(
-                    "shell_command: with an allowlist, only a single simple command is allowed \
-                     (no ; & | $ ` < > ( ) or newlines)",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+pub use policy::ShellPolicy;
 
 #[derive(Debug)]
 pub struct ShellHandler {
@@ -114,8 +45,31 @@ impl Handler for ShellHandler {
             ctx.job.payload.get("passcode").and_then(Value::as_str),
         )?;
         create_workspace(&self.policy.workspace)?;
+        let mut child = self.spawn(command, ctx.job.id.as_str())?;
+        let output = self.collect(&mut child, ctx).await?;
+        let status = match output.status {
+            Some(s) => s,
+            None => child.wait().await,
+        }
+        .map_err(|e| {
+            HandlerError::retryable(format!("shell_command: waiting for the command: {e}"))
+        })?;
+        outcome(status, output.text, output.truncated)
+    }
+}
 
-        let mut child = tokio::process::Command::new("/bin/sh")
+/// What a command printed (up to the cap), and its exit status if it was seen while reading.
+struct Output {
+    text: String,
+    truncated: bool,
+    status: Option<std::io::Result<std::process::ExitStatus>>,
+}
+
+impl ShellHandler {
+    /// Starts `/bin/sh -c command` in the workspace, in its own process group, with a scrubbed
+    /// environment and both output pipes captured.
+    fn spawn(&self, command: &str, job_id: &str) -> Result<tokio::process::Child, HandlerError> {
+        tokio::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
             .current_dir(&self.policy.workspace)
@@ -126,7 +80,7 @@ impl Handler for ShellHandler {
             )
             .env("HOME", &self.policy.workspace)
             .env("LANG", "C.UTF-8")
-            .env("CITADEL_JOB_ID", ctx.job.id.as_str())
+            .env("CITADEL_JOB_ID", job_id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -135,7 +89,16 @@ impl Handler for ShellHandler {
             .spawn()
             .map_err(|e| {
                 HandlerError::retryable(format!("shell_command: cannot start /bin/sh: {e}"))
-            })?;
+            })
+    }
+
+    /// Streams the command's lines as chunks (keeping at most `max_output` bytes) until both
+    /// pipes close; kills the process group when the command exits or the job is cancelled.
+    async fn collect(
+        &self,
+        child: &mut tokio::process::Child,
+        ctx: &JobContext,
+    ) -> Result<Output, HandlerError> {
         let group = child
             .id()
             .and_then(|id| rustix::process::Pid::from_raw(id as i32));
@@ -144,30 +107,31 @@ impl Handler for ShellHandler {
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
             }
         };
-
         let (tx, mut lines) = mpsc::channel::<String>(256);
         let readers = [
             tokio::spawn(read_lines(child.stdout.take().expect("piped"), tx.clone())),
             tokio::spawn(read_lines(child.stderr.take().expect("piped"), tx)),
         ];
-        let mut output = String::new();
-        let mut truncated = false;
-        let mut status = None;
+        let mut out = Output {
+            text: String::new(),
+            truncated: false,
+            status: None,
+        };
         loop {
             tokio::select! {
                 line = lines.recv() => match line {
                     Some(line) => {
-                        if output.len() + line.len() > self.policy.max_output {
-                            truncated = true;
+                        if out.text.len() + line.len() > self.policy.max_output {
+                            out.truncated = true;
                             continue;
                         }
-                        output.push_str(&line);
+                        out.text.push_str(&line);
                         ctx.chunks.send(line).await;
                     }
                     None => break,
                 },
-                s = child.wait(), if status.is_none() => {
-                    status = Some(s);
+                s = child.wait(), if out.status.is_none() => {
+                    out.status = Some(s);
                     // Whatever the command left running in the background goes with it, so the
                     // pipes close and the job ends.
                     kill_group();
@@ -181,41 +145,42 @@ impl Handler for ShellHandler {
                 }
             }
         }
-        let status = match status {
-            Some(s) => s,
-            None => child.wait().await,
-        }
-        .map_err(|e| {
-            HandlerError::retryable(format!("shell_command: waiting for the command: {e}"))
-        })?;
-        let code = status.code().unwrap_or(-1);
-        if status.success() {
-            Ok(json!({"output": output, "exit_code": code, "truncated": truncated}))
-        } else {
-            let tail: String = output
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            Err(HandlerError::permanent(format!(
-                "shell_command: exited with {}{}",
-                if code >= 0 {
-                    format!("status {code}")
-                } else {
-                    "a signal".into()
-                },
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            )))
-        }
+        Ok(out)
     }
+}
+
+/// The job's result: the output on success, else the exit status and the output's last lines.
+fn outcome(
+    status: std::process::ExitStatus,
+    output: String,
+    truncated: bool,
+) -> Result<Value, HandlerError> {
+    let code = status.code().unwrap_or(-1);
+    if status.success() {
+        return Ok(json!({"output": output, "exit_code": code, "truncated": truncated}));
+    }
+    let tail: String = output
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(HandlerError::permanent(format!(
+        "shell_command: exited with {}{}",
+        if code >= 0 {
+            format!("status {code}")
+        } else {
+            "a signal".into()
+        },
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    )))
 }
 
 async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {

@@ -15,5 +15,6 @@ mod journal_cli;
 mod nexus;
 mod node;
 mod platform;
+mod power_loss;
 mod websocket;
 mod worker;

@@ -10,6 +10,7 @@ mod block;
 mod codec;
 mod commit;
 mod compact;
+pub mod durable;
 mod error;
 mod event;
 mod journal;

@@ -2,11 +2,13 @@
 //! [`CHILD_ENV`] set) writes through a store and prints every write that was answered; the parent
 //! SIGKILLs it at a varying moment, drops LazyFS's unsynced cache (the power failure), re-mounts
 //! and checks that every answered write is there. One suite per store: the journal
-//! ([`journal`]) and the control plane's store ([`store`]).
+//! ([`journal`]) and the control plane's store ([`store`]); and end to end, a real worker
+//! ([`worker`]).
 
 mod journal;
 mod lazyfs;
 mod store;
+mod worker;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

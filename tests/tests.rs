@@ -11,6 +11,7 @@ mod auto;
 mod bench;
 mod broken_pipe;
 mod conformance;
+mod disk_full;
 mod journal_cli;
 mod nexus;
 mod node;

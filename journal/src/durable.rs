@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// What the last sync saw: the length of every file in a subfolder, and the names in each folder.
@@ -29,6 +30,10 @@ struct Seen {
 pub struct DurableDir {
     dir: PathBuf,
     seen: Mutex<Seen>,
+    /// Calls of [`DurableDir::sync`] so far, and how many of them a finished sync covered: a
+    /// sync that starts after a call began covers it, so concurrent callers share one.
+    requested: AtomicU64,
+    covered: AtomicU64,
 }
 
 impl DurableDir {
@@ -41,6 +46,8 @@ impl DurableDir {
         let durable = Self {
             dir: dir.to_path_buf(),
             seen: Mutex::new(Seen::default()),
+            requested: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
         };
         durable.sync()?;
         Ok(durable)
@@ -50,10 +57,22 @@ impl DurableDir {
         &self.dir
     }
 
-    /// Makes everything written to the folder so far durable. Concurrent calls take turns; each
-    /// covers every write that came before it.
+    /// Makes everything written to the folder so far durable. Concurrent calls share the work:
+    /// one that finds its writes covered by a sync that started after it was called returns at
+    /// once (group commit for stores without their own, like the control plane's).
     pub fn sync(&self) -> io::Result<()> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.requested.load(Ordering::SeqCst);
+        self.sync_all(&mut seen)?;
+        self.covered.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn sync_all(&self, seen: &mut Seen) -> io::Result<()> {
         let mut top_files = Vec::new();
         let mut folders = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -67,13 +86,13 @@ impl DurableDir {
         }
         // Written-once files first, so that no synced log points at a blob that is not.
         for folder in &folders {
-            sync_sub_files(&mut seen, folder)?;
+            sync_sub_files(seen, folder)?;
         }
         for file in &top_files {
             sync_file(file)?;
         }
         for folder in folders.iter().chain([&self.dir]) {
-            sync_folder_if_changed(&mut seen, folder)?;
+            sync_folder_if_changed(seen, folder)?;
         }
         Ok(())
     }

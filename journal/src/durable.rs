@@ -140,3 +140,37 @@ fn sync_file(path: &Path) -> io::Result<()> {
 fn sync_folder(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncs_new_and_grown_files_and_shares_concurrent_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(store.join("blobs")).unwrap();
+        std::fs::write(store.join("db"), b"log").unwrap();
+        let durable = std::sync::Arc::new(DurableDir::open(&store).unwrap());
+        std::fs::write(store.join("blobs/1"), b"blob").unwrap();
+        durable.sync().unwrap();
+        let blob = store.join("blobs/1");
+        assert_eq!(lock_seen(&durable).sub_files.get(&blob), Some(&4));
+        std::fs::remove_file(&blob).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let durable = durable.clone();
+                std::thread::spawn(move || durable.sync().unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(lock_seen(&durable).sub_files.is_empty());
+        assert_eq!(durable.covered.load(Ordering::SeqCst), 10);
+    }
+
+    fn lock_seen(d: &DurableDir) -> std::sync::MutexGuard<'_, Seen> {
+        d.seen.lock().unwrap()
+    }
+}

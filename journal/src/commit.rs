@@ -59,6 +59,9 @@ struct Shared {
     requests: (Mutex<Requests>, Condvar),
     flushed: watch::Sender<Flushed>,
     last_error: Mutex<String>,
+    /// The first write or flush that failed (sticky: sled's errors are, until the store is
+    /// reopened).
+    failure: watch::Sender<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,7 @@ impl GroupCommit {
             requests: (Mutex::new(Requests::default()), Condvar::new()),
             flushed,
             last_error: Mutex::new(String::new()),
+            failure: watch::channel(None).0,
         });
         let thread = {
             let shared = shared.clone();
@@ -148,6 +152,11 @@ impl GroupCommit {
         } else {
             Err(JournalError::Flush(lock(&self.shared.last_error).clone()))
         }
+    }
+
+    /// The first failed write or flush, if one failed; it never clears.
+    pub(crate) fn subscribe_failure(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failure.subscribe()
     }
 
     /// Asks the flusher to make everything through `seq` durable, without waiting for it.
@@ -242,6 +251,13 @@ impl Shared {
             Err(e) => {
                 tracing::error!(error = %e, "journal write or flush failed");
                 *lock(&self.last_error) = e.to_string();
+                self.failure.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e.to_string());
+                    }
+                    first
+                });
                 let target = self.buffered.load(Ordering::SeqCst);
                 self.flushed
                     .send_modify(|f| f.failed_through = f.failed_through.max(target));

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::codec;
 use crate::commit::GroupCommit;
 use crate::compact::removal_ops;
-use crate::error::Result;
+use crate::error::{JournalError, Result};
 use crate::event::{now_ms, EventKind, JobEvent, NewEvent};
 use crate::live::{Live, Tracked};
 use crate::read::{events_at, Events};
@@ -194,8 +194,13 @@ impl Journal {
     }
 
     /// Appends `event` without waiting for the disk; see the module docs for when it is durable.
+    /// Refused once a write or flush failed ([`Journal::subscribe_failure`]): nothing is kept in
+    /// memory that could not be made durable.
     pub fn append_buffered(&self, event: NewEvent) -> Result<JobEvent> {
         let inner = &*self.inner;
+        if let Some(why) = inner.commit.subscribe_failure().borrow().clone() {
+            return Err(JournalError::Flush(why));
+        }
         let mut guard = inner.live.lock().expect("journal lock poisoned");
         let live = &mut *guard;
         let stored = JobEvent {
@@ -225,6 +230,12 @@ impl Journal {
         live.events += 1;
         inner.appended.send_replace(stored.seq);
         Ok(stored)
+    }
+
+    /// The first write or flush that failed (`None` while all succeed). It never clears: the
+    /// store's errors are sticky until the journal is reopened, so a worker stops (fail-stop).
+    pub fn subscribe_failure(&self) -> watch::Receiver<Option<String>> {
+        self.inner.commit.subscribe_failure()
     }
 
     /// Returns once every event appended so far is durable.

@@ -4,12 +4,15 @@
 //! which `citadel journal` reads a running worker's journal ([`remote`]).
 //!
 //! The storage engine (sled 0.34) stays inside [`store`]; nothing in the public API names it.
+//! [`durable`] is the one helper that makes a store's files survive a power failure (the control
+//! plane's store uses it too).
 //! This crate must never talk to a transport: the runtime journals first, then settles.
 
 mod block;
 mod codec;
 mod commit;
 mod compact;
+pub mod durable;
 mod error;
 mod event;
 mod journal;

@@ -8,6 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::block::{block_key, seq_of_block_key, BLOCK_PREFIX};
+use crate::durable::DurableDir;
 use crate::error::{JournalError, Result};
 
 /// Where sled keeps the high-water mark of sequence numbers, so they are never reused even when
@@ -22,6 +23,7 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub(crate) struct Store {
     db: sled::Db,
     path: PathBuf,
+    durable: std::sync::Arc<DurableDir>,
 }
 
 impl std::fmt::Debug for Store {
@@ -98,9 +100,11 @@ impl Store {
                 other => storage(path, other),
             })?;
         restrict_files(path);
+        let durable = DurableDir::open(path).map_err(|e| storage(path, e))?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
+            durable: std::sync::Arc::new(durable),
         })
     }
 
@@ -122,12 +126,16 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every write so far durable (one fsync for everything written since the last flush).
+    /// Makes every write so far durable: sled's flush, then `fdatasync` of the files it wrote
+    /// ([`DurableDir::sync`]); once per group commit, for everything written since the last one.
     pub(crate) fn flush(&self) -> Result<()> {
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| JournalError::Flush(e.to_string()))
+            .map_err(|e| JournalError::Flush(e.to_string()))?;
+        self.durable
+            .sync()
+            .map_err(|e| JournalError::Flush(format!("syncing {}: {e}", self.path.display())))
     }
 
     /// The stored blocks, `(first seq, value)`, from the one that holds `from_seq` on.

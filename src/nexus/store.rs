@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use citadel_journal::durable::DurableDir;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -174,6 +175,8 @@ struct Mem {
 #[derive(Debug)]
 pub struct Store {
     db: sled::Db,
+    /// Makes what sled flushed survive a power failure (the journal's helper).
+    durable: std::sync::Arc<DurableDir>,
     jobs: sled::Tree,
     events: sled::Tree,
     nodes: sled::Tree,
@@ -233,6 +236,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` and rebuilds the queue from what was persisted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
+        let durable = std::sync::Arc::new(DurableDir::open(dir).map_err(sled::Error::Io)?);
         let jobs = db.open_tree("jobs")?;
         let events = db.open_tree("events")?;
         let nodes = db.open_tree("nodes")?;
@@ -260,6 +264,7 @@ impl Store {
         );
         Ok(Self {
             db,
+            durable,
             jobs,
             events,
             nodes,
@@ -273,13 +278,18 @@ impl Store {
         self.mem.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes every change so far durable. (sled's `flush_async` was seen to hang for good under
-    /// concurrent requests, so the blocking `flush` runs on the blocking pool instead.)
+    /// Makes every change so far durable, through a power failure: sled's flush, then
+    /// `fdatasync` of the files it wrote ([`DurableDir::sync`]). (sled's `flush_async` was seen to
+    /// hang for good under concurrent requests, so the blocking `flush` runs on the blocking pool
+    /// instead.)
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
+        let (db, durable) = (self.db.clone(), self.durable.clone());
+        tokio::task::spawn_blocking(move || {
+            db.flush()?;
+            durable.sync().map_err(sled::Error::Io)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
         Ok(())
     }
 

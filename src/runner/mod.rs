@@ -9,6 +9,7 @@
 
 mod admission;
 mod attempt;
+mod fail_stop;
 pub mod metrics;
 mod settle;
 mod supervise;
@@ -100,6 +101,10 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// The worker is taking jobs: its fetch loop runs and the last fetch succeeded.
     pub consuming: AtomicBool,
+    /// Why the journal cannot be written, once a write or flush failed (the worker then stops:
+    /// docs/journal.md#invariants, fail-stop).
+    #[serde(skip)]
+    pub journal_failure: std::sync::Mutex<Option<String>>,
     /// By type and outcome, durations, queue wait, leases (for `/metrics`).
     #[serde(skip)]
     pub jobs: metrics::JobMetrics,
@@ -161,11 +166,13 @@ impl Runner {
         );
         let consuming = |on: bool| shared.counters.consuming.store(on, Ordering::Relaxed);
         consuming(true);
+        let mut failure = shared.journal.subscribe_failure();
         let outcome = loop {
             while tasks.try_join_next().is_some() {}
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 () = shutdown.cancelled() => break Ok(()),
+                why = fail_stop::failed(&mut failure) => break Err(shared.fail_stop(why)),
             };
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_many_owned(1) {
@@ -174,6 +181,7 @@ impl Runner {
             let fetched = tokio::select! {
                 r = shared.source.next(permits.len()) => r,
                 () = shutdown.cancelled() => break Ok(()),
+                why = fail_stop::failed(&mut failure) => break Err(shared.fail_stop(why)),
             };
             match fetched {
                 Ok(items) => {

@@ -112,6 +112,9 @@ impl NodeStatus {
     /// reasons when it is not.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut why = Vec::new();
+        if let Some(failure) = self.journal_failure() {
+            why.push(failure);
+        }
         if !self.counters.consuming.load(Ordering::Relaxed) {
             why.push("the worker is not consuming jobs".to_string());
         }
@@ -132,6 +135,15 @@ impl NodeStatus {
         } else {
             Err(why)
         }
+    }
+
+    /// Why the journal cannot be written, once that happened (the worker is stopping).
+    fn journal_failure(&self) -> Option<String> {
+        self.counters
+            .journal_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The status message (docs/wire-format.md#heartbeat).
@@ -192,6 +204,7 @@ impl NodeStatus {
                 "dead_lettered": load(&c.dead_lettered),
                 "deduplicated": load(&c.deduplicated),
                 "released": load(&c.released),
+                "journal_failure": self.journal_failure(),
             },
             "transport": {
                 "active": route.active,

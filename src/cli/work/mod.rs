@@ -229,6 +229,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     socket.abort();
     retention.abort();
+    fail_stop_exit(&journal, &result);
     journal.sync().await.context("flushing the journal")?;
     if let Some(plane) = embedded {
         plane
@@ -339,6 +340,23 @@ async fn work(
         s.stop().await;
     }
     result
+}
+
+/// Fail-stop: after a failed journal write the runner has drained and returns its error; exit at
+/// once with it. Dropping the store is not an option: sled 0.34 flushes when its last handle
+/// drops and waits forever for a log write that failed.
+fn fail_stop_exit(journal: &Journal, result: &anyhow::Result<()>) {
+    if journal.subscribe_failure().borrow().is_none() {
+        return;
+    }
+    match result {
+        Err(e) => eprintln!("error: {e:#}"),
+        Ok(()) => eprintln!(
+            "error: the journal at {} cannot be written",
+            journal.path().display()
+        ),
+    }
+    std::process::exit(1);
 }
 
 /// First SIGTERM/SIGINT: drain. Second: flush what the journal has and exit at once.

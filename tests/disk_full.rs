@@ -1,0 +1,95 @@
+//! Fail-stop on a full disk: a worker whose journal folder is a 3 MiB tmpfs takes jobs with
+//! 100 KB payloads until a journal write fails; it must then stop taking work, hand back what it
+//! claimed, log one clear error and exit non-zero, while a second, healthy worker completes every
+//! job, none running more than twice. Needs root (mount); under `CI=true` a failed mount is a
+//! failure, elsewhere the test is skipped with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use citadel_harness::redis::Server;
+
+use crate::support::worker::{events, submit, Worker};
+
+const JOBS: usize = 60;
+
+/// A tmpfs mounted for the test's lifetime.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Self(dir.to_path_buf())),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mounting a tmpfs is required under CI=true: {why}"
+        );
+        eprintln!("disk_full: skipped: cannot mount a tmpfs ({why})");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_full_journal_stops_and_a_healthy_one_finishes_every_job() {
+    let full = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&full.path().join("journal"), "3m") else {
+        return;
+    };
+    let server = Server::start().await;
+    let mut c = server.conn().await;
+    let ids: Vec<String> = (0..JOBS).map(|i| format!("full-{i}")).collect();
+    let text = "p".repeat(100_000);
+    for id in &ids {
+        submit(&mut c, id, "echo", serde_json::json!({ "text": text })).await;
+    }
+    let mut a = Worker::start(&server, full.path(), &["--concurrency", "4"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healthy = tempfile::tempdir().unwrap();
+    let _b = Worker::start(&server, healthy.path(), &["--node-name", "node-b"]);
+
+    let status = a.wait_exit(Duration::from_secs(60));
+    let logs = a.logs();
+    assert!(!status.success(), "the full worker exited 0\n{logs}");
+    assert!(
+        logs.contains("cannot be written") && logs.contains("left on its file system"),
+        "no clear error in the full worker's log\n{logs}"
+    );
+    let started = Instant::now();
+    for id in &ids {
+        loop {
+            let evs = events(&mut c, id).await;
+            let runs = evs.iter().filter(|e| e["type"] == "start").count();
+            assert!(runs <= 2, "{id} ran {runs} times");
+            if evs.iter().any(|e| e["type"] == "end") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{id} never completed; events {:?}\nfull worker:\n{logs}",
+                evs.iter().map(|e| e["type"].clone()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

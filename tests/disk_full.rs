@@ -1,8 +1,9 @@
 //! Fail-stop on a full disk: a worker whose journal folder is a 3 MiB tmpfs takes jobs with
 //! 100 KB payloads until a journal write fails; it must then stop taking work, hand back what it
 //! claimed, log one clear error and exit non-zero, while a second, healthy worker completes every
-//! job, none running more than twice. Needs root (mount); under `CI=true` a failed mount is a
-//! failure, elsewhere the test is skipped with the reason.
+//! job, none running more than twice. A control plane whose store fills answers 503 (the write
+//! was not made durable; a retry can succeed), never 500 and never a success. Needs root (mount);
+//! under `CI=true` a failed mount is a failure, elsewhere the test is skipped with the reason.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use citadel_harness::redis::Server;
 
+use crate::support::plane::Plane;
 use crate::support::worker::{events, submit, Worker};
 
 const JOBS: usize = 60;
@@ -91,5 +93,32 @@ async fn a_worker_with_a_full_journal_stops_and_a_healthy_one_finishes_every_job
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[test]
+fn a_control_plane_with_a_full_disk_answers_503_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nexus");
+    let Some(_tmpfs) = Tmpfs::mount(&data, "4m") else {
+        return;
+    };
+    let plane = Plane::start(&data);
+    let text = "p".repeat(200_000);
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let body = serde_json::json!({"type": "echo", "payload": {"text": text}}).to_string();
+        let r = plane.call("POST", "/api/v1/jobs", Some(&body));
+        if r.status != 201 && r.status != 200 {
+            break r;
+        }
+        acknowledged.push(r.json()["id"].as_str().unwrap().to_string());
+        assert!(acknowledged.len() < 200, "a 4 MiB store took 40 MB of jobs");
+    };
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("storage"), "{}", refused.body);
+    for id in &acknowledged {
+        let r = plane.call("GET", &format!("/api/v1/jobs/{id}"), None);
+        assert_eq!(r.status, 200, "{id}: {}", r.body);
     }
 }

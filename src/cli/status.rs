@@ -148,6 +148,9 @@ fn print_worker(m: &Value) {
         count(&w["retried"]),
         count(&w["dead_lettered"])
     );
+    if let Some(failure) = w["journal_failure"].as_str() {
+        println!("journal    FAILED, taking no work: {failure}");
+    }
 }
 
 fn print_system(sys: &Value) {

@@ -77,9 +77,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Exists(_) | StoreError::LeaseLost(_) => StatusCode::CONFLICT,
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            // The write could not be made durable (disk full, I/O error): nothing was
+            // acknowledged, and the same request may succeed once the disk has room again.
             StoreError::Storage(_) => {
                 tracing::error!(error = %e, "control plane storage error");
-                StatusCode::INTERNAL_SERVER_ERROR
+                StatusCode::SERVICE_UNAVAILABLE
             }
         };
         Self(status, e.to_string())

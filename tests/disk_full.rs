@@ -122,3 +122,63 @@ fn a_control_plane_with_a_full_disk_answers_503_and_keeps_what_it_acknowledged()
         assert_eq!(r.status, 200, "{id}: {}", r.body);
     }
 }
+
+/// While a fail-stopped worker drains (a long job still running), it reports why it is not
+/// ready: `/readyz` answers 503 with the journal failure, and `citadel status` prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_stopped_worker_reports_not_ready_with_the_reason_while_it_drains() {
+    let full = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&full.path().join("journal"), "3m") else {
+        return;
+    };
+    let server = Server::start().await;
+    let mut c = server.conn().await;
+    submit(&mut c, "long", "sleep", serde_json::json!({"ms": 20_000})).await;
+    let text = "p".repeat(100_000);
+    for i in 0..40 {
+        submit(
+            &mut c,
+            &format!("big-{i}"),
+            "echo",
+            serde_json::json!({ "text": text }),
+        )
+        .await;
+    }
+    let port = crate::support::plane::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut a = Worker::start(
+        &server,
+        full.path(),
+        &["--concurrency", "4", "--status-listen", &listen],
+    );
+    let readyz = format!("http://{listen}/readyz");
+    let http = citadel::handlers::http_client(Duration::from_secs(2)).unwrap();
+    let started = Instant::now();
+    let why = loop {
+        if let Ok(r) = http.get(&readyz).send().await {
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if status == 503 && body.contains("cannot be written") {
+                break body;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/readyz never reported the journal failure\n{}",
+            a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains("left on its file system"), "{why}");
+    let out = Command::new(env!("CARGO_BIN_EXE_citadel"))
+        .arg("--data-dir")
+        .arg(full.path())
+        .arg("status")
+        .env_remove("CITADEL_DATA_DIR")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("journal    FAILED"), "{shown}");
+    let status = a.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the fail-stopped worker exited 0");
+}

@@ -1,14 +1,18 @@
 //! One handler run under supervision: the handler gets a cancellation token that fires on the
 //! producer's cancellation (polled every `cancel_poll`), the deadline, a lost lease or the drain
 //! timeout; the lease is extended meanwhile, chunks are relayed in order as `chunk` events and
-//! checkpointed in the journal. It returns the handler's outcome and why it was stopped; it
+//! checkpointed in the journal. A handler that panics has failed its attempt (a retryable error
+//! naming the panic), like any other failure: the job gets its terminal event and settlement,
+//! and the worker keeps working. It returns the handler's outcome and why it was stopped; it
 //! never settles the delivery (that is [`super::attempt`]'s, after the outcome is journaled).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use citadel_journal::EventKind;
 use citadel_transports::{EventData, Job, Lease, Receipt};
+use futures_util::FutureExt as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +69,9 @@ impl Shared {
         let run = async {
             let guarded = async {
                 tokio::select! {
-                    r = handler.run(&ctx) => r,
+                    r = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => {
+                        r.unwrap_or_else(|panic| Err(panicked(job, panic.as_ref())))
+                    }
                     () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
                         Err(HandlerError::retryable("the handler did not stop after cancellation"))
                     }
@@ -142,4 +148,16 @@ impl Shared {
         let why = *stop.lock().expect("poisoned");
         (result, why)
     }
+}
+
+/// A handler's panic as the failure of its attempt: retryable, since a panic can come from a
+/// passing state (a GPU out of memory); the attempts limit dead-letters a job that always panics.
+fn panicked(job: &Job, panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    tracing::error!(job_id = %job.id, attempt = job.attempt, panic = what, "the handler panicked");
+    HandlerError::retryable(format!("the handler panicked: {what}"))
 }

@@ -38,6 +38,17 @@ impl Handler for Counting {
     }
 }
 
+/// Panics on every run.
+#[derive(Debug)]
+struct Panicking;
+
+#[async_trait::async_trait]
+impl Handler for Panicking {
+    async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
+        panic!("boom in {}", ctx.job.id)
+    }
+}
+
 struct Worker {
     source: Arc<WebSocketSource>,
     counters: Arc<Counters>,
@@ -59,6 +70,7 @@ async fn worker(
     if let Some(h) = counting {
         registry.register("count", h);
     }
+    registry.register("panic", Arc::new(Panicking));
     let mut config = RunnerConfig::new("node-ws", "runner-1");
     config.concurrency = 4;
     config.lease = lease;
@@ -273,4 +285,39 @@ fn citadel_work_takes_jobs_over_the_websocket() {
     )
     .unwrap();
     assert!(worker.wait().unwrap().success());
+}
+
+/// A handler that panics has failed its attempt: an `error` event naming the panic, a retry, the
+/// dead-letter queue after its attempts, and the worker goes on working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_handler_fails_its_attempts_and_the_worker_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let w = worker(
+        &p,
+        &tmp.path().join("journal"),
+        Duration::from_secs(1),
+        None,
+    )
+    .await;
+    p.submit(json!({"id": "p1", "type": "panic", "payload": {"maxAttempts": 2}}));
+    let r = until_state(&p, "p1", "dead", Duration::from_secs(20)).await;
+    assert_eq!(r["attempts"], 2, "{r}");
+    assert_eq!(
+        sse_types(&p, "p1"),
+        ["claimed", "start", "error", "claimed", "start", "error"]
+    );
+    let errors = r["errors"].to_string();
+    assert!(errors.contains("the handler panicked: boom in p1"), "{r}");
+    p.submit(json!({"id": "after", "type": "echo", "payload": {"msg": "still here"}}));
+    let r = until_state(&p, "after", "succeeded", Duration::from_secs(20)).await;
+    assert_eq!(r["result"], json!({"msg": "still here"}));
+    assert_eq!(
+        w.counters
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    w.shutdown.cancel();
+    w.task.await.unwrap().unwrap();
 }

@@ -4,9 +4,9 @@
 //!
 //! The child is this same test binary, re-run with `CRASH_WRITER_DIR` set (see `crash_writer`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
 
 use citadel_journal::{EventKind, Journal, JournalOptions, NewEvent};
 use citadel_transports::{Job, JobId};
@@ -77,45 +77,22 @@ fn every_returned_append_survives_sigkill() {
     let exe = std::env::current_exe().unwrap();
     let mut total = 0usize;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_writer",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = Instant::now();
-        while rx
-            .recv_timeout(Duration::from_secs(30))
-            .map(|l| l != "ready")
-            .unwrap_or(false)
-        {
-            assert!(
-                ready.elapsed() < Duration::from_secs(30),
-                "round {round}: the writer never started"
-            );
-        }
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "--exact",
+            "crash_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ENV, &path);
         // Kill somewhere between 20 and 320 ms into the writing.
-        std::thread::sleep(Duration::from_millis(20 + (round as u64 * 97) % 300));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        let lines: Vec<String> = rx.try_iter().filter(|l| l.starts_with("ok ")).collect();
+        let kill_after = Duration::from_millis(20 + (round as u64 * 97) % 300);
+        let lines = citadel_harness::child::run_and_kill(
+            cmd,
+            &format!("round {round}'s writer"),
+            kill_after,
+        );
 
         let (journal, report) = Journal::open(&path, JournalOptions::inspect()).unwrap();
         assert!(

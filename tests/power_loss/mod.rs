@@ -10,10 +10,9 @@ mod lazyfs;
 mod store;
 mod worker;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Set in the child: `<suite> <folder>`.
 const CHILD_ENV: &str = "CITADEL_POWER_LOSS_CHILD";
@@ -40,39 +39,11 @@ fn child() {
 /// Runs the child writing into `dir`, SIGKILLs it `kill_after` after it is ready, and returns
 /// the lines it printed that start with `ok `.
 fn run_child(suite: &str, dir: &Path, kill_after: Duration) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "power_loss::child", "--nocapture"])
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "power_loss::child", "--nocapture"])
         .args(["--test-threads", "1"])
-        .env(CHILD_ENV, format!("{suite} {}", dir.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let ready = Instant::now();
-    while rx
-        .recv_timeout(Duration::from_secs(30))
-        .map(|l| l != "ready")
-        .unwrap_or(false)
-    {
-        assert!(
-            ready.elapsed() < Duration::from_secs(30),
-            "the {suite} writer never started"
-        );
-    }
-    std::thread::sleep(kill_after);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    reader.join().unwrap();
-    rx.try_iter().filter(|l| l.starts_with("ok ")).collect()
+        .env(CHILD_ENV, format!("{suite} {}", dir.display()));
+    citadel_harness::child::run_and_kill(cmd, &format!("the {suite} writer"), kill_after)
 }
 
 /// A kill moment that differs from round to round (between 150 ms and 1.3 s).

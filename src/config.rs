@@ -338,7 +338,7 @@ pub const SETTINGS: &[Setting] = &[
         "worker.journal.max_size",
         Some("--journal-max-size"),
         Some("CITADEL_JOURNAL_MAX_SIZE"),
-        "unbounded",
+        "(unbounded)",
     ),
     row(
         "worker.status_listen",

@@ -159,6 +159,11 @@ impl GroupCommit {
         self.shared.failure.subscribe()
     }
 
+    /// The first failed write or flush, if one happened (read without subscribing).
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.failure.borrow().clone()
+    }
+
     /// Asks the flusher to make everything through `seq` durable, without waiting for it.
     pub(crate) fn request(&self, seq: u64) {
         let (lock, cv) = &self.shared.requests;

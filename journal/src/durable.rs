@@ -53,10 +53,6 @@ impl DurableDir {
         Ok(durable)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Makes everything written to the folder so far durable. Concurrent calls share the work:
     /// one that finds its writes covered by a sync that started after it was called returns at
     /// once (group commit for stores without their own, like the control plane's).
@@ -75,9 +71,11 @@ impl DurableDir {
     fn sync_all(&self, seen: &mut Seen) -> io::Result<()> {
         let mut top_files = Vec::new();
         let mut folders = Vec::new();
+        let mut top_names = HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let kind = entry.file_type()?;
+            top_names.insert(entry.path());
             if kind.is_dir() {
                 folders.push(entry.path());
             } else if kind.is_file() {
@@ -85,29 +83,36 @@ impl DurableDir {
             }
         }
         // Written-once files first, so that no synced log points at a blob that is not.
-        for folder in &folders {
-            sync_sub_files(seen, folder)?;
+        let mut listed = Vec::with_capacity(folders.len() + 1);
+        for folder in folders {
+            let names = sync_sub_files(seen, &folder)?;
+            listed.push((folder, names));
         }
         for file in &top_files {
             sync_file(file)?;
         }
-        for folder in folders.iter().chain([&self.dir]) {
-            sync_folder_if_changed(seen, folder)?;
+        listed.push((self.dir.clone(), top_names));
+        for (folder, names) in listed {
+            sync_folder_if_changed(seen, folder, names)?;
         }
         Ok(())
     }
 }
 
-fn sync_sub_files(seen: &mut Seen, folder: &Path) -> io::Result<()> {
+/// Syncs the files of `folder` that are new or grew since the last sync; returns what the folder
+/// holds (one listing serves the files and the folder's own check).
+fn sync_sub_files(seen: &mut Seen, folder: &Path) -> io::Result<HashSet<PathBuf>> {
+    let mut names = HashSet::new();
     for entry in std::fs::read_dir(folder)? {
         let entry = entry?;
+        let path = entry.path();
+        names.insert(path.clone());
         let meta = match entry.metadata() {
             Ok(m) if m.is_file() => m,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
             Err(e) => return Err(e),
         };
-        let path = entry.path();
         if seen.sub_files.get(&path) != Some(&meta.len()) {
             match sync_file(&path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -116,17 +121,20 @@ fn sync_sub_files(seen: &mut Seen, folder: &Path) -> io::Result<()> {
             seen.sub_files.insert(path, meta.len());
         }
     }
-    seen.sub_files.retain(|p, _| p.exists());
-    Ok(())
+    seen.sub_files
+        .retain(|p, _| p.parent() != Some(folder) || names.contains(p));
+    Ok(names)
 }
 
-fn sync_folder_if_changed(seen: &mut Seen, folder: &Path) -> io::Result<()> {
-    let names: HashSet<PathBuf> = std::fs::read_dir(folder)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    if seen.entries.get(folder) != Some(&names) {
-        sync_folder(folder)?;
-        seen.entries.insert(folder.to_path_buf(), names);
+/// `fsync` of `folder` when its names differ from the last sync's.
+fn sync_folder_if_changed(
+    seen: &mut Seen,
+    folder: PathBuf,
+    names: HashSet<PathBuf>,
+) -> io::Result<()> {
+    if seen.entries.get(&folder) != Some(&names) {
+        sync_folder(&folder)?;
+        seen.entries.insert(folder, names);
     }
     Ok(())
 }

@@ -198,7 +198,7 @@ impl Journal {
     /// memory that could not be made durable.
     pub fn append_buffered(&self, event: NewEvent) -> Result<JobEvent> {
         let inner = &*self.inner;
-        if let Some(why) = inner.commit.subscribe_failure().borrow().clone() {
+        if let Some(why) = inner.commit.failure() {
             return Err(JournalError::Flush(why));
         }
         let mut guard = inner.live.lock().expect("journal lock poisoned");
@@ -236,6 +236,11 @@ impl Journal {
     /// store's errors are sticky until the journal is reopened, so a worker stops (fail-stop).
     pub fn subscribe_failure(&self) -> watch::Receiver<Option<String>> {
         self.inner.commit.subscribe_failure()
+    }
+
+    /// The first failed write or flush, if one happened: the journal refuses appends since.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.commit.failure()
     }
 
     /// Returns once every event appended so far is durable.

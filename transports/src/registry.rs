@@ -6,7 +6,6 @@
 //! connection itself.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::auto::TransportCandidate;
 use crate::nats::{NatsConfig, NatsProducer, NatsSource};
@@ -156,16 +155,6 @@ impl TransportConfig {
             Self::Nats(c) => &c.url,
             Self::WebSocket(c) => &c.url,
             Self::Nexus(c) => &c.url,
-        }
-    }
-
-    /// How long a job it delivers stays this worker's without a renewal.
-    pub fn lease(&self) -> Duration {
-        match self {
-            Self::Redis(c) => c.lease,
-            Self::Nats(c) => c.lease,
-            Self::WebSocket(c) => c.lease,
-            Self::Nexus(c) => c.lease,
         }
     }
 

@@ -346,7 +346,7 @@ async fn work(
 /// once with it. Dropping the store is not an option: sled 0.34 flushes when its last handle
 /// drops and waits forever for a log write that failed.
 fn fail_stop_exit(journal: &Journal, result: &anyhow::Result<()>) {
-    if journal.subscribe_failure().borrow().is_none() {
+    if journal.failure().is_none() {
         return;
     }
     match result {

@@ -5,52 +5,16 @@
 //! was not made durable; a retry can succeed), never 500 and never a success. Needs root (mount);
 //! under `CI=true` a failed mount is a failure, elsewhere the test is skipped with the reason.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use citadel_harness::redis::Server;
+use citadel_harness::tmpfs::Tmpfs;
 
 use crate::support::plane::Plane;
 use crate::support::worker::{events, submit, Worker};
 
 const JOBS: usize = 60;
-
-/// A tmpfs mounted for the test's lifetime.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        let why = match out {
-            Ok(o) if o.status.success() => return Some(Self(dir.to_path_buf())),
-            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mounting a tmpfs is required under CI=true: {why}"
-        );
-        eprintln!("disk_full: skipped: cannot mount a tmpfs ({why})");
-        None
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_a_full_journal_stops_and_a_healthy_one_finishes_every_job() {

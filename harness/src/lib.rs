@@ -12,3 +12,4 @@ pub mod engine;
 pub mod nats;
 mod process;
 pub mod redis;
+pub mod tmpfs;

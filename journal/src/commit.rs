@@ -58,7 +58,6 @@ struct Shared {
     written: AtomicU64,
     requests: (Mutex<Requests>, Condvar),
     flushed: watch::Sender<Flushed>,
-    last_error: Mutex<String>,
     /// The first write or flush that failed (sticky: sled's errors are, until the store is
     /// reopened).
     failure: watch::Sender<Option<String>>,
@@ -84,7 +83,6 @@ impl GroupCommit {
             written: AtomicU64::new(durable_through),
             requests: (Mutex::new(Requests::default()), Condvar::new()),
             flushed,
-            last_error: Mutex::new(String::new()),
             failure: watch::channel(None).0,
         });
         let thread = {
@@ -150,7 +148,8 @@ impl GroupCommit {
         if state.durable >= seq {
             Ok(())
         } else {
-            Err(JournalError::Flush(lock(&self.shared.last_error).clone()))
+            // `fail` records the failure before it wakes the waiters.
+            Err(JournalError::Flush(self.failure().unwrap_or_default()))
         }
     }
 
@@ -177,6 +176,12 @@ impl GroupCommit {
     /// Writes every pending event to the store now, without flushing.
     pub(crate) fn write_out(&self) -> Result<()> {
         self.shared.write_out()
+    }
+
+    /// Records a failed write or flush made outside a commit round (compaction): the journal
+    /// fails stop exactly as when a round fails.
+    pub(crate) fn fail(&self, e: &JournalError) {
+        self.shared.fail(e);
     }
 
     /// Writes every pending event and flushes, on the caller's thread.
@@ -254,21 +259,26 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "journal write or flush failed");
-                *lock(&self.last_error) = e.to_string();
-                self.failure.send_if_modified(|f| {
-                    let first = f.is_none();
-                    if first {
-                        *f = Some(e.to_string());
-                    }
-                    first
-                });
-                let target = self.buffered.load(Ordering::SeqCst);
-                self.flushed
-                    .send_modify(|f| f.failed_through = f.failed_through.max(target));
+                self.fail(&e);
                 Err(e)
             }
         }
+    }
+
+    /// A write or flush failed: the journal fails stop (appends refused from now on, waiters of
+    /// everything buffered answered with the error).
+    fn fail(&self, e: &JournalError) {
+        tracing::error!(error = %e, "journal write or flush failed");
+        self.failure.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(e.to_string());
+            }
+            first
+        });
+        let target = self.buffered.load(Ordering::SeqCst);
+        self.flushed
+            .send_modify(|f| f.failed_through = f.failed_through.max(target));
     }
 }
 

@@ -39,6 +39,15 @@ impl JournalError {
             JournalError::Corrupt { .. } | JournalError::Transition(_) => false,
         }
     }
+
+    /// True when the store itself failed to write, flush or read (the disk, not the caller): the
+    /// journal can no longer promise durability and fails stop.
+    pub(crate) fn is_store_failure(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Storage { .. } | JournalError::Corrupt { .. } | JournalError::Flush(_)
+        )
+    }
 }
 
 pub type Result<T, E = JournalError> = std::result::Result<T, E>;

@@ -321,7 +321,16 @@ impl Journal {
 
     /// Removes settled jobs by age and size (never a job still owed a settlement) and damaged
     /// entries, then flushes. Appends wait while it runs.
+    /// A failed write or flush fails the journal stop, as a failed append's flush does.
     pub fn compact(&self, policy: &RetentionPolicy) -> Result<CompactReport> {
+        self.compact_store(policy).inspect_err(|e| {
+            if e.is_store_failure() {
+                self.inner.commit.fail(e);
+            }
+        })
+    }
+
+    fn compact_store(&self, policy: &RetentionPolicy) -> Result<CompactReport> {
         let inner = &*self.inner;
         let mut live = inner.live.lock().expect("journal lock poisoned");
         // Everything queued goes into the store first, so the blocks hold every event.

@@ -277,3 +277,39 @@ fn journal_files_are_private() {
         }
     }
 }
+
+/// Compaction on a full disk: its write or flush fails, and the journal fails stop at once, as an
+/// append's failed flush does (appends refused, `failure()` says why), rather than going on
+/// with a store whose state it no longer knows. Needs root (a tmpfs).
+#[tokio::test]
+async fn a_compaction_that_cannot_write_fails_the_journal_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = citadel_harness::tmpfs::Tmpfs::mount(&dir.path().join("disk"), "4m") else {
+        return;
+    };
+    let (j, _) = open(&dir.path().join("disk/journal"));
+    for n in 0..200 {
+        for e in success(&format!("job-{n}")) {
+            j.append(e).await.unwrap();
+        }
+    }
+    disk.fill("filler");
+    let every_settled_job = RetentionPolicy {
+        max_age: Some(Duration::ZERO),
+        max_bytes: None,
+    };
+    let compacted = j.compact(&every_settled_job);
+    assert!(
+        compacted.is_err(),
+        "compaction wrote on a full disk: {compacted:?}"
+    );
+    let why = j
+        .failure()
+        .expect("the failed compaction fails the journal stop");
+    assert!(!why.is_empty());
+    let refused = j.append_buffered(received("late"));
+    assert!(
+        matches!(refused, Err(JournalError::Flush(_))),
+        "{refused:?}"
+    );
+}

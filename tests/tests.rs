@@ -17,5 +17,6 @@ mod nexus;
 mod node;
 mod platform;
 mod power_loss;
+mod submit;
 mod websocket;
 mod worker;

@@ -88,7 +88,7 @@ pub fn build_payload(
 pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
     let payload = build_payload(args.payload.as_deref(), &args.fields)?;
     let timeout = format::parse_duration(&args.timeout).context("--timeout")?;
-    if let Some(broker) = broker(&args) {
+    if let Some(broker) = broker(&args)? {
         let producer = broker
             .producer()
             .await
@@ -282,17 +282,32 @@ impl Job {
     }
 }
 
-/// The broker `--redis-url` or `--nats-url` names (without `--nexus-url`), as the registry's
-/// transport settings; `None` submits to a control plane.
-fn broker(args: &SubmitArgs) -> Option<TransportConfig> {
-    if args.plane.nexus_url.is_some() {
-        return None;
+/// The broker `--redis-url` or `--nats-url` names, as the registry's transport settings; `None`
+/// submits to a control plane. Naming two destinations is an error, whether a flag or its
+/// environment variable named them: a job is never sent somewhere the user did not mean.
+fn broker(args: &SubmitArgs) -> anyhow::Result<Option<TransportConfig>> {
+    let named: Vec<&str> = [
+        (
+            args.plane.nexus_url.is_some(),
+            "--nexus (CITADEL_NEXUS_URL)",
+        ),
+        (args.redis_url.is_some(), "--redis-url (CITADEL_REDIS_URL)"),
+        (args.nats_url.is_some(), "--nats-url (CITADEL_NATS_URL)"),
+    ]
+    .into_iter()
+    .filter_map(|(given, name)| given.then_some(name))
+    .collect();
+    if named.len() > 1 {
+        bail!(
+            "a job goes to one place, but {} are all set: unset all but one",
+            named.join(" and ")
+        );
     }
-    if let Some(url) = &args.redis_url {
-        return Some(TransportConfig::Redis(RedisConfig::new(url, SUBMITTER)));
-    }
-    let url = args.nats_url.as_ref()?;
-    Some(TransportConfig::Nats(NatsConfig::new(url, SUBMITTER)))
+    Ok(match (&args.redis_url, &args.nats_url) {
+        (Some(url), _) => Some(TransportConfig::Redis(RedisConfig::new(url, SUBMITTER))),
+        (_, Some(url)) => Some(TransportConfig::Nats(NatsConfig::new(url, SUBMITTER))),
+        _ => None,
+    })
 }
 
 /// The name `citadel submit` gives itself to a broker.

@@ -386,7 +386,7 @@ pub const SETTINGS: &[Setting] = &[
         "transports.redis.url",
         Some("--redis-url"),
         Some("CITADEL_REDIS_URL"),
-        "",
+        "redis://127.0.0.1:6379",
     ),
     row(
         "transports.redis.streams",
@@ -416,7 +416,7 @@ pub const SETTINGS: &[Setting] = &[
         "transports.nats.url",
         Some("--nats-url"),
         Some("CITADEL_NATS_URL"),
-        "",
+        "nats://127.0.0.1:4222",
     ),
     row(
         "transports.nats.stream",

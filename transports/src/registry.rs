@@ -42,14 +42,6 @@ impl TransportName {
         Self::ALL.into_iter().find(|n| n.as_str() == name)
     }
 
-    /// Its rank for `auto`: 0 is the best.
-    pub fn rank(self) -> usize {
-        Self::ALL
-            .iter()
-            .position(|n| *n == self)
-            .expect("every name is in ALL")
-    }
-
     /// What `citadel work --help` says of it.
     pub fn help(self) -> &'static str {
         match self {
@@ -202,9 +194,8 @@ mod tests {
     fn names_round_trip_in_rank_order() {
         let names: Vec<_> = TransportName::ALL.iter().map(|n| n.as_str()).collect();
         assert_eq!(names, ["redis", "nats", "websocket", "nexus"]);
-        for (i, n) in TransportName::ALL.into_iter().enumerate() {
+        for n in TransportName::ALL {
             assert_eq!(TransportName::parse(n.as_str()), Some(n));
-            assert_eq!(n.rank(), i);
         }
         assert_eq!(TransportName::parse("auto"), None);
         let mut sorted = TransportName::ALL;

@@ -220,7 +220,7 @@ fn redis_config(
         .redis_url
         .clone()
         .or(r.url)
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        .unwrap_or_else(|| config::default_of("transports.redis.url").to_owned());
     let mut cfg = RedisConfig::new(url, consumer.to_string());
     if !args.streams.is_empty() {
         cfg.streams = args.streams.clone();
@@ -328,7 +328,7 @@ fn nats_config(
         .nats_url
         .clone()
         .or(file.url)
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        .unwrap_or_else(|| config::default_of("transports.nats.url").to_owned());
     let mut cfg = NatsConfig::new(url, worker_id);
     if !args.nats_subjects.is_empty() {
         cfg.subjects = args.nats_subjects.clone();

@@ -1,12 +1,15 @@
-//! One delivery, start to settlement. It carries out the admission decision
-//! ([`super::admission`]): a duplicate of a job running here is handed back unjournaled; anything
-//! else is journaled first, then a job the journal shows as succeeded is acked again with its
-//! recorded result re-published and never run (docs/journal.md#invariants), a job for another
-//! node is skipped, and a job past its attempts or of an unknown type is dead-lettered without
-//! running. An admitted job the producer cancelled is not started. Otherwise the handler runs
-//! under supervision ([`super::supervise`]: cancellation, deadline, lease, drain, chunks); its
-//! outcome is journaled and settled through the one settle path. This module must never settle
-//! before journaling.
+//! One delivery, start to settlement. It holds the delivery ([`super::hold`]: its lease renewed
+//! and its end owned until the transport is done with it) and carries out the admission decision
+//! ([`super::admission`]): a delivery of a job that another delivery is working here waits at the
+//! gate ([`super::gate`]) and is then decided from the journal; a job the journal shows running
+//! with nothing here is handed back unjournaled; anything else is journaled first, then a job the
+//! journal shows as succeeded is acked again with its recorded result re-published and never run
+//! (docs/journal.md#invariants), a job the journal dead-lettered is dead-lettered again, a job for
+//! another node is skipped, and a job past its attempts or of an unknown type is dead-lettered
+//! without running. An admitted job the producer cancelled is not started, nor one whose lease
+//! cannot be confirmed. Otherwise the handler runs under supervision ([`super::supervise`]:
+//! cancellation, deadline, fence, drain, chunks); its outcome is journaled and settled through
+//! the one settle path. This module must never settle before journaling.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Facts, Verdict};
+use super::hold::{Fenced, Hold};
 use super::settle::SettleTarget;
 use super::supervise::Stop;
 use super::Shared;
@@ -68,39 +72,85 @@ impl Shared {
         let settlement = Settlement::DeadLetter {
             reason: format!("malformed: {}", m.reason),
         };
-        self.send_settlement(&m.receipt, &settlement, &ctx, m.job_id.as_ref())
-            .await;
+        let hold = self.hold(m.receipt.clone(), m.job_id.clone());
+        if self
+            .send_settlement(&m.receipt, &settlement, &ctx, m.job_id.as_ref())
+            .await
+        {
+            hold.settled();
+        }
     }
 
-    /// Decides the delivery's admission ([`admission::decide`]) and carries it out: a duplicate of
-    /// a running job is handed back unjournaled; anything else is journaled as received first.
+    fn hold(
+        &self,
+        receipt: citadel_transports::Receipt,
+        job_id: Option<citadel_transports::JobId>,
+    ) -> Hold {
+        Hold::new(self.source.clone(), receipt, job_id, self.counters.clone())
+    }
+
+    /// Holds the delivery, decides its admission ([`admission::decide`]) and carries it out:
+    /// a delivery of a job in flight here waits for that one to end and is decided again; a
+    /// duplicate of a job the journal shows running is handed back unjournaled; anything else is
+    /// journaled as received first.
     pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
         let Delivery { mut job, receipt } = d;
         crate::chaos::point(Point::AfterClaim, &job);
         let delivery_id = receipt.id().to_string();
-        let state = self.journal.state(&job.id);
-        let facts = Facts {
-            state: state.as_ref(),
-            job: &job,
-            node_id: &self.meta.node_id,
-            node_name: &self.meta.node_name,
-            default_max_attempts: self.config.max_attempts,
+        let hold = self.hold(receipt, Some(job.id.clone()));
+        let mut pass = self.gate.try_enter(&job.id);
+        let (attempt, verdict) = loop {
+            let state = self.journal.state(&job.id);
+            let facts = Facts {
+                state: state.as_ref(),
+                in_flight_here: pass.is_none(),
+                job: &job,
+                node_id: &self.meta.node_id,
+                node_name: &self.meta.node_name,
+                default_max_attempts: self.config.max_attempts,
+            };
+            match admission::decide(&facts, self.registry.get(&job.job_type)) {
+                Admission::WaitForFirst => {
+                    tracing::info!(job_id = %job.id, receipt = %hold.receipt(), "another delivery of this job is in flight here; waiting for it to end");
+                    tokio::select! {
+                        p = self.gate.enter(&job.id) => pass = Some(p),
+                        () = drain.cancelled() => return self.hand_back(&job, &hold, Settlement::Release).await,
+                        () = hold.fence().cancelled() => return,
+                    }
+                }
+                Admission::DuplicateRunning => {
+                    let delay = self.config.lease;
+                    return self
+                        .hand_back(&job, &hold, Settlement::Retry { delay })
+                        .await;
+                }
+                Admission::Receive { attempt, verdict } => break (attempt, verdict),
+            }
         };
-        let (attempt, verdict) = match admission::decide(&facts, self.registry.get(&job.job_type)) {
-            Admission::DuplicateRunning => return self.hand_back_running(&job, &receipt).await,
-            Admission::Receive { attempt, verdict } => (attempt, verdict),
-        };
+        let _pass = pass;
         job.attempt = attempt;
         if !self.journal_received(&job, &delivery_id) {
             return;
         }
         let s = SettleTarget {
             job: &job,
-            receipt: &receipt,
+            hold: &hold,
             delivery_id: &delivery_id,
         };
         match verdict {
             Verdict::AlreadySucceeded => self.ack_recorded(&s).await,
+            Verdict::AlreadyDeadLettered => {
+                let last = self
+                    .journal
+                    .state(&job.id)
+                    .and_then(|st| st.errors.last().cloned());
+                let error = format!(
+                    "dead-lettered earlier on this node: {}",
+                    last.as_deref().unwrap_or("no error recorded")
+                );
+                tracing::info!(job_id = %job.id, "redelivered job was dead-lettered; dead-lettering it again without running");
+                self.give_up(&s, error, false, job.attempt).await;
+            }
             Verdict::OtherNode { target } => {
                 let reason = format!("addressed to node `{target}`");
                 tracing::info!(job_id = %job.id, target = %target, "skipping a job for another node");
@@ -129,23 +179,24 @@ impl Shared {
         }
     }
 
-    /// The same job is running here right now (a duplicate entry): hands this copy back for
-    /// later, when the journal will know how the run ended.
-    async fn hand_back_running(
-        &self,
-        job: &citadel_transports::Job,
-        receipt: &citadel_transports::Receipt,
-    ) {
-        tracing::warn!(job_id = %job.id, receipt = %receipt, "duplicate delivery of a running job; retrying it later");
+    /// Hands back, unjournaled, a delivery that must not be worked now: a duplicate of a job the
+    /// journal shows running (retried after a lease, when the journal will know how the run
+    /// ended), or one still waiting for its twin when the drain timeout struck (released).
+    async fn hand_back(&self, job: &citadel_transports::Job, hold: &Hold, settlement: Settlement) {
+        tracing::warn!(job_id = %job.id, receipt = %hold.receipt(), settlement = settlement.name(),
+            "handing back a delivery of a job that cannot be worked now");
         let ctx = SettleContext {
             job: Some(job),
             attempts: job.attempt,
             errors: vec![],
             worker_id: self.config.worker_id.clone(),
         };
-        let delay = self.config.lease;
-        self.send_settlement(receipt, &Settlement::Retry { delay }, &ctx, Some(&job.id))
-            .await;
+        if self
+            .send_settlement(hold.receipt(), &settlement, &ctx, Some(&job.id))
+            .await
+        {
+            hold.settled();
+        }
     }
 
     /// Journals the delivery (`received`, buffered); false if the journal refused it, which
@@ -216,6 +267,11 @@ impl Shared {
                 .await;
             return;
         }
+        // Self-fencing: the lease must be confirmed this worker's before the handler starts.
+        if !s.hold.confirm().await {
+            tracing::warn!(job_id = %job.id, "the lease could not be confirmed; not starting the job");
+            return;
+        }
         // `started` is flushed at once but not awaited: the handler does not wait for the disk
         // (dispatch latency), and a crash in the first millisecond of a run loses only the
         // record that it started; the broker's delivery count still counts the attempt.
@@ -234,7 +290,7 @@ impl Shared {
         self.record_start(job);
         let begun = Instant::now();
         let (outcome, stop) = self
-            .run_handler(job, s.receipt, s.delivery_id, handler, timeout, drain)
+            .run_handler(job, s.hold.fence(), s.delivery_id, handler, timeout, drain)
             .await;
         self.counters.jobs.duration(&job.job_type, begun.elapsed());
         let ran = Ran {
@@ -255,10 +311,20 @@ impl Shared {
     ) {
         let (job, delivery_id) = (s.job, s.delivery_id);
         match (outcome, stop) {
-            (_, Some(Stop::LeaseLost)) => {
-                // Another worker owns the delivery: record how this attempt ended, settle nothing.
-                let reason = "the lease was lost: another worker owns the job now".to_string();
-                self.append_quiet(job, delivery_id, EventKind::Interrupted { reason });
+            (_, Some(Stop::Fenced)) => {
+                // Another worker may own the delivery: record how this attempt ended, publish and
+                // settle nothing; the hold hands the receipt back to its lease.
+                let reason = match s.hold.fenced() {
+                    Some(Fenced::Unconfirmed) => "fenced: no lease renewal succeeded for most of the lease; another worker may own the job now",
+                    _ => "the lease was lost: another worker owns the job now",
+                };
+                self.append_quiet(
+                    job,
+                    delivery_id,
+                    EventKind::Interrupted {
+                        reason: reason.to_string(),
+                    },
+                );
             }
             (Ok(result), _) => {
                 self.counters
@@ -339,22 +405,15 @@ impl Shared {
             self.counters
                 .retried
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(
-                job,
-                EventData::Error {
-                    error,
-                    recoverable: true,
-                },
-            )
-            .await;
-            self.settle(
-                s,
-                EventKind::Retried {
-                    delay_ms: delay.as_millis() as u64,
-                },
-                Settlement::Retry { delay },
-            )
-            .await;
+            let event = EventKind::Retried {
+                delay_ms: delay.as_millis() as u64,
+            };
+            let error = EventData::Error {
+                error,
+                recoverable: true,
+            };
+            self.settle_announcing(s, event, Settlement::Retry { delay }, Some(error))
+                .await;
         } else {
             let reason = if retryable {
                 format!("gave up after {} attempts: {error}", job.attempt)
@@ -368,22 +427,15 @@ impl Shared {
             self.counters
                 .dead_lettered
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(
-                job,
-                EventData::Error {
-                    error,
-                    recoverable: false,
-                },
-            )
-            .await;
-            self.settle(
-                s,
-                EventKind::DeadLettered {
-                    reason: reason.clone(),
-                },
-                Settlement::DeadLetter { reason },
-            )
-            .await;
+            let event = EventKind::DeadLettered {
+                reason: reason.clone(),
+            };
+            let error = EventData::Error {
+                error,
+                recoverable: false,
+            };
+            self.settle_announcing(s, event, Settlement::DeadLetter { reason }, Some(error))
+                .await;
         }
     }
 
@@ -418,24 +470,24 @@ impl Shared {
         self.counters
             .cancelled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.publish(
-            s.job,
-            EventData::Cancelled {
-                reason: reason.to_string(),
-            },
-        )
-        .await;
+        let announce = EventData::Cancelled {
+            reason: reason.to_string(),
+        };
         let terminal = EventKind::Cancelled {
             reason: reason.to_string(),
         };
-        self.settle_terminal(s, terminal, Settlement::Ack).await;
+        self.settle_terminal(s, terminal, Settlement::Ack, Some(announce))
+            .await;
     }
 
+    /// Journals `terminal`, then settles with `settlement`'s event, announcing `announce` once
+    /// the settlement is journaled.
     async fn settle_terminal(
         &self,
         s: &SettleTarget<'_>,
         terminal: EventKind,
         settlement: Settlement,
+        announce: Option<EventData>,
     ) {
         self.append_quiet(s.job, s.delivery_id, terminal);
         let event = match &settlement {
@@ -448,7 +500,7 @@ impl Shared {
                 reason: reason.clone(),
             },
         };
-        self.settle(s, event, settlement).await;
+        self.settle_announcing(s, event, settlement, announce).await;
     }
 
     /// Appends an event that gates no settlement by itself (it becomes durable with the

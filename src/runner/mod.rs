@@ -10,6 +10,8 @@
 mod admission;
 mod attempt;
 mod fail_stop;
+mod gate;
+mod hold;
 pub mod metrics;
 mod settle;
 mod supervise;
@@ -119,6 +121,8 @@ pub(crate) struct Shared {
     config: RunnerConfig,
     meta: EventMeta,
     counters: Arc<Counters>,
+    /// One delivery per job id in flight here.
+    gate: gate::Gate,
 }
 
 /// The worker: one source, one journal, the handlers.
@@ -143,6 +147,7 @@ impl Runner {
                 config,
                 meta,
                 counters: Arc::new(Counters::default()),
+                gate: gate::Gate::default(),
             }),
         }
     }

@@ -86,6 +86,8 @@ struct Flaky {
     journal: Journal,
     refuse_publish: Mutex<HashSet<&'static str>>,
     refuse_settle: Mutex<HashSet<&'static str>>,
+    /// Jobs whose first `claimed` makes the journal skip them, so their `started` is refused.
+    refuse_start: Mutex<HashSet<String>>,
     early: Mutex<Vec<String>>,
 }
 
@@ -128,6 +130,13 @@ impl JobSource for Flaky {
                 ));
             }
         }
+        if ty == "claimed" && self.refuse_start.lock().unwrap().remove(event.job_id.as_str()) {
+            let skip = EventKind::Skipped {
+                reason: "sabotaged by the test".into(),
+            };
+            let e = NewEvent::new(event.job_id.clone(), "redis", skip).delivery("sabotage");
+            self.journal.append(e).await.unwrap();
+        }
         if self.refuse_publish.lock().unwrap().remove(ty) {
             return Err(SourceError::Broker("refused by the test".into()));
         }
@@ -166,6 +175,7 @@ impl Worker {
             journal: journal.clone(),
             refuse_publish: Mutex::default(),
             refuse_settle: Mutex::default(),
+            refuse_start: Mutex::default(),
             early: Mutex::default(),
         });
         let handler = Arc::new(Counting {
@@ -270,6 +280,25 @@ async fn a_settlement_the_journal_refuses_leaves_the_delivery_to_its_lease() {
     })
     .await;
     assert_eq!(w.handler.runs("refused"), 2, "the redelivery ran it again");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_the_journal_refuses_leaves_the_delivery_to_its_lease() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    w.flaky
+        .refuse_start
+        .lock()
+        .unwrap()
+        .insert("unstarted".into());
+    submit(&mut c, "unstarted", "count", json!({})).await;
+    settled(&mut c, "refused start", || {
+        w.phase("unstarted") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
+    })
+    .await;
+    assert_eq!(w.handler.runs("unstarted"), 1, "run once, by the redelivery");
     w.stop().await;
 }
 
@@ -398,8 +427,18 @@ async fn a_worker_cut_off_for_twice_its_lease_stops_its_shell_command_before_ano
     crate::support::worker::wait_for(&mut c, "append", "start", WAIT).await;
     proxy.cut();
     let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cut_at = Instant::now();
+    let mut fenced_after = None;
+    while cut_at.elapsed() < Duration::from_secs(4) {
+        let interrupted = Some(Phase::Finished(citadel_journal::Outcome::Interrupted));
+        if fenced_after.is_none() && a.phase("append") == interrupted {
+            fenced_after = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.restore();
+    let fenced_after = fenced_after.expect("worker a fenced its attempt while cut off");
+    eprintln!("fenced {fenced_after:?} after the cut (lease 2 s, margin 0.5 s)");
     settled(&mut c, "partitioned shell job", || {
         std::fs::read_to_string(&file).is_ok_and(|s| !s.is_empty())
     })

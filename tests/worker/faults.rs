@@ -130,7 +130,13 @@ impl JobSource for Flaky {
                 ));
             }
         }
-        if ty == "claimed" && self.refuse_start.lock().unwrap().remove(event.job_id.as_str()) {
+        if ty == "claimed"
+            && self
+                .refuse_start
+                .lock()
+                .unwrap()
+                .remove(event.job_id.as_str())
+        {
             let skip = EventKind::Skipped {
                 reason: "sabotaged by the test".into(),
             };
@@ -298,7 +304,11 @@ async fn a_start_the_journal_refuses_leaves_the_delivery_to_its_lease() {
         w.phase("unstarted") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
     })
     .await;
-    assert_eq!(w.handler.runs("unstarted"), 1, "run once, by the redelivery");
+    assert_eq!(
+        w.handler.runs("unstarted"),
+        1,
+        "run once, by the redelivery"
+    );
     w.stop().await;
 }
 

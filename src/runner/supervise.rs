@@ -47,7 +47,9 @@ impl Shared {
         timeout: Option<Duration>,
         drain: CancellationToken,
     ) -> (Result<Value, HandlerError>, Option<Stop>) {
-        let cancel = CancellationToken::new();
+        // A child of the fence: a fence cancels the handler at once, even while this loop waits
+        // on the transport (a cancellation poll or a chunk's publish against a broker out of reach).
+        let cancel = fence.child_token();
         let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
         // The first reason wins, except a fence: a fenced attempt publishes and settles nothing.
         let stop_with = |why: Stop| {
@@ -114,7 +116,7 @@ impl Shared {
                     }
                     () = fence.cancelled(), if !fenced => {
                         fenced = true;
-                        tracing::warn!(job_id = %job.id, "fenced; cancelling the handler");
+                        tracing::warn!(job_id = %job.id, "fenced; the handler is cancelled");
                         stop_with(Stop::Fenced);
                     }
                 }
@@ -139,7 +141,11 @@ impl Shared {
             result
         };
         let result = run.await;
-        let why = *stop.lock().expect("poisoned");
+        let why = if fence.is_cancelled() {
+            Some(Stop::Fenced)
+        } else {
+            *stop.lock().expect("poisoned")
+        };
         (result, why)
     }
 }

@@ -2,11 +2,14 @@
 //! journal knows of the job, the job's own fields, this node's identity, the configured attempts
 //! and the handler found for the type. Pure: no I/O, no clock, no journal handle; the runtime
 //! ([`super::attempt`]) carries out the decision. The checks run in a fixed order, and the order
-//! is part of the behaviour: a job running here right now is handed back before anything is
-//! journaled; then a job that ever succeeded is acked from the journal, a job for another node
-//! is skipped, a job past its attempts and a job of an unknown type are dead-lettered.
+//! is part of the behaviour: a delivery of a job that another delivery is working here right now
+//! waits for that one to end, and a job the journal shows running (with no delivery here) is
+//! handed back, both before anything is journaled; then a job that ever succeeded is acked from
+//! the journal, a job the journal dead-lettered last is dead-lettered again (its move to the
+//! dead-letter queue may not have happened), a job for another node is skipped, a job past its
+//! attempts and a job of an unknown type are dead-lettered.
 
-use citadel_journal::{JobState, Phase};
+use citadel_journal::{JobState, Phase, SettledAs};
 use citadel_transports::Job;
 
 /// What decides a delivery's admission, besides the handler.
@@ -14,6 +17,8 @@ use citadel_transports::Job;
 pub(crate) struct Facts<'a> {
     /// The journal's state of the job, if it has seen it.
     pub state: Option<&'a JobState>,
+    /// Another delivery of the same job id is being worked on this node right now.
+    pub in_flight_here: bool,
     /// The job as the transport delivered it (its attempt is the broker's count).
     pub job: &'a Job,
     pub node_id: &'a str,
@@ -25,8 +30,11 @@ pub(crate) struct Facts<'a> {
 /// The first decision, taken before the delivery is journaled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Admission<H> {
-    /// The same job is running here right now (a duplicate entry): hand this copy back for
-    /// later, when the journal will know how the run ended. Nothing is journaled.
+    /// Another delivery of the job is in flight here: wait until it ends, then decide again
+    /// from what the journal says by then. Nothing is journaled meanwhile.
+    WaitForFirst,
+    /// The journal shows the job running, yet no delivery of it is in flight here (its end could
+    /// not be journaled): hand this copy back for later. Nothing is journaled.
     DuplicateRunning,
     /// Journal the delivery as attempt `attempt`, then carry out `verdict`.
     Receive { attempt: u32, verdict: Verdict<H> },
@@ -37,6 +45,9 @@ pub(crate) enum Admission<H> {
 pub(crate) enum Verdict<H> {
     /// The job ever succeeded: ack it with the journal's recorded result, never run it.
     AlreadySucceeded,
+    /// The journal's last word on the job is a dead letter (the move may have failed): dead-letter
+    /// it again without running.
+    AlreadyDeadLettered,
     /// The job is addressed to another node: skip it.
     OtherNode { target: String },
     /// The job was delivered more than `max` times: dead-letter it without running.
@@ -50,6 +61,9 @@ pub(crate) enum Verdict<H> {
 /// Decides a delivery's admission; `handler` is the registry's handler for the job's type.
 pub(crate) fn decide<H>(facts: &Facts<'_>, handler: Option<H>) -> Admission<H> {
     let job = facts.job;
+    if facts.in_flight_here {
+        return Admission::WaitForFirst;
+    }
     if facts.state.is_some_and(|s| s.phase == Some(Phase::Running)) {
         return Admission::DuplicateRunning;
     }
@@ -58,6 +72,8 @@ pub(crate) fn decide<H>(facts: &Facts<'_>, handler: Option<H>) -> Admission<H> {
         .map_or(job.attempt, |s| s.next_attempt(job.attempt));
     let verdict = if facts.state.is_some_and(JobState::ever_succeeded) {
         Verdict::AlreadySucceeded
+    } else if facts.state.is_some_and(dead_lettered_last) {
+        Verdict::AlreadyDeadLettered
     } else if let Some(target) = foreign_target(facts) {
         Verdict::OtherNode { target }
     } else {
@@ -72,6 +88,11 @@ pub(crate) fn decide<H>(facts: &Facts<'_>, handler: Option<H>) -> Admission<H> {
         }
     };
     Admission::Receive { attempt, verdict }
+}
+
+/// The journal's last settlement of the job moved it to the dead-letter queue.
+fn dead_lettered_last(state: &JobState) -> bool {
+    state.phase == Some(Phase::Settled(SettledAs::DeadLettered))
 }
 
 /// The payload's `target_node` when it names neither this node's id nor its name.
@@ -92,7 +113,7 @@ pub(crate) fn max_attempts(job: &Job, default: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use citadel_journal::{Outcome, SettledAs};
+    use citadel_journal::Outcome;
     use citadel_transports::JobId;
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -123,17 +144,19 @@ mod tests {
     }
 
     fn decide_for(state: Option<&JobState>, job: &Job, known: bool) -> Admission<()> {
-        decide_on((NODE_ID, NODE_NAME), state, job, known)
+        decide_on((NODE_ID, NODE_NAME), state, false, job, known)
     }
 
     fn decide_on(
         (node_id, node_name): (&str, &str),
         state: Option<&JobState>,
+        in_flight_here: bool,
         job: &Job,
         known: bool,
     ) -> Admission<()> {
         let facts = Facts {
             state,
+            in_flight_here,
             job,
             node_id,
             node_name,
@@ -160,6 +183,40 @@ mod tests {
         let s = state(Phase::Running, 2, true);
         let d = decide_for(Some(&s), &job(1, json!({})), true);
         assert_eq!(d, Admission::DuplicateRunning);
+    }
+
+    #[test]
+    fn a_job_in_flight_here_waits_whatever_the_journal_says() {
+        for s in [
+            None,
+            Some(state(Phase::Received, 0, false)),
+            Some(state(Phase::Settled(SettledAs::Acked), 1, true)),
+        ] {
+            let d = decide_on(
+                (NODE_ID, NODE_NAME),
+                s.as_ref(),
+                true,
+                &job(1, json!({})),
+                true,
+            );
+            assert_eq!(d, Admission::WaitForFirst);
+        }
+    }
+
+    #[test]
+    fn a_dead_lettered_job_is_dead_lettered_again_without_running() {
+        let s = state(Phase::Settled(SettledAs::DeadLettered), 1, false);
+        let d = decide_for(Some(&s), &job(2, json!({"maxAttempts": 9})), true);
+        assert_eq!(d, receive(2, Verdict::AlreadyDeadLettered));
+        let retried = state(Phase::Settled(SettledAs::Retried), 1, false);
+        let d = decide_for(Some(&retried), &job(2, json!({})), true);
+        assert!(matches!(
+            d,
+            Admission::Receive {
+                verdict: Verdict::Run { .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -219,12 +276,16 @@ mod tests {
     /// The admission rules written out once more, as plainly as possible.
     fn model(
         (node_id, node_name): (&str, &str),
+        in_flight_here: bool,
         journal: Option<(Phase, u32, bool)>,
         broker_attempt: u32,
         target: Option<&str>,
         max_field: Option<u32>,
         known: bool,
     ) -> Admission<()> {
+        if in_flight_here {
+            return Admission::WaitForFirst;
+        }
         if let Some((Phase::Running, _, _)) = journal {
             return Admission::DuplicateRunning;
         }
@@ -235,6 +296,8 @@ mod tests {
         let max = max_field.filter(|m| *m > 0).unwrap_or(3);
         let verdict = if journal.is_some_and(|(_, _, succeeded)| succeeded) {
             Verdict::AlreadySucceeded
+        } else if let Some((Phase::Settled(SettledAs::DeadLettered), _, _)) = journal {
+            Verdict::AlreadyDeadLettered
         } else if let Some(t) = target.filter(|t| ![node_id, node_name, ""].contains(t)) {
             Verdict::OtherNode {
                 target: t.to_string(),
@@ -300,6 +363,7 @@ mod tests {
         #[test]
         fn the_decision_is_the_models(
             node in (name(), name()),
+            in_flight_here in any::<bool>(),
             journal in proptest::option::of((phase(), 0u32..8, any::<bool>())),
             broker_attempt in 1u32..10,
             target in target(),
@@ -309,15 +373,18 @@ mod tests {
         ) {
             let s = journal.map(|(p, attempts, succeeded)| state(p, attempts, succeeded));
             let j = job(broker_attempt, payload(target, max_field, as_string));
-            let d = decide_on(node, s.as_ref(), &j, known);
-            prop_assert_eq!(&d, &model(node, journal, broker_attempt, target, max_field, known));
+            let d = decide_on(node, s.as_ref(), in_flight_here, &j, known);
+            prop_assert_eq!(&d, &model(node, in_flight_here, journal, broker_attempt, target, max_field, known));
 
             let ever_succeeded = s.as_ref().is_some_and(JobState::ever_succeeded);
             match d {
+                Admission::WaitForFirst => prop_assert!(in_flight_here),
                 Admission::DuplicateRunning => {
+                    prop_assert!(!in_flight_here);
                     prop_assert_eq!(s.and_then(|s| s.phase), Some(Phase::Running));
                 }
                 Admission::Receive { attempt, verdict } => {
+                    prop_assert!(!in_flight_here, "nothing is journaled beside a delivery in flight");
                     prop_assert!(attempt >= broker_attempt);
                     prop_assert!(s.as_ref().is_none_or(|s| attempt > s.attempts));
                     if ever_succeeded {
@@ -325,6 +392,7 @@ mod tests {
                     }
                     if let Verdict::Run { max_attempts, .. } = verdict {
                         prop_assert!(!ever_succeeded);
+                        prop_assert!(s.as_ref().is_none_or(|s| !dead_lettered_last(s)));
                         prop_assert!(attempt <= max_attempts);
                         prop_assert!(known);
                         prop_assert!(target.is_none_or(|t| [node.0, node.1, ""].contains(&t)));

@@ -1,12 +1,15 @@
-//! One delivery, start to settlement. It carries out the admission decision
-//! ([`super::admission`]): a duplicate of a job running here is handed back unjournaled; anything
-//! else is journaled first, then a job the journal shows as succeeded is acked again with its
-//! recorded result re-published and never run (docs/journal.md#invariants), a job for another
-//! node is skipped, and a job past its attempts or of an unknown type is dead-lettered without
-//! running. An admitted job the producer cancelled is not started. Otherwise the handler runs
-//! under supervision ([`super::supervise`]: cancellation, deadline, lease, drain, chunks); its
-//! outcome is journaled and settled through the one settle path. This module must never settle
-//! before journaling.
+//! One delivery, start to settlement. It holds the delivery ([`super::hold`]: its lease renewed
+//! and its end owned until the transport is done with it) and carries out the admission decision
+//! ([`super::admission`]): a delivery of a job that another delivery is working here waits at the
+//! gate ([`super::gate`]) and is then decided from the journal; a job the journal shows running
+//! with nothing here is handed back unjournaled; anything else is journaled first, then a job the
+//! journal shows as succeeded is acked again with its recorded result re-published and never run
+//! (docs/journal.md#invariants), a job the journal dead-lettered is dead-lettered again, a job for
+//! another node is skipped, and a job past its attempts or of an unknown type is dead-lettered
+//! without running. An admitted job the producer cancelled is not started, nor one whose lease
+//! cannot be confirmed. Otherwise the handler runs under supervision ([`super::supervise`]:
+//! cancellation, deadline, fence, drain, chunks); its outcome is journaled and settled through
+//! [`super::outcome`] and the one settle path. This module must never settle before journaling.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,20 +20,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, Admission, Facts, Verdict};
+use super::hold::Hold;
+use super::outcome::Ran;
 use super::settle::SettleTarget;
-use super::supervise::Stop;
 use super::Shared;
 use crate::chaos::Point;
-use crate::handlers::{Handler, HandlerError};
-
-/// What a finished run's settlement needs to know besides its outcome.
-#[derive(Debug, Clone, Copy)]
-struct Ran {
-    /// The deadline the handler ran under.
-    timeout: Option<Duration>,
-    elapsed_ms: u64,
-    max_attempts: u32,
-}
+use crate::handlers::Handler;
 
 impl Shared {
     pub(crate) async fn publish(&self, job: &citadel_transports::Job, data: EventData) {
@@ -68,39 +63,85 @@ impl Shared {
         let settlement = Settlement::DeadLetter {
             reason: format!("malformed: {}", m.reason),
         };
-        self.send_settlement(&m.receipt, &settlement, &ctx, m.job_id.as_ref())
-            .await;
+        let hold = self.hold(m.receipt.clone(), m.job_id.clone());
+        if self
+            .send_settlement(&m.receipt, &settlement, &ctx, m.job_id.as_ref())
+            .await
+        {
+            hold.settled();
+        }
     }
 
-    /// Decides the delivery's admission ([`admission::decide`]) and carries it out: a duplicate of
-    /// a running job is handed back unjournaled; anything else is journaled as received first.
+    fn hold(
+        &self,
+        receipt: citadel_transports::Receipt,
+        job_id: Option<citadel_transports::JobId>,
+    ) -> Hold {
+        Hold::new(self.source.clone(), receipt, job_id, self.counters.clone())
+    }
+
+    /// Holds the delivery, decides its admission ([`admission::decide`]) and carries it out:
+    /// a delivery of a job in flight here waits for that one to end and is decided again; a
+    /// duplicate of a job the journal shows running is handed back unjournaled; anything else is
+    /// journaled as received first.
     pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
         let Delivery { mut job, receipt } = d;
         crate::chaos::point(Point::AfterClaim, &job);
         let delivery_id = receipt.id().to_string();
-        let state = self.journal.state(&job.id);
-        let facts = Facts {
-            state: state.as_ref(),
-            job: &job,
-            node_id: &self.meta.node_id,
-            node_name: &self.meta.node_name,
-            default_max_attempts: self.config.max_attempts,
+        let hold = self.hold(receipt, Some(job.id.clone()));
+        let mut pass = self.gate.try_enter(&job.id);
+        let (attempt, verdict) = loop {
+            let state = self.journal.state(&job.id);
+            let facts = Facts {
+                state: state.as_ref(),
+                in_flight_here: pass.is_none(),
+                job: &job,
+                node_id: &self.meta.node_id,
+                node_name: &self.meta.node_name,
+                default_max_attempts: self.config.max_attempts,
+            };
+            match admission::decide(&facts, self.registry.get(&job.job_type)) {
+                Admission::WaitForFirst => {
+                    tracing::info!(job_id = %job.id, receipt = %hold.receipt(), "another delivery of this job is in flight here; waiting for it to end");
+                    tokio::select! {
+                        p = self.gate.enter(&job.id) => pass = Some(p),
+                        () = drain.cancelled() => return self.hand_back(&job, &hold, Settlement::Release).await,
+                        () = hold.fence().cancelled() => return,
+                    }
+                }
+                Admission::DuplicateRunning => {
+                    let delay = self.config.lease;
+                    return self
+                        .hand_back(&job, &hold, Settlement::Retry { delay })
+                        .await;
+                }
+                Admission::Receive { attempt, verdict } => break (attempt, verdict),
+            }
         };
-        let (attempt, verdict) = match admission::decide(&facts, self.registry.get(&job.job_type)) {
-            Admission::DuplicateRunning => return self.hand_back_running(&job, &receipt).await,
-            Admission::Receive { attempt, verdict } => (attempt, verdict),
-        };
+        let _pass = pass;
         job.attempt = attempt;
         if !self.journal_received(&job, &delivery_id) {
             return;
         }
         let s = SettleTarget {
             job: &job,
-            receipt: &receipt,
+            hold: &hold,
             delivery_id: &delivery_id,
         };
         match verdict {
             Verdict::AlreadySucceeded => self.ack_recorded(&s).await,
+            Verdict::AlreadyDeadLettered => {
+                let last = self
+                    .journal
+                    .state(&job.id)
+                    .and_then(|st| st.errors.last().cloned());
+                let error = format!(
+                    "dead-lettered earlier on this node: {}",
+                    last.as_deref().unwrap_or("no error recorded")
+                );
+                tracing::info!(job_id = %job.id, "redelivered job was dead-lettered; dead-lettering it again without running");
+                self.give_up(&s, error, false, job.attempt).await;
+            }
             Verdict::OtherNode { target } => {
                 let reason = format!("addressed to node `{target}`");
                 tracing::info!(job_id = %job.id, target = %target, "skipping a job for another node");
@@ -129,23 +170,24 @@ impl Shared {
         }
     }
 
-    /// The same job is running here right now (a duplicate entry): hands this copy back for
-    /// later, when the journal will know how the run ended.
-    async fn hand_back_running(
-        &self,
-        job: &citadel_transports::Job,
-        receipt: &citadel_transports::Receipt,
-    ) {
-        tracing::warn!(job_id = %job.id, receipt = %receipt, "duplicate delivery of a running job; retrying it later");
+    /// Hands back, unjournaled, a delivery that must not be worked now: a duplicate of a job the
+    /// journal shows running (retried after a lease, when the journal will know how the run
+    /// ended), or one still waiting for its twin when the drain timeout struck (released).
+    async fn hand_back(&self, job: &citadel_transports::Job, hold: &Hold, settlement: Settlement) {
+        tracing::warn!(job_id = %job.id, receipt = %hold.receipt(), settlement = settlement.name(),
+            "handing back a delivery of a job that cannot be worked now");
         let ctx = SettleContext {
             job: Some(job),
             attempts: job.attempt,
             errors: vec![],
             worker_id: self.config.worker_id.clone(),
         };
-        let delay = self.config.lease;
-        self.send_settlement(receipt, &Settlement::Retry { delay }, &ctx, Some(&job.id))
-            .await;
+        if self
+            .send_settlement(hold.receipt(), &settlement, &ctx, Some(&job.id))
+            .await
+        {
+            hold.settled();
+        }
     }
 
     /// Journals the delivery (`received`, buffered); false if the journal refused it, which
@@ -216,6 +258,11 @@ impl Shared {
                 .await;
             return;
         }
+        // Self-fencing: the lease must be confirmed this worker's before the handler starts.
+        if !s.hold.confirm().await {
+            tracing::warn!(job_id = %job.id, "the lease could not be confirmed; not starting the job");
+            return;
+        }
         // `started` is flushed at once but not awaited: the handler does not wait for the disk
         // (dispatch latency), and a crash in the first millisecond of a run loses only the
         // record that it started; the broker's delivery count still counts the attempt.
@@ -234,7 +281,7 @@ impl Shared {
         self.record_start(job);
         let begun = Instant::now();
         let (outcome, stop) = self
-            .run_handler(job, s.receipt, s.delivery_id, handler, timeout, drain)
+            .run_handler(job, s.hold.fence(), s.delivery_id, handler, timeout, drain)
             .await;
         self.counters.jobs.duration(&job.job_type, begun.elapsed());
         let ran = Ran {
@@ -243,70 +290,6 @@ impl Shared {
             max_attempts,
         };
         self.settle_outcome(s, outcome, stop, ran).await;
-    }
-
-    /// Journals how the handler's run ended and settles the delivery accordingly.
-    async fn settle_outcome(
-        &self,
-        s: &SettleTarget<'_>,
-        outcome: Result<Value, HandlerError>,
-        stop: Option<Stop>,
-        ran: Ran,
-    ) {
-        let (job, delivery_id) = (s.job, s.delivery_id);
-        match (outcome, stop) {
-            (_, Some(Stop::LeaseLost)) => {
-                // Another worker owns the delivery: record how this attempt ended, settle nothing.
-                let reason = "the lease was lost: another worker owns the job now".to_string();
-                self.append_quiet(job, delivery_id, EventKind::Interrupted { reason });
-            }
-            (Ok(result), _) => {
-                self.counters
-                    .succeeded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.append_quiet(
-                    job,
-                    delivery_id,
-                    EventKind::Succeeded {
-                        result: result.clone(),
-                    },
-                );
-                crate::chaos::point(Point::AfterResult, job);
-                // `end` goes out once the success is durable: a producer that saw `end` knows a
-                // redelivery will not run the job again (the chaos suite's checker relies on it).
-                self.ack_with_result(s, result).await;
-            }
-            (Err(_), Some(Stop::Drain)) => {
-                let reason =
-                    "the worker shut down before the job finished (drain timeout)".to_string();
-                self.append_quiet(job, delivery_id, EventKind::Interrupted { reason });
-                self.settle(s, EventKind::Released, Settlement::Release)
-                    .await;
-            }
-            (Err(_), Some(Stop::Producer)) => {
-                self.cancelled(s, "cancelled by the producer").await;
-            }
-            (Err(_), Some(Stop::Deadline)) => {
-                let error = format!(
-                    "timed out after {}",
-                    humantime::format_duration(ran.timeout.unwrap_or_default())
-                );
-                let after_ms = ran.elapsed_ms;
-                self.append_quiet(job, delivery_id, EventKind::TimedOut { after_ms });
-                self.fail(s, error, true, ran.max_attempts).await;
-            }
-            (Err(e), None) => {
-                self.append_quiet(
-                    job,
-                    delivery_id,
-                    EventKind::Failed {
-                        error: e.message.clone(),
-                        retryable: e.retryable,
-                    },
-                );
-                self.fail(s, e.message, e.retryable, ran.max_attempts).await;
-            }
-        }
     }
 
     /// Counts a redelivery, and the queue wait of a first attempt whose producer said when it
@@ -326,145 +309,6 @@ impl Shared {
                 .jobs
                 .queue_wait
                 .observe(Duration::from_millis(now - enqueued));
-        }
-    }
-
-    /// A failed or timed-out attempt: retry after the backoff while attempts remain, else
-    /// dead-letter. The terminal event is already journaled.
-    async fn fail(&self, s: &SettleTarget<'_>, error: String, retryable: bool, max_attempts: u32) {
-        let job = s.job;
-        if retryable && job.attempt < max_attempts {
-            let delay = self.config.retry.delay(job.attempt.saturating_sub(1));
-            tracing::info!(job_id = %job.id, attempt = job.attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
-            self.counters
-                .retried
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(
-                job,
-                EventData::Error {
-                    error,
-                    recoverable: true,
-                },
-            )
-            .await;
-            self.settle(
-                s,
-                EventKind::Retried {
-                    delay_ms: delay.as_millis() as u64,
-                },
-                Settlement::Retry { delay },
-            )
-            .await;
-        } else {
-            let reason = if retryable {
-                format!("gave up after {} attempts: {error}", job.attempt)
-            } else {
-                format!("permanent failure: {error}")
-            };
-            tracing::warn!(job_id = %job.id, attempt = job.attempt, reason = %reason, "dead-lettering");
-            self.counters
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.counters
-                .dead_lettered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.publish(
-                job,
-                EventData::Error {
-                    error,
-                    recoverable: false,
-                },
-            )
-            .await;
-            self.settle(
-                s,
-                EventKind::DeadLettered {
-                    reason: reason.clone(),
-                },
-                Settlement::DeadLetter { reason },
-            )
-            .await;
-        }
-    }
-
-    /// Acks a succeeded job; its `end` (with `result`) is published once the ack is journaled.
-    async fn ack_with_result(&self, s: &SettleTarget<'_>, result: Value) {
-        let end = Some(EventData::End { result });
-        self.settle_announcing(s, EventKind::Acked, Settlement::Ack, end)
-            .await;
-    }
-
-    /// Refuses a delivery without running it: a failed event, then the dead-letter queue.
-    async fn give_up(
-        &self,
-        s: &SettleTarget<'_>,
-        error: String,
-        retryable: bool,
-        max_attempts: u32,
-    ) {
-        self.append_quiet(
-            s.job,
-            s.delivery_id,
-            EventKind::Failed {
-                error: error.clone(),
-                retryable,
-            },
-        );
-        self.fail(s, error, false, max_attempts).await;
-    }
-
-    /// The producer cancelled the job: a `cancelled` event, the terminal event, then the ack.
-    async fn cancelled(&self, s: &SettleTarget<'_>, reason: &str) {
-        self.counters
-            .cancelled
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.publish(
-            s.job,
-            EventData::Cancelled {
-                reason: reason.to_string(),
-            },
-        )
-        .await;
-        let terminal = EventKind::Cancelled {
-            reason: reason.to_string(),
-        };
-        self.settle_terminal(s, terminal, Settlement::Ack).await;
-    }
-
-    async fn settle_terminal(
-        &self,
-        s: &SettleTarget<'_>,
-        terminal: EventKind,
-        settlement: Settlement,
-    ) {
-        self.append_quiet(s.job, s.delivery_id, terminal);
-        let event = match &settlement {
-            Settlement::Ack => EventKind::Acked,
-            Settlement::Release => EventKind::Released,
-            Settlement::Retry { delay } => EventKind::Retried {
-                delay_ms: delay.as_millis() as u64,
-            },
-            Settlement::DeadLetter { reason } => EventKind::DeadLettered {
-                reason: reason.clone(),
-            },
-        };
-        self.settle(s, event, settlement).await;
-    }
-
-    /// Appends an event that gates no settlement by itself (it becomes durable with the
-    /// settlement that follows it, or within 500 ms).
-    pub(super) fn append_quiet(
-        &self,
-        job: &citadel_transports::Job,
-        delivery_id: &str,
-        event: EventKind,
-    ) {
-        let name = event.name();
-        self.record_outcome(&job.job_type, &event);
-        if let Err(e) = self.journal.append_buffered(
-            NewEvent::new(job.id.clone(), self.source.name(), event).delivery(delivery_id),
-        ) {
-            tracing::error!(job_id = %job.id, event = name, error = %e, "journal append failed");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker runtime ([`Runner`]): fetches a job only when a slot is free (backpressure), runs
-//! each delivery to its settlement ([`attempt`], deciding its admission in [`admission`] and
-//! supervising its handler in [`supervise`]), settles through the one path that journals
+//! each delivery to its settlement ([`attempt`], holding it in [`hold`], one per job id through
+//! [`gate`], deciding its admission in [`admission`], supervising its handler in [`supervise`]
+//! and choosing the settlement in [`outcome`]), settles through the one path that journals
 //! first ([`settle`]), backs off when the transport goes away, and drains on shutdown (ARCHITECTURE.md):
 //! stop fetching, hand back claimed-but-unstarted work at once, let running jobs finish (their
 //! leases kept alive) up to the drain timeout, then interrupt and release what is left, and make
@@ -10,7 +11,10 @@
 mod admission;
 mod attempt;
 mod fail_stop;
+mod gate;
+mod hold;
 pub mod metrics;
+mod outcome;
 mod settle;
 mod supervise;
 
@@ -119,6 +123,8 @@ pub(crate) struct Shared {
     config: RunnerConfig,
     meta: EventMeta,
     counters: Arc<Counters>,
+    /// One delivery per job id in flight here.
+    gate: gate::Gate,
 }
 
 /// The worker: one source, one journal, the handlers.
@@ -143,6 +149,7 @@ impl Runner {
                 config,
                 meta,
                 counters: Arc::new(Counters::default()),
+                gate: gate::Gate::default(),
             }),
         }
     }

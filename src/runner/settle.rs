@@ -1,8 +1,11 @@
-//! The one settle path (docs/journal.md#invariants): the settlement's event is appended to the journal and made
-//! durable, and only then is the settlement sent to the transport. Transient transport errors are
-//! retried with the shared backoff for a bounded time; if the transport stays away, the journal
-//! already says what was decided, and a redelivery of the job is settled from it (a succeeded job
-//! is acked again without running).
+//! The one settle path (docs/journal.md#invariants): the settlement's event is appended to the
+//! journal and made durable, then the event that announces it (`end`, `error`, `cancelled`) is
+//! published, and only then is the settlement sent to the transport. Transient transport errors
+//! are retried with the shared backoff for a bounded time. Whenever a step cannot be done (the
+//! journal refuses the append, the announcement or the settlement keeps failing, the delivery was
+//! fenced) the delivery's [`Hold`] is left unsettled and hands the receipt back to its lease: the
+//! journal already says what was decided, and the redelivery is settled from it (a succeeded job
+//! is acked again without running, a dead letter is moved again).
 
 use std::time::Duration;
 
@@ -11,16 +14,17 @@ use citadel_transports::{
     Backoff, EventData, Job, Receipt, SettleContext, Settlement, SourceError, WireEvent,
 };
 
+use super::hold::Hold;
 use super::Shared;
 
 /// How long a settlement keeps being retried against a transport that is away.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The delivery a settlement is for: the job, its receipt and its delivery id.
+/// The delivery a settlement is for: the job, the hold on its receipt and its delivery id.
 #[derive(Debug)]
 pub(crate) struct SettleTarget<'a> {
     pub job: &'a Job,
-    pub receipt: &'a Receipt,
+    pub hold: &'a Hold,
     pub delivery_id: &'a str,
 }
 
@@ -35,8 +39,9 @@ impl Shared {
         self.settle_announcing(s, event, settlement, None).await;
     }
 
-    /// [`Shared::settle`], publishing `announce` (a job's `end`) between the durable journal
-    /// append and the transport: whoever sees it knows the outcome is journaled.
+    /// [`Shared::settle`], publishing `announce` (a job's `end`, `error` or `cancelled`) between
+    /// the durable journal append and the transport: whoever sees it knows the outcome is
+    /// journaled, and a crash before the settlement leaves the redelivery to answer from it.
     pub(crate) async fn settle_announcing(
         &self,
         s: &SettleTarget<'_>,
@@ -61,10 +66,16 @@ impl Shared {
         }
         if let Some(data) = announce {
             if !self.publish_patiently(s.job, data).await {
-                // The journal holds the outcome: the redelivery re-publishes it and acks.
-                tracing::error!(job_id = %s.job.id, "the result could not be published; the delivery is left for redelivery");
+                // The journal holds the outcome: the redelivery re-publishes it and settles.
+                tracing::error!(job_id = %s.job.id, "the outcome could not be published; the delivery is left for redelivery");
                 return;
             }
+        }
+        if s.hold.fenced().is_some() {
+            // The outcome is journaled (and announced: a journaled success is true whoever owns
+            // the lease now); the settlement is not this worker's to send any more.
+            tracing::warn!(job_id = %s.job.id, "fenced: settling nothing; the journal holds the outcome");
+            return;
         }
         crate::chaos::point(crate::chaos::Point::BeforeAck, s.job);
         let state = self.journal.state(&s.job.id);
@@ -76,8 +87,12 @@ impl Shared {
             errors: state.map(|st| st.errors).unwrap_or_default(),
             worker_id: self.config.worker_id.clone(),
         };
-        self.send_settlement(s.receipt, &settlement, &ctx, Some(&s.job.id))
-            .await;
+        if self
+            .send_settlement(s.hold.receipt(), &settlement, &ctx, Some(&s.job.id))
+            .await
+        {
+            s.hold.settled();
+        }
     }
 
     /// Counts a terminal event (or a skip) under the job's type, for `/metrics`.
@@ -112,15 +127,16 @@ impl Shared {
     }
 
     /// Sends a settlement to the transport, retrying transient failures for a bounded time.
-    /// Used directly only for deliveries the journal never saw (malformed entries, work handed
-    /// back at shutdown before it was received).
+    /// True when the transport is done with the delivery (the settlement applied, or another
+    /// worker owns it); false leaves it to the caller's [`Hold`] to hand back. Used directly only
+    /// for deliveries the journal never saw (malformed entries, work handed back unstarted).
     pub(crate) async fn send_settlement(
         &self,
         receipt: &Receipt,
         settlement: &Settlement,
         ctx: &SettleContext<'_>,
         job_id: Option<&citadel_transports::JobId>,
-    ) {
+    ) -> bool {
         let job = job_id.map(ToString::to_string).unwrap_or_default();
         let started = std::time::Instant::now();
         let mut retrier = Backoff::RECONNECT.retrier();
@@ -128,12 +144,12 @@ impl Shared {
             match self.source.settle(receipt, settlement, ctx).await {
                 Ok(()) => {
                     tracing::debug!(job_id = %job, receipt = %receipt, settlement = settlement.name(), "settled");
-                    return;
+                    return true;
                 }
                 Err(SourceError::LeaseLost(_)) => {
                     tracing::warn!(job_id = %job, receipt = %receipt, settlement = settlement.name(),
                         "not settled: another worker owns the delivery now");
-                    return;
+                    return true;
                 }
                 Err(e) if e.is_retryable() && started.elapsed() < SETTLE_PATIENCE => {
                     let delay = retrier.next_delay();
@@ -144,7 +160,7 @@ impl Shared {
                 Err(e) => {
                     tracing::error!(job_id = %job, receipt = %receipt, settlement = settlement.name(), error = %e,
                         "settlement failed; the journal holds the decision and a redelivery is settled from it");
-                    return;
+                    return false;
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! One handler run under supervision: the handler gets a cancellation token that fires on the
-//! producer's cancellation (polled every `cancel_poll`), the deadline, a lost lease or the drain
-//! timeout; the lease is extended meanwhile, chunks are relayed in order as `chunk` events and
-//! checkpointed in the journal. A handler that panics has failed its attempt (a retryable error
+//! producer's cancellation (polled every `cancel_poll`), the deadline, the delivery's fence (its
+//! lease lost or unconfirmed for too long: [`super::hold`], which renews it) or the drain
+//! timeout; chunks are relayed in order as `chunk` events and checkpointed in the journal, and
+//! none is published once the delivery is fenced. A handler that panics has failed its attempt (a retryable error
 //! naming the panic), like any other failure: the job gets its terminal event and settlement,
 //! and the worker keeps working. It returns the handler's outcome and why it was stopped; it
 //! never settles the delivery (that is [`super::attempt`]'s, after the outcome is journaled).
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use citadel_journal::EventKind;
-use citadel_transports::{EventData, Job, Lease, Receipt};
+use citadel_transports::{EventData, Job};
 use futures_util::FutureExt as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,8 @@ use crate::handlers::{ChunkSink, Handler, HandlerError, JobContext};
 pub(super) enum Stop {
     Producer,
     Deadline,
-    LeaseLost,
+    /// The delivery was fenced: its lease is lost, or could not be renewed for too long.
+    Fenced,
     Drain,
 }
 
@@ -39,17 +41,20 @@ impl Shared {
     pub(super) async fn run_handler(
         &self,
         job: &Job,
-        receipt: &Receipt,
+        fence: &CancellationToken,
         delivery_id: &str,
         handler: Arc<dyn Handler>,
         timeout: Option<Duration>,
         drain: CancellationToken,
     ) -> (Result<Value, HandlerError>, Option<Stop>) {
-        let cancel = CancellationToken::new();
+        // A child of the fence: a fence cancels the handler at once, even while this loop waits
+        // on the transport (a cancellation poll or a chunk's publish against a broker out of reach).
+        let cancel = fence.child_token();
         let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
+        // The first reason wins, except a fence: a fenced attempt publishes and settles nothing.
         let stop_with = |why: Stop| {
             let mut s = stop.lock().expect("poisoned");
-            if s.is_none() {
+            if s.is_none() || why == Stop::Fenced {
                 *s = Some(why);
             }
             cancel.cancel();
@@ -61,11 +66,6 @@ impl Shared {
             deadline: timeout.map(|t| Instant::now() + t),
             chunks,
         };
-        let lease_every = self
-            .source
-            .capabilities()
-            .lease
-            .map(|l| (l / 3).max(Duration::from_millis(50)));
         let run = async {
             let guarded = async {
                 tokio::select! {
@@ -85,7 +85,6 @@ impl Shared {
                 tokio::time::interval_at(tokio::time::Instant::now() + period, period)
             };
             let mut cancel_poll = every(self.config.cancel_poll);
-            let mut lease_tick = every(lease_every.unwrap_or(Duration::from_secs(3600)));
             let deadline = async {
                 match timeout {
                     Some(t) => tokio::time::sleep(t).await,
@@ -94,13 +93,16 @@ impl Shared {
             };
             tokio::pin!(deadline);
             let mut deadline_fired = false;
+            let mut fenced = false;
             let result = loop {
                 tokio::select! {
                     r = &mut guarded => break r,
                     Some(content) = chunk_rx.recv() => {
                         let index = next_index;
                         next_index += 1;
-                        self.publish(job, EventData::Chunk { content, index }).await;
+                        if !fence.is_cancelled() {
+                            self.publish(job, EventData::Chunk { content, index }).await;
+                        }
                         if (index + 1) % CHECKPOINT_EVERY == 0 {
                             self.append_quiet(job, delivery_id, EventKind::Chunk { index });
                         }
@@ -112,18 +114,10 @@ impl Shared {
                             stop_with(Stop::Producer);
                         }
                     }
-                    _ = lease_tick.tick(), if lease_every.is_some() => {
-                        match self.source.extend_lease(receipt).await {
-                            Ok(Lease::Held) => {
-                                self.counters.jobs.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Ok(Lease::Lost) => {
-                                self.counters.jobs.leases_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::warn!(job_id = %job.id, receipt = %receipt, "lease lost; cancelling the handler");
-                                stop_with(Stop::LeaseLost);
-                            }
-                            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not extend the lease; trying again"),
-                        }
+                    () = fence.cancelled(), if !fenced => {
+                        fenced = true;
+                        tracing::warn!(job_id = %job.id, "fenced; the handler is cancelled");
+                        stop_with(Stop::Fenced);
                     }
                 }
             };
@@ -131,7 +125,9 @@ impl Shared {
             while let Ok(content) = chunk_rx.try_recv() {
                 let index = next_index;
                 next_index += 1;
-                self.publish(job, EventData::Chunk { content, index }).await;
+                if !fence.is_cancelled() {
+                    self.publish(job, EventData::Chunk { content, index }).await;
+                }
             }
             if next_index > 0 && next_index % CHECKPOINT_EVERY != 0 {
                 self.append_quiet(
@@ -145,7 +141,11 @@ impl Shared {
             result
         };
         let result = run.await;
-        let why = *stop.lock().expect("poisoned");
+        let why = if fence.is_cancelled() {
+            Some(Stop::Fenced)
+        } else {
+            *stop.lock().expect("poisoned")
+        };
         (result, why)
     }
 }

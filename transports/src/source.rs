@@ -214,6 +214,14 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
         Route::fixed(self.name())
     }
 
+    /// Stops tracking a delivery this worker will neither settle nor renew (its settlement could
+    /// not be made or sent, or its lease is gone), so that its lease runs out and the broker
+    /// delivers it again, here or elsewhere. Never talks to the broker; transports that keep no
+    /// per-delivery state (their lease simply expires) need nothing.
+    fn abandon(&self, receipt: &Receipt) {
+        let _ = receipt;
+    }
+
     /// Returns what was claimed but not handed out by `next` yet, without waiting, claiming more
     /// or stopping (`auto` hands out a demoted transport's leftovers this way).
     async fn take_buffered(&self) -> Vec<Incoming> {

@@ -451,6 +451,12 @@ impl JobSource for AutoSource {
         source.extend_lease(&inner_receipt).await
     }
 
+    fn abandon(&self, receipt: &Receipt) {
+        if let Ok((_, source, inner_receipt)) = self.inner.untag(receipt) {
+            source.abandon(&inner_receipt);
+        }
+    }
+
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
         self.inner.owner_of(job)?.is_cancelled(job).await
     }

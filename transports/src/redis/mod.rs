@@ -309,6 +309,11 @@ impl JobSource for RedisSource {
         }
     }
 
+    /// The fetcher takes the entry over again once its lease runs out.
+    fn abandon(&self, receipt: &Receipt) {
+        self.inner.forget(receipt);
+    }
+
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
         let mut conn = self.inner.ctl.clone();
         let n: i64 = redis::cmd("EXISTS")

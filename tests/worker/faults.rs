@@ -1,0 +1,476 @@
+//! Faults under which a delivery used to stick or a job ran twice (docs/faults.md), each injected
+//! into a runner working a real redis-server in this process: the same `jobId` enqueued twice, a
+//! journal that refuses a settlement, an `end` or a settlement the transport refuses, a dead
+//! letter that did not reach the transport, and a worker cut off from Redis for twice its lease
+//! while a shell command runs. Every test ends with nothing pending and each job run as often as
+//! its outcome allows.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use citadel::handlers::{Handler, HandlerError, JobContext, Registry, ShellPolicy};
+use citadel::runner::{Runner, RunnerConfig};
+use citadel_harness::redis::{self as harness, Server};
+use citadel_journal::{EventKind, Journal, JournalOptions, NewEvent, Phase};
+use citadel_transports::{
+    Capabilities, Health, Incoming, JobId, JobSource, Lease, Receipt, SettleContext, Settlement,
+    SourceError, WireEvent,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::worker::{events, submit, types};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Counts its runs per job; sleeps `ms`, fails for good with `fail`, and on a job's first run
+/// with `sabotage` appends to the journal what makes the runner's own settlement refused.
+#[derive(Debug)]
+struct Counting {
+    runs: Mutex<HashMap<String, u32>>,
+    journal: Journal,
+}
+
+impl Counting {
+    fn runs(&self, id: &str) -> u32 {
+        self.runs.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Handler for Counting {
+    async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
+        let id = ctx.job.id.clone();
+        let run = {
+            let mut runs = self.runs.lock().unwrap();
+            let n = runs.entry(id.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        let ms = ctx.job.payload["ms"].as_u64().unwrap_or(100);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            () = ctx.cancel.cancelled() => return Err(HandlerError::retryable("cancelled")),
+        }
+        if ctx.job.payload["sabotage"] == true && run == 1 {
+            for e in [
+                EventKind::Interrupted {
+                    reason: "sabotaged by the test".into(),
+                },
+                EventKind::Released,
+            ] {
+                self.journal
+                    .append(NewEvent::new(id.clone(), "redis", e).delivery("sabotage"))
+                    .await
+                    .unwrap();
+            }
+        }
+        if ctx.job.payload["fail"] == true {
+            if ctx.job.payload["retry"] == true {
+                return Err(HandlerError::retryable("this job fails every time"));
+            }
+            return Err(HandlerError::permanent("this job always fails"));
+        }
+        Ok(json!({"run": run}))
+    }
+}
+
+/// A real Redis source that refuses, once each, the publishes and settlements the test names,
+/// and records any `error` or `cancelled` published before the journal holds its settlement.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn JobSource>,
+    journal: Journal,
+    refuse_publish: Mutex<HashSet<&'static str>>,
+    refuse_settle: Mutex<HashSet<&'static str>>,
+    /// Jobs whose first `claimed` makes the journal skip them, so their `started` is refused.
+    refuse_start: Mutex<HashSet<String>>,
+    early: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl JobSource for Flaky {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {
+        self.inner.next(max).await
+    }
+    async fn settle(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Result<(), SourceError> {
+        if self.refuse_settle.lock().unwrap().remove(settlement.name()) {
+            return Err(SourceError::Broker("refused by the test".into()));
+        }
+        self.inner.settle(receipt, settlement, ctx).await
+    }
+    async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
+        self.inner.extend_lease(receipt).await
+    }
+    async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
+        self.inner.is_cancelled(job).await
+    }
+    async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        let ty = event.event_type();
+        if matches!(ty, "error" | "cancelled") {
+            let phase = self.journal.state(&event.job_id).and_then(|s| s.phase);
+            if !matches!(phase, Some(Phase::Settled(_))) {
+                self.early.lock().unwrap().push(format!(
+                    "{} `{ty}` while the journal said {phase:?}",
+                    event.job_id
+                ));
+            }
+        }
+        if ty == "claimed"
+            && self
+                .refuse_start
+                .lock()
+                .unwrap()
+                .remove(event.job_id.as_str())
+        {
+            let skip = EventKind::Skipped {
+                reason: "sabotaged by the test".into(),
+            };
+            let e = NewEvent::new(event.job_id.clone(), "redis", skip).delivery("sabotage");
+            self.journal.append(e).await.unwrap();
+        }
+        if self.refuse_publish.lock().unwrap().remove(ty) {
+            return Err(SourceError::Broker("refused by the test".into()));
+        }
+        self.inner.publish(event).await
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+    fn abandon(&self, receipt: &Receipt) {
+        self.inner.abandon(receipt);
+    }
+    async fn close(&self) -> Vec<Incoming> {
+        self.inner.close().await
+    }
+}
+
+struct Worker {
+    flaky: Arc<Flaky>,
+    handler: Arc<Counting>,
+    journal: Journal,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    async fn start(redis_url: &str, consumer: &str, dir: &Path, shell: &Path) -> Self {
+        let (journal, _) = Journal::open(dir, JournalOptions::default()).unwrap();
+        let mut cfg = citadel_transports::RedisConfig::new(redis_url.to_string(), consumer);
+        cfg.block = Duration::from_millis(200);
+        cfg.lease = Duration::from_secs(2);
+        cfg.reclaim_interval = Duration::from_millis(50);
+        cfg.command_timeout = Duration::from_millis(500);
+        let inner = Arc::new(citadel_transports::RedisSource::connect(cfg).await.unwrap());
+        let flaky = Arc::new(Flaky {
+            inner,
+            journal: journal.clone(),
+            refuse_publish: Mutex::default(),
+            refuse_settle: Mutex::default(),
+            refuse_start: Mutex::default(),
+            early: Mutex::default(),
+        });
+        let handler = Arc::new(Counting {
+            runs: Mutex::default(),
+            journal: journal.clone(),
+        });
+        let mut registry = Registry::builtin(ShellPolicy {
+            enabled: true,
+            workspace: shell.to_path_buf(),
+            ..ShellPolicy::default()
+        });
+        registry.register("count", handler.clone());
+        let mut config = RunnerConfig::new(consumer, consumer);
+        config.concurrency = 4;
+        config.lease = Duration::from_secs(2);
+        config.max_attempts = 5;
+        config.retry = citadel_transports::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        );
+        let source: Arc<dyn JobSource> = flaky.clone();
+        let runner = Runner::new(source, journal.clone(), registry, config);
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { runner.run(token).await });
+        Self {
+            flaky,
+            handler,
+            journal,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn phase(&self, id: &str) -> Option<Phase> {
+        self.journal
+            .state(&JobId::new(id).unwrap())
+            .and_then(|s| s.phase)
+    }
+}
+
+/// Waits until the group has no pending entry and `f` holds.
+async fn settled(c: &mut redis::aio::MultiplexedConnection, what: &str, f: impl Fn() -> bool) {
+    let begun = Instant::now();
+    loop {
+        let pending = harness::pending(c).await;
+        if pending.is_empty() && f() {
+            return;
+        }
+        assert!(
+            begun.elapsed() < WAIT,
+            "{what}: still pending after {WAIT:?}: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup() -> (Server, tempfile::TempDir) {
+    (Server::start().await, tempfile::tempdir().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_enqueued_twice_runs_once_and_nothing_stays_pending() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    let ids: Vec<String> = (0..10).map(|i| format!("twice-{i}")).collect();
+    for id in &ids {
+        for _ in 0..2 {
+            submit(&mut c, id, "count", json!({"ms": 300})).await;
+        }
+    }
+    settled(&mut c, "duplicate entries", || {
+        ids.iter()
+            .all(|id| w.phase(id) == Some(Phase::Settled(citadel_journal::SettledAs::Acked)))
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(w.handler.runs(id), 1, "{id} ran once");
+        let evs = events(&mut c, id).await;
+        let ends = types(&evs).iter().filter(|t| *t == "end").count();
+        assert_eq!(ends, 2, "{id}: both entries answered with the result");
+        let starts = types(&evs).iter().filter(|t| *t == "start").count();
+        assert_eq!(starts, 1, "{id}: started once");
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_the_journal_refuses_leaves_the_delivery_to_its_lease() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    submit(&mut c, "refused", "count", json!({"sabotage": true})).await;
+    settled(&mut c, "refused settlement", || {
+        w.phase("refused") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
+    })
+    .await;
+    assert_eq!(w.handler.runs("refused"), 2, "the redelivery ran it again");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_the_journal_refuses_leaves_the_delivery_to_its_lease() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    w.flaky
+        .refuse_start
+        .lock()
+        .unwrap()
+        .insert("unstarted".into());
+    submit(&mut c, "unstarted", "count", json!({})).await;
+    settled(&mut c, "refused start", || {
+        w.phase("unstarted") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
+    })
+    .await;
+    assert_eq!(
+        w.handler.runs("unstarted"),
+        1,
+        "run once, by the redelivery"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_the_transport_refuses_is_published_by_the_redelivery() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    w.flaky.refuse_publish.lock().unwrap().insert("end");
+    submit(&mut c, "no-end", "count", json!({})).await;
+    settled(&mut c, "refused end", || {
+        w.phase("no-end") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
+    })
+    .await;
+    assert_eq!(w.handler.runs("no-end"), 1, "never run again");
+    assert_eq!(
+        types(&events(&mut c, "no-end").await).last().unwrap(),
+        "end"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_the_transport_refuses_is_sent_again_from_the_journal() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    w.flaky.refuse_settle.lock().unwrap().insert("ack");
+    submit(&mut c, "no-ack", "count", json!({})).await;
+    // Settled in the journal at once; pending until the redelivery acks it from the journal.
+    settled(&mut c, "refused ack", || {
+        w.journal
+            .state(&JobId::new("no-ack").unwrap())
+            .is_some_and(|s| s.deliveries == 2)
+    })
+    .await;
+    assert_eq!(w.handler.runs("no-ack"), 1, "never run again");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_transport_refused_is_dead_lettered_from_the_journal() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    w.flaky.refuse_settle.lock().unwrap().insert("dead_letter");
+    submit(&mut c, "doomed", "count", json!({"fail": true})).await;
+    settled(&mut c, "refused dead letter", || {
+        w.journal
+            .state(&JobId::new("doomed").unwrap())
+            .is_some_and(|s| s.deliveries == 2 && s.is_settled())
+    })
+    .await;
+    assert_eq!(
+        w.handler.runs("doomed"),
+        1,
+        "a permanent failure never runs again"
+    );
+    let dlq = crate::support::worker::dead_letters(&mut c).await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let evs = types(&events(&mut c, "doomed").await);
+    assert_eq!(evs.iter().filter(|t| *t == "start").count(), 1, "{evs:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_and_cancelled_go_out_only_once_their_settlement_is_journaled() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
+    let _: () = redis::cmd("SET")
+        .arg("job:cancelled:called-off")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    submit(&mut c, "called-off", "count", json!({})).await;
+    submit(&mut c, "broken", "count", json!({"fail": true})).await;
+    submit(
+        &mut c,
+        "flaky",
+        "count",
+        json!({"fail": true, "retry": true, "maxAttempts": 2}),
+    )
+    .await;
+    settled(&mut c, "errors", || {
+        ["called-off", "broken", "flaky"]
+            .iter()
+            .all(|id| matches!(w.phase(id), Some(Phase::Settled(_))))
+    })
+    .await;
+    assert_eq!(
+        types(&events(&mut c, "called-off").await),
+        ["claimed", "cancelled"]
+    );
+    assert_eq!(
+        types(&events(&mut c, "broken").await),
+        ["claimed", "start", "error"]
+    );
+    let early = w.flaky.early.lock().unwrap().clone();
+    assert!(early.is_empty(), "published before journaled: {early:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_for_twice_its_lease_stops_its_shell_command_before_another_runs_it() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let upstream = format!("127.0.0.1:{}", url_port(&server.url()))
+        .parse()
+        .unwrap();
+    let proxy = citadel_harness::proxy::Proxy::start(upstream)
+        .await
+        .unwrap();
+    let cut_url = format!("redis://{}/", proxy.addr());
+    let a = Worker::start(&cut_url, "node-a", &tmp.path().join("ja"), tmp.path()).await;
+    let file = tmp.path().join("side-effects");
+    let command = format!("sleep 3; echo once >> {}", file.display());
+    submit(
+        &mut c,
+        "append",
+        "shell_command",
+        json!({ "command": command }),
+    )
+    .await;
+    crate::support::worker::wait_for(&mut c, "append", "start", WAIT).await;
+    proxy.cut();
+    let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
+    let cut_at = Instant::now();
+    let mut fenced_after = None;
+    while cut_at.elapsed() < Duration::from_secs(4) {
+        let interrupted = Some(Phase::Finished(citadel_journal::Outcome::Interrupted));
+        if fenced_after.is_none() && a.phase("append") == interrupted {
+            fenced_after = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.restore();
+    let fenced_after = fenced_after.expect("worker a fenced its attempt while cut off");
+    eprintln!("fenced {fenced_after:?} after the cut (lease 2 s, margin 0.5 s)");
+    settled(&mut c, "partitioned shell job", || {
+        std::fs::read_to_string(&file).is_ok_and(|s| !s.is_empty())
+    })
+    .await;
+    // Whatever either worker still had in hand has had time to finish.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines, "once\n", "the command's side effect happened once");
+    let ended = types(&events(&mut c, "append").await)
+        .iter()
+        .filter(|t| *t == "end")
+        .count();
+    assert_eq!(ended, 1, "one `end`");
+    a.stop().await;
+    b.stop().await;
+}
+
+fn url_port(url: &str) -> u16 {
+    url.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

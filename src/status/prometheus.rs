@@ -204,7 +204,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
         (
             "citadel_leases_lost_total",
-            "Running jobs whose lease another worker took.",
+            "Deliveries fenced: their lease was lost, or no renewal was confirmed for the lease less a margin (the handler was stopped).",
             &c.jobs.leases_lost,
         ),
         (

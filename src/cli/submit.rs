@@ -138,6 +138,9 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
             }
         }
         if let Some(o) = outcome.take() {
+            // The final event goes out just before the worker's settlement reaches the plane:
+            // wait for the record too, so what `citadel jobs` shows next agrees with us.
+            await_settled(&plane, &id).await;
             return o.map_err(|e| anyhow::anyhow!("job {id} {e}"));
         }
         // The stream ended without a final event: the job may have been settled without one.
@@ -160,6 +163,31 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
             Some("cancelled") => bail!("job {id} was cancelled"),
             _ => {}
         }
+    }
+}
+
+/// A final state of a control plane's job record.
+const FINAL_STATES: [&str; 4] = ["succeeded", "dead", "failed", "cancelled"];
+
+/// Waits (up to 10 s) until the plane's record of job `id` is final, after its final event was
+/// seen; says so on stderr if it is not by then (the exit status still follows the event).
+async fn await_settled(plane: &super::remote::Plane, id: &str) {
+    let path = format!("/api/v1/jobs/{}", encode(id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(job) = plane.call(Method::GET, &path, None).await {
+            if job["state"]
+                .as_str()
+                .is_some_and(|s| FINAL_STATES.contains(&s))
+            {
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!("note: the control plane has not recorded job {id}'s settlement yet");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -63,12 +63,14 @@ impl Broker {
     }
 }
 
-/// How to start one worker: its name (node name, container name suffix) and extra flags of
-/// `citadel work`.
+/// How to start one worker: its name (node name, container name suffix), extra flags of
+/// `citadel work`, and host folders mounted into it besides its `/data`.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
     pub name: String,
     pub args: Vec<String>,
+    /// `(host folder, path in the container)`.
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 impl WorkerSpec {
@@ -83,6 +85,7 @@ impl WorkerSpec {
         let spec = Self {
             name: name.to_owned(),
             args: Vec::new(),
+            mounts: Vec::new(),
         };
         let url = format!("{}://{broker}:{}", kind.name(), kind.port());
         let spec = match kind {
@@ -99,6 +102,20 @@ impl WorkerSpec {
         } else {
             self.args.extend([flag.to_owned(), value.to_owned()]);
         }
+        self
+    }
+
+    /// Adds a flag without a value (`--enable-shell`), once.
+    pub fn flag(mut self, flag: &str) -> Self {
+        if !self.args.iter().any(|a| a == flag) {
+            self.args.push(flag.to_owned());
+        }
+        self
+    }
+
+    /// Mounts the host folder `host` at `inside` (e.g. where shell jobs leave their side effects).
+    pub fn mount(mut self, host: impl Into<PathBuf>, inside: &str) -> Self {
+        self.mounts.push((host.into(), inside.to_owned()));
         self
     }
 }
@@ -154,6 +171,11 @@ impl Topology {
         })
     }
 
+    /// The scenario's id: every container it creates carries the label `citadel.chaos=<id>`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The docker network every container of the scenario joins.
     pub fn network(&self) -> String {
         format!("{}-net", self.id)
@@ -179,6 +201,12 @@ impl Topology {
     /// Starts a broker `name` of `kind`, its store in `<scenario dir>/<name>` (mounted at
     /// `/data`): Redis appends to its AOF there, JetStream keeps its streams and consumers there.
     pub async fn start_broker(&mut self, kind: Broker, name: &str) -> Result<()> {
+        self.start_broker_with(kind, name, &[]).await
+    }
+
+    /// [`Topology::start_broker`] with `args` after the image's own (a later option wins:
+    /// `["--appendfsync", "everysec"]` makes a Redis that can lose its last second of writes).
+    pub async fn start_broker_with(&mut self, kind: Broker, name: &str, args: &[&str]) -> Result<()> {
         let data = self.worker_dir(name);
         std::fs::create_dir_all(&data)?;
         let ((image, tag), ready) = match kind {
@@ -195,9 +223,13 @@ impl Topology {
         let image = GenericImage::new(image, tag)
             .with_exposed_port(port.tcp())
             .with_wait_for(ready);
-        let container = self
+        let mut request = self
             .request(image, name)
-            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"));
+        if !args.is_empty() {
+            request = request.with_cmd(args.iter().map(|a| a.to_string()));
+        }
+        let container = request
             .with_host_config_modifier(move |h| publish_on_loopback(h, port))
             .start()
             .await
@@ -285,9 +317,13 @@ impl Topology {
         .map(String::from)
         .to_vec();
         cmd.extend(spec.args.iter().cloned());
-        let container = self
+        let mut request = self
             .request(image, &spec.name)
-            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"));
+        for (host, inside) in &spec.mounts {
+            request = request.with_mount(Mount::bind_mount(host.display().to_string(), inside));
+        }
+        let container = request
             .with_cmd(cmd)
             // A PID 1 cannot SIGKILL itself: the crash points need the worker under an init.
             .with_host_config_modifier(|h| h.init = Some(true))
@@ -303,6 +339,12 @@ impl Topology {
             },
         );
         Ok(())
+    }
+
+    /// The scenario's host folder: the members' data folders and whatever else the scenario
+    /// keeps on the host (removed with the topology).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The host folder mounted as member `name`'s `/data`.
@@ -389,6 +431,16 @@ impl Topology {
             .context("docker network connect")?;
         self.record(format!("{name} cut off the network for {cut:?}"), from);
         Ok(())
+    }
+
+    /// SIGKILLs worker `name` unless it has stopped already, and waits until it has.
+    pub async fn stop_worker(&self, name: &str) -> Result<()> {
+        let host = &self.member(name)?.host;
+        if exited(&self.docker, host).await?.is_none() {
+            // It may die by itself in between (a crash point): then the signal finds no process.
+            let _ = self.signal(name, "SIGKILL").await;
+        }
+        self.wait_exit(name, Duration::from_secs(30)).await.map(drop)
     }
 
     /// Waits until member `name` has exited; returns its exit code.

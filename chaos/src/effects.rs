@@ -64,22 +64,23 @@ impl Effects {
         Ok(counts)
     }
 
-    /// Every `shell_command` job of `history` meant to complete must have left exactly one line;
-    /// one line per broken job, and the number of side effects in all.
-    pub fn check(&self, history: &History) -> Result<(usize, Vec<String>)> {
+    /// Every `shell_command` job of `history` meant to complete must have left exactly one line:
+    /// the side effects in all, and `(job id, times)` for each job that did not.
+    pub fn check(&self, history: &History) -> Result<(usize, Vec<(String, usize)>)> {
         let counts = self.counts()?;
-        let mut broken = Vec::new();
+        let mut wrong = Vec::new();
         let mut total = 0;
-        for job in history.jobs.iter().filter(|j| j.spec.job_type == "shell_command") {
+        for job in history
+            .jobs
+            .iter()
+            .filter(|j| j.spec.job_type == "shell_command")
+        {
             let n = counts.get(&job.spec.id).copied().unwrap_or_default();
             total += n;
             if job.spec.expect == Expect::Complete && n != 1 {
-                broken.push(format!(
-                    "the side effect of {} happened {n} times (once expected)",
-                    job.spec.id
-                ));
+                wrong.push((job.spec.id.clone(), n));
             }
         }
-        Ok((total, broken))
+        Ok((total, wrong))
     }
 }

@@ -123,7 +123,11 @@ impl Journals {
                     open.insert(&e.job, false);
                 }
             }
-            let mut left: Vec<&str> = open.into_iter().filter(|(_, o)| *o).map(|(j, _)| j).collect();
+            let mut left: Vec<&str> = open
+                .into_iter()
+                .filter(|(_, o)| *o)
+                .map(|(j, _)| j)
+                .collect();
             left.sort_unstable();
             out.extend(left.into_iter().map(|j| (n.node.as_str(), j)));
         }
@@ -138,7 +142,16 @@ async fn export(t: &Topology, name: &str) -> Result<String> {
     let volume = format!("{}:/data", t.worker_dir(name).display());
     let label = format!("citadel.chaos={}", t.id());
     let out = tokio::process::Command::new("docker")
-        .args(["run", "--rm", "--network", "none", "--label", &label, "-v", &volume])
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "-v",
+            &volume,
+        ])
         .arg(format!("{image}:{tag}"))
         .args(["--log", "error", "journal", "export", "--data-dir", "/data"])
         .output()
@@ -158,7 +171,9 @@ mod tests {
     use super::*;
 
     fn line(job: &str, kind: &str) -> String {
-        format!(r#"{{"seq":1,"at_ms":5,"job_id":"{job}","transport":"redis","event":{{"type":"{kind}","data":{{}}}}}}"#)
+        format!(
+            r#"{{"seq":1,"at_ms":5,"job_id":"{job}","transport":"redis","event":{{"type":"{kind}","data":{{}}}}}}"#
+        )
     }
 
     fn export(lines: &[(&str, &str)]) -> String {

@@ -28,8 +28,8 @@ pub mod producer;
 pub mod topology;
 
 pub use checker::{check, Figures};
-pub use gate::gate;
 pub use effects::Effects;
+pub use gate::gate;
 pub use history::History;
 pub use journals::Journals;
 pub use producer::{Connection, Expect, JobSpec, Producer};

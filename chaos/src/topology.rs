@@ -2,9 +2,10 @@
 //! JetStream) and citadel workers, each with its data directory on the host (mounted at `/data`)
 //! so what it stored outlives a kill: a restarted broker has its AOF or JetStream store, and a
 //! restarted worker is the *same* worker (same journal, same consumer name). The faults:
-//! signals (SIGKILL, SIGTERM), restart, `docker pause`, network disconnect; a supervisor
-//! restarts workers that die (a kill, or a crash point of the chaos build) and records each
-//! death as a fault.
+//! signals (SIGKILL, SIGTERM), restart, `docker pause`, network disconnect, a Redis that loses
+//! its last second of writes (its AOF cut back); a supervisor restarts workers that die (a kill,
+//! or a crash point of the chaos build), at once or after a while, and records each death as a
+//! fault. Workers can get host folders mounted besides their `/data` (side effects).
 //!
 //! The test process reaches brokers only through ports published on 127.0.0.1; containers reach
 //! each other by container name on the network. Everything the topology created (containers,
@@ -206,7 +207,12 @@ impl Topology {
 
     /// [`Topology::start_broker`] with `args` after the image's own (a later option wins:
     /// `["--appendfsync", "everysec"]` makes a Redis that can lose its last second of writes).
-    pub async fn start_broker_with(&mut self, kind: Broker, name: &str, args: &[&str]) -> Result<()> {
+    pub async fn start_broker_with(
+        &mut self,
+        kind: Broker,
+        name: &str,
+        args: &[&str],
+    ) -> Result<()> {
         let data = self.worker_dir(name);
         std::fs::create_dir_all(&data)?;
         let ((image, tag), ready) = match kind {
@@ -393,6 +399,38 @@ impl Topology {
         Ok(())
     }
 
+    /// Redis broker `name` loses its last `lose` of writes, as a power cut under `appendfsync
+    /// everysec` (or a failover to a lagging replica) would make it: SIGKILLed after `lose`, its
+    /// AOF cut back to the size it had when this began, started again after `down`; recorded as
+    /// a fault. (A process kill alone loses nothing: Redis writes its AOF before it answers, and
+    /// the kernel keeps what was written; only the fsync is once a second.) Returns the bytes cut.
+    pub async fn kill_broker_losing(
+        &self,
+        name: &str,
+        lose: Duration,
+        down: Duration,
+    ) -> Result<u64> {
+        let from = SystemTime::now();
+        let aof = current_aof(&self.worker_dir(name))?;
+        let kept = std::fs::metadata(&aof)?.len();
+        tokio::time::sleep(lose).await;
+        self.signal(name, "SIGKILL").await?;
+        self.wait_exit(name, Duration::from_secs(10)).await?;
+        let written = std::fs::metadata(&aof)?.len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&aof)
+            .and_then(|f| f.set_len(kept))
+            .with_context(|| format!("cutting {}", aof.display()))?;
+        tokio::time::sleep(down).await;
+        self.start(name).await?;
+        self.record(
+            format!("{name} lost its last {lose:?} and was restarted"),
+            from,
+        );
+        Ok(written.saturating_sub(kept))
+    }
+
     /// `docker pause` of `name` for `pause`; recorded as a fault.
     pub async fn pause(&self, name: &str, pause: Duration) -> Result<()> {
         let m = self.member(name)?;
@@ -440,7 +478,9 @@ impl Topology {
             // It may die by itself in between (a crash point): then the signal finds no process.
             let _ = self.signal(name, "SIGKILL").await;
         }
-        self.wait_exit(name, Duration::from_secs(30)).await.map(drop)
+        self.wait_exit(name, Duration::from_secs(30))
+            .await
+            .map(drop)
     }
 
     /// Waits until member `name` has exited; returns its exit code.
@@ -474,26 +514,40 @@ impl Topology {
     /// From now on, a worker that exits is started again at once (after a SIGKILL or a crash
     /// point) and its death is recorded as a fault.
     pub fn supervise(&mut self) {
+        self.supervise_after(Duration::ZERO);
+    }
+
+    /// [`Topology::supervise`], but a dead worker stays down for `down` first (longer than the
+    /// lease: the other workers take its jobs over before it is back).
+    pub fn supervise_after(&mut self, down: Duration) {
         let stop = Arc::new(AtomicBool::new(false));
         let hosts: Vec<String> = self.workers.values().map(|m| m.host.clone()).collect();
         let (docker, faults) = (self.docker.clone(), self.faults.clone());
         let (stop2, restarts2) = (stop.clone(), self.restarts.clone());
         let task = tokio::spawn(async move {
+            let mut dead_since: BTreeMap<String, SystemTime> = BTreeMap::new();
             while !stop2.load(Ordering::Relaxed) {
                 for host in &hosts {
-                    if let Ok(Some(code)) = exited(&docker, host).await {
-                        let from = SystemTime::now();
-                        if let Err(e) = docker.start_container(host, None).await {
-                            eprintln!("chaos supervisor: cannot restart {host}: {e}");
-                            continue;
-                        }
-                        restarts2.fetch_add(1, Ordering::Relaxed);
-                        faults.lock().expect("poisoned").push(Fault {
-                            what: format!("{host} died (exit code {code}) and was restarted"),
-                            from,
-                            to: SystemTime::now(),
-                        });
+                    let Ok(Some(code)) = exited(&docker, host).await else {
+                        continue;
+                    };
+                    let from = *dead_since
+                        .entry(host.clone())
+                        .or_insert_with(SystemTime::now);
+                    if from.elapsed().unwrap_or_default() < down {
+                        continue;
                     }
+                    if let Err(e) = docker.start_container(host, None).await {
+                        eprintln!("chaos supervisor: cannot restart {host}: {e}");
+                        continue;
+                    }
+                    dead_since.remove(host);
+                    restarts2.fetch_add(1, Ordering::Relaxed);
+                    faults.lock().expect("poisoned").push(Fault {
+                        what: format!("{host} died (exit code {code}) and was restarted"),
+                        from,
+                        to: SystemTime::now(),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -545,6 +599,29 @@ async fn exited(docker: &Docker, host: &str) -> Result<Option<i64>> {
         return Ok(None);
     }
     Ok(Some(state.exit_code.unwrap_or(-1)))
+}
+
+/// The AOF file Redis appends to now, in its data folder `dir`: the incremental file of the
+/// highest sequence number (`appendonlydir/appendonly.aof.N.incr.aof`, Redis 7).
+fn current_aof(dir: &std::path::Path) -> Result<PathBuf> {
+    let folder = dir.join("appendonlydir");
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(&folder).with_context(|| format!("{}", folder.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let seq = name
+            .strip_suffix(".incr.aof")
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq.filter(|s| best.as_ref().is_none_or(|(b, _)| s > b)) {
+            best = Some((seq, path));
+        }
+    }
+    best.map(|(_, p)| p)
+        .with_context(|| format!("no incremental AOF in {}", folder.display()))
 }
 
 /// Publishes `port` on 127.0.0.1 only, on a port the OS picks.

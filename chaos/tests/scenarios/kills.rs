@@ -28,7 +28,9 @@ async fn sigkill_worker_under_load() -> anyhow::Result<()> {
         kills += 1;
     }
     load.await??;
-    let figures = finish(NAME, &mut t, &p, Duration::from_secs(120)).await?.figures;
+    let figures = finish(NAME, &mut t, &p, Duration::from_secs(120))
+        .await?
+        .figures;
     println!("chaos: {NAME}: {kills} kills, {} restarts", t.restarts());
     assert!(t.restarts() >= 10, "only {} restarts", t.restarts());
     assert!(figures.sent >= 2000);
@@ -47,9 +49,9 @@ const POINTS: [&str; 5] = [
 
 /// Four jobs per lifecycle point kill their worker once, among 300 ordinary jobs, on two
 /// workers; every job completes, and a job killed before its ack (its success durable in the
-/// killed worker's journal, its `end` published) runs exactly once across both nodes: the other
-/// worker may take the unacked entry over while the killed one restarts (the lease, 2 s, is
-/// shorter than a restart), and must then acknowledge it without running it.
+/// killed worker's journal, its `end` published) runs exactly once across both nodes: a killed
+/// worker stays down 4 s, twice the lease, so the other worker takes the unacked entry over
+/// while it is away, and must then acknowledge it without running it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_each_lifecycle_point() -> anyhow::Result<()> {
     const NAME: &str = "sigkill-lifecycle-points";
@@ -62,7 +64,7 @@ async fn sigkill_at_each_lifecycle_point() -> anyhow::Result<()> {
     // delivered 11 times with 10 allowed).
     let flags: &[(&str, &str)] = &[("--max-attempts", "30"), ("--lease", "2s")];
     let (mut t, p) = setup("points", &[("w1", flags), ("w2", flags)]).await?;
-    t.supervise();
+    t.supervise_after(Duration::from_secs(4));
     let mut jobs = mixed("points", 300);
     for (i, point) in POINTS.iter().enumerate() {
         for k in 0..4 {

@@ -39,7 +39,9 @@ async fn poison_jobs_are_dead_lettered() -> anyhow::Result<()> {
         jobs.insert(30 + k * 50, fail);
     }
     p.send(jobs, 40.0).await?;
-    let figures = finish(NAME, &mut t, &p, Duration::from_secs(120)).await?.figures;
+    let figures = finish(NAME, &mut t, &p, Duration::from_secs(120))
+        .await?
+        .figures;
     println!("chaos: {NAME}: {} worker restarts", t.restarts());
     assert_eq!(figures.dead_lettered, 8, "the 8 poison jobs, and only they");
     figures.assert_clean(NAME);
@@ -59,7 +61,7 @@ async fn handler_panics_are_failed_attempts() -> anyhow::Result<()> {
     }
     let flags: &[(&str, &str)] = &[("--max-attempts", "10"), ("--concurrency", "4")];
     let (mut t, p) = setup("panic", &[("w1", flags)]).await?;
-    let mut jobs = mixed("panic", 200);
+    let mut jobs = mixed("ok", 200);
     for k in 0..5 {
         let always = JobSpec::new(format!("panic-{k}"), "panic", json!({ "maxAttempts": 3 }))
             .expect(Expect::DeadLetter { executions: 3 });
@@ -73,10 +75,19 @@ async fn handler_panics_are_failed_attempts() -> anyhow::Result<()> {
     let end = finish(NAME, &mut t, &p, Duration::from_secs(120)).await?;
     let mut figures = end.figures;
     let starts = end.journals.starts();
-    for job in end.history.jobs.iter().filter(|j| j.spec.job_type == "panic") {
+    for job in end
+        .history
+        .jobs
+        .iter()
+        .filter(|j| j.spec.job_type == "panic")
+    {
         let id = &job.spec.id;
         // (starts, failed attempts): panic-once fails its first attempt and succeeds.
-        let (runs, panics) = if id.starts_with("panic-once-") { (2, 1) } else { (3, 3) };
+        let (runs, panics) = if id.starts_with("panic-once-") {
+            (2, 1)
+        } else {
+            (3, 3)
+        };
         let journaled = starts.get(id.as_str()).map_or(0, Vec::len);
         let errors = job.events.iter().filter(|e| e.kind == "error").count();
         if (job.starts().count(), journaled, errors) != (runs, runs, panics) {
@@ -93,7 +104,10 @@ async fn handler_panics_are_failed_attempts() -> anyhow::Result<()> {
             }
         }
     }
-    assert_eq!(figures.dead_lettered, 5, "the 5 always-panicking jobs, and only they");
+    assert_eq!(
+        figures.dead_lettered, 5,
+        "the 5 always-panicking jobs, and only they"
+    );
     figures.assert_clean(NAME);
     Ok(())
 }

@@ -76,10 +76,13 @@ pub async fn finish_counting(
     let journals = Journals::read(t).await?;
     let mut figures = check(&history, &t.faults(), &journals);
     if let Some(effects) = effects {
-        let (happened, broken) = effects.check(&history)?;
+        let (happened, wrong) = effects.check(&history)?;
         println!("chaos: {scenario}: {happened} side effects counted on the host");
-        for line in broken {
-            figures.add_violation(line);
+        for (id, n) in wrong {
+            figures.raise_duplicated(&id, n.saturating_sub(1));
+            figures.add_violation(format!(
+                "the side effect of {id} happened {n} times (once expected)"
+            ));
         }
     }
     figures.report(scenario);

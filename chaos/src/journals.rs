@@ -50,8 +50,11 @@ const TERMINAL: [&str; 5] = [
 
 impl Journals {
     /// Stops every worker of `t` (SIGKILL: the journal stays exactly as the run left it, with no
-    /// drain to tidy it up) and exports each one's journal.
+    /// drain to tidy it up) and exports each one's journal. A worker found dead (a crash point
+    /// the supervisor no longer restarts) is started once first, so its crash recovery runs as
+    /// after any restart: only what a live worker leaves `running` counts as stuck.
     pub async fn read(t: &Topology) -> Result<Self> {
+        t.revive_workers().await?;
         let mut exports = Vec::new();
         for name in t.worker_names() {
             t.stop_worker(&name).await?;

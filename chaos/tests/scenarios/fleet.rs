@@ -1,8 +1,8 @@
 //! Effectively-once across a fleet of Redis workers, where one node's journal cannot know what
 //! another did: a worker cut off from Redis for twice the lease while its shell jobs run
 //! (partition-over-lease), every job enqueued twice with the same `jobId` (duplicate-enqueue),
-//! and Redis with `appendfsync everysec` SIGKILLed under load, forgetting acks it had answered
-//! (redis-lost-acks). Side effects are counted on the host ([`Effects`]), successes across the
+//! and Redis with `appendfsync everysec` losing its last second of writes under load, forgetting
+//! acks it had answered (redis-lost-acks). Side effects are counted on the host ([`Effects`]), successes across the
 //! merged journals of both workers (`finish`).
 
 use std::time::{Duration, Instant, SystemTime};

@@ -27,8 +27,8 @@ chaos/images/build.sh --citadel "$chaos_target/release/citadel"
 
 figures="$target/chaos-figures.md"
 {
-  echo "| scenario | sent | completed | dead-lettered | re-executed | duplicated | lost | faults | longest recovery |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| scenario | sent | completed | dead-lettered | re-executed | duplicated | lost | stuck | faults | longest recovery |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
 } >"$figures"
 CITADEL_CHAOS=1 CITADEL_CHAOS_FIGURES="$(realpath "$figures")" \
   cargo test -p citadel-chaos --locked -- --test-threads=1 --nocapture "$@"

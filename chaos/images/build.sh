@@ -5,7 +5,9 @@
 # equivalent). Images:
 #   citadel-chaos/redis:latest    Debian's redis-server (AOF on, fsync always)
 #   citadel-chaos/nats:latest     Debian's nats-server (JetStream in /data)
-#   citadel-chaos/citadel:latest  our release `citadel` built with `--features chaos`
+#   citadel-chaos/citadel:latest  our release `citadel` built with `--features chaos`, plus
+#                                 /bin/sh (Debian's dash) and /bin/sleep for `shell_command` jobs
+#                                 whose side effect the suite counts
 # An image whose inputs (the binary, its libraries, this script) did not change is not rebuilt:
 # the hash of the inputs is kept in the image's label `citadel.chaos.inputs`.
 #
@@ -24,12 +26,17 @@ libs_of() { # the shared libraries and loader a binary needs, one path a line
   ldd "$1" 2>/dev/null | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | sort -u
 }
 
-# build_image NAME BINARY ENTRYPOINT-JSON
+# build_image NAME BINARY ENTRYPOINT-JSON [EXTRA-BINARY:PATH-IN-IMAGE]...
 build_image() {
   local name="$1" bin; bin="$(readlink -f "$2")"; local entry="$3"
+  local extras=("${@:4}") x all=("$bin")
   [ -x "$bin" ] || die "$2 is missing (for image $name)"
+  for x in "${extras[@]}"; do
+    [ -x "${x%%:*}" ] || die "${x%%:*} is missing (for image $name)"
+    all+=("$(readlink -f "${x%%:*}")")
+  done
   local hash
-  hash="$( { sha256sum "$bin" "$0"; for l in $(libs_of "$bin"); do sha256sum "$(readlink -f "$l")"; done; echo "$entry"; } \
+  hash="$( { sha256sum "${all[@]}" "$0"; for b in "${all[@]}"; do for l in $(libs_of "$b"); do sha256sum "$(readlink -f "$l")"; done; done; echo "$entry ${extras[*]}"; } \
     | sha256sum | cut -c1-16)"
   local have
   have="$(docker image inspect -f '{{ index .Config.Labels "citadel.chaos.inputs" }}' "$name" 2>/dev/null || true)"
@@ -42,9 +49,15 @@ build_image() {
   mkdir -p "$root"/{bin,data,tmp,etc,lib64,lib/x86_64-linux-gnu}
   chmod 1777 "$root/tmp"
   cp "$bin" "$root/bin/$(basename "$2")"
-  for l in $(libs_of "$bin"); do
-    mkdir -p "$root$(dirname "$l")"
-    cp -L "$l" "$root$l"
+  for x in "${extras[@]}"; do
+    mkdir -p "$root$(dirname "${x#*:}")"
+    cp -L "${x%%:*}" "$root${x#*:}"
+  done
+  for b in "${all[@]}"; do
+    for l in $(libs_of "$b"); do
+      mkdir -p "$root$(dirname "$l")"
+      cp -L "$l" "$root$l"
+    done
   done
   echo 'root:x:0:0:root:/data:/bin/none' >"$root/etc/passwd"
   echo 'root:x:0:' >"$root/etc/group"
@@ -63,4 +76,5 @@ build_image citadel-chaos/nats:latest /usr/sbin/nats-server \
 [ -x "$citadel" ] || die "$citadel is missing: cargo build --release --features chaos --bin citadel"
 strings "$citadel" | grep 'citadel chaos: killing the worker' >/dev/null \
   || die "$citadel was built without --features chaos"
-build_image citadel-chaos/citadel:latest "$citadel" '["/bin/citadel"]'
+build_image citadel-chaos/citadel:latest "$citadel" '["/bin/citadel"]' \
+  "$(command -v dash):/bin/sh" "$(command -v sleep):/bin/sleep"

@@ -9,10 +9,15 @@
 //! - a **duplicated execution** is a `start` whose timestamp is later than that first `end` (by
 //!   the event timestamps, which all come from the one host clock the containers share): the
 //!   job ran again although a journal already held its success. A re-published `end` (a
-//!   redelivery acked from the journal) carries no `start` and is no execution;
+//!   redelivery acked from the journal) carries no `start` and is no execution. When the
+//!   workers' journals were read ([`Journals`]), every `succeeded` attempt beyond a job's first,
+//!   in any journal, is a duplicate too (a success on two nodes, which events cannot show when
+//!   the second run's `start` was lost); a job counts the larger of the two;
 //! - **lost**: sent, but neither completed (`end`) nor dead-lettered when the scenario's time is
 //!   up; the broker must also hold no unsettled job (Redis: no pending entry in the group;
 //!   NATS: nothing the workers' consumer has still to deliver or to see acked);
+//! - **stuck**: the broker's unsettled jobs, plus every job a worker's journal left `running`
+//!   (an attempt started and never ended) at the end;
 //! - **one terminal state**: never both completed and dead-lettered, never two dead letters;
 //!   a job meant to complete is never dead-lettered;
 //! - **poison**: a job expected to be dead-lettered after N executions has exactly N `start`s and
@@ -24,9 +29,11 @@
 //! in the millisecond before the queue is flushed: executions can be undercounted, never
 //! invented.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::history::History;
+use crate::journals::Journals;
 use crate::producer::Expect;
 use crate::topology::Fault;
 
@@ -40,26 +47,36 @@ pub struct Figures {
     pub executions: usize,
     /// Executions beyond the first of each job (interrupted attempts, retries of poison jobs).
     pub reexecuted: usize,
-    /// Executions after a journaled success (must be 0).
+    /// Executions after a journaled success, by the events, across the journals or by a
+    /// scenario's side effects (must be 0): the sum of [`Figures::duplicated_by_job`].
     pub duplicated: usize,
+    /// Each duplicated job's count: the largest any evidence shows.
+    pub duplicated_by_job: HashMap<String, usize>,
     /// Jobs with no terminal state (must be 0).
     pub lost: usize,
     /// Jobs the broker still holds unsettled (must be 0).
     pub pending: u64,
+    /// `pending` plus the jobs left `running` in a worker's journal (must be 0).
+    pub stuck: usize,
+    /// How many workers' journals were read (0: the journal checks did not run).
+    pub journals: usize,
     pub faults: usize,
     pub longest_recovery: Option<Duration>,
     /// Every broken obligation, one line each.
     pub violations: Vec<String>,
 }
 
-/// Checks `history` against the obligations; `faults` give the recovery times.
-pub fn check(history: &History, faults: &[Fault]) -> Figures {
+/// Checks `history` and the workers' `journals` (empty: not read) against the obligations;
+/// `faults` give the recovery times.
+pub fn check(history: &History, faults: &[Fault], journals: &Journals) -> Figures {
     let mut f = Figures {
         sent: history.jobs.len(),
         pending: history.pending,
         faults: faults.len(),
+        journals: journals.nodes.len(),
         ..Figures::default()
     };
+    let successes = journals.successes();
     for job in &history.jobs {
         let id = &job.spec.id;
         let starts = job.starts().count();
@@ -90,10 +107,10 @@ pub fn check(history: &History, faults: &[Fault]) -> Figures {
                 format!("{id} was dead-lettered {} times", job.dead.len()),
             );
         }
+        let mut dups = 0;
         if let Some(first_end) = job.events.iter().find(|e| e.kind == "end") {
-            let dups = job.starts().filter(|s| s.at > first_end.at).count();
+            dups = job.starts().filter(|s| s.at > first_end.at).count();
             if dups > 0 {
-                f.duplicated += dups;
                 violate(&mut f, format!(
                     "duplicated: {id} started {dups} time(s) after its success was journaled (end from {} at {})",
                     first_end.node,
@@ -101,6 +118,18 @@ pub fn check(history: &History, faults: &[Fault]) -> Figures {
                 ));
             }
         }
+        if let Some(nodes) = successes.get(id.as_str()).filter(|n| n.len() > 1) {
+            dups = dups.max(nodes.len() - 1);
+            violate(
+                &mut f,
+                format!(
+                    "duplicated: {id} succeeded {} times in the workers' journals (on {})",
+                    nodes.len(),
+                    nodes.join(", ")
+                ),
+            );
+        }
+        f.raise_duplicated(id, dups);
         match job.spec.expect {
             Expect::Complete if job.dead_lettered() => violate(
                 &mut f,
@@ -128,6 +157,18 @@ pub fn check(history: &History, faults: &[Fault]) -> Figures {
     if f.pending > 0 {
         let line = format!("{} jobs are still unsettled on the broker", f.pending);
         violate(&mut f, line);
+    }
+    f.stuck = usize::try_from(f.pending).unwrap_or(usize::MAX);
+    let sent: std::collections::HashSet<&str> =
+        history.jobs.iter().map(|j| j.spec.id.as_str()).collect();
+    for (node, id) in journals.running() {
+        if sent.contains(id) {
+            f.stuck += 1;
+            violate(
+                &mut f,
+                format!("stuck: {id} is left running in {node}'s journal"),
+            );
+        }
     }
     f.longest_recovery = faults
         .iter()
@@ -181,6 +222,24 @@ fn recovery(history: &History, fault: &Fault) -> Option<Duration> {
 }
 
 impl Figures {
+    /// Job `id` ran `n` times more than once by some evidence (a side effect seen twice): its
+    /// count becomes the larger of what was known and `n`.
+    pub fn raise_duplicated(&mut self, id: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let known = self.duplicated_by_job.entry(id.to_owned()).or_default();
+        if n > *known {
+            self.duplicated += n - *known;
+            *known = n;
+        }
+    }
+
+    /// Adds a broken obligation a scenario checked itself (its side effects, its journals).
+    pub fn add_violation(&mut self, line: String) {
+        violate(self, line);
+    }
+
     /// One line of figures, printed by every scenario (and appended to the file named by
     /// `CITADEL_CHAOS_FIGURES`, a Markdown table docs/chaos.md quotes).
     pub fn report(&self, scenario: &str) {
@@ -189,7 +248,8 @@ impl Figures {
             .map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
             "chaos figures: {scenario}: sent {} completed {} dead-lettered {} executions {} \
-             re-executed {} duplicated {} lost {} pending {} faults {} longest recovery {recovery}",
+             re-executed {} duplicated {} lost {} pending {} stuck {} faults {} longest recovery \
+             {recovery} ({} journals read)",
             self.sent,
             self.completed,
             self.dead_lettered,
@@ -198,7 +258,9 @@ impl Figures {
             self.duplicated,
             self.lost,
             self.pending,
-            self.faults
+            self.stuck,
+            self.faults,
+            self.journals
         );
         for v in &self.violations {
             println!("chaos violation: {scenario}: {v}");
@@ -212,13 +274,14 @@ impl Figures {
             {
                 let _ = writeln!(
                     file,
-                    "| {scenario} | {} | {} | {} | {} | {} | {} | {} | {recovery} |",
+                    "| {scenario} | {} | {} | {} | {} | {} | {} | {} | {} | {recovery} |",
                     self.sent,
                     self.completed,
                     self.dead_lettered,
                     self.reexecuted,
                     self.duplicated,
                     self.lost,
+                    self.stuck,
                     self.faults
                 );
             }
@@ -288,7 +351,7 @@ mod tests {
             ],
             pending: 0,
         };
-        let f = check(&history, &[]);
+        let f = check(&history, &[], &Journals::default());
         assert_eq!((f.sent, f.completed, f.dead_lettered), (5, 3, 1));
         assert_eq!(
             (f.executions, f.reexecuted, f.duplicated, f.lost),
@@ -313,8 +376,43 @@ mod tests {
             from: at(200),
             to: at(1_000),
         };
-        let f = check(&history, &[fault]);
+        let f = check(&history, &[fault], &Journals::default());
         assert_eq!(f.longest_recovery, Some(Duration::from_secs(4)));
         assert!(f.violations.is_empty());
+    }
+
+    /// A success on two nodes whose second `start` never reached the broker, and a job left
+    /// running in a journal: the events alone look clean.
+    #[test]
+    fn counts_duplicates_across_journals_and_stuck_jobs() {
+        let history = History {
+            jobs: vec![
+                job("twice", vec![ev("start", 10), ev("end", 20)]),
+                job("once", vec![ev("start", 10), ev("end", 20)]),
+            ],
+            pending: 1,
+        };
+        assert!(check(&history, &[], &Journals::default()).duplicated == 0);
+        let line =
+            |j: &str, k: &str| format!(r#"{{"at_ms":1,"job_id":"{j}","event":{{"type":"{k}"}}}}"#);
+        let w1 = [line("twice", "started"), line("twice", "succeeded")].join("\n");
+        let w2 = [
+            line("twice", "started"),
+            line("twice", "succeeded"),
+            line("once", "started"),
+            line("other", "started"),
+        ]
+        .join("\n");
+        let journals = Journals::from_exports(&[("w1".into(), w1), ("w2".into(), w2)]).unwrap();
+        let f = check(&history, &[], &journals);
+        assert_eq!((f.duplicated, f.stuck, f.journals), (1, 2, 2));
+        assert!(f
+            .violations
+            .iter()
+            .any(|v| v.contains("twice succeeded 2 times")));
+        assert!(f
+            .violations
+            .iter()
+            .any(|v| v.contains("once is left running in w2")));
     }
 }

@@ -5,8 +5,11 @@
 //! on Redis the entry is added only with the marker `chaos:sent:{jobId}`, in one step
 //! ([`RedisProducer::enqueue_once`]); on NATS the
 //! producer is the job stream's only publisher and expects its last sequence
-//! ([`NatsProducer::enqueue_after`]). It records when each job was sent; it must never read
-//! what the workers did (that is [`crate::history`]).
+//! ([`NatsProducer::enqueue_after`]). A job may ask to be enqueued more than once with the same
+//! `jobId` ([`JobSpec::copies`], Redis only: a producer whose retried `XADD` stored the job
+//! twice); each copy has its own marker, so the copies are deliberate and retries still are not.
+//! It records when each job was sent; it must never read what the workers did (that is
+//! [`crate::history`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +54,8 @@ pub struct JobSpec {
     pub job_type: String,
     pub payload: Value,
     pub expect: Expect,
+    /// How many entries with this `jobId` are enqueued, one right after the other (default 1).
+    pub copies: u32,
 }
 
 impl JobSpec {
@@ -60,7 +65,19 @@ impl JobSpec {
             job_type: job_type.to_owned(),
             payload,
             expect: Expect::Complete,
+            copies: 1,
         }
+    }
+
+    /// `shell_command` running `command` (the worker must enable shell).
+    pub fn shell(id: impl Into<String>, command: &str) -> Self {
+        Self::new(id, "shell_command", json!({ "command": command }))
+    }
+
+    /// Enqueued `copies` times with the same `jobId` (Redis only).
+    pub fn copies(mut self, copies: u32) -> Self {
+        self.copies = copies.max(1);
+        self
     }
 
     /// `sleep {ms}`.
@@ -225,10 +242,23 @@ async fn submit(conn: &Connection, job: &JobSpec, last: &mut Option<u64>) -> Res
     match conn {
         Connection::Redis(conn) => {
             let entry = JobEntry::new(&job.id, &job.job_type, &job.payload).enqueued_at(&now);
-            let marker = format!("chaos:sent:{}", job.id);
-            RedisProducer::new(conn.clone())
-                .enqueue_once(STREAM, &entry, &marker, SENT_MARKER_TTL)
-                .await?;
+            for copy in 1..=job.copies {
+                let marker = match copy {
+                    1 => format!("chaos:sent:{}", job.id),
+                    k => format!("chaos:sent:{}#{k}", job.id),
+                };
+                RedisProducer::new(conn.clone())
+                    .enqueue_once(STREAM, &entry, &marker, SENT_MARKER_TTL)
+                    .await?;
+            }
+        }
+        Connection::Nats(_) if job.copies > 1 => {
+            return Err(Unrelated(format!(
+                "{}: copies of a job are for Redis only (the NATS producer expects its last \
+                 sequence)",
+                job.id
+            ))
+            .into());
         }
         Connection::Nats(nats) => {
             let known = match *last {

@@ -2,25 +2,27 @@
 //! JetStream) and citadel workers, each with its data directory on the host (mounted at `/data`)
 //! so what it stored outlives a kill: a restarted broker has its AOF or JetStream store, and a
 //! restarted worker is the *same* worker (same journal, same consumer name). The faults:
-//! signals (SIGKILL, SIGTERM), restart, `docker pause`, network disconnect; a supervisor
-//! restarts workers that die (a kill, or a crash point of the chaos build) and records each
-//! death as a fault.
+//! signals (SIGKILL, SIGTERM), restart, `docker pause`, network disconnect, a Redis that loses
+//! its last second of writes (its AOF cut back); a supervisor restarts workers that die (a kill,
+//! or a crash point of the chaos build), at once or after a while, and records each death as a
+//! fault (the faults live in `faults`). Workers can get host folders mounted besides their
+//! `/data` (side effects).
 //!
 //! The test process reaches brokers only through ports published on 127.0.0.1; containers reach
 //! each other by container name on the network. Everything the topology created (containers,
 //! network, data directories) is removed when it is dropped, also when the scenario failed. It
 //! must never touch a container it did not create (all carry the label `citadel.chaos=<id>`).
 
+mod faults;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use testcontainers::bollard::models::{
-    HostConfig, NetworkConnectRequest, NetworkDisconnectRequest, PortBinding,
-};
+use testcontainers::bollard::models::{HostConfig, PortBinding};
 use testcontainers::bollard::query_parameters::KillContainerOptions;
 use testcontainers::bollard::Docker;
 use testcontainers::core::{ContainerPort, IntoContainerPort, Mount, WaitFor};
@@ -63,12 +65,14 @@ impl Broker {
     }
 }
 
-/// How to start one worker: its name (node name, container name suffix) and extra flags of
-/// `citadel work`.
+/// How to start one worker: its name (node name, container name suffix), extra flags of
+/// `citadel work`, and host folders mounted into it besides its `/data`.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
     pub name: String,
     pub args: Vec<String>,
+    /// `(host folder, path in the container)`.
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 impl WorkerSpec {
@@ -83,6 +87,7 @@ impl WorkerSpec {
         let spec = Self {
             name: name.to_owned(),
             args: Vec::new(),
+            mounts: Vec::new(),
         };
         let url = format!("{}://{broker}:{}", kind.name(), kind.port());
         let spec = match kind {
@@ -99,6 +104,20 @@ impl WorkerSpec {
         } else {
             self.args.extend([flag.to_owned(), value.to_owned()]);
         }
+        self
+    }
+
+    /// Adds a flag without a value (`--enable-shell`), once.
+    pub fn flag(mut self, flag: &str) -> Self {
+        if !self.args.iter().any(|a| a == flag) {
+            self.args.push(flag.to_owned());
+        }
+        self
+    }
+
+    /// Mounts the host folder `host` at `inside` (e.g. where shell jobs leave their side effects).
+    pub fn mount(mut self, host: impl Into<PathBuf>, inside: &str) -> Self {
+        self.mounts.push((host.into(), inside.to_owned()));
         self
     }
 }
@@ -120,7 +139,7 @@ pub struct Topology {
     dir: tempfile::TempDir,
     faults: Arc<Mutex<Vec<Fault>>>,
     restarts: Arc<AtomicU64>,
-    supervisor: Option<Supervisor>,
+    supervisor: Option<faults::Supervisor>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -154,6 +173,11 @@ impl Topology {
         })
     }
 
+    /// The scenario's id: every container it creates carries the label `citadel.chaos=<id>`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The docker network every container of the scenario joins.
     pub fn network(&self) -> String {
         format!("{}-net", self.id)
@@ -179,6 +203,17 @@ impl Topology {
     /// Starts a broker `name` of `kind`, its store in `<scenario dir>/<name>` (mounted at
     /// `/data`): Redis appends to its AOF there, JetStream keeps its streams and consumers there.
     pub async fn start_broker(&mut self, kind: Broker, name: &str) -> Result<()> {
+        self.start_broker_with(kind, name, &[]).await
+    }
+
+    /// [`Topology::start_broker`] with `args` after the image's own (a later option wins:
+    /// `["--appendfsync", "everysec"]` makes a Redis that can lose its last second of writes).
+    pub async fn start_broker_with(
+        &mut self,
+        kind: Broker,
+        name: &str,
+        args: &[&str],
+    ) -> Result<()> {
         let data = self.worker_dir(name);
         std::fs::create_dir_all(&data)?;
         let ((image, tag), ready) = match kind {
@@ -195,9 +230,13 @@ impl Topology {
         let image = GenericImage::new(image, tag)
             .with_exposed_port(port.tcp())
             .with_wait_for(ready);
-        let container = self
+        let mut request = self
             .request(image, name)
-            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"));
+        if !args.is_empty() {
+            request = request.with_cmd(args.iter().map(|a| a.to_string()));
+        }
+        let container = request
             .with_host_config_modifier(move |h| publish_on_loopback(h, port))
             .start()
             .await
@@ -285,9 +324,13 @@ impl Topology {
         .map(String::from)
         .to_vec();
         cmd.extend(spec.args.iter().cloned());
-        let container = self
+        let mut request = self
             .request(image, &spec.name)
-            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"))
+            .with_mount(Mount::bind_mount(data.display().to_string(), "/data"));
+        for (host, inside) in &spec.mounts {
+            request = request.with_mount(Mount::bind_mount(host.display().to_string(), inside));
+        }
+        let container = request
             .with_cmd(cmd)
             // A PID 1 cannot SIGKILL itself: the crash points need the worker under an init.
             .with_host_config_modifier(|h| h.init = Some(true))
@@ -303,6 +346,12 @@ impl Topology {
             },
         );
         Ok(())
+    }
+
+    /// The scenario's host folder: the members' data folders and whatever else the scenario
+    /// keeps on the host (removed with the topology).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The host folder mounted as member `name`'s `/data`.
@@ -340,55 +389,48 @@ impl Topology {
             .with_context(|| format!("restarting `{name}`"))
     }
 
-    /// SIGKILLs broker `name`, waits `down`, starts it again; recorded as a fault.
-    pub async fn kill_broker(&self, name: &str, down: Duration) -> Result<()> {
-        let from = SystemTime::now();
-        self.signal(name, "SIGKILL").await?;
-        self.wait_exit(name, Duration::from_secs(10)).await?;
-        tokio::time::sleep(down).await;
-        self.start(name).await?;
-        self.record(format!("{name} killed and restarted"), from);
+    /// Starts every worker that has died (and was not restarted: the scenario stopped
+    /// supervising) and waits until each is working again, so its crash recovery has run (a job
+    /// its death left `running` is journaled `interrupted`, as on any restart).
+    pub async fn revive_workers(&self) -> Result<()> {
+        for name in self.worker_names() {
+            let host = &self.member(&name)?.host;
+            if exited(&self.docker, host).await?.is_none() {
+                continue;
+            }
+            let before = self
+                .logs(&name, usize::MAX)
+                .await
+                .matches(" working: ")
+                .count();
+            self.start(&name).await?;
+            let until = Instant::now() + Duration::from_secs(30);
+            while self
+                .logs(&name, usize::MAX)
+                .await
+                .matches(" working: ")
+                .count()
+                <= before
+            {
+                if Instant::now() > until {
+                    bail!("`{name}` did not start working again");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         Ok(())
     }
 
-    /// `docker pause` of `name` for `pause`; recorded as a fault.
-    pub async fn pause(&self, name: &str, pause: Duration) -> Result<()> {
-        let m = self.member(name)?;
-        let from = SystemTime::now();
-        m.container.pause().await.context("docker pause")?;
-        tokio::time::sleep(pause).await;
-        m.container.unpause().await.context("docker unpause")?;
-        self.record(format!("{name} paused for {pause:?}"), from);
-        Ok(())
-    }
-
-    /// Cuts `name` off the network for `cut`, then reconnects it; recorded as a fault.
-    pub async fn cut_network(&self, name: &str, cut: Duration) -> Result<()> {
-        let m = self.member(name)?;
-        let from = SystemTime::now();
-        self.docker
-            .disconnect_network(
-                &self.network(),
-                NetworkDisconnectRequest {
-                    container: m.host.clone(),
-                    force: Some(true),
-                },
-            )
+    /// SIGKILLs worker `name` unless it has stopped already, and waits until it has.
+    pub async fn stop_worker(&self, name: &str) -> Result<()> {
+        let host = &self.member(name)?.host;
+        if exited(&self.docker, host).await?.is_none() {
+            // It may die by itself in between (a crash point): then the signal finds no process.
+            let _ = self.signal(name, "SIGKILL").await;
+        }
+        self.wait_exit(name, Duration::from_secs(30))
             .await
-            .context("docker network disconnect")?;
-        tokio::time::sleep(cut).await;
-        self.docker
-            .connect_network(
-                &self.network(),
-                NetworkConnectRequest {
-                    container: m.host.clone(),
-                    endpoint_config: None,
-                },
-            )
-            .await
-            .context("docker network connect")?;
-        self.record(format!("{name} cut off the network for {cut:?}"), from);
-        Ok(())
+            .map(drop)
     }
 
     /// Waits until member `name` has exited; returns its exit code.
@@ -419,49 +461,6 @@ impl Topology {
         self.faults.lock().expect("poisoned").clone()
     }
 
-    /// From now on, a worker that exits is started again at once (after a SIGKILL or a crash
-    /// point) and its death is recorded as a fault.
-    pub fn supervise(&mut self) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let hosts: Vec<String> = self.workers.values().map(|m| m.host.clone()).collect();
-        let (docker, faults) = (self.docker.clone(), self.faults.clone());
-        let (stop2, restarts2) = (stop.clone(), self.restarts.clone());
-        let task = tokio::spawn(async move {
-            while !stop2.load(Ordering::Relaxed) {
-                for host in &hosts {
-                    if let Ok(Some(code)) = exited(&docker, host).await {
-                        let from = SystemTime::now();
-                        if let Err(e) = docker.start_container(host, None).await {
-                            eprintln!("chaos supervisor: cannot restart {host}: {e}");
-                            continue;
-                        }
-                        restarts2.fetch_add(1, Ordering::Relaxed);
-                        faults.lock().expect("poisoned").push(Fault {
-                            what: format!("{host} died (exit code {code}) and was restarted"),
-                            from,
-                            to: SystemTime::now(),
-                        });
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        self.supervisor = Some(Supervisor { stop, task });
-    }
-
-    /// Workers the supervisor restarted so far.
-    pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
-    }
-
-    /// Stops restarting workers that die.
-    pub async fn unsupervise(&mut self) {
-        if let Some(s) = self.supervisor.take() {
-            s.stop.store(true, Ordering::Relaxed);
-            let _ = s.task.await;
-        }
-    }
-
     /// The last `lines` lines of member `name`'s output (for a failure's diagnosis).
     pub async fn logs(&self, name: &str, lines: usize) -> String {
         let Ok(m) = self.member(name) else {
@@ -478,11 +477,6 @@ impl Topology {
     pub fn worker_names(&self) -> Vec<String> {
         self.workers.keys().cloned().collect()
     }
-}
-
-struct Supervisor {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 /// `Some(exit code)` when the container has stopped (not when it is paused).

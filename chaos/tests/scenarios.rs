@@ -5,6 +5,7 @@
 mod scenarios {
     pub mod brokers;
     pub mod drain;
+    pub mod fleet;
     pub mod kills;
     pub mod poison;
     pub mod support;

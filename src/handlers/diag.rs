@@ -1,5 +1,7 @@
 //! The diagnostic job types used by benchmarks and chaos tests (ARCHITECTURE.md): `noop`, `echo`,
-//! `sleep {ms}` and `fail {times?}`. They do nothing harmful and never touch the machine.
+//! `sleep {ms}` and `fail {times?}`, and in a build with the cargo feature `chaos` only,
+//! `panic {times?}` (the chaos suite's handler-panic scenario). They do nothing harmful and never
+//! touch the machine.
 
 use std::time::Duration;
 
@@ -82,6 +84,31 @@ impl Handler for Fail {
     }
 }
 
+/// Panics on attempts 1..=`times` (without `times`, on every attempt), then succeeds: a handler
+/// that unwinds instead of returning, for the chaos suite. Compiled only with the `chaos`
+/// feature, so no normal build can be made to panic on purpose.
+#[cfg(feature = "chaos")]
+#[derive(Debug)]
+pub struct Panic;
+
+#[cfg(feature = "chaos")]
+#[async_trait]
+impl Handler for Panic {
+    async fn run(&self, ctx: &JobContext) -> Result<Value, HandlerError> {
+        let times = ctx
+            .job
+            .payload_str("times")
+            .and_then(|s| s.parse::<u32>().ok());
+        match times {
+            Some(t) if ctx.job.attempt > t => Ok(json!({"panicked_attempts": t})),
+            _ => panic!(
+                "panic: deliberate panic of job {} on attempt {}",
+                ctx.job.id, ctx.job.attempt
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::ctx;
@@ -128,5 +155,21 @@ mod tests {
         assert_eq!(Sleep.run(&c).await.unwrap(), json!({"slept_ms": 5}));
         let (c, _rx) = ctx("sleep", json!({"ms": "soon"}), 1);
         assert!(!Sleep.run(&c).await.unwrap_err().retryable);
+    }
+
+    #[cfg(feature = "chaos")]
+    #[tokio::test]
+    async fn panic_panics_until_its_times() {
+        use futures_util::FutureExt;
+        let (c, _rx) = ctx("panic", json!({"times": 1}), 1);
+        let unwound = std::panic::AssertUnwindSafe(Panic.run(&c))
+            .catch_unwind()
+            .await;
+        assert!(unwound.is_err());
+        let (c, _rx) = ctx("panic", json!({"times": "1"}), 2);
+        assert_eq!(
+            Panic.run(&c).await.unwrap(),
+            json!({"panicked_attempts": 1})
+        );
     }
 }

@@ -99,13 +99,16 @@ pub struct Registry {
 impl Registry {
     /// The built-in handlers. `shell_command` is registered only when the policy enables it;
     /// `llm_inference` uses the default engine addresses (`citadel work` registers it again with
-    /// the configured ones).
+    /// the configured ones). A build with the `chaos` feature also has `panic` (the chaos suite's
+    /// unwinding handler).
     pub fn builtin(shell: ShellPolicy) -> Self {
         let mut r = Self::default();
         r.register("noop", Arc::new(diag::Noop));
         r.register("echo", Arc::new(diag::Echo));
         r.register("sleep", Arc::new(diag::Sleep));
         r.register("fail", Arc::new(diag::Fail));
+        #[cfg(feature = "chaos")]
+        r.register("panic", Arc::new(diag::Panic));
         r.register(
             "llm_inference",
             Arc::new(LlmHandler::new(LlmConfig::default())),

@@ -58,7 +58,9 @@ async fn under_load(
     }
     load.await??;
     p.send(after, rate).await?;
-    let (figures, _) = finish(name, &mut t, &p, Duration::from_secs(120)).await?;
+    let figures = finish(name, &mut t, &p, Duration::from_secs(120))
+        .await?
+        .figures;
     if broker == Broker::Nats {
         forgotten_acks(name, &t, &p).await?;
     }
@@ -187,7 +189,9 @@ async fn auto_falls_back_when_redis_dies_and_comes_back() -> anyhow::Result<()> 
     t.kill_broker(BROKER, Duration::from_secs(6)).await?;
     p.set_url(&t.broker_url(BROKER).await?);
     load.await??;
-    let (figures, _) = finish(name, &mut t, &p, Duration::from_secs(120)).await?;
+    let figures = finish(name, &mut t, &p, Duration::from_secs(120))
+        .await?
+        .figures;
     figures.assert_clean(name);
     for w in ["w1", "w2"] {
         let log = t.logs(w, 2000).await;

@@ -65,7 +65,8 @@ async fn sigterm_drains_in_flight_jobs() -> anyhow::Result<()> {
     }
     // The released long jobs are delivered again to the restarted worker and complete.
     t.start("w1").await?;
-    let (figures, history) = finish(NAME, &mut t, &p, Duration::from_secs(60)).await?;
+    let end = finish(NAME, &mut t, &p, Duration::from_secs(60)).await?;
+    let (figures, history) = (end.figures, end.history);
     for job in &history.jobs {
         let expected = if job.spec.id.starts_with("long-") {
             2

@@ -131,6 +131,11 @@ impl RedisConfig {
     pub fn cancel_key(job: &JobId) -> String {
         format!("job:cancelled:{job}")
     }
+
+    /// The job's completion record (docs/wire-format.md#job-entries), written with its `end`.
+    pub fn done_key(job: &JobId) -> String {
+        format!("job:{job}:done")
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +169,7 @@ mod tests {
         assert_eq!(RedisConfig::events_stream(&id), "stream:v1:j1:events");
         assert_eq!(RedisConfig::status_key(&id), "job:j1:status");
         assert_eq!(RedisConfig::cancel_key(&id), "job:cancelled:j1");
+        assert_eq!(RedisConfig::done_key(&id), "job:j1:done");
     }
 
     #[test]

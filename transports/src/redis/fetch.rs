@@ -12,8 +12,12 @@
 //! live owners get the time to renew their leases and settle first (found by the chaos suite: a
 //! job whose success was journaled ran again on another worker after a pause).
 //!
+//! A suspect delivery (see `suspects`) is first looked up in its job's completion record: a
+//! completed job's entry is acked and its `end` re-published (`record::Lookup`), never handed
+//! out. A lookup that fails leaves the entry pending and unhanded: it comes back after the lease.
+//!
 //! It owns the blocking connection and the backoff after failures; it must never settle an entry
-//! or block anything but itself.
+//! (but for acking a completed job's) or block anything but itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +29,9 @@ use tracing::{debug, info, warn};
 
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
+use super::record::Lookup;
 use super::reply::{self, RawEntry};
+use super::suspects::{EntryId, Suspects};
 use super::Inner;
 use crate::delivery::{Incoming, Receipt};
 use crate::source::SourceError;
@@ -51,6 +57,8 @@ pub(crate) struct Fetcher {
     stalled: Option<Instant>,
     rotation: usize,
     backoff: crate::Retrier,
+    suspects: Suspects,
+    lookup: Lookup,
 }
 
 /// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
@@ -75,6 +83,8 @@ impl Fetcher {
             stalled: None,
             rotation: 0,
             backoff: crate::Backoff::RECONNECT.retrier(),
+            suspects: Suspects::new(),
+            lookup: Lookup::new(),
         }
     }
 
@@ -97,6 +107,7 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.stalled = Some(Instant::now());
+                    self.suspects.invalidate();
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
                     if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
@@ -117,32 +128,58 @@ impl Fetcher {
     }
 
     async fn round(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
+        if self.suspects.is_stale() {
+            self.read_boundary().await?;
+        }
         if self.recovery.is_some() {
             return self.recover(want).await;
         }
         let interval = self.inner.cfg.reclaim_interval;
         let since = self.last_reclaim.map(|t| t.elapsed());
+        // The guard holds on the first reclaim too: a fetcher whose very first rounds failed
+        // must not take over the leases of live owners that could not renew meanwhile.
         let guarded = self
             .stalled
             .is_some_and(|t| t.elapsed() < stall_guard(self.inner.cfg.lease));
-        match since {
-            Some(since) if since < interval || guarded => {
-                let block = match interval.checked_sub(since) {
-                    Some(left) if !left.is_zero() => self.inner.cfg.block.min(left),
-                    _ => self.inner.cfg.block,
-                };
-                let asked = Instant::now();
-                let read = self.read_new(want, block).await;
-                if asked.elapsed() > block + STALL {
-                    self.stalled = Some(Instant::now());
-                }
-                read
-            }
-            _ => {
-                self.last_reclaim = Some(Instant::now());
-                self.reclaim(want).await
-            }
+        if !guarded && since.is_none_or(|since| since >= interval) {
+            self.last_reclaim = Some(Instant::now());
+            return self.reclaim(want).await;
         }
+        let block = match since.and_then(|since| interval.checked_sub(since)) {
+            Some(left) if !left.is_zero() => self.inner.cfg.block.min(left),
+            _ => self.inner.cfg.block,
+        };
+        let asked = Instant::now();
+        let read = self.read_new(want, block).await;
+        if asked.elapsed() > block + STALL {
+            self.stalled = Some(Instant::now());
+            self.suspects.invalidate();
+        }
+        read
+    }
+
+    /// Reads every stream's last entry id: the entries up to it are suspects.
+    async fn read_boundary(&mut self) -> Result<(), SourceError> {
+        let streams = &self.inner.cfg.streams;
+        let mut pipe = redis::pipe();
+        for s in streams {
+            pipe.cmd("XREVRANGE")
+                .arg(s)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let lasts: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(map_err)?;
+        let mut upto = Vec::with_capacity(streams.len());
+        for (s, v) in streams.iter().zip(&lasts) {
+            let last = reply::entries(v)?
+                .first()
+                .and_then(|e| EntryId::parse(&e.id));
+            upto.push((s.as_str(), last));
+        }
+        self.suspects.set_upto(upto);
+        Ok(())
     }
 
     /// Re-reads this consumer's own pending entries, one page of one stream per round.
@@ -356,6 +393,11 @@ impl Fetcher {
         );
         match &item {
             Incoming::Job(d) => {
+                if self.suspects.check(stream, &entry.id, attempt, &d.job.id)
+                    && self.answered(stream, &entry.id, &d.job.id).await
+                {
+                    return Ok(None);
+                }
                 debug!(stream = %stream, entry_id = %entry.id, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
             }
             Incoming::Malformed(m) => {
@@ -364,5 +406,28 @@ impl Fetcher {
         }
         self.inner.track(item.receipt().clone());
         Ok(Some(item))
+    }
+
+    /// Looks a suspect delivery up: true when it must not be handed out (its job is completed:
+    /// acked and its result re-published; or the lookup failed: left pending for the lease).
+    async fn answered(&mut self, stream: &str, id: &str, job: &crate::job::JobId) -> bool {
+        let cfg = &self.inner.cfg;
+        match self
+            .lookup
+            .completed(&mut self.conn, cfg, stream, id, job)
+            .await
+        {
+            Ok(true) => {
+                warn!(stream = %stream, entry_id = %id, job_id = %job,
+                    "a completed job was delivered again; acked and its result re-published instead of running it");
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(stream = %stream, entry_id = %id, job_id = %job, error = %e,
+                    "looking up a suspect delivery failed; it is delivered again after the lease");
+                true
+            }
+        }
     }
 }

@@ -11,8 +11,10 @@
 //! - **Leases** are the entries' idle times. `extend_lease` claims the entry to itself again
 //!   (`XCLAIM … IDLE 0 JUSTID`, after checking ownership, in one script); a worker with free
 //!   slots takes entries idle longer than `lease` from anyone (`XPENDING … IDLE` + `XCLAIM`, every
-//!   `reclaim_interval`), except the entries it is itself running. (`XAUTOCLAIM` cannot skip those,
-//!   so a worker that missed one renewal would get its own running job a second time.)
+//!   `reclaim_interval`), except the entries it is itself running: claimed, renewed or settled
+//!   here within the lease. (`XAUTOCLAIM` cannot skip those, so a worker that missed one renewal
+//!   would get its own running job a second time.) An entry the runner gave up on (neither
+//!   renewed nor settled for a lease) is reclaimed here too; the journal answers it.
 //! - **Ack** is `XACK`; **dead-letter** is `XADD dlq:v1:…` + `XACK` in one script.
 //! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
 //!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the
@@ -24,7 +26,12 @@
 //!   picks a retried entry up later than its delay).
 //! - Every settlement first checks, atomically, that this consumer still owns the entry: a worker
 //!   whose lease was taken gets [`SourceError::LeaseLost`] and changes nothing. Settling an entry
-//!   that is no longer pending succeeds (settlements are idempotent).
+//!   that is no longer pending succeeds (settlements are idempotent; a release sent again after
+//!   its reply was lost changes nothing).
+//! - **Effectively once across nodes**: a job's `end` also writes its completion record
+//!   (`record`), before the runner acks; a suspect delivery (`suspects`) of a completed job is
+//!   acked and its result re-published by the fetcher, never handed out, and no later event
+//!   turns a `completed` status back.
 //!
 //! A restart delivers pending retries at once (the schedule is in the idle times, which a
 //! re-read resets). When Redis goes away, operations fail with retryable errors, the connections
@@ -38,8 +45,10 @@ mod fetch;
 mod park;
 mod producer;
 mod publish;
+mod record;
 mod reply;
 mod scripts;
+mod suspects;
 
 /// The stream every node's heartbeat is appended to (docs/wire-format.md#heartbeat).
 pub const NODE_STATUS_STREAM: &str = "node:status:stream";
@@ -48,7 +57,7 @@ pub const NODE_STATUS_MAXLEN: usize = 10_000;
 
 /// The idle time a released entry gets: longer than any lease, so every worker may take it now.
 pub const RELEASED_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -76,8 +85,9 @@ pub(crate) struct Inner {
     ctl: ConnectionManager,
     scripts: Scripts,
     inbox: Inbox,
-    /// Entries claimed by this process and not settled yet.
-    outstanding: Mutex<HashSet<Receipt>>,
+    /// Entries claimed by this process and not settled yet, with when this process last
+    /// claimed, renewed or tried to settle each.
+    outstanding: Mutex<HashMap<Receipt, Instant>>,
     parked: Mutex<Vec<Parked>>,
     publisher: publish::Publisher,
 }
@@ -106,15 +116,27 @@ impl Inner {
     }
 
     fn track(&self, r: Receipt) {
-        lock(&self.outstanding).insert(r);
+        lock(&self.outstanding).insert(r, Instant::now());
+    }
+
+    /// Notes that the runner still works on `r` (a renewal or a settlement is being tried).
+    fn touch(&self, r: &Receipt) {
+        if let Some(at) = lock(&self.outstanding).get_mut(r) {
+            *at = Instant::now();
+        }
     }
 
     fn forget(&self, r: &Receipt) {
         lock(&self.outstanding).remove(r);
     }
 
+    /// Whether the reclaimer must skip `r`: this process runs it and touched it within a
+    /// lease. A receipt nobody renews or settles any more (the runner gave up on a settlement
+    /// that kept failing) is not held forever: it is reclaimed like anyone's after the lease.
     fn is_outstanding(&self, r: &Receipt) -> bool {
-        lock(&self.outstanding).contains(r)
+        lock(&self.outstanding)
+            .get(r)
+            .is_some_and(|at| at.elapsed() < self.cfg.lease)
     }
 
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
@@ -210,6 +232,7 @@ impl JobSource for RedisSource {
     ) -> Result<(), SourceError> {
         self.check_receipt(receipt)?;
         let inner = &self.inner;
+        inner.touch(receipt);
         let mut conn = inner.ctl.clone();
         let t = inner.target(receipt);
         let lease = inner.cfg.lease;
@@ -292,6 +315,7 @@ impl JobSource for RedisSource {
 
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
         self.check_receipt(receipt)?;
+        self.inner.touch(receipt);
         let mut conn = self.inner.ctl.clone();
         let t = self.inner.target(receipt);
         match self

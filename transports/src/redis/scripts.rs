@@ -37,9 +37,12 @@ if p[1][2] ~= ARGV[2] then return -1 end
 
 /// KEYS: stream. ARGV: group, consumer, id, idle_ms, mode (`keep` | `release`).
 /// Claims the entry to its owner with the given idle time, without counting a delivery; in
-/// `release` mode also takes one off the delivery count, since the next claim adds it back.
+/// `release` mode also takes one off the delivery count, since the next claim adds it back. A
+/// release of an entry already released (idle that long: a retry whose first reply was lost)
+/// changes nothing, so the count is lowered once per delivery.
 const CLAIM: &str = r"
 local r
+if ARGV[5] == 'release' and tonumber(p[1][3]) >= tonumber(ARGV[4]) then return 1 end
 if ARGV[5] == 'release' then
   local c = tonumber(p[1][4]) - 1
   if c < 0 then c = 0 end

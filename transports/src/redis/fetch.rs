@@ -354,8 +354,20 @@ impl Fetcher {
             cmd.arg(">");
         }
         let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
+        let read = reply::read(&v)?;
+        let mut back = false;
+        for (stream, entries) in &read {
+            for e in entries {
+                back |= self.suspects.went_back(stream, &e.id);
+            }
+        }
+        if back {
+            info!("the consumer group was re-created or moved back; looking up the entries it replays");
+            self.suspects.invalidate();
+            self.read_boundary().await?;
+        }
         let mut out = Vec::new();
-        for (stream, entries) in reply::read(&v)? {
+        for (stream, entries) in read {
             for entry in entries {
                 if let Some(item) = self.admit(&stream, entry, 1).await? {
                     out.push(item);

@@ -3,8 +3,10 @@
 //! once (a lost ack, a lease that ran out while its owner settled), a `jobId` this fetcher has
 //! handed out before (the same job enqueued twice), and any entry the stream already held when
 //! this source last (re)joined its group or saw Redis fail (a group re-created from `0` replays
-//! the stream's history; a restarted Redis may have lost acks and reads). Entries appended
-//! later and delivered for the first time cost no lookup. Pure bookkeeping: it must never do
+//! the stream's history; a restarted Redis may have lost acks and reads). A group re-created
+//! while this source waited shows as a read of new entries going back to an id at or before one
+//! it read before: the boundary is then read again. Entries appended later and delivered for
+//! the first time cost no lookup. Pure bookkeeping: it must never do
 //! I/O; the fetcher reads the streams' last ids and tells it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,6 +37,8 @@ pub(crate) struct Suspects {
     stale: bool,
     seen: HashSet<JobId>,
     order: VecDeque<JobId>,
+    /// Per stream, the highest id a read of new entries returned.
+    read_max: HashMap<String, EntryId>,
 }
 
 impl Suspects {
@@ -63,6 +67,25 @@ impl Suspects {
                 .insert(stream.to_owned(), id.unwrap_or(EntryId(0, 0)));
         }
         self.stale = false;
+    }
+
+    /// Notes entry `id` returned by a read of new entries (`>`); true when the group's position
+    /// went back (the group was re-created or moved): call [`Suspects::invalidate`].
+    pub fn went_back(&mut self, stream: &str, id: &str) -> bool {
+        let Some(id) = EntryId::parse(id) else {
+            return false;
+        };
+        match self.read_max.get_mut(stream) {
+            Some(max) if id <= *max => true,
+            Some(max) => {
+                *max = id;
+                false
+            }
+            None => {
+                self.read_max.insert(stream.to_owned(), id);
+                false
+            }
+        }
     }
 
     /// Whether the delivery of entry `id` of `stream`, for job `job` and counted `deliveries`
@@ -125,6 +148,17 @@ mod tests {
         assert!(s.check("s", "14-0", 1, &id("f")), "after a failure");
         s.set_upto([("s", None)]);
         assert!(!s.check("s", "15-0", 1, &id("g")), "an empty stream");
+    }
+
+    #[test]
+    fn a_read_going_back_is_noticed() {
+        let mut s = Suspects::new();
+        assert!(!s.went_back("s", "5-0"));
+        assert!(!s.went_back("s", "6-0"));
+        assert!(!s.went_back("t", "1-0"), "streams apart");
+        assert!(s.went_back("s", "6-0"));
+        assert!(s.went_back("s", "1-0"));
+        assert!(!s.went_back("s", "7-0"));
     }
 
     proptest! {

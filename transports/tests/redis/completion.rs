@@ -134,6 +134,49 @@ async fn a_completed_job_in_a_group_recreated_from_zero_is_not_run_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_notices_its_group_recreated_under_it() {
+    let server = Server::start().await;
+    let a = server.source("node-a").await;
+    let mut c = server.conn().await;
+    enqueue_job(&mut c, "seen-here", "echo").await;
+    let got = next_within(&a, 1, Duration::from_secs(5)).await;
+    publish_end(&a, &got[0]).await;
+    a.settle(
+        got[0].receipt(),
+        &Settlement::Ack,
+        &SettleContext::default(),
+    )
+    .await
+    .unwrap();
+    // Enqueued after `a` joined and completed by another node: fresh to `a`.
+    let b = server.source("node-b").await;
+    enqueue_job(&mut c, "done-elsewhere", "echo").await;
+    let got = next_within(&b, 1, Duration::from_secs(5)).await;
+    publish_end(&b, &got[0]).await;
+    b.settle(
+        got[0].receipt(),
+        &Settlement::Ack,
+        &SettleContext::default(),
+    )
+    .await
+    .unwrap();
+    drop(b);
+    // Re-created from `0` while `a` waits for no job (no read of its own fails).
+    for args in [
+        vec!["DESTROY", STREAM, GROUP],
+        vec!["CREATE", STREAM, GROUP, "0"],
+    ] {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg(&args)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    settle_down(&mut c, &a, "done-elsewhere", 2).await;
+    assert_eq!(ends(&mut c, "seen-here").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_id_enqueued_again_after_completion_is_not_run_again() {
     let server = Server::start().await;
     let a = server.source("node-a").await;

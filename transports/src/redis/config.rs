@@ -136,6 +136,11 @@ impl RedisConfig {
     pub fn done_key(job: &JobId) -> String {
         format!("job:{job}:done")
     }
+
+    /// The job's owner marker (docs/wire-format.md#job-entries): the consumer running it now.
+    pub fn owner_key(job: &JobId) -> String {
+        format!("job:{job}:owner")
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +175,7 @@ mod tests {
         assert_eq!(RedisConfig::status_key(&id), "job:j1:status");
         assert_eq!(RedisConfig::cancel_key(&id), "job:cancelled:j1");
         assert_eq!(RedisConfig::done_key(&id), "job:j1:done");
+        assert_eq!(RedisConfig::owner_key(&id), "job:j1:owner");
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! live owners get the time to renew their leases and settle first (found by the chaos suite: a
 //! job whose success was journaled ran again on another worker after a pause).
 //!
-//! A suspect delivery (see `suspects`) is first looked up in its job's completion record: a
-//! completed job's entry is acked and its `end` re-published (`record::Lookup`), never handed
-//! out. A lookup that fails leaves the entry pending and unhanded: it comes back after the lease.
+//! Every batch of claimed job entries passes the `gate` in one script call before anything is
+//! handed out: a completed job's entry is acked and its `end` re-published, a copy of a job
+//! another consumer runs is held pending for the lease, the rest are handed out under this
+//! consumer's owner marker. A gate call that fails hands nothing out: the batch's entries stay
+//! pending and come back after the lease.
 //!
 //! It owns the blocking connection and the backoff after failures; it must never settle an entry
 //! (but for acking a completed job's) or block anything but itself.
@@ -29,9 +31,8 @@ use tracing::{debug, info, warn};
 
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
-use super::record::Lookup;
+use super::gate::{Ask, Gate, Verdict};
 use super::reply::{self, RawEntry};
-use super::suspects::{EntryId, Suspects};
 use super::Inner;
 use crate::delivery::{Incoming, Receipt};
 use crate::source::SourceError;
@@ -57,8 +58,7 @@ pub(crate) struct Fetcher {
     stalled: Option<Instant>,
     rotation: usize,
     backoff: crate::Retrier,
-    suspects: Suspects,
-    lookup: Lookup,
+    gate: Gate,
 }
 
 /// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
@@ -83,8 +83,7 @@ impl Fetcher {
             stalled: None,
             rotation: 0,
             backoff: crate::Backoff::RECONNECT.retrier(),
-            suspects: Suspects::new(),
-            lookup: Lookup::new(),
+            gate: Gate::new(),
         }
     }
 
@@ -107,7 +106,6 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.stalled = Some(Instant::now());
-                    self.suspects.invalidate();
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
                     if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
@@ -128,9 +126,6 @@ impl Fetcher {
     }
 
     async fn round(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
-        if self.suspects.is_stale() {
-            self.read_boundary().await?;
-        }
         if self.recovery.is_some() {
             return self.recover(want).await;
         }
@@ -153,33 +148,8 @@ impl Fetcher {
         let read = self.read_new(want, block).await;
         if asked.elapsed() > block + STALL {
             self.stalled = Some(Instant::now());
-            self.suspects.invalidate();
         }
         read
-    }
-
-    /// Reads every stream's last entry id: the entries up to it are suspects.
-    async fn read_boundary(&mut self) -> Result<(), SourceError> {
-        let streams = &self.inner.cfg.streams;
-        let mut pipe = redis::pipe();
-        for s in streams {
-            pipe.cmd("XREVRANGE")
-                .arg(s)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let lasts: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(map_err)?;
-        let mut upto = Vec::with_capacity(streams.len());
-        for (s, v) in streams.iter().zip(&lasts) {
-            let last = reply::entries(v)?
-                .first()
-                .and_then(|e| EntryId::parse(&e.id));
-            upto.push((s.as_str(), last));
-        }
-        self.suspects.set_upto(upto);
-        Ok(())
     }
 
     /// Re-reads this consumer's own pending entries, one page of one stream per round.
@@ -213,12 +183,14 @@ impl Fetcher {
         };
         rec.cursor = last.id.clone();
         let counts = self.pending_counts(&stream, &entries).await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (entry, count) in entries.into_iter().zip(counts) {
-            if let Some(item) = self.admit(&stream, entry, count).await? {
-                info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
-                out.push(item);
-            }
+        let batch = entries
+            .into_iter()
+            .zip(counts)
+            .map(|(e, count)| (stream.clone(), e, count))
+            .collect();
+        let out = self.admit(batch).await?;
+        for item in &out {
+            info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
         }
         Ok(out)
     }
@@ -299,18 +271,15 @@ impl Fetcher {
                         cmd.arg(&p.id);
                     }
                     let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
+                    let mut batch = Vec::new();
                     for entry in reply::entries(&v)? {
                         let Some(p) = candidates.iter().find(|p| p.id == entry.id) else {
                             continue;
                         };
-                        let attempt = p.deliveries.saturating_add(1);
-                        let from = p.consumer.clone();
-                        let idle_ms = p.idle_ms;
-                        if let Some(item) = self.admit(stream, entry, attempt).await? {
-                            info!(stream = %stream, entry_id = %item.receipt().id(), from = %from, idle_ms, attempt, "claimed an entry whose lease ran out");
-                            out.push(item);
-                        }
+                        info!(stream = %stream, entry_id = %p.id, from = %p.consumer, idle_ms = p.idle_ms, "claimed an entry whose lease ran out");
+                        batch.push((stream.clone(), entry, p.deliveries.saturating_add(1)));
                     }
+                    out.extend(self.admit(batch).await?);
                 }
                 if !full_page {
                     break;
@@ -354,91 +323,91 @@ impl Fetcher {
             cmd.arg(">");
         }
         let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
-        let read = reply::read(&v)?;
-        let mut back = false;
-        for (stream, entries) in &read {
-            for e in entries {
-                back |= self.suspects.went_back(stream, &e.id);
-            }
+        let batch = reply::read(&v)?
+            .into_iter()
+            .flat_map(|(stream, entries)| entries.into_iter().map(move |e| (stream.clone(), e, 1)))
+            .collect();
+        self.admit(batch).await
+    }
+
+    /// Turns claimed entries (stream, entry, delivery count) into what `next()` returns,
+    /// passing the jobs through the gate in one call, and marks what is handed out as running
+    /// here; an entry deleted from the stream while pending is acked away.
+    async fn admit(
+        &mut self,
+        batch: Vec<(String, RawEntry, u32)>,
+    ) -> Result<Vec<Incoming>, SourceError> {
+        let mut items = Vec::with_capacity(batch.len());
+        for (stream, entry, attempt) in batch {
+            let Some(fields) = entry.fields else {
+                warn!(stream = %stream, entry_id = %entry.id, "pending entry was deleted from the stream; dropping it");
+                let _: Value = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(&self.inner.cfg.group)
+                    .arg(&entry.id)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(map_err)?;
+                continue;
+            };
+            let max = self.inner.cfg.max_payload_bytes;
+            items.push(to_incoming(&stream, &entry.id, &fields, attempt, max));
         }
-        if back {
-            info!("the consumer group was re-created or moved back; looking up the entries it replays");
-            self.suspects.invalidate();
-            self.read_boundary().await?;
-        }
-        let mut out = Vec::new();
-        for (stream, entries) in read {
-            for entry in entries {
-                if let Some(item) = self.admit(&stream, entry, 1).await? {
-                    out.push(item);
+        let asks: Vec<Ask<'_>> = items
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Job(d) => Some(Ask {
+                    stream: d.receipt.queue(),
+                    id: d.receipt.id(),
+                    job: &d.job.id,
+                }),
+                Incoming::Malformed(_) => None,
+            })
+            .collect();
+        let mut verdicts = self
+            .gate
+            .decide(&mut self.conn, &self.inner.cfg, &asks)
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let job = match &item {
+                Incoming::Job(d) => {
+                    let verdict = verdicts.next().unwrap_or(Verdict::Held);
+                    if !self.passes(&item, verdict) {
+                        continue;
+                    }
+                    Some(d.job.id.clone())
                 }
-            }
+                Incoming::Malformed(m) => {
+                    warn!(receipt = %m.receipt, reason = %m.reason, "malformed job entry");
+                    None
+                }
+            };
+            self.inner.track(item.receipt().clone(), job);
+            out.push(item);
         }
         Ok(out)
     }
 
-    /// Turns a claimed entry into what `next()` returns and marks it as running here; an entry
-    /// deleted from the stream while pending is acked away.
-    async fn admit(
-        &mut self,
-        stream: &str,
-        entry: RawEntry,
-        attempt: u32,
-    ) -> Result<Option<Incoming>, SourceError> {
-        let Some(fields) = entry.fields else {
-            warn!(stream = %stream, entry_id = %entry.id, "pending entry was deleted from the stream; dropping it");
-            let _: Value = redis::cmd("XACK")
-                .arg(stream)
-                .arg(&self.inner.cfg.group)
-                .arg(&entry.id)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(map_err)?;
-            return Ok(None);
-        };
-        let item = to_incoming(
-            stream,
-            &entry.id,
-            &fields,
-            attempt,
-            self.inner.cfg.max_payload_bytes,
-        );
-        match &item {
-            Incoming::Job(d) => {
-                if self.suspects.check(stream, &entry.id, attempt, &d.job.id)
-                    && self.answered(stream, &entry.id, &d.job.id).await
-                {
-                    return Ok(None);
-                }
-                debug!(stream = %stream, entry_id = %entry.id, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
+    /// Logs the gate's verdict on a job delivery; true when it is handed out.
+    fn passes(&self, item: &Incoming, verdict: Verdict) -> bool {
+        let Incoming::Job(d) = item else { return true };
+        let (receipt, job_id, attempt) = (&d.receipt, &d.job.id, d.job.attempt);
+        match verdict {
+            Verdict::Run => {
+                debug!(receipt = %receipt, job_id = %job_id, job_type = %d.job.job_type, attempt, "claimed job");
+                true
             }
-            Incoming::Malformed(m) => {
-                warn!(stream = %stream, entry_id = %entry.id, reason = %m.reason, "malformed job entry");
-            }
-        }
-        self.inner.track(item.receipt().clone());
-        Ok(Some(item))
-    }
-
-    /// Looks a suspect delivery up: true when it must not be handed out (its job is completed:
-    /// acked and its result re-published; or the lookup failed: left pending for the lease).
-    async fn answered(&mut self, stream: &str, id: &str, job: &crate::job::JobId) -> bool {
-        let cfg = &self.inner.cfg;
-        match self
-            .lookup
-            .completed(&mut self.conn, cfg, stream, id, job)
-            .await
-        {
-            Ok(true) => {
-                warn!(stream = %stream, entry_id = %id, job_id = %job,
+            Verdict::Completed => {
+                warn!(receipt = %receipt, job_id = %job_id,
                     "a completed job was delivered again; acked and its result re-published instead of running it");
-                true
+                false
             }
-            Ok(false) => false,
-            Err(e) => {
-                warn!(stream = %stream, entry_id = %id, job_id = %job, error = %e,
-                    "looking up a suspect delivery failed; it is delivered again after the lease");
-                true
+            Verdict::Held => {
+                info!(receipt = %receipt, job_id = %job_id,
+                    "another consumer runs this job; the copy stays pending for the lease");
+                false
             }
         }
     }

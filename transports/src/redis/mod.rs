@@ -42,13 +42,13 @@ mod conn;
 mod dlq;
 mod entry;
 mod fetch;
+mod gate;
 mod park;
 mod producer;
 mod publish;
 mod record;
 mod reply;
 mod scripts;
-mod suspects;
 
 /// The stream every node's heartbeat is appended to (docs/wire-format.md#heartbeat).
 pub const NODE_STATUS_STREAM: &str = "node:status:stream";
@@ -86,8 +86,8 @@ pub(crate) struct Inner {
     scripts: Scripts,
     inbox: Inbox,
     /// Entries claimed by this process and not settled yet, with when this process last
-    /// claimed, renewed or tried to settle each.
-    outstanding: Mutex<HashMap<Receipt, Instant>>,
+    /// claimed, renewed or tried to settle each, and their job (for its owner marker).
+    outstanding: Mutex<HashMap<Receipt, Held>>,
     parked: Mutex<Vec<Parked>>,
     publisher: publish::Publisher,
 }
@@ -105,24 +105,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An entry this process claimed: when it last touched it, and its job (none if malformed).
+#[derive(Debug)]
+struct Held {
+    at: Instant,
+    job: Option<JobId>,
+}
+
 impl Inner {
-    fn target<'a>(&'a self, r: &'a Receipt) -> Target<'a> {
+    /// The entry `r`, with the owner marker of `job` (or of the job it was claimed for here).
+    fn target<'a>(&'a self, r: &'a Receipt, job: Option<&JobId>) -> Target<'a> {
+        let job = job
+            .cloned()
+            .or_else(|| lock(&self.outstanding).get(r).and_then(|h| h.job.clone()));
         Target {
             stream: r.queue(),
             group: &self.cfg.group,
             consumer: &self.cfg.consumer,
             id: r.id(),
+            marker: job.as_ref().map(RedisConfig::owner_key),
         }
     }
 
-    fn track(&self, r: Receipt) {
-        lock(&self.outstanding).insert(r, Instant::now());
+    fn track(&self, r: Receipt, job: Option<JobId>) {
+        let held = Held {
+            at: Instant::now(),
+            job,
+        };
+        lock(&self.outstanding).insert(r, held);
     }
 
     /// Notes that the runner still works on `r` (a renewal or a settlement is being tried).
     fn touch(&self, r: &Receipt) {
-        if let Some(at) = lock(&self.outstanding).get_mut(r) {
-            *at = Instant::now();
+        if let Some(h) = lock(&self.outstanding).get_mut(r) {
+            h.at = Instant::now();
         }
     }
 
@@ -136,7 +152,7 @@ impl Inner {
     fn is_outstanding(&self, r: &Receipt) -> bool {
         lock(&self.outstanding)
             .get(r)
-            .is_some_and(|at| at.elapsed() < self.cfg.lease)
+            .is_some_and(|h| h.at.elapsed() < self.cfg.lease)
     }
 
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
@@ -234,7 +250,7 @@ impl JobSource for RedisSource {
         let inner = &self.inner;
         inner.touch(receipt);
         let mut conn = inner.ctl.clone();
-        let t = inner.target(receipt);
+        let t = inner.target(receipt, ctx.job.map(|j| &j.id));
         let lease = inner.cfg.lease;
         let applied: Result<Owned, SourceError> = async {
             Ok(match settlement {
@@ -243,13 +259,13 @@ impl JobSource for RedisSource {
                     Some(idle) => {
                         inner
                             .scripts
-                            .claim(&mut conn, t, idle, ClaimMode::Keep)
+                            .claim(&mut conn, t, idle, ClaimMode::Keep, lease)
                             .await?
                     }
                     None => {
                         let owned = inner
                             .scripts
-                            .claim(&mut conn, t, 0, ClaimMode::Keep)
+                            .claim(&mut conn, t, 0, ClaimMode::Keep, lease)
                             .await?;
                         if owned == Owned::Applied {
                             let now = Instant::now();
@@ -284,6 +300,7 @@ impl JobSource for RedisSource {
                             t,
                             RELEASED_IDLE.as_millis() as u64,
                             ClaimMode::Release,
+                            lease,
                         )
                         .await?
                 }
@@ -317,11 +334,12 @@ impl JobSource for RedisSource {
         self.check_receipt(receipt)?;
         self.inner.touch(receipt);
         let mut conn = self.inner.ctl.clone();
-        let t = self.inner.target(receipt);
+        let t = self.inner.target(receipt, None);
+        let lease = self.inner.cfg.lease;
         match self
             .inner
             .scripts
-            .claim(&mut conn, t, 0, ClaimMode::Keep)
+            .claim(&mut conn, t, 0, ClaimMode::Renew, lease)
             .await?
         {
             Owned::Applied => Ok(Lease::Held),

@@ -3,18 +3,12 @@
 //! `end` event, in the same pipeline, so it exists before the runner acks (the runner publishes
 //! `end` only after the success is journaled); it expires with the status hash. Once a job is
 //! completed, no later event of another delivery (a `claimed`, an `error`, a `cancelled`) changes
-//! its status: both writes are one Lua script. A suspect delivery is looked up with [`Lookup`]:
-//! a completed job's entry is acked and its `end` re-published, atomically, instead of running.
-//! This module owns both scripts; it must never decide which delivery is suspect.
-
-use redis::aio::ConnectionManager;
-use redis::Script;
+//! its status: both writes are one Lua script. Every claimed entry is checked against the record
+//! before it is handed out (`gate`). This module owns the status script; it must never decide
+//! which delivery runs.
 
 use super::config::RedisConfig;
-use super::conn::map_err;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
-use crate::job::JobId;
-use crate::source::SourceError;
 
 /// KEYS: status hash, completion record. ARGV: status, worker id, updated at, error ('' for
 /// none), ttl ms, the `end` event's JSON ('' unless the event is an `end`).
@@ -67,53 +61,4 @@ pub(crate) fn add_status(
         .arg(cfg.status_ttl.as_millis() as u64)
         .arg(end)
         .ignore();
-}
-
-/// KEYS: job stream, completion record, event stream. ARGV: group, entry id, event channel,
-/// event stream cap, event stream ttl ms. Returns 1 (and acks the entry and re-publishes the
-/// recorded `end`) when the job is completed, else 0.
-const LOOKUP: &str = r"
-local ev = redis.call('HGET', KEYS[2], 'event')
-if not ev then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ev)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'end', 'event', ev)
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-return 1
-";
-
-/// The atomic look-up of a suspect delivery in the completion record.
-#[derive(Debug)]
-pub(crate) struct Lookup(Script);
-
-impl Lookup {
-    pub fn new() -> Self {
-        Self(Script::new(LOOKUP))
-    }
-
-    /// Whether `job` (the entry `id` of `stream`) is completed; if so the entry is acked and
-    /// the recorded `end` published again, in the same script.
-    pub async fn completed(
-        &self,
-        conn: &mut ConnectionManager,
-        cfg: &RedisConfig,
-        stream: &str,
-        id: &str,
-        job: &JobId,
-    ) -> Result<bool, SourceError> {
-        let done: i64 = self
-            .0
-            .key(stream)
-            .key(RedisConfig::done_key(job))
-            .key(RedisConfig::events_stream(job))
-            .arg(&cfg.group)
-            .arg(id)
-            .arg(RedisConfig::events_channel(job))
-            .arg(cfg.events_maxlen)
-            .arg(cfg.events_ttl.as_millis() as u64)
-            .invoke_async(conn)
-            .await
-            .map_err(map_err)?;
-        Ok(done == 1)
-    }
 }

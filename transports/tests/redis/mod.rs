@@ -6,4 +6,5 @@ mod delivery;
 mod events;
 mod leases;
 mod mends;
+mod owner;
 mod settle;

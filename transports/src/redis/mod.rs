@@ -29,9 +29,11 @@
 //!   that is no longer pending succeeds (settlements are idempotent; a release sent again after
 //!   its reply was lost changes nothing).
 //! - **Effectively once across nodes**: a job's `end` also writes its completion record
-//!   (`record`), before the runner acks; a suspect delivery (`suspects`) of a completed job is
-//!   acked and its result re-published by the fetcher, never handed out, and no later event
-//!   turns a `completed` status back.
+//!   (`record`), before the runner acks; every claimed batch passes the `gate` (one script): a
+//!   completed job's entry is acked and its result re-published, never handed out; a copy of a
+//!   job whose owner marker another consumer holds stays pending for a lease; the rest are
+//!   handed out under this consumer's marker, which renewals extend and settlements drop. No
+//!   later event turns a `completed` status back.
 //!
 //! A restart delivers pending retries at once (the schedule is in the idle times, which a
 //! re-read resets). When Redis goes away, operations fail with retryable errors, the connections

@@ -115,14 +115,14 @@ async fn the_marker_goes_with_a_dead_owner_and_the_job_runs_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewing_owner_keeps_the_copy_held_for_many_leases() {
     let server = Server::start().await;
-    let a = with_lease(&server, "node-a", 1_000).await;
-    let b = with_lease(&server, "node-b", 1_000).await;
+    let a = with_lease(&server, "node-a", 2_000).await;
+    let b = with_lease(&server, "node-b", 2_000).await;
     let mut c = server.conn().await;
     let (item, got_b) = split(&a, &b, &mut c, "long").await;
     assert!(got_b.is_empty(), "{got_b:?}");
     let (owner, other) = (&a, &b);
     // The owner's job runs for several leases, renewing as the runner does.
-    let until = Instant::now() + Duration::from_millis(3_500);
+    let until = Instant::now() + Duration::from_millis(6_000);
     let mut handed = Vec::new();
     while Instant::now() < until {
         owner.extend_lease(item.receipt()).await.unwrap();

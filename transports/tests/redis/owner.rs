@@ -167,3 +167,70 @@ async fn two_nodes_reading_both_copies_at_once_never_both_run_it() {
     );
     assert!(!got_a.is_empty() || !got_b.is_empty(), "nobody runs it");
 }
+
+async fn marker(c: &mut MultiplexedConnection, id: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(format!("job:{id}:owner"))
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_settlement_drops_the_marker_and_only_its_holders() {
+    let server = Server::start().await;
+    let a = server.source("node-a").await;
+    let mut c = server.conn().await;
+    let settlements = [
+        Settlement::Ack,
+        Settlement::Retry {
+            delay: Duration::from_secs(30),
+        },
+        Settlement::Release,
+        Settlement::DeadLetter {
+            reason: "given up".into(),
+        },
+    ];
+    for (n, s) in settlements.iter().enumerate() {
+        let id = format!("settled-{n}");
+        enqueue_job(&mut c, &id, "echo").await;
+        let got = next_within(&a, 1, Duration::from_secs(5)).await;
+        assert_eq!(marker(&mut c, &id).await.as_deref(), Some("node-a"));
+        a.settle(got[0].receipt(), s, &SettleContext::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            marker(&mut c, &id).await,
+            None,
+            "{} kept the marker",
+            s.name()
+        );
+    }
+    // A marker another consumer took (this one's expired meanwhile) is neither extended by
+    // this consumer's renewal nor dropped by its settlement.
+    enqueue_job(&mut c, "taken", "echo").await;
+    let got = next_within(&a, 1, Duration::from_secs(5)).await;
+    let _: () = redis::cmd("SET")
+        .arg("job:taken:owner")
+        .arg("node-z")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    a.extend_lease(got[0].receipt()).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("job:taken:owner")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 2_000, "another's marker got this lease: {ttl} ms");
+    a.settle(
+        got[0].receipt(),
+        &Settlement::Ack,
+        &SettleContext::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(marker(&mut c, "taken").await.as_deref(), Some("node-z"));
+}

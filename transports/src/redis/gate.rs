@@ -7,9 +7,12 @@
 //!   running elsewhere) is **held**: left pending to this consumer with its delivery count
 //!   lowered back (it was not an attempt) and its idle time at zero, so a reclaimer takes it
 //!   again after one lease, when the record (or a free marker) decides it;
-//! - otherwise the marker is set to this consumer with the lease as its time to live and the
-//!   entry is **handed out**. The marker is renewed with the lease and dropped by the
-//!   settlement (`scripts`); a node that dies lets it expire with its lease.
+//! - otherwise the entry is **handed out**, and the marker set to `{consumer}|{stream}|{entry id}`
+//!   with the lease as its time to live, unless this consumer holds it already for another
+//!   entry of the job (a duplicate on one node, which the runner hands back: its settlement
+//!   must not drop the running copy's marker). The marker is renewed with the lease and dropped
+//!   by the settlement of the entry it names (`scripts`); a node that dies lets it expire with
+//!   its lease.
 //!
 //! This module owns the script and the meaning of its answers; it must never settle an entry
 //! it hands out nor decide anything about a job but whether this copy may run now.
@@ -32,13 +35,15 @@ for i = 0, #KEYS / 4 - 1 do
   local id, channel = ARGV[6+i*2], ARGV[7+i*2]
   local ev = redis.call('HGET', done, 'event')
   local holder = redis.call('GET', owner)
+  local mine = ARGV[2] .. '|'
+  local value = mine .. s .. '|' .. id
   if ev then
     redis.call('XACK', s, ARGV[1], id)
     redis.call('PUBLISH', channel, ev)
     redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'type', 'end', 'event', ev)
     redis.call('PEXPIRE', events, ARGV[5])
     out[#out + 1] = 1
-  elseif holder and holder ~= ARGV[2] then
+  elseif holder and string.sub(holder, 1, #mine) ~= mine then
     local p = redis.call('XPENDING', s, ARGV[1], id, id, 1)
     if #p > 0 and p[1][2] == ARGV[2] then
       local c = tonumber(p[1][4]) - 1
@@ -47,7 +52,9 @@ for i = 0, #KEYS / 4 - 1 do
     end
     out[#out + 1] = 2
   else
-    redis.call('SET', owner, ARGV[2], 'PX', ARGV[3])
+    if not holder or holder == value then
+      redis.call('SET', owner, value, 'PX', ARGV[3])
+    end
     out[#out + 1] = 0
   end
 end

@@ -2,9 +2,9 @@
 //! checks with `XPENDING` that this consumer still owns the entry, then claims it to itself
 //! (lease extension, retry, release), acks it, or moves it to the dead-letter stream and acks it.
 //! A settlement (ack, retry, release, dead-letter) also drops the job's owner marker
-//! (`job:{jobId}:owner`, see `gate`) when this consumer holds it, whoever owns the entry now; a
-//! renewal (`ClaimMode::Renew`) extends the marker with the lease, only while this consumer still
-//! owns both. The marker key is the script's last key, left out when the job is unknown.
+//! (`job:{jobId}:owner`, see `gate`) when it names this consumer and this entry, whoever owns the
+//! entry now; a renewal (`ClaimMode::Renew`) extends that marker with the lease, only while this
+//! consumer still owns both. The marker key is the script's last key, left out when the job is unknown.
 //! This module owns the scripts and their return codes; it must never decide which to run.
 
 use redis::aio::ConnectionManager;
@@ -33,10 +33,12 @@ fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
     })
 }
 
-/// Drops the owner marker `k` (absent: nothing) when this consumer (ARGV[2]) holds it.
+/// The owner marker's value for this entry (consumer ARGV[2], stream KEYS[1], id ARGV[3]), and
+/// dropping marker `k` (absent: nothing) when it names this entry.
 const MARKER: &str = r"
+local marked = ARGV[2] .. '|' .. KEYS[1] .. '|' .. ARGV[3]
 local function drop_marker(k)
-  if k and redis.call('GET', k) == ARGV[2] then redis.call('DEL', k) end
+  if k and redis.call('GET', k) == marked then redis.call('DEL', k) end
 end
 ";
 
@@ -67,7 +69,7 @@ else
   r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 end
 if #r == 0 then return 0 end
-if ARGV[5] == 'renew' and KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[2] then
+if ARGV[5] == 'renew' and KEYS[2] and redis.call('GET', KEYS[2]) == marked then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 return 1

@@ -131,7 +131,8 @@ async fn a_renewing_owner_keeps_the_copy_held_for_many_leases() {
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(marker.as_deref(), Some(owner.config().consumer.as_str()));
+        let m = marker.unwrap_or_default();
+        assert!(m.starts_with("node-a|"), "{m}");
         handed.extend(other.next(1).await.unwrap());
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -195,7 +196,8 @@ async fn every_settlement_drops_the_marker_and_only_its_holders() {
         let id = format!("settled-{n}");
         enqueue_job(&mut c, &id, "echo").await;
         let got = next_within(&a, 1, Duration::from_secs(5)).await;
-        assert_eq!(marker(&mut c, &id).await.as_deref(), Some("node-a"));
+        let m = marker(&mut c, &id).await.unwrap();
+        assert_eq!(m, format!("node-a|{STREAM}|{}", got[0].receipt().id()));
         a.settle(got[0].receipt(), s, &SettleContext::default())
             .await
             .unwrap();
@@ -233,4 +235,41 @@ async fn every_settlement_drops_the_marker_and_only_its_holders() {
     .await
     .unwrap();
     assert_eq!(marker(&mut c, "taken").await.as_deref(), Some("node-z"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_handed_back_on_one_node_keeps_the_running_copys_marker() {
+    let server = Server::start().await;
+    let a = with_lease(&server, "node-a", 2_000).await;
+    let b = with_lease(&server, "node-b", 2_000).await;
+    let mut c = server.conn().await;
+    enqueue_job(&mut c, "both-here", "echo").await;
+    enqueue_job(&mut c, "both-here", "echo").await;
+    let mut got = next_within(&a, 2, Duration::from_secs(5)).await;
+    if got.len() < 2 {
+        got.extend(next_within(&a, 1, Duration::from_secs(5)).await);
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    let running = marker(&mut c, "both-here").await;
+    assert!(running.is_some(), "no marker for the running copy");
+    // The runner hands the second copy back for later, as it does with a duplicate of a job
+    // running here: the first copy's marker stays, so another node holds the copy meanwhile.
+    let ctx = SettleContext {
+        job: Some(job(&got[1])),
+        ..SettleContext::default()
+    };
+    let retry = Settlement::Retry {
+        delay: Duration::ZERO,
+    };
+    a.settle(got[1].receipt(), &retry, &ctx).await.unwrap();
+    assert_eq!(
+        marker(&mut c, "both-here").await,
+        running,
+        "the hand-back dropped it"
+    );
+    let handed = collect(&b, Duration::from_millis(800)).await;
+    assert!(
+        handed.is_empty(),
+        "the copy ran beside the first: {handed:?}"
+    );
 }

@@ -134,3 +134,20 @@ fn verdicts(v: &Value, n: usize) -> Result<Vec<Verdict>, SourceError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_verdicts_one_per_entry() {
+        let v = Value::Array(vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+        assert_eq!(
+            verdicts(&v, 3).unwrap(),
+            vec![Verdict::Run, Verdict::Completed, Verdict::Held]
+        );
+        assert!(verdicts(&v, 2).is_err(), "a reply of another length");
+        assert!(verdicts(&Value::Array(vec![Value::Int(7)]), 1).is_err());
+        assert!(verdicts(&Value::Int(0), 1).is_err());
+    }
+}

@@ -131,6 +131,16 @@ impl RedisConfig {
     pub fn cancel_key(job: &JobId) -> String {
         format!("job:cancelled:{job}")
     }
+
+    /// The job's completion record (docs/wire-format.md#job-entries), written with its `end`.
+    pub fn done_key(job: &JobId) -> String {
+        format!("job:{job}:done")
+    }
+
+    /// The job's owner marker (docs/wire-format.md#job-entries): the consumer running it now.
+    pub fn owner_key(job: &JobId) -> String {
+        format!("job:{job}:owner")
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +174,8 @@ mod tests {
         assert_eq!(RedisConfig::events_stream(&id), "stream:v1:j1:events");
         assert_eq!(RedisConfig::status_key(&id), "job:j1:status");
         assert_eq!(RedisConfig::cancel_key(&id), "job:cancelled:j1");
+        assert_eq!(RedisConfig::done_key(&id), "job:j1:done");
+        assert_eq!(RedisConfig::owner_key(&id), "job:j1:owner");
     }
 
     #[test]

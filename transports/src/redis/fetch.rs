@@ -12,8 +12,14 @@
 //! live owners get the time to renew their leases and settle first (found by the chaos suite: a
 //! job whose success was journaled ran again on another worker after a pause).
 //!
+//! Every batch of claimed job entries passes the `gate` in one script call before anything is
+//! handed out: a completed job's entry is acked and its `end` re-published, a copy of a job
+//! another consumer runs is held pending for the lease, the rest are handed out under this
+//! consumer's owner marker. A gate call that fails hands nothing out: the batch's entries stay
+//! pending and come back after the lease.
+//!
 //! It owns the blocking connection and the backoff after failures; it must never settle an entry
-//! or block anything but itself.
+//! (but for acking a completed job's) or block anything but itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
+use super::gate::{Ask, Gate, Verdict};
 use super::reply::{self, RawEntry};
 use super::Inner;
 use crate::delivery::{Incoming, Receipt};
@@ -51,6 +58,7 @@ pub(crate) struct Fetcher {
     stalled: Option<Instant>,
     rotation: usize,
     backoff: crate::Retrier,
+    gate: Gate,
 }
 
 /// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
@@ -75,6 +83,7 @@ impl Fetcher {
             stalled: None,
             rotation: 0,
             backoff: crate::Backoff::RECONNECT.retrier(),
+            gate: Gate::new(),
         }
     }
 
@@ -122,27 +131,25 @@ impl Fetcher {
         }
         let interval = self.inner.cfg.reclaim_interval;
         let since = self.last_reclaim.map(|t| t.elapsed());
+        // The guard holds on the first reclaim too: a fetcher whose very first rounds failed
+        // must not take over the leases of live owners that could not renew meanwhile.
         let guarded = self
             .stalled
             .is_some_and(|t| t.elapsed() < stall_guard(self.inner.cfg.lease));
-        match since {
-            Some(since) if since < interval || guarded => {
-                let block = match interval.checked_sub(since) {
-                    Some(left) if !left.is_zero() => self.inner.cfg.block.min(left),
-                    _ => self.inner.cfg.block,
-                };
-                let asked = Instant::now();
-                let read = self.read_new(want, block).await;
-                if asked.elapsed() > block + STALL {
-                    self.stalled = Some(Instant::now());
-                }
-                read
-            }
-            _ => {
-                self.last_reclaim = Some(Instant::now());
-                self.reclaim(want).await
-            }
+        if !guarded && since.is_none_or(|since| since >= interval) {
+            self.last_reclaim = Some(Instant::now());
+            return self.reclaim(want).await;
         }
+        let block = match since.and_then(|since| interval.checked_sub(since)) {
+            Some(left) if !left.is_zero() => self.inner.cfg.block.min(left),
+            _ => self.inner.cfg.block,
+        };
+        let asked = Instant::now();
+        let read = self.read_new(want, block).await;
+        if asked.elapsed() > block + STALL {
+            self.stalled = Some(Instant::now());
+        }
+        read
     }
 
     /// Re-reads this consumer's own pending entries, one page of one stream per round.
@@ -176,12 +183,14 @@ impl Fetcher {
         };
         rec.cursor = last.id.clone();
         let counts = self.pending_counts(&stream, &entries).await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (entry, count) in entries.into_iter().zip(counts) {
-            if let Some(item) = self.admit(&stream, entry, count).await? {
-                info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
-                out.push(item);
-            }
+        let batch = entries
+            .into_iter()
+            .zip(counts)
+            .map(|(e, count)| (stream.clone(), e, count))
+            .collect();
+        let out = self.admit(batch).await?;
+        for item in &out {
+            info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
         }
         Ok(out)
     }
@@ -262,18 +271,15 @@ impl Fetcher {
                         cmd.arg(&p.id);
                     }
                     let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
+                    let mut batch = Vec::new();
                     for entry in reply::entries(&v)? {
                         let Some(p) = candidates.iter().find(|p| p.id == entry.id) else {
                             continue;
                         };
-                        let attempt = p.deliveries.saturating_add(1);
-                        let from = p.consumer.clone();
-                        let idle_ms = p.idle_ms;
-                        if let Some(item) = self.admit(stream, entry, attempt).await? {
-                            info!(stream = %stream, entry_id = %item.receipt().id(), from = %from, idle_ms, attempt, "claimed an entry whose lease ran out");
-                            out.push(item);
-                        }
+                        info!(stream = %stream, entry_id = %p.id, from = %p.consumer, idle_ms = p.idle_ms, "claimed an entry whose lease ran out");
+                        batch.push((stream.clone(), entry, p.deliveries.saturating_add(1)));
                     }
+                    out.extend(self.admit(batch).await?);
                 }
                 if !full_page {
                     break;
@@ -317,52 +323,92 @@ impl Fetcher {
             cmd.arg(">");
         }
         let v: Value = cmd.query_async(&mut self.conn).await.map_err(map_err)?;
-        let mut out = Vec::new();
-        for (stream, entries) in reply::read(&v)? {
-            for entry in entries {
-                if let Some(item) = self.admit(&stream, entry, 1).await? {
-                    out.push(item);
+        let batch = reply::read(&v)?
+            .into_iter()
+            .flat_map(|(stream, entries)| entries.into_iter().map(move |e| (stream.clone(), e, 1)))
+            .collect();
+        self.admit(batch).await
+    }
+
+    /// Turns claimed entries (stream, entry, delivery count) into what `next()` returns,
+    /// passing the jobs through the gate in one call, and marks what is handed out as running
+    /// here; an entry deleted from the stream while pending is acked away.
+    async fn admit(
+        &mut self,
+        batch: Vec<(String, RawEntry, u32)>,
+    ) -> Result<Vec<Incoming>, SourceError> {
+        let mut items = Vec::with_capacity(batch.len());
+        for (stream, entry, attempt) in batch {
+            let Some(fields) = entry.fields else {
+                warn!(stream = %stream, entry_id = %entry.id, "pending entry was deleted from the stream; dropping it");
+                let _: Value = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(&self.inner.cfg.group)
+                    .arg(&entry.id)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(map_err)?;
+                continue;
+            };
+            let max = self.inner.cfg.max_payload_bytes;
+            items.push(to_incoming(&stream, &entry.id, &fields, attempt, max));
+        }
+        let asks: Vec<Ask<'_>> = items
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Job(d) => Some(Ask {
+                    stream: d.receipt.queue(),
+                    id: d.receipt.id(),
+                    job: &d.job.id,
+                }),
+                Incoming::Malformed(_) => None,
+            })
+            .collect();
+        let mut verdicts = self
+            .gate
+            .decide(&mut self.conn, &self.inner.cfg, &asks)
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let job = match &item {
+                Incoming::Job(d) => {
+                    let verdict = verdicts.next().unwrap_or(Verdict::Held);
+                    if !self.passes(&item, verdict) {
+                        continue;
+                    }
+                    Some(d.job.id.clone())
                 }
-            }
+                Incoming::Malformed(m) => {
+                    warn!(receipt = %m.receipt, reason = %m.reason, "malformed job entry");
+                    None
+                }
+            };
+            self.inner.track(item.receipt().clone(), job);
+            out.push(item);
         }
         Ok(out)
     }
 
-    /// Turns a claimed entry into what `next()` returns and marks it as running here; an entry
-    /// deleted from the stream while pending is acked away.
-    async fn admit(
-        &mut self,
-        stream: &str,
-        entry: RawEntry,
-        attempt: u32,
-    ) -> Result<Option<Incoming>, SourceError> {
-        let Some(fields) = entry.fields else {
-            warn!(stream = %stream, entry_id = %entry.id, "pending entry was deleted from the stream; dropping it");
-            let _: Value = redis::cmd("XACK")
-                .arg(stream)
-                .arg(&self.inner.cfg.group)
-                .arg(&entry.id)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(map_err)?;
-            return Ok(None);
-        };
-        let item = to_incoming(
-            stream,
-            &entry.id,
-            &fields,
-            attempt,
-            self.inner.cfg.max_payload_bytes,
-        );
-        match &item {
-            Incoming::Job(d) => {
-                debug!(stream = %stream, entry_id = %entry.id, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
+    /// Logs the gate's verdict on a job delivery; true when it is handed out.
+    fn passes(&self, item: &Incoming, verdict: Verdict) -> bool {
+        let Incoming::Job(d) = item else { return true };
+        let (receipt, job_id, attempt) = (&d.receipt, &d.job.id, d.job.attempt);
+        match verdict {
+            Verdict::Run => {
+                debug!(receipt = %receipt, job_id = %job_id, job_type = %d.job.job_type, attempt, "claimed job");
+                true
             }
-            Incoming::Malformed(m) => {
-                warn!(stream = %stream, entry_id = %entry.id, reason = %m.reason, "malformed job entry");
+            Verdict::Completed => {
+                warn!(receipt = %receipt, job_id = %job_id,
+                    "a completed job was delivered again; acked and its result re-published instead of running it");
+                false
+            }
+            Verdict::Held => {
+                info!(receipt = %receipt, job_id = %job_id,
+                    "another consumer runs this job; the copy stays pending for the lease");
+                false
             }
         }
-        self.inner.track(item.receipt().clone());
-        Ok(Some(item))
     }
 }

@@ -11,8 +11,10 @@
 //! - **Leases** are the entries' idle times. `extend_lease` claims the entry to itself again
 //!   (`XCLAIM … IDLE 0 JUSTID`, after checking ownership, in one script); a worker with free
 //!   slots takes entries idle longer than `lease` from anyone (`XPENDING … IDLE` + `XCLAIM`, every
-//!   `reclaim_interval`), except the entries it is itself running. (`XAUTOCLAIM` cannot skip those,
-//!   so a worker that missed one renewal would get its own running job a second time.)
+//!   `reclaim_interval`), except the entries it is itself running: claimed, renewed or settled
+//!   here within the lease. (`XAUTOCLAIM` cannot skip those, so a worker that missed one renewal
+//!   would get its own running job a second time.) An entry the runner gave up on (neither
+//!   renewed nor settled for a lease) is reclaimed here too; the journal answers it.
 //! - **Ack** is `XACK`; **dead-letter** is `XADD dlq:v1:…` + `XACK` in one script.
 //! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
 //!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the
@@ -24,7 +26,14 @@
 //!   picks a retried entry up later than its delay).
 //! - Every settlement first checks, atomically, that this consumer still owns the entry: a worker
 //!   whose lease was taken gets [`SourceError::LeaseLost`] and changes nothing. Settling an entry
-//!   that is no longer pending succeeds (settlements are idempotent).
+//!   that is no longer pending succeeds (settlements are idempotent; a release sent again after
+//!   its reply was lost changes nothing).
+//! - **Effectively once across nodes**: a job's `end` also writes its completion record
+//!   (`record`), before the runner acks; every claimed batch passes the `gate` (one script): a
+//!   completed job's entry is acked and its result re-published, never handed out; a copy of a
+//!   job whose owner marker another consumer holds stays pending for a lease; the rest are
+//!   handed out under this consumer's marker, which renewals extend and settlements drop. No
+//!   later event turns a `completed` status back.
 //!
 //! A restart delivers pending retries at once (the schedule is in the idle times, which a
 //! re-read resets). When Redis goes away, operations fail with retryable errors, the connections
@@ -35,9 +44,11 @@ mod conn;
 mod dlq;
 mod entry;
 mod fetch;
+mod gate;
 mod park;
 mod producer;
 mod publish;
+mod record;
 mod reply;
 mod scripts;
 
@@ -48,7 +59,7 @@ pub const NODE_STATUS_MAXLEN: usize = 10_000;
 
 /// The idle time a released entry gets: longer than any lease, so every worker may take it now.
 pub const RELEASED_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -76,8 +87,9 @@ pub(crate) struct Inner {
     ctl: ConnectionManager,
     scripts: Scripts,
     inbox: Inbox,
-    /// Entries claimed by this process and not settled yet.
-    outstanding: Mutex<HashSet<Receipt>>,
+    /// Entries claimed by this process and not settled yet, with when this process last
+    /// claimed, renewed or tried to settle each, and their job (for its owner marker).
+    outstanding: Mutex<HashMap<Receipt, Held>>,
     parked: Mutex<Vec<Parked>>,
     publisher: publish::Publisher,
 }
@@ -95,26 +107,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An entry this process claimed: when it last touched it, and its job (none if malformed).
+#[derive(Debug)]
+struct Held {
+    at: Instant,
+    job: Option<JobId>,
+}
+
 impl Inner {
-    fn target<'a>(&'a self, r: &'a Receipt) -> Target<'a> {
+    /// The entry `r`, with the owner marker of `job` (or of the job it was claimed for here).
+    fn target<'a>(&'a self, r: &'a Receipt, job: Option<&JobId>) -> Target<'a> {
+        let job = job
+            .cloned()
+            .or_else(|| lock(&self.outstanding).get(r).and_then(|h| h.job.clone()));
         Target {
             stream: r.queue(),
             group: &self.cfg.group,
             consumer: &self.cfg.consumer,
             id: r.id(),
+            marker: job.as_ref().map(RedisConfig::owner_key),
         }
     }
 
-    fn track(&self, r: Receipt) {
-        lock(&self.outstanding).insert(r);
+    fn track(&self, r: Receipt, job: Option<JobId>) {
+        let held = Held {
+            at: Instant::now(),
+            job,
+        };
+        lock(&self.outstanding).insert(r, held);
+    }
+
+    /// Notes that the runner still works on `r` (a renewal or a settlement is being tried).
+    fn touch(&self, r: &Receipt) {
+        if let Some(h) = lock(&self.outstanding).get_mut(r) {
+            h.at = Instant::now();
+        }
     }
 
     fn forget(&self, r: &Receipt) {
         lock(&self.outstanding).remove(r);
     }
 
+    /// Whether the reclaimer must skip `r`: this process runs it and touched it within a
+    /// lease. A receipt nobody renews or settles any more (the runner gave up on a settlement
+    /// that kept failing) is not held forever: it is reclaimed like anyone's after the lease.
     fn is_outstanding(&self, r: &Receipt) -> bool {
-        lock(&self.outstanding).contains(r)
+        lock(&self.outstanding)
+            .get(r)
+            .is_some_and(|h| h.at.elapsed() < self.cfg.lease)
     }
 
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
@@ -210,8 +250,9 @@ impl JobSource for RedisSource {
     ) -> Result<(), SourceError> {
         self.check_receipt(receipt)?;
         let inner = &self.inner;
+        inner.touch(receipt);
         let mut conn = inner.ctl.clone();
-        let t = inner.target(receipt);
+        let t = inner.target(receipt, ctx.job.map(|j| &j.id));
         let lease = inner.cfg.lease;
         let applied: Result<Owned, SourceError> = async {
             Ok(match settlement {
@@ -220,13 +261,13 @@ impl JobSource for RedisSource {
                     Some(idle) => {
                         inner
                             .scripts
-                            .claim(&mut conn, t, idle, ClaimMode::Keep)
+                            .claim(&mut conn, t, idle, ClaimMode::Keep, lease)
                             .await?
                     }
                     None => {
                         let owned = inner
                             .scripts
-                            .claim(&mut conn, t, 0, ClaimMode::Keep)
+                            .claim(&mut conn, t, 0, ClaimMode::Keep, lease)
                             .await?;
                         if owned == Owned::Applied {
                             let now = Instant::now();
@@ -261,6 +302,7 @@ impl JobSource for RedisSource {
                             t,
                             RELEASED_IDLE.as_millis() as u64,
                             ClaimMode::Release,
+                            lease,
                         )
                         .await?
                 }
@@ -292,12 +334,14 @@ impl JobSource for RedisSource {
 
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
         self.check_receipt(receipt)?;
+        self.inner.touch(receipt);
         let mut conn = self.inner.ctl.clone();
-        let t = self.inner.target(receipt);
+        let t = self.inner.target(receipt, None);
+        let lease = self.inner.cfg.lease;
         match self
             .inner
             .scripts
-            .claim(&mut conn, t, 0, ClaimMode::Keep)
+            .claim(&mut conn, t, 0, ClaimMode::Renew, lease)
             .await?
         {
             Owned::Applied => Ok(Lease::Held),

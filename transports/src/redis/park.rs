@@ -55,7 +55,13 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             let mut conn = inner.ctl.clone();
             match inner
                 .scripts
-                .claim(&mut conn, inner.target(&p.receipt), idle, ClaimMode::Keep)
+                .claim(
+                    &mut conn,
+                    inner.target(&p.receipt, None),
+                    idle,
+                    ClaimMode::Keep,
+                    lease,
+                )
                 .await
             {
                 Ok(Owned::Applied) if last => {

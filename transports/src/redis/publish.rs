@@ -1,7 +1,7 @@
 //! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
 //! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a late
 //! subscriber can resume from an index or an entry id), and updates the status hash
-//! `job:{jobId}:status`. One [`Publisher`] task sends every event of the source: whatever is
+//! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). One [`Publisher`] task sends every event of the source: whatever is
 //! queued while a batch is in flight goes out as the next single pipeline (one write, one round
 //! trip), in order; each caller still waits for its own event. This module must never decide
 //! which event is due.
@@ -13,7 +13,7 @@ use tracing::trace;
 
 use super::config::RedisConfig;
 use super::conn::map_err;
-use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
+use crate::events::{EventData, WireEvent};
 use crate::source::SourceError;
 
 /// Appends the commands of one event to `p`.
@@ -49,33 +49,7 @@ fn add_event(p: &mut redis::Pipeline, cfg: &RedisConfig, event: &WireEvent) {
             .arg(cfg.events_ttl.as_millis() as u64)
             .ignore();
     }
-    if let Some((status, error)) = event.status() {
-        let key = RedisConfig::status_key(id);
-        let hset = p
-            .cmd("HSET")
-            .arg(&key)
-            .arg("status")
-            .arg(status.as_str())
-            .arg("worker_id")
-            .arg(&cfg.worker_id)
-            .arg("updated_at")
-            .arg(rfc3339(std::time::SystemTime::now()));
-        match (status, error) {
-            (JobStatus::Failed, Some(error)) => {
-                hset.arg("error").arg(error).ignore();
-            }
-            _ => {
-                // Not a failure (a new attempt, the end, a cancellation): an earlier error no
-                // longer applies.
-                hset.ignore();
-                p.cmd("HDEL").arg(&key).arg("error").ignore();
-            }
-        }
-        p.cmd("PEXPIRE")
-            .arg(&key)
-            .arg(cfg.status_ttl.as_millis() as u64)
-            .ignore();
-    }
+    super::record::add_status(p, cfg, event, &json);
 }
 
 /// The most events sent in one pipeline.

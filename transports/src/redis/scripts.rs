@@ -1,6 +1,10 @@
 //! The Lua scripts that make ownership-checked changes to a pending entry atomic: each first
 //! checks with `XPENDING` that this consumer still owns the entry, then claims it to itself
 //! (lease extension, retry, release), acks it, or moves it to the dead-letter stream and acks it.
+//! A settlement (ack, retry, release, dead-letter) also drops the job's owner marker
+//! (`job:{jobId}:owner`, see `gate`) when it names this consumer and this entry, whoever owns the
+//! entry now; a renewal (`ClaimMode::Renew`) extends that marker with the lease, only while this
+//! consumer still owns both. The marker key is the script's last key, left out when the job is unknown.
 //! This module owns the scripts and their return codes; it must never decide which to run.
 
 use redis::aio::ConnectionManager;
@@ -29,17 +33,34 @@ fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
     })
 }
 
+/// The owner marker's value for this entry (consumer ARGV[2], stream KEYS[1], id ARGV[3]), and
+/// dropping marker `k` (absent: nothing) when it names this entry.
+const MARKER: &str = r"
+local marked = ARGV[2] .. '|' .. KEYS[1] .. '|' .. ARGV[3]
+local function drop_marker(k)
+  if k and redis.call('GET', k) == marked then redis.call('DEL', k) end
+end
+";
+
 const OWNER_CHECK: &str = r"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
 ";
 
-/// KEYS: stream. ARGV: group, consumer, id, idle_ms, mode (`keep` | `release`).
+/// KEYS: stream, owner marker (optional). ARGV: group, consumer, id, idle_ms, mode (`keep` |
+/// `release` | `renew`), lease ms.
 /// Claims the entry to its owner with the given idle time, without counting a delivery; in
-/// `release` mode also takes one off the delivery count, since the next claim adds it back.
+/// `release` mode also takes one off the delivery count, since the next claim adds it back. A
+/// release of an entry already released (idle that long: a retry whose first reply was lost)
+/// changes nothing, so the count is lowered once per delivery. `renew` is `keep` that also
+/// extends the marker; the other modes settle, and drop it.
+const CLAIM_PRE: &str = r"
+if ARGV[5] ~= 'renew' then drop_marker(KEYS[2]) end
+";
 const CLAIM: &str = r"
 local r
+if ARGV[5] == 'release' and tonumber(p[1][3]) >= tonumber(ARGV[4]) then return 1 end
 if ARGV[5] == 'release' then
   local c = tonumber(p[1][4]) - 1
   if c < 0 then c = 0 end
@@ -48,18 +69,24 @@ else
   r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 end
 if #r == 0 then return 0 end
+if ARGV[5] == 'renew' and KEYS[2] and redis.call('GET', KEYS[2]) == marked then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 return 1
 ";
 
-/// KEYS: stream. ARGV: group, consumer, id.
+/// KEYS: stream, owner marker (optional). ARGV: group, consumer, id.
+const ACK_PRE: &str = "drop_marker(KEYS[2])\n";
 const ACK: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 return 1
 ";
 
-/// KEYS: stream, dead-letter stream. ARGV: group, consumer, id, then field/value pairs. The
+/// KEYS: stream, dead-letter stream, owner marker (optional). ARGV: group, consumer, id, then
+/// field/value pairs. The
 /// original entry's `jobId`, `type`, `payload`, `enqueuedAt` and `rayId` replace the given ones
 /// when the entry still exists, so the dead letter keeps the producer's exact text.
+const DEAD_LETTER_PRE: &str = "drop_marker(KEYS[3])\n";
 const DEAD_LETTER: &str = r"
 local fields = {}
 local index = {}
@@ -92,8 +119,12 @@ return 1
 /// How `claim` treats the delivery count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClaimMode {
+    /// A retry (or a parked retry's refresh): the marker is dropped.
     Keep,
+    /// Handed back: the marker is dropped and the count lowered.
     Release,
+    /// A lease extension: the marker is extended too.
+    Renew,
 }
 
 #[derive(Debug)]
@@ -103,48 +134,51 @@ pub(crate) struct Scripts {
     dead_letter: Script,
 }
 
-/// Who is asking about which entry.
-#[derive(Debug, Clone, Copy)]
+/// Who is asking about which entry, and the owner marker of its job when known.
+#[derive(Debug, Clone)]
 pub(crate) struct Target<'a> {
     pub stream: &'a str,
     pub group: &'a str,
     pub consumer: &'a str,
     pub id: &'a str,
+    pub marker: Option<String>,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let with_check = |body: &str| Script::new(&format!("{OWNER_CHECK}{body}"));
+        let with_check =
+            |pre: &str, body: &str| Script::new(&format!("{MARKER}{pre}{OWNER_CHECK}{body}"));
         Self {
-            claim: with_check(CLAIM),
-            ack: with_check(ACK),
-            dead_letter: with_check(DEAD_LETTER),
+            claim: with_check(CLAIM_PRE, CLAIM),
+            ack: with_check(ACK_PRE, ACK),
+            dead_letter: with_check(DEAD_LETTER_PRE, DEAD_LETTER),
         }
     }
 
-    /// Claims the entry to its owner, setting its idle time to `idle_ms`.
+    /// Claims the entry to its owner, setting its idle time to `idle_ms`; `lease` is what a
+    /// renewal extends the marker by.
     pub async fn claim(
         &self,
         conn: &mut ConnectionManager,
         t: Target<'_>,
         idle_ms: u64,
         mode: ClaimMode,
+        lease: std::time::Duration,
     ) -> Result<Owned, SourceError> {
         let mode = match mode {
             ClaimMode::Keep => "keep",
             ClaimMode::Release => "release",
+            ClaimMode::Renew => "renew",
         };
-        let v: redis::Value = self
-            .claim
-            .key(t.stream)
+        let mut inv = self.claim.key(t.stream);
+        inv.key(t.marker.as_deref())
             .arg(t.group)
             .arg(t.consumer)
             .arg(t.id)
             .arg(idle_ms)
             .arg(mode)
-            .invoke_async(conn)
-            .await
-            .map_err(map_err)?;
+            .arg(lease.as_millis() as u64);
+        let v: redis::Value = inv.invoke_async(conn).await.map_err(map_err)?;
         owned(&v)
     }
 
@@ -153,15 +187,12 @@ impl Scripts {
         conn: &mut ConnectionManager,
         t: Target<'_>,
     ) -> Result<Owned, SourceError> {
-        let v: redis::Value = self
-            .ack
-            .key(t.stream)
+        let mut inv = self.ack.key(t.stream);
+        inv.key(t.marker.as_deref())
             .arg(t.group)
             .arg(t.consumer)
-            .arg(t.id)
-            .invoke_async(conn)
-            .await
-            .map_err(map_err)?;
+            .arg(t.id);
+        let v: redis::Value = inv.invoke_async(conn).await.map_err(map_err)?;
         owned(&v)
     }
 
@@ -173,7 +204,11 @@ impl Scripts {
         fields: &[(String, String)],
     ) -> Result<Owned, SourceError> {
         let mut inv = self.dead_letter.key(t.stream);
-        inv.key(dlq).arg(t.group).arg(t.consumer).arg(t.id);
+        inv.key(dlq)
+            .key(t.marker.as_deref())
+            .arg(t.group)
+            .arg(t.consumer)
+            .arg(t.id);
         for (k, v) in fields {
             inv.arg(k).arg(v);
         }

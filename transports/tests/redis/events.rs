@@ -116,8 +116,11 @@ async fn events_are_published_recorded_and_reflected_in_the_status() {
     assert!(humantime::parse_rfc3339(&status["updated_at"]).is_ok());
     assert!(!status.contains_key("error"));
 
+    // A completed job's status is final (see completion.rs); another job shows failures and
+    // cancellations, an error cleared by what follows it.
+    let other = JobId::new("job-ev-2").unwrap();
     let failed = WireEvent::new(
-        id.clone(),
+        other.clone(),
         meta(),
         EventData::Error {
             error: "oom".into(),
@@ -126,14 +129,14 @@ async fn events_are_published_recorded_and_reflected_in_the_status() {
     );
     src.publish(&failed).await.unwrap();
     let status: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("job:job-ev:status")
+        .arg("job:job-ev-2:status")
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"], "oom");
     let cancelled = WireEvent::new(
-        id,
+        other,
         meta(),
         EventData::Cancelled {
             reason: "user".into(),
@@ -141,7 +144,7 @@ async fn events_are_published_recorded_and_reflected_in_the_status() {
     );
     src.publish(&cancelled).await.unwrap();
     let status: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("job:job-ev:status")
+        .arg("job:job-ev-2:status")
         .query_async(&mut c)
         .await
         .unwrap();

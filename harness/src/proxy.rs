@@ -1,12 +1,16 @@
-//! A TCP proxy on loopback that a test can cut and restore ([`Proxy`]), to partition one client
-//! (a worker) from a server (redis-server) while the server stays up for everyone else. While
-//! cut, the open connections are closed and new ones are accepted and closed at once, so the
-//! client sees errors, not a hang. Test scaffolding only: it forwards to a server a test started.
+//! A TCP proxy on loopback that a test can cut, stall and restore ([`Proxy`]), to partition one
+//! client (a worker) from a server (redis-server) while the server stays up for everyone else.
+//! While cut, the open connections are closed and new ones are accepted and closed at once, so
+//! the client sees errors; while stalled, every byte and every new connection is held until the
+//! restore, as when a network drops packets: the client's calls hang instead of failing. Test
+//! scaffolding only: it forwards to a server a test started.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,6 +23,8 @@ pub struct Proxy {
     /// Bumped on every cut: connections opened before it close.
     generation: watch::Sender<u64>,
     cuts: AtomicU64,
+    /// While true, nothing is forwarded (and new connections wait).
+    stalled: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -29,12 +35,20 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
-        let task = tokio::spawn(accept(listener, upstream, cut.clone(), generation.clone()));
+        let (stalled, _) = watch::channel(false);
+        let links = Links {
+            upstream,
+            cut: cut.clone(),
+            generation: generation.clone(),
+            stalled: stalled.clone(),
+        };
+        let task = tokio::spawn(accept(listener, links));
         Ok(Self {
             addr,
             cut,
             generation,
             cuts: AtomicU64::new(0),
+            stalled,
             task,
         })
     }
@@ -51,9 +65,16 @@ impl Proxy {
         self.generation.send_replace(n);
     }
 
-    /// Lets connections through again.
+    /// Holds every byte and every new connection until [`Proxy::restore`]: the client's calls
+    /// hang, as behind a network that drops packets.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets connections through again (what was held while stalled goes on).
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.send_replace(false);
     }
 }
 
@@ -64,28 +85,52 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
+/// What every forwarded connection shares.
+#[derive(Clone)]
+struct Links {
     upstream: SocketAddr,
     cut: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
-) {
+    stalled: watch::Sender<bool>,
+}
+
+async fn accept(listener: TcpListener, links: Links) {
     while let Ok((client, _)) = listener.accept().await {
-        if cut.load(Ordering::SeqCst) {
+        if links.cut.load(Ordering::SeqCst) {
             drop(client);
             continue;
         }
-        let mut closed = generation.subscribe();
+        let mut closed = links.generation.subscribe();
         closed.mark_unchanged();
+        let links = links.clone();
         tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(upstream).await else {
+            if links.stalled.subscribe().wait_for(|s| !*s).await.is_err() {
+                return;
+            }
+            let Ok(server) = TcpStream::connect(links.upstream).await else {
                 return;
             };
-            let (mut client, mut server) = (client, server);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                () = pump(client_read, server_write, links.stalled.subscribe()) => {}
+                () = pump(server_read, client_write, links.stalled.subscribe()) => {}
                 _ = closed.changed() => {}
             }
         });
+    }
+}
+
+/// Forwards one direction, holding what it read while the proxy is stalled.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

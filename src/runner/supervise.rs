@@ -66,12 +66,18 @@ impl Shared {
             deadline: timeout.map(|t| Instant::now() + t),
             chunks,
         };
+        // The handler runs in its own task: it must see its cancellation (and a shell handler
+        // kill its process group) at once, also while this loop waits on an unreachable broker.
+        let task =
+            tokio::spawn(async move { AssertUnwindSafe(handler.run(&ctx)).catch_unwind().await });
+        let abort = task.abort_handle();
         let run = async {
             let guarded = async {
                 tokio::select! {
-                    r = AssertUnwindSafe(handler.run(&ctx)).catch_unwind() => {
-                        r.unwrap_or_else(|panic| Err(panicked(job, panic.as_ref())))
-                    }
+                    r = task => match r {
+                        Ok(outcome) => outcome.unwrap_or_else(|panic| Err(panicked(job, panic.as_ref()))),
+                        Err(e) => Err(HandlerError::retryable(format!("the handler's task ended: {e}"))),
+                    },
                     () = async { cancel.cancelled().await; tokio::time::sleep(UNRESPONSIVE_GRACE).await } => {
                         Err(HandlerError::retryable("the handler did not stop after cancellation"))
                     }
@@ -141,6 +147,8 @@ impl Shared {
             result
         };
         let result = run.await;
+        // A handler that ignored its cancellation is dropped now (a shell command's child with it).
+        abort.abort();
         let why = if fence.is_cancelled() {
             Some(Stop::Fenced)
         } else {

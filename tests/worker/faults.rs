@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use citadel::handlers::{Handler, HandlerError, JobContext, Registry, ShellPolicy};
 use citadel::runner::{Runner, RunnerConfig};
+use citadel_harness::proxy::Proxy;
 use citadel_harness::redis::{self as harness, Server};
 use citadel_journal::{EventKind, Journal, JournalOptions, NewEvent, Phase};
 use citadel_transports::{
@@ -169,12 +170,23 @@ struct Worker {
 
 impl Worker {
     async fn start(redis_url: &str, consumer: &str, dir: &Path, shell: &Path) -> Self {
+        Self::start_with(redis_url, consumer, dir, shell, Duration::from_millis(500)).await
+    }
+
+    /// A worker whose Redis calls may each wait `command_timeout` for an answer.
+    async fn start_with(
+        redis_url: &str,
+        consumer: &str,
+        dir: &Path,
+        shell: &Path,
+        command_timeout: Duration,
+    ) -> Self {
         let (journal, _) = Journal::open(dir, JournalOptions::default()).unwrap();
         let mut cfg = citadel_transports::RedisConfig::new(redis_url.to_string(), consumer);
         cfg.block = Duration::from_millis(200);
         cfg.lease = Duration::from_secs(2);
         cfg.reclaim_interval = Duration::from_millis(50);
-        cfg.command_timeout = Duration::from_millis(500);
+        cfg.command_timeout = command_timeout;
         let inner = Arc::new(citadel_transports::RedisSource::connect(cfg).await.unwrap());
         let flaky = Arc::new(Flaky {
             inner,
@@ -338,11 +350,12 @@ async fn an_ack_the_transport_refuses_is_sent_again_from_the_journal() {
     let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
     w.flaky.refuse_settle.lock().unwrap().insert("ack");
     submit(&mut c, "no-ack", "count", json!({})).await;
-    // Settled in the journal at once; pending until the redelivery acks it from the journal.
+    // Settled in the journal at once; pending until the redelivery is acked: by the transport's
+    // completion record on Redis (written with `end`), or else from the journal.
     settled(&mut c, "refused ack", || {
         w.journal
             .state(&JobId::new("no-ack").unwrap())
-            .is_some_and(|s| s.deliveries == 2)
+            .is_some_and(|s| s.phase == Some(Phase::Settled(citadel_journal::SettledAs::Acked)))
     })
     .await;
     assert_eq!(w.handler.runs("no-ack"), 1, "never run again");
@@ -415,16 +428,33 @@ async fn error_and_cancelled_go_out_only_once_their_settlement_is_journaled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_for_twice_its_lease_stops_its_shell_command_before_another_runs_it() {
+    partitioned_shell_job(Proxy::cut, Duration::from_millis(500)).await;
+}
+
+/// The same partition where packets are dropped instead of refused: the worker's calls to Redis
+/// (its cancellation poll among them) hang for the default 5 s command timeout rather than fail,
+/// and the fence must still kill the command at once, not when a hung call gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_calls_hang_for_twice_its_lease_stops_its_shell_command_in_time() {
+    partitioned_shell_job(Proxy::stall, Duration::from_secs(5)).await;
+}
+
+async fn partitioned_shell_job(partition: fn(&Proxy), command_timeout: Duration) {
     let (server, tmp) = setup().await;
     let mut c = server.conn().await;
     let upstream = format!("127.0.0.1:{}", url_port(&server.url()))
         .parse()
         .unwrap();
-    let proxy = citadel_harness::proxy::Proxy::start(upstream)
-        .await
-        .unwrap();
+    let proxy = Proxy::start(upstream).await.unwrap();
     let cut_url = format!("redis://{}/", proxy.addr());
-    let a = Worker::start(&cut_url, "node-a", &tmp.path().join("ja"), tmp.path()).await;
+    let a = Worker::start_with(
+        &cut_url,
+        "node-a",
+        &tmp.path().join("ja"),
+        tmp.path(),
+        command_timeout,
+    )
+    .await;
     let file = tmp.path().join("side-effects");
     let command = format!("sleep 3; echo once >> {}", file.display());
     submit(
@@ -435,7 +465,7 @@ async fn a_worker_cut_off_for_twice_its_lease_stops_its_shell_command_before_ano
     )
     .await;
     crate::support::worker::wait_for(&mut c, "append", "start", WAIT).await;
-    proxy.cut();
+    partition(&proxy);
     let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
     let cut_at = Instant::now();
     let mut fenced_after = None;
@@ -447,6 +477,15 @@ async fn a_worker_cut_off_for_twice_its_lease_stops_its_shell_command_before_ano
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.restore();
+    // Behind a stall, the attempt is journaled `interrupted` once the hung call returns (the
+    // command itself was killed at the fence).
+    while fenced_after.is_none() && cut_at.elapsed() < Duration::from_secs(15) {
+        let interrupted = Some(Phase::Finished(citadel_journal::Outcome::Interrupted));
+        if a.phase("append") == interrupted {
+            fenced_after = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let fenced_after = fenced_after.expect("worker a fenced its attempt while cut off");
     eprintln!("fenced {fenced_after:?} after the cut (lease 2 s, margin 0.5 s)");
     settled(&mut c, "partitioned shell job", || {

@@ -7,6 +7,7 @@
 //! and it must never print or log the token.
 
 pub mod api;
+pub mod common;
 pub mod device;
 mod device_api;
 mod sse;
@@ -162,7 +163,7 @@ pub async fn start_with(
     let url = format!("http://{addr}");
     std::fs::write(dir.join("address"), format!("{url}\n"))
         .with_context(|| format!("writing {}", dir.join("address").display()))?;
-    let app = Arc::new(api::AppState {
+    let app = Arc::new(common::AppState {
         store: store.clone(),
         token: token.clone(),
         device: device::DeviceAuth::new(device),

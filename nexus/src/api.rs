@@ -369,11 +369,21 @@ struct SettleBody {
     reason: Option<String>,
     #[serde(default)]
     errors: Vec<String>,
+    /// How the attempt ended (`end`, `error`, `cancelled`): the final state of an `ack`, even
+    /// when the terminal event itself never arrived.
+    #[serde(default)]
+    outcome: Option<String>,
 }
 
 async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
     let b: SettleBody = parse(body)?;
-    let how = settle_of(&b.action, b.delay_ms, b.reason, b.errors)?;
+    let how = settle_of(
+        &b.action,
+        b.delay_ms,
+        b.reason,
+        b.errors,
+        b.outcome.as_deref(),
+    )?;
     let r = app.store.settle(&id, &b.lease_id, how)?;
     app.store.flush().await?;
     Ok(Json(r))
@@ -402,9 +412,20 @@ async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     Ok(Json(r))
 }
 
-async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    /// The reporting worker's lease: the event counts only while it is the job's current one.
+    lease_id: Option<String>,
+}
+
+async fn append_event(
+    State(app): St,
+    Path(id): Path<String>,
+    Query(q): Query<EventQuery>,
+    body: Body,
+) -> ApiResult<StatusCode> {
     let ev: Value = parse(body)?;
-    record_event(&app.store, &id, &ev)?;
+    record_event(&app.store, &id, q.lease_id.as_deref(), &ev)?;
     app.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -83,6 +83,13 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         .cloned()
         .unwrap_or_default();
     let items: Vec<Incoming> = jobs.iter().map(from_claim).collect();
+    let mut leases = super::lock(&inner.leases);
+    for item in &items {
+        if let Incoming::Job(d) = item {
+            leases.insert(d.job.id.clone(), d.receipt.id().to_string());
+        }
+    }
+    drop(leases);
     if !items.is_empty() {
         debug!(count = items.len(), "claimed jobs");
     }

@@ -94,6 +94,10 @@ pub(crate) struct Inner {
     client: Client,
     mode: Mode,
     inbox: Inbox,
+    /// Full mode: each unsettled job's lease id (events name it; the server refuses a stale one).
+    leases: Mutex<HashMap<JobId, String>>,
+    /// Full mode: each attempt's reported outcome, sent with its `ack`.
+    reported: crate::control_plane::Outcomes,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -157,6 +161,8 @@ impl NexusSource {
             client,
             mode,
             inbox: Inbox::default(),
+            leases: Mutex::default(),
+            reported: Default::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
         });
@@ -282,6 +288,13 @@ impl JobSource for NexusSource {
             return self.settle_plain(receipt, settlement, ctx).await;
         }
         let mut body = json!({"lease_id": receipt.id(), "action": settlement.name()});
+        let outcome = self.inner.reported.take(receipt.queue());
+        if let (Settlement::Ack, Some(o)) = (settlement, outcome) {
+            body["outcome"] = o.into();
+        }
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            lock(&self.inner.leases).remove(&job);
+        }
         match settlement {
             Settlement::Retry { delay } => {
                 body["delay_ms"] = (delay.as_millis() as u64).into();
@@ -362,7 +375,12 @@ impl JobSource for NexusSource {
             }
             return Ok(());
         }
-        let path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
+        self.inner.reported.note(event);
+        let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
+        let mut path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
+        if let Some(l) = lease {
+            path = format!("{path}?lease_id={}", path_id(&l));
+        }
         let rb = self
             .inner
             .client

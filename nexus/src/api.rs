@@ -22,6 +22,10 @@ use super::common::{
     lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body, MAX_BODY,
     MAX_WAIT,
 };
+use citadel_transports::control_plane::wire::{
+    ClaimRequest, RenewRequest, RenewResponse, SettleRequest,
+};
+
 use super::store::{
     now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, Store, DEFAULT_LEASE,
     NODE_OFFLINE_AFTER,
@@ -314,69 +318,32 @@ async fn show_job(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobR
     Ok(Json(app.store.get(&id)?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClaimBody {
-    worker: String,
-    #[serde(default = "one")]
-    max: usize,
-    #[serde(default)]
-    wait_ms: u64,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
-fn one() -> usize {
-    1
-}
-
 /// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
 /// lease.
 async fn claim(State(app): St, body: Body) -> ApiResult<Json<Value>> {
-    let b: ClaimBody = parse(body)?;
+    let b: ClaimRequest = parse(body)?;
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
     let got = claim_wait(&app.store, &b.worker, max, lease_of(b.lease_ms), wait).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    lease_id: String,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
-async fn renew(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<Value>> {
-    let b: RenewBody = parse(body)?;
+async fn renew(
+    State(app): St,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Json<RenewResponse>> {
+    let b: RenewRequest = parse(body)?;
     let r = app.store.renew(&id, &b.lease_id, lease_of(b.lease_ms))?;
     app.store.flush().await?;
-    Ok(Json(json!({
-        "lease_expires_ms": r.lease.as_ref().map(|l| l.expires_ms),
-        "cancel_requested": r.cancel_requested,
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettleBody {
-    lease_id: String,
-    action: String,
-    #[serde(default)]
-    delay_ms: u64,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    errors: Vec<String>,
-    /// How the attempt ended (`end`, `error`, `cancelled`): the final state of an `ack`, even
-    /// when the terminal event itself never arrived.
-    #[serde(default)]
-    outcome: Option<String>,
+    Ok(Json(RenewResponse {
+        lease_expires_ms: r.lease.as_ref().map(|l| l.expires_ms),
+        cancel_requested: r.cancel_requested,
+    }))
 }
 
 async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
-    let b: SettleBody = parse(body)?;
+    let b: SettleRequest = parse(body)?;
     let how = settle_of(
         &b.action,
         b.delay_ms,

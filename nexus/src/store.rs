@@ -2,8 +2,8 @@
 //! kept in memory, each record it changes written to sled, the job events and the nodes. Every
 //! method that changes something writes the change into sled before it returns; the API layer
 //! then awaits [`Store::flush`] before it answers, so nothing acknowledged is lost on a crash,
-//! restart or power failure. Flushes are group-committed: concurrent requests share one sled
-//! flush and one `fdatasync` ([`DurableDir`]). It must never speak HTTP, decide a job's state
+//! restart or power failure. A request whose writes a finished flush already covered does not
+//! flush again; concurrent flushes share sled's and the kernel's commit ([`DurableDir`]). It must never speak HTTP, decide a job's state
 //! itself, or let a sled type out of the crate.
 
 use std::path::Path;
@@ -73,8 +73,8 @@ pub struct Store {
     queue: Mutex<Queue>,
     /// Writes handed to sled so far (group commit: a flush covers every write before it).
     written: AtomicU64,
-    /// Writes known durable; held while one flush runs, so concurrent ones share it.
-    synced: tokio::sync::Mutex<u64>,
+    /// Writes known durable: every write counted before a finished flush began.
+    synced: AtomicU64,
     /// Bumped whenever a job becomes ready.
     ready: watch::Sender<u64>,
     /// Bumped whenever an event is recorded or a job changes state.
@@ -111,7 +111,7 @@ impl Store {
             nodes,
             queue: Mutex::new(queue),
             written: AtomicU64::new(0),
-            synced: tokio::sync::Mutex::new(0),
+            synced: AtomicU64::new(0),
             ready: watch::channel(0).0,
             changed: watch::channel(0).0,
         })
@@ -122,17 +122,16 @@ impl Store {
     }
 
     /// Makes every change so far durable, through a power failure: sled's flush, then
-    /// `fdatasync` of the files it wrote ([`DurableDir::sync`]). Group commit: a caller whose
-    /// writes a flush already covered returns at once; callers arriving while one runs wait for
-    /// it and then share the next. (sled's `flush_async` was seen to hang for good under
-    /// concurrent requests, so the blocking `flush` runs on the blocking pool instead.)
+    /// `fdatasync` of the files it wrote ([`DurableDir::sync`]). A caller whose writes a finished
+    /// flush already covered returns at once; the others flush, concurrently (sled and the
+    /// kernel fold concurrent flushes of the same files into one commit: measured, a flush lock
+    /// that queued them one after another was slower). (sled's `flush_async` was seen to hang
+    /// for good under concurrent requests, so the blocking `flush` runs on the blocking pool.)
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let target = self.written.load(Ordering::SeqCst);
-        let mut synced = self.synced.lock().await;
-        if *synced >= target {
+        let upto = self.written.load(Ordering::SeqCst);
+        if self.synced.load(Ordering::SeqCst) >= upto {
             return Ok(());
         }
-        let upto = self.written.load(Ordering::SeqCst);
         let (db, durable) = (self.db.clone(), self.durable.clone());
         tokio::task::spawn_blocking(move || {
             db.flush().map_err(storage)?;
@@ -140,7 +139,7 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
-        *synced = upto;
+        self.synced.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
 

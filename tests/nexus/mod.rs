@@ -3,5 +3,6 @@
 //! malformed requests, leases, long-poll, events, restart without loss, and the zero-config flow.
 
 mod api;
+mod fenced;
 mod flow;
 mod transport;

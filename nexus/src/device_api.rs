@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{parse, ApiError, ApiResult, AppState, Body};
+use super::common::{parse, ApiError, ApiResult, AppState, Body};
 use super::device::{ApproveError, Poll, StartRequest};
 use super::store::{now_ms, NodeRecord};
 

@@ -23,7 +23,7 @@ use axum::response::Response;
 use citadel_transports::websocket::protocol::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 
-use super::api::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
+use super::common::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
 use super::store::{now_ms, NodeRecord, QueueState, Store, DEFAULT_LEASE};
 
 /// The most credit a worker may hold (jobs pushed but not yet settled are not limited by it).
@@ -309,9 +309,10 @@ impl Session {
                 delay_ms,
                 reason,
                 errors,
+                outcome,
             } => {
-                let how =
-                    settle_of(&action, delay_ms, reason, errors).map_err(|e| (Some(id), e))?;
+                let how = settle_of(&action, delay_ms, reason, errors, outcome.as_deref())
+                    .map_err(|e| (Some(id), e))?;
                 self.store()
                     .settle(&job, &lease_id, how)
                     .map_err(|e| (Some(id), e.into()))?;
@@ -338,8 +339,16 @@ impl Session {
                     },
                 );
             }
-            ClientFrame::Event { id, job, event } => {
-                record_event(self.store(), &job, &event).map_err(|e| (Some(id), e))?;
+            ClientFrame::Event {
+                id,
+                job,
+                lease_id,
+                event,
+            } => {
+                let lease = lease_id
+                    .as_deref()
+                    .or_else(|| self.held.get(&job).map(String::as_str));
+                record_event(self.store(), &job, lease, &event).map_err(|e| (Some(id), e))?;
                 self.answer_after_flush(out, ServerFrame::ok(id));
             }
         }

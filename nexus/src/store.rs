@@ -1,0 +1,408 @@
+//! The control plane's persistence: the queue ([`super::queue`], where every decision is made)
+//! kept in memory, each record it changes written to sled, the job events and the nodes. Every
+//! method that changes something writes the change into sled before it returns; the API layer
+//! then awaits [`Store::flush`] before it answers, so nothing acknowledged is lost on a crash,
+//! restart or power failure. A request whose writes a finished flush already covered does not
+//! flush again; concurrent flushes share sled's and the kernel's commit ([`DurableDir`]). It must never speak HTTP, decide a job's state
+//! itself, or let a sled type out of the crate.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use citadel_journal::durable::DurableDir;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use super::ids::{new_job_id, new_secret, now_ms};
+pub use super::queue::{Queue, Reporter, DEFAULT_MAX_ATTEMPTS};
+pub use super::record::{
+    rfc3339_ms, JobRecord, LeaseInfo, LeaseSettle, NewJob, NodeRecord, Outcome, QueueState,
+};
+
+/// The lease a claim gets unless it asks for another.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// A node that has not been heard from for this long is listed `offline`.
+pub const NODE_OFFLINE_AFTER: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("a job with id {0} already exists")]
+    Exists(String),
+    #[error("the lease on job {0} is not held (it expired, another worker holds it, or the job is final)")]
+    LeaseLost(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The store on disk failed (sled's error, as an I/O error: sled stays private to this crate).
+    #[error("storage error: {0}")]
+    Storage(#[source] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether doing the same thing again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Storage(_))
+    }
+}
+
+/// sled's error as the store's.
+fn storage(e: sled::Error) -> StoreError {
+    StoreError::Storage(e.into())
+}
+
+fn event_key(job: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(job.len() + 9);
+    k.extend_from_slice(job.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The persistent state. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    db: sled::Db,
+    /// Makes what sled flushed survive a power failure (the journal's helper).
+    durable: Arc<DurableDir>,
+    jobs: sled::Tree,
+    events: sled::Tree,
+    nodes: sled::Tree,
+    queue: Mutex<Queue>,
+    /// Writes handed to sled so far (group commit: a flush covers every write before it).
+    written: AtomicU64,
+    /// Writes known durable: every write counted before a finished flush began.
+    synced: AtomicU64,
+    /// Bumped whenever a job becomes ready.
+    ready: watch::Sender<u64>,
+    /// Bumped whenever an event is recorded or a job changes state.
+    changed: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and rebuilds the queue from what was persisted.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(storage)?;
+        let durable = Arc::new(DurableDir::open(dir).map_err(StoreError::Storage)?);
+        let jobs = db.open_tree("jobs").map_err(storage)?;
+        let events = db.open_tree("events").map_err(storage)?;
+        let nodes = db.open_tree("nodes").map_err(storage)?;
+        let mut loaded: Vec<JobRecord> = Vec::new();
+        for kv in jobs.iter() {
+            let (_, v) = kv.map_err(storage)?;
+            match serde_json::from_slice::<JobRecord>(&v) {
+                Ok(r) => loaded.push(r),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable job record"),
+            }
+        }
+        let queue = Queue::from_records(loaded);
+        tracing::info!(
+            jobs = queue.len(),
+            queued = queue.ready_len(),
+            "control plane store opened"
+        );
+        Ok(Self {
+            db,
+            durable,
+            jobs,
+            events,
+            nodes,
+            queue: Mutex::new(queue),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            ready: watch::channel(0).0,
+            changed: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes every change so far durable, through a power failure: sled's flush, then
+    /// `fdatasync` of the files it wrote ([`DurableDir::sync`]). A caller whose writes a finished
+    /// flush already covered returns at once; the others flush, concurrently (sled and the
+    /// kernel fold concurrent flushes of the same files into one commit: measured, a flush lock
+    /// that queued them one after another was slower). (sled's `flush_async` was seen to hang
+    /// for good under concurrent requests, so the blocking `flush` runs on the blocking pool.)
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let upto = self.written.load(Ordering::SeqCst);
+        if self.synced.load(Ordering::SeqCst) >= upto {
+            return Ok(());
+        }
+        let (db, durable) = (self.db.clone(), self.durable.clone());
+        tokio::task::spawn_blocking(move || {
+            db.flush().map_err(storage)?;
+            durable.sync().map_err(StoreError::Storage)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
+        self.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn subscribe_ready(&self) -> watch::Receiver<u64> {
+        self.ready.subscribe()
+    }
+
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Writes the records the queue changed; wakes waiting claimers when one is ready.
+    fn put(&self, records: &[JobRecord]) -> Result<(), StoreError> {
+        for r in records {
+            let bytes = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            self.jobs.insert(r.id.as_bytes(), bytes).map_err(storage)?;
+        }
+        if !records.is_empty() {
+            self.written.fetch_add(1, Ordering::SeqCst);
+            self.changed.send_modify(|n| *n += 1);
+        }
+        if records.iter().any(|r| r.state == QueueState::Queued) {
+            self.ready.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    pub fn submit(&self, new: NewJob) -> Result<JobRecord, StoreError> {
+        let mut q = self.lock();
+        let r = q.submit(new, new_job_id(), now_ms())?;
+        self.put(std::slice::from_ref(&r))?;
+        Ok(r)
+    }
+
+    pub fn get(&self, id: &str) -> Result<JobRecord, StoreError> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Jobs, newest first, optionally of one state.
+    pub fn list(&self, state: Option<QueueState>, limit: usize) -> Vec<JobRecord> {
+        self.lock().list(state, limit)
+    }
+
+    /// Leases up to `max` ready jobs to `worker`.
+    pub fn claim(
+        &self,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut q = self.lock();
+        let got = q.claim(worker, max, lease, now_ms(), super::ids::new_lease_id);
+        self.put(&got)?;
+        Ok(got)
+    }
+
+    /// Restarts the lease; returns the job (its `cancel_requested` included).
+    pub fn renew(
+        &self,
+        id: &str,
+        lease_id: &str,
+        lease: Duration,
+    ) -> Result<JobRecord, StoreError> {
+        let mut q = self.lock();
+        let r = q.renew(id, lease_id, lease, now_ms())?;
+        self.put(std::slice::from_ref(&r))?;
+        Ok(r)
+    }
+
+    /// Applies the current lease's settlement ([`Queue::settle`]).
+    pub fn settle(
+        &self,
+        id: &str,
+        lease_id: &str,
+        how: LeaseSettle,
+    ) -> Result<JobRecord, StoreError> {
+        let mut q = self.lock();
+        let was_final = q.get(id)?.state.is_final();
+        let r = q.settle(id, lease_id, how, now_ms())?;
+        if !was_final {
+            self.put(std::slice::from_ref(&r))?;
+        }
+        Ok(r)
+    }
+
+    /// `POST /api/v1/jobs/{id}/status` (docs/wire-format.md#nexus-http): the plain poller's final word on a job.
+    pub fn report_status(
+        &self,
+        id: &str,
+        success: bool,
+        output: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut q = self.lock();
+        let changed = q.report_status(id, success, output, now_ms())?;
+        self.put(changed.as_slice())
+    }
+
+    /// Records one job event (docs/wire-format.md#job-events) reported `by`; returns its index.
+    pub fn append_event(
+        &self,
+        id: &str,
+        by: Reporter<'_>,
+        event: &Value,
+    ) -> Result<u64, StoreError> {
+        let ty = event
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| StoreError::Invalid("the event has no `type`".into()))?;
+        let text = serde_json::to_vec(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut q = self.lock();
+        let r = q.event(id, by, ty, event.get("data"))?;
+        let index = r.events - 1;
+        self.events
+            .insert(event_key(id, index), text)
+            .map_err(storage)?;
+        self.put(std::slice::from_ref(&r))?;
+        Ok(index)
+    }
+
+    /// The events of a job with an index of at least `from`.
+    pub fn events_from(&self, id: &str, from: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let start = event_key(id, from);
+        let end = event_key(id, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.events.range(start..=end) {
+            let (k, v) = kv.map_err(storage)?;
+            let idx = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+            out.push((idx, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Cancels a job: a queued job ends at once (with a `cancelled` event); a leased one is
+    /// flagged, and its worker sees the flag within a second.
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<JobRecord, StoreError> {
+        let (r, ended) = {
+            let mut q = self.lock();
+            let (r, ended) = q.cancel(id, now_ms())?;
+            self.put(std::slice::from_ref(&r))?;
+            (r, ended)
+        };
+        if ended {
+            let ev = citadel_transports::WireEvent::new(
+                citadel_transports::JobId::new(id)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                citadel_transports::EventMeta::new("nexus", "nexus"),
+                citadel_transports::EventData::Cancelled {
+                    reason: reason.to_string(),
+                },
+            )
+            .with_ray_id(r.ray_id.clone());
+            let v: Value = serde_json::from_str(&ev.to_json()).unwrap_or(Value::Null);
+            self.append_event(id, Reporter::Plane, &v)?;
+        }
+        self.get(id)
+    }
+
+    /// Puts a dead-lettered job back in the queue with its attempts reset.
+    pub fn requeue(&self, id: &str) -> Result<JobRecord, StoreError> {
+        let mut q = self.lock();
+        let r = q.requeue(id, now_ms())?;
+        self.put(std::slice::from_ref(&r))?;
+        Ok(r)
+    }
+
+    /// Expires the leases past their time ([`Queue::expire`]); returns how many.
+    pub fn expire_leases(&self) -> Result<usize, StoreError> {
+        let mut q = self.lock();
+        let changed = q.expire(now_ms());
+        self.put(&changed)?;
+        Ok(changed.len())
+    }
+
+    /// The earliest time a queued job becomes ready, if one waits for its retry delay.
+    pub fn next_ready_ms(&self) -> Option<u64> {
+        self.lock().next_ready_ms()
+    }
+
+    /// Records a node's beat. A beat without a report keeps the last report; the merge is one
+    /// atomic update, so a liveness beat racing a full report never erases it.
+    pub fn heartbeat(&self, node: NodeRecord) -> Result<(), StoreError> {
+        let encode = |n: &NodeRecord| serde_json::to_vec(n);
+        let fresh = encode(&node).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.nodes
+            .update_and_fetch(node.id.as_bytes(), |old| {
+                let kept = match (&node.report, old) {
+                    (None, Some(old)) => serde_json::from_slice::<NodeRecord>(old)
+                        .ok()
+                        .and_then(|n| n.report),
+                    _ => None,
+                };
+                match kept {
+                    Some(report) => {
+                        let merged = NodeRecord {
+                            report: Some(report),
+                            ..node.clone()
+                        };
+                        Some(encode(&merged).unwrap_or_else(|_| fresh.clone()))
+                    }
+                    None => Some(fresh.clone()),
+                }
+            })
+            .map_err(storage)?;
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.nodes.iter() {
+            let (_, v) = kv.map_err(storage)?;
+            if let Ok(n) = serde_json::from_slice::<NodeRecord>(&v) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn job(ty: &str) -> NewJob {
+        NewJob {
+            id: None,
+            job_type: ty.into(),
+            payload: Map::new(),
+            ray_id: None,
+            max_attempts: Some(2),
+        }
+    }
+
+    #[test]
+    fn claim_settle_expire_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            id = s.submit(job("echo")).unwrap().id;
+            let got = s.claim("w", 4, Duration::from_millis(0)).unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].attempts, 1);
+            assert_eq!(s.expire_leases().unwrap(), 1);
+            assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
+            let got = s.claim("w", 4, DEFAULT_LEASE).unwrap();
+            let lease = got[0].lease.clone().unwrap();
+            assert!(matches!(
+                s.settle(&id, "other", LeaseSettle::Ack { outcome: None }),
+                Err(StoreError::LeaseLost(_))
+            ));
+            s.settle(&id, &lease.id, LeaseSettle::Release).unwrap();
+            assert_eq!(s.get(&id).unwrap().attempts, 1);
+            s.submit(job("noop")).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.list(Some(QueueState::Queued), 10).len(), 2);
+        let got = s.claim("w", 1, Duration::from_millis(0)).unwrap();
+        assert_eq!(got[0].id, id, "submission order survives a restart");
+        s.expire_leases().unwrap();
+        assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);
+        s.requeue(&id).unwrap();
+        assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::{self, Principal};
+use super::credentials::Credentials;
 use super::store::{
     now_ms, rfc3339_ms, JobRecord, LeaseSettle, NewJob, NodeRecord, QueueState, Store, StoreError,
     DEFAULT_LEASE, NODE_OFFLINE_AFTER,
@@ -32,7 +34,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// The admin token.
     pub token: String,
+    /// The nodes' own credentials.
+    pub credentials: Credentials,
     pub device: super::device::DeviceAuth,
 }
 
@@ -100,28 +105,47 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 
 pub(super) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who a bearer token stands for: the admin token, else a live node credential.
+fn principal(app: &AppState, token: &str) -> Option<Principal> {
+    if super::credentials::same(token.as_bytes(), app.token.as_bytes()) {
+        Some(Principal::admin())
+    } else {
+        app.credentials.authenticate(token)
+    }
 }
 
-async fn auth(State(app): St, req: Request, next: Next) -> Response {
-    let ok = req
+/// Authenticates every request, refuses a node what only the admin may do (403) and another
+/// organization's job (404, as if it did not exist), and hands the [`Principal`] on.
+async fn auth(State(app): St, mut req: Request, next: Next) -> Response {
+    let who = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
-    if ok {
-        next.run(req).await
-    } else {
-        tracing::debug!(path = %req.uri().path(), "request without a valid bearer token");
-        ApiError(
+        .and_then(|t| principal(&app, t.trim()));
+    let path = req.uri().path().to_string();
+    let Some(who) = who else {
+        tracing::debug!(%path, "request without a valid bearer token");
+        return ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token (Authorization: Bearer TOKEN)".into(),
+            "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)".into(),
         )
-        .into_response()
+        .into_response();
+    };
+    if let Err(denied) = auth::authorize(&who, auth::need(req.method().as_str(), &path)) {
+        tracing::info!(node_id = who.node_id(), %path, "a node credential was refused an admin endpoint");
+        return ApiError(StatusCode::FORBIDDEN, denied.0).into_response();
     }
+    if let Some(job) = auth::job_of(&path) {
+        match app.store.get(&job) {
+            Ok(r) if !who.may_touch(&r.org) => {
+                return ApiError::from(StoreError::NotFound(job)).into_response()
+            }
+            _ => {}
+        }
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {
@@ -184,6 +208,7 @@ fn wait_of(secs: Option<f64>) -> Duration {
 /// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
 async fn claim_wait(
     store: &Store,
+    org: &str,
     worker: &str,
     max: usize,
     lease: Duration,
@@ -193,7 +218,7 @@ async fn claim_wait(
     let mut ready = store.subscribe_ready();
     loop {
         ready.borrow_and_update();
-        let got = store.claim(worker, max, lease)?;
+        let got = store.claim(org, worker, max, lease)?;
         if !got.is_empty() {
             store.flush().await?;
             return Ok(got);
@@ -227,11 +252,13 @@ fn stringly(payload: &Map<String, Value>) -> Map<String, Value> {
 /// travels in headers so the body stays the Go agent's format byte for byte.
 async fn next_job(
     State(app): St,
+    Extension(who): Extension<Principal>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let worker = format!("poller@{}", peer.ip());
-    let mut got = claim_wait(&app.store, &worker, 1, DEFAULT_LEASE, wait_of(q.wait)).await?;
+    let wait = wait_of(q.wait);
+    let mut got = claim_wait(&app.store, &who.org, &worker, 1, DEFAULT_LEASE, wait).await?;
     let Some(r) = got.pop() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -409,11 +436,16 @@ pub(super) fn lease_of(ms: Option<u64>) -> Duration {
 
 /// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
 /// lease.
-async fn claim(State(app): St, body: Body) -> ApiResult<Json<Value>> {
+async fn claim(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let b: ClaimBody = parse(body)?;
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
-    let got = claim_wait(&app.store, &b.worker, max, lease_of(b.lease_ms), wait).await?;
+    let lease = lease_of(b.lease_ms);
+    let got = claim_wait(&app.store, &who.org, &b.worker, max, lease, wait).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 

@@ -7,6 +7,8 @@
 //! and it must never print or log the token.
 
 pub mod api;
+pub mod auth;
+pub mod credentials;
 pub mod device;
 mod device_api;
 mod sse;
@@ -164,9 +166,13 @@ pub async fn start_with(
     let url = format!("http://{addr}");
     std::fs::write(dir.join("address"), format!("{url}\n"))
         .with_context(|| format!("writing {}", dir.join("address").display()))?;
+    let tree = store.tree("credentials")?;
+    let credentials =
+        credentials::Credentials::open(tree).context("loading the node credentials")?;
     let app = Arc::new(api::AppState {
         store: store.clone(),
         token: token.clone(),
+        credentials,
         device: device::DeviceAuth::new(device),
     });
     let router = api::router(app);

@@ -83,6 +83,9 @@ pub struct JobRecord {
     pub payload: Map<String, Value>,
     #[serde(rename = "rayId", default, skip_serializing_if = "Option::is_none")]
     pub ray_id: Option<String>,
+    /// The organization whose nodes may claim it (docs/control-plane.md#credentials-and-organizations).
+    #[serde(default = "default_org")]
+    pub org: String,
     pub state: QueueState,
     /// Deliveries so far.
     pub attempts: u32,
@@ -133,6 +136,13 @@ pub struct NewJob {
     pub ray_id: Option<String>,
     #[serde(rename = "maxAttempts", default)]
     pub max_attempts: Option<u32>,
+    /// The organization whose nodes may claim it (default: `default`).
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+fn default_org() -> String {
+    super::auth::DEFAULT_ORG.to_string()
 }
 
 /// How a worker settles a lease (the control plane's side of a transport `Settlement`).
@@ -274,6 +284,12 @@ impl Store {
         })
     }
 
+    /// A sled tree of this store's database, for what another module keeps beside the jobs
+    /// (the node credentials); [`Store::flush`] makes its writes durable too.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Mem> {
         self.mem.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -341,6 +357,8 @@ impl Store {
             })
             .unwrap_or(DEFAULT_MAX_ATTEMPTS)
             .max(1);
+        let org = new.org.unwrap_or_else(default_org);
+        super::auth::valid_org(&org).map_err(StoreError::Invalid)?;
         let now = now_ms();
         let mut mem = self.lock();
         if mem.jobs.contains_key(&id) {
@@ -353,6 +371,7 @@ impl Store {
             job_type: new.job_type,
             payload: new.payload,
             ray_id: new.ray_id.filter(|s| !s.is_empty()),
+            org,
             state: QueueState::Queued,
             attempts: 0,
             max_attempts,
@@ -396,9 +415,10 @@ impl Store {
         all.into_iter().take(limit).cloned().collect()
     }
 
-    /// Leases up to `max` ready jobs to `worker`.
+    /// Leases up to `max` ready jobs of organization `org` to `worker`.
     pub fn claim(
         &self,
+        org: &str,
         worker: &str,
         max: usize,
         lease: Duration,
@@ -406,13 +426,18 @@ impl Store {
         let now = now_ms();
         let mut mem = self.lock();
         let mut out = Vec::new();
-        while out.len() < max {
-            let Some(first) = mem.queue.first().cloned() else {
-                break;
-            };
-            if first.0 > now {
-                break;
+        // The ready entries of this organization, up to `max`, and the stale ones on the way.
+        let (mut ready, mut wanted) = (Vec::new(), 0);
+        for k in mem.queue.iter().take_while(|k| k.0 <= now) {
+            match mem.jobs.get(&k.2) {
+                Some(r) if r.state == QueueState::Queued && r.org != org => continue,
+                Some(r) if r.state == QueueState::Queued && wanted == max => break,
+                Some(r) if r.state == QueueState::Queued => wanted += 1,
+                _ => {}
             }
+            ready.push(k.clone());
+        }
+        for first in ready {
             mem.queue.remove(&first);
             let Some(r) = mem.jobs.get_mut(&first.2) else {
                 continue;
@@ -773,6 +798,7 @@ mod tests {
             payload: Map::new(),
             ray_id: None,
             max_attempts: Some(2),
+            org: None,
         }
     }
 
@@ -783,12 +809,14 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             id = s.submit(job("echo")).unwrap().id;
-            let got = s.claim("w", 4, Duration::from_millis(0)).unwrap();
+            let got = s
+                .claim("default", "w", 4, Duration::from_millis(0))
+                .unwrap();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].attempts, 1);
             assert_eq!(s.expire_leases().unwrap(), 1);
             assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
-            let got = s.claim("w", 4, DEFAULT_LEASE).unwrap();
+            let got = s.claim("default", "w", 4, DEFAULT_LEASE).unwrap();
             let lease = got[0].lease.clone().unwrap();
             assert!(matches!(
                 s.settle(&id, "other", LeaseSettle::Ack),
@@ -800,7 +828,9 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.list(Some(QueueState::Queued), 10).len(), 2);
-        let got = s.claim("w", 1, Duration::from_millis(0)).unwrap();
+        let got = s
+            .claim("default", "w", 1, Duration::from_millis(0))
+            .unwrap();
         assert_eq!(got[0].id, id, "submission order survives a restart");
         s.expire_leases().unwrap();
         assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);

@@ -8,7 +8,6 @@ pub mod config;
 pub mod format;
 pub mod handlers;
 pub mod manifest;
-pub mod nexus;
 pub mod node;
 pub mod paths;
 pub mod platform;

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::nexus::{self, Listen};
+use citadel_nexus::{self as nexus, Listen};
 
 #[derive(Debug, Subcommand)]
 pub enum NexusCommand {

@@ -43,10 +43,10 @@ pub struct Plane {
 impl Plane {
     /// The explicit URL, else the local control plane of `data_dir`.
     pub fn locate(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
-        let dir = crate::nexus::data_dir(data_dir);
+        let dir = citadel_nexus::data_dir(data_dir);
         let url = match url {
             Some(u) => u.trim_end_matches('/').to_string(),
-            None => match crate::nexus::read_address(&dir) {
+            None => match citadel_nexus::read_address(&dir) {
                 Some(u) => u,
                 None => bail!(
                     "no control plane found: nothing is listening for {} (start `citadel work` or \
@@ -57,7 +57,7 @@ impl Plane {
         };
         let token = match token {
             Some(t) => Some(t.to_string()),
-            None => crate::nexus::read_token(&dir)?,
+            None => citadel_nexus::read_token(&dir)?,
         };
         Self::with_token(url, token)
     }

@@ -271,7 +271,7 @@ impl Job {
             id: args
                 .id
                 .clone()
-                .unwrap_or_else(crate::nexus::store::new_job_id),
+                .unwrap_or_else(citadel_nexus::store::new_job_id),
             payload: Value::Object(payload),
             now: citadel_transports::events::rfc3339(std::time::SystemTime::now()),
         }

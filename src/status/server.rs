@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeStatus;
-use crate::nexus::Listen;
+use citadel_nexus::Listen;
 
 /// The first port tried on loopback.
 pub const DEFAULT_PORT: u16 = 7412;

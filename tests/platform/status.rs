@@ -276,9 +276,9 @@ async fn the_status_server_heartbeat_and_metrics_of_a_redis_worker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nexus_heartbeat_reaches_the_control_planes_node_list() {
     let dir = tempfile::tempdir().unwrap();
-    let plane = citadel::nexus::start(
+    let plane = citadel_nexus::start(
         dir.path(),
-        citadel::nexus::Listen::Exact("127.0.0.1:0".parse().unwrap()),
+        citadel_nexus::Listen::Exact("127.0.0.1:0".parse().unwrap()),
     )
     .await
     .unwrap();

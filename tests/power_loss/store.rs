@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use citadel::nexus::store::{NewJob, Store};
+use citadel_nexus::store::{NewJob, Store};
 
 use super::lazyfs::LazyFs;
 

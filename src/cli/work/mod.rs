@@ -247,7 +247,7 @@ async fn connect(
     file: &FileConfig,
     settings: &Settings,
     data_dir: &Path,
-) -> anyhow::Result<(Arc<dyn JobSource>, Option<crate::nexus::Running>)> {
+) -> anyhow::Result<(Arc<dyn JobSource>, Option<citadel_nexus::Running>)> {
     let who = transport::Identity {
         node_name: &settings.node_name,
         consumer: &settings.consumer,
@@ -280,11 +280,11 @@ async fn connect(
 }
 
 /// Serves an embedded control plane on loopback, and says how to use it.
-async fn start_embedded(data_dir: &Path) -> anyhow::Result<crate::nexus::Running> {
-    let dir = crate::nexus::data_dir(data_dir);
-    let running = crate::nexus::start(
+async fn start_embedded(data_dir: &Path) -> anyhow::Result<citadel_nexus::Running> {
+    let dir = citadel_nexus::data_dir(data_dir);
+    let running = citadel_nexus::start(
         &dir,
-        crate::nexus::Listen::LoopbackFrom(crate::nexus::DEFAULT_PORT),
+        citadel_nexus::Listen::LoopbackFrom(citadel_nexus::DEFAULT_PORT),
     )
     .await
     .context("starting the embedded control plane")?;

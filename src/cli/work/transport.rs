@@ -381,5 +381,5 @@ pub(crate) fn nexus_token_from_files(
             .with_context(|| format!("reading the token file {}", f.display()))?;
         return Ok(Some(t.trim().to_string()));
     }
-    crate::nexus::read_token(&crate::nexus::data_dir(data_dir))
+    citadel_nexus::read_token(&citadel_nexus::data_dir(data_dir))
 }

@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use super::super::{BenchJob, Defaults, Lane, Load, Target};
-use crate::nexus::{self, Listen};
+use citadel_nexus::{self as nexus, Listen};
 
 #[derive(Debug, Args)]
 pub struct NexusBench {

@@ -32,8 +32,14 @@ pub enum StoreError {
     LeaseLost(String),
     #[error("{0}")]
     Invalid(String),
+    /// The store on disk failed (sled's error, as an I/O error: sled stays private to this crate).
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[source] std::io::Error),
+}
+
+/// sled's error as the store's.
+fn storage(e: sled::Error) -> StoreError {
+    StoreError::Storage(e.into())
 }
 
 impl StoreError {
@@ -245,15 +251,15 @@ fn event_key(job: &str, index: u64) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `dir` and rebuilds the queue from what was persisted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        let durable = std::sync::Arc::new(DurableDir::open(dir).map_err(sled::Error::Io)?);
-        let jobs = db.open_tree("jobs")?;
-        let events = db.open_tree("events")?;
-        let nodes = db.open_tree("nodes")?;
+        let db = sled::Config::new().path(dir).open().map_err(storage)?;
+        let durable = std::sync::Arc::new(DurableDir::open(dir).map_err(StoreError::Storage)?);
+        let jobs = db.open_tree("jobs").map_err(storage)?;
+        let events = db.open_tree("events").map_err(storage)?;
+        let nodes = db.open_tree("nodes").map_err(storage)?;
         let mut mem = Mem::default();
         let mut loaded: Vec<JobRecord> = Vec::new();
         for kv in jobs.iter() {
-            let (_, v) = kv?;
+            let (_, v) = kv.map_err(storage)?;
             match serde_json::from_slice::<JobRecord>(&v) {
                 Ok(r) => loaded.push(r),
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job record"),
@@ -286,8 +292,8 @@ impl Store {
 
     /// A sled tree of this store's database, for what another module keeps beside the jobs
     /// (the node credentials); [`Store::flush`] makes its writes durable too.
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(storage)
     }
 
     fn lock(&self) -> MutexGuard<'_, Mem> {
@@ -301,8 +307,8 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (db, durable) = (self.db.clone(), self.durable.clone());
         tokio::task::spawn_blocking(move || {
-            db.flush()?;
-            durable.sync().map_err(sled::Error::Io)
+            db.flush().map_err(storage)?;
+            durable.sync().map_err(StoreError::Storage)
         })
         .await
         .map_err(|e| StoreError::Invalid(format!("the flush task failed: {e}")))??;
@@ -319,7 +325,7 @@ impl Store {
 
     fn put(&self, r: &JobRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(r).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.jobs.insert(r.id.as_bytes(), bytes)?;
+        self.jobs.insert(r.id.as_bytes(), bytes).map_err(storage)?;
         self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -595,7 +601,9 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let index = r.events;
         let text = serde_json::to_vec(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.events.insert(event_key(id, index), text)?;
+        self.events
+            .insert(event_key(id, index), text)
+            .map_err(storage)?;
         r.events += 1;
         let data = event.get("data");
         match ty.as_str() {
@@ -628,7 +636,7 @@ impl Store {
         let end = event_key(id, u64::MAX);
         let mut out = Vec::new();
         for kv in self.events.range(start..=end) {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(storage)?;
             let idx = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
             out.push((idx, String::from_utf8_lossy(&v).into_owned()));
         }
@@ -754,31 +762,33 @@ impl Store {
     pub fn heartbeat(&self, node: NodeRecord) -> Result<(), StoreError> {
         let encode = |n: &NodeRecord| serde_json::to_vec(n);
         let fresh = encode(&node).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.nodes.update_and_fetch(node.id.as_bytes(), |old| {
-            let kept = match (&node.report, old) {
-                (None, Some(old)) => serde_json::from_slice::<NodeRecord>(old)
-                    .ok()
-                    .and_then(|n| n.report),
-                _ => None,
-            };
-            match kept {
-                Some(report) => {
-                    let merged = NodeRecord {
-                        report: Some(report),
-                        ..node.clone()
-                    };
-                    Some(encode(&merged).unwrap_or_else(|_| fresh.clone()))
+        self.nodes
+            .update_and_fetch(node.id.as_bytes(), |old| {
+                let kept = match (&node.report, old) {
+                    (None, Some(old)) => serde_json::from_slice::<NodeRecord>(old)
+                        .ok()
+                        .and_then(|n| n.report),
+                    _ => None,
+                };
+                match kept {
+                    Some(report) => {
+                        let merged = NodeRecord {
+                            report: Some(report),
+                            ..node.clone()
+                        };
+                        Some(encode(&merged).unwrap_or_else(|_| fresh.clone()))
+                    }
+                    None => Some(fresh.clone()),
                 }
-                None => Some(fresh.clone()),
-            }
-        })?;
+            })
+            .map_err(storage)?;
         Ok(())
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut out = Vec::new();
         for kv in self.nodes.iter() {
-            let (_, v) = kv?;
+            let (_, v) = kv.map_err(storage)?;
             if let Ok(n) = serde_json::from_slice::<NodeRecord>(&v) {
                 out.push(n);
             }

@@ -1,4 +1,4 @@
-//! The embedded control plane (docs/control-plane.md): a job queue with leases, long-poll, events, cancellation,
+//! `citadel-nexus`, the control plane (docs/control-plane.md): a job queue with leases, long-poll, events, cancellation,
 //! a dead-letter list and node heartbeats, persisted in sled, behind an HTTP API that speaks the
 //! Nexus wire format (docs/wire-format.md#nexus-http). `citadel nexus serve` runs it alone; `citadel work` embeds it
 //! when nothing else is configured. This module owns starting and stopping it, the bearer token
@@ -148,9 +148,7 @@ pub async fn start_with(
         .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
     let token = load_or_create_token(dir)?;
     let store = Arc::new(Store::open(&dir.join("db")).map_err(|e| match e {
-        store::StoreError::Storage(sled::Error::Io(io))
-            if io.kind() == std::io::ErrorKind::WouldBlock =>
-        {
+        store::StoreError::Storage(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
             anyhow::anyhow!(
                 "another control plane is already running on {} (its store is locked)",
                 dir.display()

@@ -45,7 +45,11 @@ pub enum CredentialError {
     #[error("no node `{0}` was ever approved on this control plane")]
     Unknown(String),
     #[error("storage error: {0} (retrying can help once the disk has room)")]
-    Storage(#[from] sled::Error),
+    Storage(#[source] std::io::Error),
+}
+
+fn storage(e: sled::Error) -> CredentialError {
+    CredentialError::Storage(e.into())
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -110,10 +114,10 @@ pub struct Credentials {
 
 impl Credentials {
     /// Loads the credentials kept in `tree`.
-    pub fn open(tree: sled::Tree) -> Result<Self, CredentialError> {
+    pub(crate) fn open(tree: sled::Tree) -> Result<Self, CredentialError> {
         let mut mem = HashMap::new();
         for kv in tree.iter() {
-            let (_, v) = kv?;
+            let (_, v) = kv.map_err(storage)?;
             match serde_json::from_slice::<NodeCredential>(&v) {
                 Ok(c) => {
                     mem.insert(c.node_id.clone(), c);
@@ -139,8 +143,10 @@ impl Credentials {
             c,
             secret_sha256: &c.hash,
         })
-        .map_err(|e| sled::Error::Unsupported(e.to_string()))?;
-        self.tree.insert(c.node_id.as_bytes(), bytes)?;
+        .map_err(|e| CredentialError::Storage(std::io::Error::other(e)))?;
+        self.tree
+            .insert(c.node_id.as_bytes(), bytes)
+            .map_err(storage)?;
         Ok(())
     }
 

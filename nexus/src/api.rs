@@ -1,5 +1,6 @@
-//! The control plane's HTTP API (axum): the routes, bearer-token auth, body limits and the JSON
-//! error shape `{"error": MESSAGE}`. The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
+//! The control plane's HTTP API (axum): the routes, bearer-token auth (the admin token or a node's
+//! credential, with the rules of [`super::auth`]) and body limits (the error
+//! shape and the checks shared with the WebSocket are [`super::common`]). The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
 //! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
 //! citadel's own API, documented in docs/control-plane.md. Every handler that changes state waits for
 //! [`Store::flush`] before it answers. This module must never hold job state of its own or log
@@ -9,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,90 +20,15 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::auth::{self, Principal};
-use super::credentials::Credentials;
-use super::store::{
-    now_ms, rfc3339_ms, JobRecord, LeaseSettle, NewJob, NodeRecord, QueueState, Store, StoreError,
-    DEFAULT_LEASE, NODE_OFFLINE_AFTER,
+use super::common::{
+    lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body, MAX_BODY,
+    MAX_WAIT,
 };
-
-/// The largest request body accepted (a job payload travels in one).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// The longest long-poll a request may ask for.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
-
-#[derive(Debug)]
-pub struct AppState {
-    pub store: Arc<Store>,
-    /// The admin token.
-    pub token: String,
-    /// The nodes' own credentials.
-    pub credentials: Credentials,
-    pub device: super::device::DeviceAuth,
-}
-
-type St = State<Arc<AppState>>;
-
-/// An API error: a status and a message, sent as `{"error": MESSAGE}`.
-#[derive(Debug)]
-pub struct ApiError(pub(super) StatusCode, pub(super) String);
-
-impl ApiError {
-    pub(super) fn bad(msg: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, msg.into())
-    }
-
-    pub(super) fn not_found(msg: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, msg.into())
-    }
-
-    pub(super) fn conflict(msg: impl Into<String>) -> Self {
-        Self(StatusCode::CONFLICT, msg.into())
-    }
-
-    pub(super) fn unavailable(msg: impl Into<String>) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, msg.into())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        let status = match &e {
-            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Exists(_) | StoreError::LeaseLost(_) => StatusCode::CONFLICT,
-            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-            // The write could not be made durable (disk full, I/O error): nothing was
-            // acknowledged, and the same request may succeed once the disk has room again.
-            StoreError::Storage(_) => {
-                tracing::error!(error = %e, "control plane storage error");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
-        Self(status, e.to_string())
-    }
-}
-
-pub(super) type ApiResult<T> = Result<T, ApiError>;
-
-/// Parses a JSON body, answering 400 with serde's message when it is not what was expected.
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<T> {
-    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
-}
-
-pub(super) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+use super::store::StoreError;
+use super::store::{
+    now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, Store, DEFAULT_LEASE,
+    NODE_OFFLINE_AFTER,
+};
 
 /// Who a bearer token stands for: the admin token, else a live node credential.
 fn principal(app: &AppState, token: &str) -> Option<Principal> {
@@ -147,6 +72,8 @@ async fn auth(State(app): St, mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(who);
     next.run(req).await
 }
+
+type St = State<Arc<AppState>>;
 
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
@@ -428,12 +355,6 @@ fn one() -> usize {
     1
 }
 
-pub(super) fn lease_of(ms: Option<u64>) -> Duration {
-    ms.filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_LEASE)
-}
-
 /// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
 /// lease.
 async fn claim(
@@ -480,32 +401,6 @@ struct SettleBody {
     errors: Vec<String>,
 }
 
-/// A worker's settlement as the store applies it (the HTTP API and the WebSocket push alike).
-pub(super) fn settle_of(
-    action: &str,
-    delay_ms: u64,
-    reason: Option<String>,
-    errors: Vec<String>,
-) -> ApiResult<LeaseSettle> {
-    Ok(match action {
-        "ack" => LeaseSettle::Ack,
-        "retry" => LeaseSettle::Retry {
-            delay: Duration::from_millis(delay_ms),
-            error: errors.last().cloned(),
-        },
-        "dead_letter" => LeaseSettle::DeadLetter {
-            reason: reason.unwrap_or_else(|| "dead-lettered by the worker".into()),
-            errors,
-        },
-        "release" => LeaseSettle::Release,
-        other => {
-            return Err(ApiError::bad(format!(
-                "action must be ack, retry, dead_letter or release, not {other:?}"
-            )))
-        }
-    })
-}
-
 async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
     let b: SettleBody = parse(body)?;
     let how = settle_of(&b.action, b.delay_ms, b.reason, b.errors)?;
@@ -535,23 +430,6 @@ async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     app.store.flush().await?;
     tracing::info!(job_id = %id, state = ?r.state, "cancellation requested");
     Ok(Json(r))
-}
-
-/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed).
-pub(super) fn record_event(store: &Store, id: &str, ev: &Value) -> ApiResult<u64> {
-    if !ev.is_object() {
-        return Err(ApiError::bad(
-            "an event is a JSON object (docs/wire-format.md#job-events)",
-        ));
-    }
-    if let Some(j) = ev.get("jobId").and_then(Value::as_str) {
-        if j != id {
-            return Err(ApiError::bad(format!(
-                "the event is about job {j}, not {id}"
-            )));
-        }
-    }
-    Ok(store.append_event(id, ev)?)
 }
 
 async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {

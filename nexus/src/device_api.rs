@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{parse, ApiError, ApiResult, AppState, Body};
 use super::auth::{valid_org, DEFAULT_ORG};
+use super::common::{parse, ApiError, ApiResult, AppState, Body};
 use super::credentials::{CredentialError, NodeCredential};
 use super::device::{ApproveError, Poll, StartRequest};
 use super::store::{now_ms, NodeRecord};

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod common;
 pub mod credentials;
 pub mod device;
 mod device_api;
@@ -167,7 +168,7 @@ pub async fn start_with(
     let tree = store.tree("credentials")?;
     let credentials =
         credentials::Credentials::open(tree).context("loading the node credentials")?;
-    let app = Arc::new(api::AppState {
+    let app = Arc::new(common::AppState {
         store: store.clone(),
         token: token.clone(),
         credentials,

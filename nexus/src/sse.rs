@@ -14,7 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 
-use super::api::{ApiError, AppState};
+use super::common::{ApiError, AppState};
 use super::store::Store;
 
 #[derive(Debug, Deserialize)]

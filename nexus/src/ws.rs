@@ -26,8 +26,8 @@ use axum::response::Response;
 use citadel_transports::websocket::protocol::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 
-use super::api::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
 use super::auth::Principal;
+use super::common::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
 use super::store::{now_ms, NodeRecord, QueueState, Store, DEFAULT_LEASE};
 
 /// The most credit a worker may hold (jobs pushed but not yet settled are not limited by it).

@@ -30,6 +30,9 @@ use super::store::{
     NODE_OFFLINE_AFTER,
 };
 
+/// Why a revoked node's request is refused (as for a wrong token: it has no credential now).
+const REVOKED: &str = "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)";
+
 /// Who a bearer token stands for: the admin token, else a live node credential.
 fn principal(app: &AppState, token: &str) -> Option<Principal> {
     if super::credentials::same(token.as_bytes(), app.token.as_bytes()) {
@@ -51,11 +54,7 @@ async fn auth(State(app): St, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let Some(who) = who else {
         tracing::debug!(%path, "request without a valid bearer token");
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)".into(),
-        )
-        .into_response();
+        return ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()).into_response();
     };
     if let Err(denied) = auth::authorize(&who, auth::need(req.method().as_str(), &path)) {
         tracing::info!(node_id = who.node_id(), %path, "a node credential was refused an admin endpoint");
@@ -132,20 +131,25 @@ fn wait_of(secs: Option<f64>) -> Duration {
     }
 }
 
-/// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
+/// Claims up to `max` jobs of `who`'s organization, waiting up to `wait` for one to become ready;
+/// a node whose credential is revoked meanwhile is refused (401) instead of given a job.
 async fn claim_wait(
-    store: &Store,
-    org: &str,
+    app: &AppState,
+    who: &Principal,
     worker: &str,
     max: usize,
     lease: Duration,
     wait: Duration,
 ) -> ApiResult<Vec<JobRecord>> {
+    let store = &app.store;
     let deadline = tokio::time::Instant::now() + wait;
     let mut ready = store.subscribe_ready();
     loop {
         ready.borrow_and_update();
-        let got = store.claim(org, worker, max, lease)?;
+        if who.node_id().is_some_and(|n| !app.credentials.is_live(n)) {
+            return Err(ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()));
+        }
+        let got = store.claim(&who.org, worker, max, lease)?;
         if !got.is_empty() {
             store.flush().await?;
             return Ok(got);
@@ -185,7 +189,7 @@ async fn next_job(
 ) -> ApiResult<Response> {
     let worker = format!("poller@{}", peer.ip());
     let wait = wait_of(q.wait);
-    let mut got = claim_wait(&app.store, &who.org, &worker, 1, DEFAULT_LEASE, wait).await?;
+    let mut got = claim_wait(&app, &who, &worker, 1, DEFAULT_LEASE, wait).await?;
     let Some(r) = got.pop() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -366,7 +370,7 @@ async fn claim(
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
     let lease = lease_of(b.lease_ms);
-    let got = claim_wait(&app.store, &who.org, &b.worker, max, lease, wait).await?;
+    let got = claim_wait(&app, &who, &b.worker, max, lease, wait).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 

@@ -155,6 +155,9 @@ impl Session {
         let Some((worker, _)) = &self.worker else {
             return;
         };
+        if (self.who.node_id()).is_some_and(|n| !self.app.credentials.is_live(n)) {
+            return; // revoked: the loop closes the socket
+        }
         let got = match self
             .store()
             .claim(&self.who.org, worker, self.credit, self.lease)

@@ -365,3 +365,28 @@ fn a_node_never_gets_sees_or_touches_another_organizations_job() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+#[test]
+fn a_revoked_node_waiting_in_a_long_poll_gets_no_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let (node, token) = enrol(&p, "gpu-w", None);
+    let (port, t) = (p.port, token.clone());
+    let poll = std::thread::spawn(move || {
+        let auth = format!("Bearer {t}");
+        let body = json!({"worker": "w-w", "wait_ms": 30000}).to_string();
+        let headers = [("Authorization", auth.as_str())];
+        raw(port, "POST", "/api/v1/jobs/claim", &headers, Some(&body))
+    });
+    // Give the claim time to be waiting (whether or not it is yet, the answer must be the same).
+    std::thread::sleep(Duration::from_millis(500));
+    p.json("POST", &format!("/api/v1/credentials/{node}/revoke"), None);
+    let id = p.submit(json!({"type": "echo"}));
+    let r = poll.join().unwrap();
+    assert_eq!(r.status, 401, "the revoked node got: {}", r.body);
+    let job = p.json("GET", &format!("/api/v1/jobs/{id}"), None);
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_u64()),
+        (Some("queued"), Some(0))
+    );
+}

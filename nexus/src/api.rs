@@ -26,7 +26,7 @@ use super::common::{
 };
 use super::store::StoreError;
 use super::store::{
-    now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, Store, DEFAULT_LEASE,
+    now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, DEFAULT_LEASE,
     NODE_OFFLINE_AFTER,
 };
 

@@ -390,3 +390,49 @@ fn a_revoked_node_waiting_in_a_long_poll_gets_no_job() {
         (Some("queued"), Some(0))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_socket_is_pushed_and_may_touch_only_its_organizations_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let (_, beta) = enrol(&p, "gpu-beta", Some("beta"));
+    let a = p.submit(json!({"type": "echo", "org": "acme"}));
+    let b = p.submit(json!({"type": "echo", "org": "beta"}));
+
+    let mut req = format!("ws://127.0.0.1:{}/api/v1/ws", p.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {beta}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut send = async |v: Value| ws.send(Message::text(v.to_string())).await.unwrap();
+    send(json!({"type": "hello", "worker": "w-b"})).await;
+    send(json!({"type": "credit", "credit": 10})).await;
+    send(json!({"type": "event", "id": 7, "job": a, "event": {"type": "error", "jobId": a}})).await;
+    send(json!({"type": "ping", "id": 8})).await;
+    // Every frame up to the ping's answer: beta's job only, and the event on acme's job refused.
+    let mut pushed = Vec::new();
+    let mut refused = None;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no frame within 10 s")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let f: Value = serde_json::from_str(&t).unwrap();
+        match (f["type"].as_str().unwrap(), f["id"].as_u64()) {
+            ("job", _) => pushed.push(f["job"]["id"].as_str().unwrap().to_string()),
+            ("error", Some(7)) => refused = f["status"].as_u64(),
+            ("ok", Some(8)) if !pushed.is_empty() => break,
+            _ => {}
+        }
+    }
+    assert_eq!(pushed, [b.clone()]);
+    assert_eq!(refused, Some(404));
+    let job_a = p.json("GET", &format!("/api/v1/jobs/{a}"), None);
+    assert_eq!(
+        (job_a["state"].as_str(), job_a["events"].as_u64()),
+        (Some("queued"), Some(0))
+    );
+}

@@ -25,6 +25,10 @@ use super::common::{
     MAX_WAIT,
 };
 use super::store::StoreError;
+use citadel_transports::control_plane::wire::{
+    ClaimRequest, RenewRequest, RenewResponse, SettleRequest,
+};
+
 use super::store::{
     now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, DEFAULT_LEASE,
     NODE_OFFLINE_AFTER,
@@ -314,6 +318,9 @@ async fn heartbeat(
 
 async fn submit(State(app): St, body: Body) -> ApiResult<(StatusCode, Json<JobRecord>)> {
     let new: NewJob = parse(body)?;
+    if let Some(org) = &new.org {
+        auth::valid_org(org).map_err(ApiError::bad)?;
+    }
     let r = app.store.submit(new)?;
     app.store.flush().await?;
     tracing::info!(job_id = %r.id, job_type = %r.job_type, "job submitted");
@@ -343,22 +350,6 @@ async fn show_job(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobR
     Ok(Json(app.store.get(&id)?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClaimBody {
-    worker: String,
-    #[serde(default = "one")]
-    max: usize,
-    #[serde(default)]
-    wait_ms: u64,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
-fn one() -> usize {
-    1
-}
-
 /// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
 /// lease.
 async fn claim(
@@ -366,7 +357,7 @@ async fn claim(
     Extension(who): Extension<Principal>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let b: ClaimBody = parse(body)?;
+    let b: ClaimRequest = parse(body)?;
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
     let lease = lease_of(b.lease_ms);
@@ -374,40 +365,29 @@ async fn claim(
     Ok(Json(json!({ "jobs": got })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    lease_id: String,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
-async fn renew(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<Value>> {
-    let b: RenewBody = parse(body)?;
+async fn renew(
+    State(app): St,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Json<RenewResponse>> {
+    let b: RenewRequest = parse(body)?;
     let r = app.store.renew(&id, &b.lease_id, lease_of(b.lease_ms))?;
     app.store.flush().await?;
-    Ok(Json(json!({
-        "lease_expires_ms": r.lease.as_ref().map(|l| l.expires_ms),
-        "cancel_requested": r.cancel_requested,
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettleBody {
-    lease_id: String,
-    action: String,
-    #[serde(default)]
-    delay_ms: u64,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    errors: Vec<String>,
+    Ok(Json(RenewResponse {
+        lease_expires_ms: r.lease.as_ref().map(|l| l.expires_ms),
+        cancel_requested: r.cancel_requested,
+    }))
 }
 
 async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
-    let b: SettleBody = parse(body)?;
-    let how = settle_of(&b.action, b.delay_ms, b.reason, b.errors)?;
+    let b: SettleRequest = parse(body)?;
+    let how = settle_of(
+        &b.action,
+        b.delay_ms,
+        b.reason,
+        b.errors,
+        b.outcome.as_deref(),
+    )?;
     let r = app.store.settle(&id, &b.lease_id, how)?;
     app.store.flush().await?;
     Ok(Json(r))
@@ -436,9 +416,20 @@ async fn cancel(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     Ok(Json(r))
 }
 
-async fn append_event(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<StatusCode> {
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    /// The reporting worker's lease: the event counts only while it is the job's current one.
+    lease_id: Option<String>,
+}
+
+async fn append_event(
+    State(app): St,
+    Path(id): Path<String>,
+    Query(q): Query<EventQuery>,
+    body: Body,
+) -> ApiResult<StatusCode> {
     let ev: Value = parse(body)?;
-    record_event(&app.store, &id, &ev)?;
+    record_event(&app.store, &id, q.lease_id.as_deref(), &ev)?;
     app.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }

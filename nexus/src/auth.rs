@@ -9,7 +9,7 @@ use std::fmt;
 
 /// The organization of the zero-config setup, of jobs submitted without one, and of nodes
 /// approved without `--org`.
-pub const DEFAULT_ORG: &str = "default";
+pub use citadel_transports::control_plane::wire::DEFAULT_ORG;
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::store::{LeaseSettle, Store, StoreError, DEFAULT_LEASE};
+use super::store::{LeaseSettle, Outcome, Reporter, Store, StoreError, DEFAULT_LEASE};
 
 /// The largest request body accepted (a job payload travels in one).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -104,9 +104,18 @@ pub(crate) fn settle_of(
     delay_ms: u64,
     reason: Option<String>,
     errors: Vec<String>,
+    outcome: Option<&str>,
 ) -> ApiResult<LeaseSettle> {
+    let outcome = match outcome {
+        None => None,
+        Some(o) => Some(Outcome::of_event(o).ok_or_else(|| {
+            ApiError::bad(format!(
+                "outcome must be end, error or cancelled, not {o:?}"
+            ))
+        })?),
+    };
     Ok(match action {
-        "ack" => LeaseSettle::Ack,
+        "ack" => LeaseSettle::Ack { outcome },
         "retry" => LeaseSettle::Retry {
             delay: Duration::from_millis(delay_ms),
             error: errors.last().cloned(),
@@ -124,8 +133,14 @@ pub(crate) fn settle_of(
     })
 }
 
-/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed).
-pub(crate) fn record_event(store: &Store, id: &str, ev: &Value) -> ApiResult<u64> {
+/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed). A
+/// worker names its lease (`lease`): the event is refused (409) unless that lease is current.
+pub(crate) fn record_event(
+    store: &Store,
+    id: &str,
+    lease: Option<&str>,
+    ev: &Value,
+) -> ApiResult<u64> {
     if !ev.is_object() {
         return Err(ApiError::bad(
             "an event is a JSON object (docs/wire-format.md#job-events)",
@@ -138,5 +153,9 @@ pub(crate) fn record_event(store: &Store, id: &str, ev: &Value) -> ApiResult<u64
             )));
         }
     }
-    Ok(store.append_event(id, ev)?)
+    let by = match lease {
+        Some(l) => Reporter::Lease(l),
+        None => Reporter::Unleased,
+    };
+    Ok(store.append_event(id, by, ev)?)
 }

@@ -94,6 +94,7 @@ async fn token(State(app): St, body: Body) -> ApiResult<Response> {
                 last_seen_ms: now_ms(),
                 report: None,
             })?;
+            app.store.wrote();
             app.store.flush().await?;
             tracing::info!(%node_id, %org, "device authorization completed; node credential issued");
             Ok(Json(json!({
@@ -195,6 +196,7 @@ async fn revoke(State(app): St, Path(node): Path<String>) -> ApiResult<Json<serd
         .credentials
         .revoke(&node, now_ms())
         .map_err(credential_error)?;
+    app.store.wrote();
     app.store.flush().await?;
     tracing::info!(node_id = %node, org = %c.org, "node credential revoked");
     Ok(Json(node_view(&app, c)))

@@ -354,9 +354,10 @@ impl Session {
                 delay_ms,
                 reason,
                 errors,
+                outcome,
             } => {
-                let how =
-                    settle_of(&action, delay_ms, reason, errors).map_err(|e| (Some(id), e))?;
+                let how = settle_of(&action, delay_ms, reason, errors, outcome.as_deref())
+                    .map_err(|e| (Some(id), e))?;
                 self.store()
                     .settle(&job, &lease_id, how)
                     .map_err(|e| (Some(id), e.into()))?;
@@ -383,8 +384,16 @@ impl Session {
                     },
                 );
             }
-            ClientFrame::Event { id, job, event } => {
-                record_event(self.store(), &job, &event).map_err(|e| (Some(id), e))?;
+            ClientFrame::Event {
+                id,
+                job,
+                lease_id,
+                event,
+            } => {
+                let lease = lease_id
+                    .as_deref()
+                    .or_else(|| self.held.get(&job).map(String::as_str));
+                record_event(self.store(), &job, lease, &event).map_err(|e| (Some(id), e))?;
                 self.answer_after_flush(out, ServerFrame::ok(id));
             }
         }

@@ -99,7 +99,7 @@ fn a_node_credential_works_jobs_but_cannot_administer() {
         &p,
         &token,
         "POST",
-        &format!("/api/v1/jobs/{id}/events"),
+        &format!("/api/v1/jobs/{id}/events?lease_id={lease}"),
         Some(end),
     );
     assert_eq!(r.status, 204, "{}", r.body);

@@ -57,6 +57,21 @@ fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("deliberate failure"));
 
+    // The control plane's limit, given at submit, is the worker's too: one attempt, not three.
+    let out = citadel(&data)
+        .args([
+            "submit",
+            "--wait",
+            "--timeout",
+            "30s",
+            "--max-attempts",
+            "1",
+            "fail",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
     let out = citadel(&data)
         .args(["jobs", "ls", "--json"])
         .output()
@@ -69,7 +84,12 @@ fn work_with_nothing_configured_serves_jobs_that_submit_waits_for() {
         .iter()
         .map(|j| j["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["dead", "succeeded"]);
+    assert_eq!(states, ["dead", "dead", "succeeded"]);
+    assert_eq!(
+        v["jobs"][0]["attempts"], 1,
+        "--max-attempts 1: {}",
+        v["jobs"][0]
+    );
 
     let pid = rustix::process::Pid::from_raw(worker.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

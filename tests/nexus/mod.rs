@@ -5,5 +5,6 @@
 
 mod api;
 mod credentials;
+mod fenced;
 mod flow;
 mod transport;

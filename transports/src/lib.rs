@@ -12,7 +12,7 @@
 
 pub mod auto;
 mod backoff;
-mod control_plane;
+pub mod control_plane;
 mod delivery;
 pub mod events;
 pub mod http;

@@ -1,6 +1,8 @@
 //! A control plane's job record (a `POST /api/v1/jobs/claim` answer, or a job pushed over the
 //! WebSocket) as a delivery: `id`, `type`, `payload` (an object), `rayId`, `created_at`,
-//! `attempts` and `lease.id` (docs/wire-format.md#nexus-http). Pure code: it must never do I/O
+//! `attempts`, `max_attempts` (put in the payload as `maxAttempts`, which the runner reads, when the
+//! producer gave it at submit: `max_attempts_given`) and
+//! `lease.id` (docs/wire-format.md#nexus-http). Pure code: it must never do I/O
 //! nor panic on any input (a bad record is an [`Incoming::Malformed`]).
 
 use serde_json::{Map, Value};
@@ -44,11 +46,21 @@ pub(crate) fn from_record(v: &Value, source: &str) -> Incoming {
     let Some(job_type) = text(v, "type") else {
         return bad(Some(id), "missing type".into());
     };
-    let payload = match v.get("payload") {
+    let mut payload = match v.get("payload") {
         Some(p @ Value::Object(_)) => p.clone(),
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(_) => return bad(Some(id), "payload is not a JSON object".into()),
     };
+    // The attempts the producer gave at submit, as the control plane holds them, reach the
+    // runner as the payload's `maxAttempts` (which it reads) and win over the payload's own.
+    let given = v.get("max_attempts_given").and_then(Value::as_bool) == Some(true);
+    if let (true, Some(max), Some(p)) = (
+        given,
+        v.get("max_attempts").and_then(Value::as_u64),
+        payload.as_object_mut(),
+    ) {
+        p.insert("maxAttempts".into(), max.into());
+    }
     Incoming::Job(Delivery {
         job: Job {
             id,

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use super::{Inner, Mode};
 use crate::backoff::Backoff;
 use crate::control_plane::from_record;
+use crate::control_plane::wire::{ClaimRequest, ClaimResponse};
 use crate::delivery::Incoming;
 use crate::source::SourceError;
 
@@ -63,11 +64,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError> {
-    let body = json!({
-        "worker": inner.cfg.worker_id,
-        "max": want,
-        "wait_ms": inner.cfg.long_poll.as_millis() as u64,
-        "lease_ms": inner.cfg.lease.as_millis() as u64,
+    let body = json!(ClaimRequest {
+        worker: inner.cfg.worker_id.clone(),
+        max: want,
+        wait_ms: inner.cfg.long_poll.as_millis() as u64,
+        lease_ms: Some(inner.cfg.lease.as_millis() as u64),
     });
     let rb = inner
         .client
@@ -77,12 +78,17 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         .client
         .json(rb, inner.cfg.long_poll + inner.cfg.request_timeout)
         .await?;
-    let jobs = v
-        .get("jobs")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let items: Vec<Incoming> = jobs.iter().map(from_claim).collect();
+    let answer: ClaimResponse = serde_json::from_value(v).map_err(|e| {
+        SourceError::Broker(format!("POST /api/v1/jobs/claim: unreadable answer: {e}"))
+    })?;
+    let items: Vec<Incoming> = answer.jobs.iter().map(from_claim).collect();
+    let mut leases = super::lock(&inner.leases);
+    for item in &items {
+        if let Incoming::Job(d) = item {
+            leases.insert(d.job.id.clone(), d.receipt.id().to_string());
+        }
+    }
+    drop(leases);
     if !items.is_empty() {
         debug!(count = items.len(), "claimed jobs");
     }

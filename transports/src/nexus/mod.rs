@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::control_plane::wire::{RenewRequest, SettleRequest};
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
@@ -94,6 +95,10 @@ pub(crate) struct Inner {
     client: Client,
     mode: Mode,
     inbox: Inbox,
+    /// Full mode: each unsettled job's lease id (events name it; the server refuses a stale one).
+    leases: Mutex<HashMap<JobId, String>>,
+    /// Full mode: each attempt's reported outcome, sent with its `ack`.
+    reported: crate::control_plane::Outcomes,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -157,6 +162,8 @@ impl NexusSource {
             client,
             mode,
             inbox: Inbox::default(),
+            leases: Mutex::default(),
+            reported: Default::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
         });
@@ -281,18 +288,31 @@ impl JobSource for NexusSource {
         if self.inner.mode == Mode::Plain {
             return self.settle_plain(receipt, settlement, ctx).await;
         }
-        let mut body = json!({"lease_id": receipt.id(), "action": settlement.name()});
+        let outcome = self.inner.reported.take(receipt.queue());
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            lock(&self.inner.leases).remove(&job);
+        }
+        let mut body = SettleRequest {
+            lease_id: receipt.id().to_string(),
+            action: settlement.name().to_string(),
+            delay_ms: 0,
+            reason: None,
+            errors: Vec::new(),
+            outcome: None,
+        };
         match settlement {
             Settlement::Retry { delay } => {
-                body["delay_ms"] = (delay.as_millis() as u64).into();
-                body["errors"] = json!(ctx.errors);
+                body.delay_ms = delay.as_millis() as u64;
+                body.errors = ctx.errors.clone();
             }
             Settlement::DeadLetter { reason } => {
-                body["reason"] = reason.clone().into();
-                body["errors"] = json!(ctx.errors);
+                body.reason = Some(reason.clone());
+                body.errors = ctx.errors.clone();
             }
-            Settlement::Ack | Settlement::Release => {}
+            Settlement::Ack => body.outcome = outcome.map(str::to_string),
+            Settlement::Release => {}
         }
+        let body = json!(body);
         let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
         match self.inner.post(&path, &body).await {
             Ok(_) => Ok(()),
@@ -309,8 +329,10 @@ impl JobSource for NexusSource {
         if self.inner.mode == Mode::Plain {
             return Ok(Lease::Held);
         }
-        let body =
-            json!({"lease_id": receipt.id(), "lease_ms": self.inner.cfg.lease.as_millis() as u64});
+        let body = json!(RenewRequest {
+            lease_id: receipt.id().to_string(),
+            lease_ms: Some(self.inner.cfg.lease.as_millis() as u64),
+        });
         let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
         match self.inner.post(&path, &body).await {
             Ok(_) => Ok(Lease::Held),
@@ -362,7 +384,12 @@ impl JobSource for NexusSource {
             }
             return Ok(());
         }
-        let path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
+        self.inner.reported.note(event);
+        let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
+        let mut path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
+        if let Some(l) = lease {
+            path = format!("{path}?lease_id={}", path_id(&l));
+        }
         let rb = self
             .inner
             .client

@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     cancelled: Mutex<HashSet<String>>,
     /// Deliveries handed to the inbox and not settled (a job sent `again` is not delivered twice).
     delivered: Mutex<HashSet<Receipt>>,
+    /// Each attempt's reported outcome, sent with its `ack`.
+    reported: crate::control_plane::Outcomes,
     /// Connections made, the first one included.
     connections: AtomicU64,
 }
@@ -237,6 +239,7 @@ impl WebSocketSource {
             link: Mutex::default(),
             cancelled: Mutex::default(),
             delivered: Mutex::default(),
+            reported: Default::default(),
             connections: AtomicU64::new(0),
         });
         let ws = conn::open(&inner).await?;
@@ -297,6 +300,8 @@ impl JobSource for WebSocketSource {
             Settlement::DeadLetter { reason } => (0, Some(reason.clone()), ctx.errors.clone()),
             Settlement::Ack | Settlement::Release => (0, None, Vec::new()),
         };
+        let outcome = self.inner.reported.take(receipt.queue());
+        let outcome = outcome.filter(|_| matches!(settlement, Settlement::Ack));
         let answer = self
             .inner
             .request(|id| ClientFrame::Settle {
@@ -307,6 +312,7 @@ impl JobSource for WebSocketSource {
                 delay_ms,
                 reason,
                 errors,
+                outcome: outcome.map(str::to_string),
             })
             .await?;
         match answer {
@@ -363,11 +369,18 @@ impl JobSource for WebSocketSource {
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
         let value: serde_json::Value = serde_json::from_str(&event.to_json())
             .map_err(|e| SourceError::Broker(format!("encoding the event: {e}")))?;
+        self.inner.reported.note(event);
+        let job = event.job_id.to_string();
+        let lease_id = lock(&self.inner.delivered)
+            .iter()
+            .find(|r| r.queue() == job)
+            .map(|r| r.id().to_string());
         let answer = self
             .inner
             .request(|id| ClientFrame::Event {
                 id,
-                job: event.job_id.to_string(),
+                job,
+                lease_id,
                 event: value,
             })
             .await?;

@@ -42,6 +42,9 @@ pub enum ClientFrame {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         errors: Vec<String>,
+        /// How the attempt ended (`end`, `error`, `cancelled`): an `ack`'s final state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
     },
     /// Restarts a lease; the answer says whether cancellation was requested.
     Renew {
@@ -52,7 +55,14 @@ pub enum ClientFrame {
         lease_ms: Option<u64>,
     },
     /// A job event (docs/wire-format.md#job-events JSON object).
-    Event { id: u64, job: String, event: Value },
+    Event {
+        id: u64,
+        job: String,
+        /// The lease the event belongs to (the job's current one, else it is refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_id: Option<String>,
+        event: Value,
+    },
     /// A round trip, for health probes.
     Ping { id: u64 },
 }
@@ -135,6 +145,7 @@ mod tests {
             delay_ms: 1000,
             reason: None,
             errors: vec!["boom".into()],
+            outcome: None,
         };
         assert_eq!(
             serde_json::to_value(&f).unwrap(),

@@ -1,0 +1,35 @@
+//! How each attempt ended, as its worker last reported it (the type of its terminal event): sent
+//! with the `ack` settlement, so the control plane decides the final state from the settling
+//! lease's own word even when the terminal event itself never arrived (docs/control-plane.md).
+//! Pure bookkeeping: it must never do I/O.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use crate::events::{EventData, WireEvent};
+
+/// The last terminal event type each unsettled job reported.
+#[derive(Debug, Default)]
+pub(crate) struct Outcomes(Mutex<HashMap<String, &'static str>>);
+
+impl Outcomes {
+    /// Notes `event` when it is terminal (`end`, `error`, `cancelled`), before it is sent.
+    pub(crate) fn note(&self, event: &WireEvent) {
+        let ty = match event.data {
+            EventData::End { .. } => "end",
+            EventData::Error { .. } => "error",
+            EventData::Cancelled { .. } => "cancelled",
+            _ => return,
+        };
+        self.lock().insert(event.job_id.to_string(), ty);
+    }
+
+    /// The outcome of `job`'s attempt, forgotten (the job is being settled).
+    pub(crate) fn take(&self, job: &str) -> Option<&'static str> {
+        self.lock().remove(job)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, &'static str>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

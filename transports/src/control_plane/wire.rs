@@ -1,0 +1,256 @@
+//! The control plane's wire types, defined once: the job record (as stored, as the API shows it,
+//! as a claim answers and as the WebSocket pushes it), what a producer submits, and the bodies
+//! of the claim, lease renewal and settlement requests (docs/control-plane.md#api-reference). The
+//! control plane (`citadel-nexus`) serves them and the nexus and websocket transports send and
+//! read them. Plain data with serde; it must never do I/O.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// How an attempt ended, as its worker reported it (its terminal event, or its settlement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    End,
+    Error,
+    Cancelled,
+}
+
+impl Outcome {
+    /// The outcome a job event of type `ty` reports, if it is a terminal one.
+    pub fn of_event(ty: &str) -> Option<Self> {
+        match ty {
+            "end" => Some(Outcome::End),
+            "error" => Some(Outcome::Error),
+            "cancelled" => Some(Outcome::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// The final state of an acknowledged job with this outcome.
+    pub fn state(self) -> QueueState {
+        match self {
+            Outcome::End => QueueState::Succeeded,
+            Outcome::Error => QueueState::Failed,
+            Outcome::Cancelled => QueueState::Cancelled,
+        }
+    }
+}
+
+/// Where a control-plane job stands in the queue (not the worker journal's lifecycle state,
+/// `citadel_journal::JobState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueState {
+    Queued,
+    Leased,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Dead,
+}
+
+impl QueueState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, QueueState::Queued | QueueState::Leased)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub worker: String,
+    /// Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+/// One job, as stored and as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub payload: Map<String, Value>,
+    #[serde(rename = "rayId", default, skip_serializing_if = "Option::is_none")]
+    pub ray_id: Option<String>,
+    /// The organization whose nodes may claim it (docs/control-plane.md#credentials-and-organizations).
+    #[serde(default = "default_org")]
+    pub org: String,
+    pub state: QueueState,
+    /// Deliveries so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Whether the producer gave `maxAttempts` at submit (not in the payload): the transports
+    /// then hand it to the runner in the payload, so the worker keeps to the same limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub max_attempts_given: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseInfo>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// `end.data.result` of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The last error reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The `output` of a plain `POST /jobs/{id}/status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<String>,
+    /// The type of the last terminal event (`end`, `error`, `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// The lease that reported `outcome` (none: reported without a lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_lease: Option<String>,
+    /// The lease whose settlement made the job final (its repeat is answered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_by: Option<String>,
+    /// Events recorded so far (their ids are 0..events).
+    #[serde(default)]
+    pub events: u64,
+    /// Submission order.
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub not_before_ms: u64,
+}
+
+impl JobRecord {
+    /// A job just submitted, waiting in the queue.
+    pub fn new(id: String, new: NewJob, max_attempts: u32, seq: u64, now: String) -> Self {
+        JobRecord {
+            id,
+            max_attempts_given: new.max_attempts.is_some(),
+            job_type: new.job_type,
+            payload: new.payload,
+            ray_id: new.ray_id.filter(|s| !s.is_empty()),
+            org: new
+                .org
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(default_org),
+            state: QueueState::Queued,
+            attempts: 0,
+            max_attempts,
+            created_at: now.clone(),
+            updated_at: now,
+            lease: None,
+            cancel_requested: false,
+            result: None,
+            error: None,
+            output: None,
+            errors: Vec::new(),
+            dead_reason: None,
+            outcome: None,
+            outcome_lease: None,
+            settled_by: None,
+            events: 0,
+            seq,
+            not_before_ms: 0,
+        }
+    }
+
+    /// The outcome `lease` itself reported, if any.
+    pub fn outcome_of(&self, lease: &str) -> Option<Outcome> {
+        self.outcome
+            .filter(|_| self.outcome_lease.as_deref() == Some(lease))
+    }
+}
+
+/// What a producer submits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    #[serde(default)]
+    pub payload: Map<String, Value>,
+    #[serde(rename = "rayId", default)]
+    pub ray_id: Option<String>,
+    #[serde(rename = "maxAttempts", default)]
+    pub max_attempts: Option<u32>,
+    /// The organization whose nodes may claim it (default: [`DEFAULT_ORG`]).
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+/// The organization of jobs submitted without one and of nodes approved without one.
+pub const DEFAULT_ORG: &str = "default";
+
+fn default_org() -> String {
+    DEFAULT_ORG.to_string()
+}
+
+/// `POST /api/v1/jobs/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub worker: String,
+    #[serde(default = "one")]
+    pub max: usize,
+    /// Long-poll: how long to wait for a job.
+    #[serde(default)]
+    pub wait_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The answer to a claim: the leased jobs (kept as JSON here, so one unreadable record becomes
+/// one malformed delivery rather than a failed claim).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    #[serde(default)]
+    pub jobs: Vec<Value>,
+}
+
+/// `POST /api/v1/jobs/{id}/lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub lease_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// The answer to a lease renewal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub lease_expires_ms: Option<u64>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// `POST /api/v1/jobs/{id}/settle`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    pub lease_id: String,
+    /// `ack`, `retry`, `dead_letter` or `release`.
+    pub action: String,
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// How the attempt ended (`end`, `error`, `cancelled`): the final state of an `ack`, even
+    /// when the terminal event itself never arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}

@@ -428,7 +428,7 @@ async fn a_node_socket_is_pushed_and_may_touch_only_its_organizations_jobs() {
             _ => {}
         }
     }
-    assert_eq!(pushed, [b.clone()]);
+    assert_eq!(pushed, [b.as_str()]);
     assert_eq!(refused, Some(404));
     let job_a = p.json("GET", &format!("/api/v1/jobs/{a}"), None);
     assert_eq!(

@@ -183,6 +183,15 @@ fn a_node_credential_works_jobs_but_cannot_administer() {
         .status,
         401
     );
+    // Neither secret reached the control plane's log (it logs at debug here).
+    let log = tmp.path().join(format!("plane.{}.log", p.port));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("node credential issued"), "{log}");
+    let secret = token.rsplit('.').next().unwrap();
+    assert!(
+        !log.contains(secret) && !log.contains(&p.token),
+        "a secret was logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,4 +1,5 @@
-//! The control plane's HTTP API (axum): the routes, bearer-token auth and body limits (the error
+//! The control plane's HTTP API (axum): the routes, bearer-token auth (the admin token or a node's
+//! credential, with the rules of [`super::auth`]) and body limits (the error
 //! shape and the checks shared with the WebSocket are [`super::common`]). The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
 //! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
 //! citadel's own API, documented in docs/control-plane.md. Every handler that changes state waits for
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,41 +19,61 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::{self, Principal};
 use super::common::{
     lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body, MAX_BODY,
     MAX_WAIT,
 };
+use super::store::StoreError;
 use citadel_transports::control_plane::wire::{
     ClaimRequest, RenewRequest, RenewResponse, SettleRequest,
 };
 
 use super::store::{
-    now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, Store, DEFAULT_LEASE,
+    now_ms, rfc3339_ms, JobRecord, NewJob, NodeRecord, QueueState, DEFAULT_LEASE,
     NODE_OFFLINE_AFTER,
 };
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Why a revoked node's request is refused (as for a wrong token: it has no credential now).
+const REVOKED: &str = "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)";
+
+/// Who a bearer token stands for: the admin token, else a live node credential.
+fn principal(app: &AppState, token: &str) -> Option<Principal> {
+    if super::credentials::same(token.as_bytes(), app.token.as_bytes()) {
+        Some(Principal::admin())
+    } else {
+        app.credentials.authenticate(token)
+    }
 }
 
-async fn auth(State(app): St, req: Request, next: Next) -> Response {
-    let ok = req
+/// Authenticates every request, refuses a node what only the admin may do (403) and another
+/// organization's job (404, as if it did not exist), and hands the [`Principal`] on.
+async fn auth(State(app): St, mut req: Request, next: Next) -> Response {
+    let who = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
-    if ok {
-        next.run(req).await
-    } else {
-        tracing::debug!(path = %req.uri().path(), "request without a valid bearer token");
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token (Authorization: Bearer TOKEN)".into(),
-        )
-        .into_response()
+        .and_then(|t| principal(&app, t.trim()));
+    let path = req.uri().path().to_string();
+    let Some(who) = who else {
+        tracing::debug!(%path, "request without a valid bearer token");
+        return ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()).into_response();
+    };
+    if let Err(denied) = auth::authorize(&who, auth::need(req.method().as_str(), &path)) {
+        tracing::info!(node_id = who.node_id(), %path, "a node credential was refused an admin endpoint");
+        return ApiError(StatusCode::FORBIDDEN, denied.0).into_response();
     }
+    if let Some(job) = auth::job_of(&path) {
+        match app.store.get(&job) {
+            Ok(r) if !who.may_touch(&r.org) => {
+                return ApiError::from(StoreError::NotFound(job)).into_response()
+            }
+            _ => {}
+        }
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
 }
 
 type St = State<Arc<AppState>>;
@@ -114,19 +135,25 @@ fn wait_of(secs: Option<f64>) -> Duration {
     }
 }
 
-/// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
+/// Claims up to `max` jobs of `who`'s organization, waiting up to `wait` for one to become ready;
+/// a node whose credential is revoked meanwhile is refused (401) instead of given a job.
 async fn claim_wait(
-    store: &Store,
+    app: &AppState,
+    who: &Principal,
     worker: &str,
     max: usize,
     lease: Duration,
     wait: Duration,
 ) -> ApiResult<Vec<JobRecord>> {
+    let store = &app.store;
     let deadline = tokio::time::Instant::now() + wait;
     let mut ready = store.subscribe_ready();
     loop {
         ready.borrow_and_update();
-        let got = store.claim(worker, max, lease)?;
+        if who.node_id().is_some_and(|n| !app.credentials.is_live(n)) {
+            return Err(ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()));
+        }
+        let got = store.claim(&who.org, worker, max, lease)?;
         if !got.is_empty() {
             store.flush().await?;
             return Ok(got);
@@ -160,11 +187,13 @@ fn stringly(payload: &Map<String, Value>) -> Map<String, Value> {
 /// travels in headers so the body stays the Go agent's format byte for byte.
 async fn next_job(
     State(app): St,
+    Extension(who): Extension<Principal>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let worker = format!("poller@{}", peer.ip());
-    let mut got = claim_wait(&app.store, &worker, 1, DEFAULT_LEASE, wait_of(q.wait)).await?;
+    let wait = wait_of(q.wait);
+    let mut got = claim_wait(&app, &who, &worker, 1, DEFAULT_LEASE, wait).await?;
     let Some(r) = got.pop() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -289,6 +318,9 @@ async fn heartbeat(
 
 async fn submit(State(app): St, body: Body) -> ApiResult<(StatusCode, Json<JobRecord>)> {
     let new: NewJob = parse(body)?;
+    if let Some(org) = &new.org {
+        auth::valid_org(org).map_err(ApiError::bad)?;
+    }
     let r = app.store.submit(new)?;
     app.store.flush().await?;
     tracing::info!(job_id = %r.id, job_type = %r.job_type, "job submitted");
@@ -320,11 +352,16 @@ async fn show_job(State(app): St, Path(id): Path<String>) -> ApiResult<Json<JobR
 
 /// `POST /api/v1/jobs/claim`: citadel's own claim, with the payload as sent, the attempt and the
 /// lease.
-async fn claim(State(app): St, body: Body) -> ApiResult<Json<Value>> {
+async fn claim(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let b: ClaimRequest = parse(body)?;
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
-    let got = claim_wait(&app.store, &b.worker, max, lease_of(b.lease_ms), wait).await?;
+    let lease = lease_of(b.lease_ms);
+    let got = claim_wait(&app, &who, &b.worker, max, lease, wait).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 

@@ -23,7 +23,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// The admin token.
     pub token: String,
+    /// The nodes' own credentials (credentials.rs).
+    pub credentials: super::credentials::Credentials,
     pub device: super::device::DeviceAuth,
 }
 

@@ -1,7 +1,8 @@
 //! Device authorization on the control plane (docs/wire-format.md#device-authorization, RFC 8628 style): a node asks to join
 //! (`start`), a person approves its user code (`citadel nexus approve CODE` or the `/device`
-//! page, both with the control plane's token), and the node's polls (`token`) get its
-//! credentials. Pending requests live in memory only (they expire within minutes; a restarted
+//! page, both with the control plane's token, optionally naming the node's organization), and the
+//! node's polls (`token`) learn it was approved, and in which organization (the API issues its
+//! credential, `credentials.rs`). Pending requests live in memory only (they expire within minutes; a restarted
 //! control plane forgets them and the node runs `citadel init` again). This module owns the
 //! codes, their expiry and the polling rules (`slow_down` adds 5 s); it never issues a credential
 //! to an unapproved code and never logs a device code or a token.
@@ -54,10 +55,11 @@ pub struct StartResponse {
 /// The answer to a poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Poll {
-    /// Approved: the node's id; the API adds the credentials.
+    /// Approved: the node's id and organization; the API adds the credential.
     Approved {
         node_id: String,
         node_name: String,
+        org: String,
     },
     /// The RFC 8628 error codes.
     Pending,
@@ -78,10 +80,11 @@ impl Poll {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Decision {
     Waiting,
-    Approved,
+    /// Approved into this organization.
+    Approved(String),
     Denied,
 }
 
@@ -210,16 +213,20 @@ impl DeviceAuth {
             .last_poll
             .is_some_and(|t| now.duration_since(t) < p.interval);
         p.last_poll = Some(now);
-        match p.decision {
+        match &p.decision {
             Decision::Denied => {
                 map.remove(device_code);
                 Poll::Denied
             }
-            Decision::Approved => {
+            Decision::Approved(_) => {
                 let p = map.remove(device_code).expect("present");
+                let Decision::Approved(org) = p.decision else {
+                    unreachable!("matched above")
+                };
                 Poll::Approved {
                     node_id: node_id(p.machine_id.as_deref(), &p.hostname),
                     node_name: p.hostname,
+                    org,
                 }
             }
             Decision::Waiting if too_soon => {
@@ -230,8 +237,8 @@ impl DeviceAuth {
         }
     }
 
-    /// Approves (or denies) the request with this user code.
-    pub fn decide(&self, user_code: &str, approve: bool) -> Result<PendingView, ApproveError> {
+    /// Approves the request with this user code into organization `org`, or (`None`) denies it.
+    pub fn decide(&self, user_code: &str, org: Option<&str>) -> Result<PendingView, ApproveError> {
         let code = normalise_user_code(user_code);
         let now = Instant::now();
         let mut map = self.lock();
@@ -242,10 +249,9 @@ impl DeviceAuth {
         if p.decision != Decision::Waiting {
             return Err(ApproveError::Decided(code));
         }
-        p.decision = if approve {
-            Decision::Approved
-        } else {
-            Decision::Denied
+        p.decision = match org {
+            Some(org) => Decision::Approved(org.to_string()),
+            None => Decision::Denied,
         };
         Ok(PendingView {
             user_code: p.user_code.clone(),
@@ -314,16 +320,21 @@ mod tests {
         assert_eq!(auth.poll(&s.device_code), Poll::Pending);
         assert_eq!(auth.poll(&s.device_code), Poll::SlowDown);
         assert_eq!(auth.waiting().len(), 1);
-        auth.decide(&s.user_code.to_lowercase().replace('-', ""), true)
+        auth.decide(&s.user_code.to_lowercase().replace('-', ""), Some("acme"))
             .unwrap();
         assert_eq!(
-            auth.decide(&s.user_code, true).unwrap_err(),
+            auth.decide(&s.user_code, Some("acme")).unwrap_err(),
             ApproveError::Decided(s.user_code.clone())
         );
         match auth.poll(&s.device_code) {
-            Poll::Approved { node_id, node_name } => {
+            Poll::Approved {
+                node_id,
+                node_name,
+                org,
+            } => {
                 assert_eq!(node_id, "node-gpu-1-01234567");
                 assert_eq!(node_name, "gpu-1");
+                assert_eq!(org, "acme");
             }
             other => panic!("{other:?}"),
         }
@@ -337,13 +348,13 @@ mod tests {
             interval: Duration::from_millis(1),
         });
         let a = auth.start(&req(), "http://x").unwrap();
-        auth.decide(&a.user_code, false).unwrap();
+        auth.decide(&a.user_code, None).unwrap();
         assert_eq!(auth.poll(&a.device_code), Poll::Denied);
         let b = auth.start(&req(), "http://x").unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(auth.poll(&b.device_code), Poll::Expired);
         assert!(matches!(
-            auth.decide(&b.user_code, true),
+            auth.decide(&b.user_code, Some("default")),
             Err(ApproveError::Unknown(_))
         ));
         assert_eq!(auth.poll("nonsense"), Poll::Expired);

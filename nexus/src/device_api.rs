@@ -1,13 +1,14 @@
 //! The HTTP side of device authorization (docs/wire-format.md#device-authorization): `POST /api/fabric/device-auth/start` and
 //! `/token` for nodes (no bearer token: a node has none yet; the device code is the secret),
-//! `POST /api/v1/device-auth/approve` and `GET /api/v1/device-auth/pending` for approvers (bearer
-//! token), and the `/device` approval page. The credentials a node receives are the control
-//! plane's bearer token; the node is recorded in the node list when it is approved. It must never
-//! log a device code or a token.
+//! `POST /api/v1/device-auth/approve` (with an optional `org`) and `GET /api/v1/device-auth/pending`
+//! for approvers (admin token), the `/device` approval page, and the admin's credential endpoints
+//! (`GET /api/v1/credentials`, `POST /api/v1/credentials/{node}/revoke`). An approved node receives
+//! its own credential (`credentials.rs`), never the admin token; it is recorded in the node list
+//! when it is approved. It must never log a device code or a token.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +16,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::{valid_org, DEFAULT_ORG};
 use super::common::{parse, ApiError, ApiResult, AppState, Body};
+use super::credentials::{CredentialError, NodeCredential};
 use super::device::{ApproveError, Poll, StartRequest};
 use super::store::{now_ms, NodeRecord};
 
@@ -34,6 +37,8 @@ pub fn admin() -> Router<Arc<AppState>> {
     Router::new()
         .route("/device-auth/approve", post(approve))
         .route("/device-auth/pending", get(pending))
+        .route("/credentials", get(credentials))
+        .route("/credentials/{node}/revoke", post(revoke))
 }
 
 async fn start(State(app): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
@@ -72,7 +77,15 @@ async fn token(State(app): St, body: Body) -> ApiResult<Response> {
         return Ok(oauth_error("unsupported_grant_type"));
     }
     match app.device.poll(&req.device_code) {
-        Poll::Approved { node_id, node_name } => {
+        Poll::Approved {
+            node_id,
+            node_name,
+            org,
+        } => {
+            let credential = app
+                .credentials
+                .issue(&node_id, &node_name, &org, now_ms())
+                .map_err(credential_error)?;
             app.store.heartbeat(NodeRecord {
                 id: node_id.clone(),
                 name: node_name.clone(),
@@ -81,13 +94,15 @@ async fn token(State(app): St, body: Body) -> ApiResult<Response> {
                 last_seen_ms: now_ms(),
                 report: None,
             })?;
+            app.store.wrote();
             app.store.flush().await?;
-            tracing::info!(%node_id, "device authorization completed");
+            tracing::info!(%node_id, %org, "device authorization completed; node credential issued");
             Ok(Json(json!({
-                "access_token": app.token,
+                "access_token": credential,
                 "token_type": "Bearer",
                 "node_id": node_id,
                 "node_name": node_name,
+                "org": org,
             }))
             .into_response())
         }
@@ -105,6 +120,9 @@ struct ApproveBody {
     user_code: String,
     #[serde(default = "yes")]
     approve: bool,
+    /// The organization the node joins (default `default`).
+    #[serde(default)]
+    org: Option<String>,
 }
 
 fn yes() -> bool {
@@ -113,19 +131,75 @@ fn yes() -> bool {
 
 async fn approve(State(app): St, body: Body) -> ApiResult<Json<serde_json::Value>> {
     let b: ApproveBody = parse(body)?;
+    let org = b.org.unwrap_or_else(|| DEFAULT_ORG.to_string());
+    valid_org(&org).map_err(ApiError::bad)?;
     let view = app
         .device
-        .decide(&b.user_code, b.approve)
+        .decide(&b.user_code, b.approve.then_some(org.as_str()))
         .map_err(|e| match e {
             ApproveError::Unknown(_) => ApiError::not_found(e.to_string()),
             ApproveError::Decided(_) => ApiError::conflict(e.to_string()),
         })?;
-    tracing::info!(user_code = %view.user_code, hostname = %view.hostname, approved = b.approve, "device authorization decided");
+    tracing::info!(user_code = %view.user_code, hostname = %view.hostname, approved = b.approve, %org, "device authorization decided");
     Ok(Json(json!({
         "user_code": view.user_code,
         "hostname": view.hostname,
         "approved": b.approve,
+        "org": b.approve.then_some(org),
     })))
+}
+
+fn credential_error(e: CredentialError) -> ApiError {
+    match e {
+        CredentialError::Unknown(_) => ApiError::not_found(e.to_string()),
+        CredentialError::Storage(_) => {
+            tracing::error!(error = %e, "storing a node credential");
+            ApiError::unavailable(e.to_string())
+        }
+    }
+}
+
+/// A node with its credential's state and when it was last heard from.
+fn node_view(app: &AppState, c: NodeCredential) -> serde_json::Value {
+    let seen = app.store.nodes().ok().and_then(|nodes| {
+        nodes
+            .into_iter()
+            .find(|n| n.id == c.node_id)
+            .map(|n| n.last_seen_ms)
+    });
+    json!({
+        "node_id": c.node_id,
+        "name": c.name,
+        "org": c.org,
+        "state": if c.is_revoked() { "revoked" } else { "active" },
+        "issued_at": super::store::rfc3339_ms(c.issued_ms),
+        "revoked_at": c.revoked_ms.map(super::store::rfc3339_ms),
+        "last_seen": seen.map(super::store::rfc3339_ms),
+    })
+}
+
+/// `GET /api/v1/credentials`: every approved node, its organization and its credential's state.
+async fn credentials(State(app): St) -> Json<serde_json::Value> {
+    let nodes: Vec<_> = app
+        .credentials
+        .list()
+        .into_iter()
+        .map(|c| node_view(&app, c))
+        .collect();
+    Json(json!({ "nodes": nodes }))
+}
+
+/// `POST /api/v1/credentials/{node}/revoke`: the node's next request is refused (401) and its
+/// WebSocket closed; durable before the answer.
+async fn revoke(State(app): St, Path(node): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let c = app
+        .credentials
+        .revoke(&node, now_ms())
+        .map_err(credential_error)?;
+    app.store.wrote();
+    app.store.flush().await?;
+    tracing::info!(node_id = %node, org = %c.org, "node credential revoked");
+    Ok(Json(node_view(&app, c)))
 }
 
 async fn pending(State(app): St) -> Json<serde_json::Value> {

@@ -7,7 +7,9 @@
 //! and it must never print or log the token.
 
 pub mod api;
+pub mod auth;
 pub mod common;
+pub mod credentials;
 pub mod device;
 mod device_api;
 mod ids;
@@ -166,9 +168,13 @@ pub async fn start_with(
     let url = format!("http://{addr}");
     std::fs::write(dir.join("address"), format!("{url}\n"))
         .with_context(|| format!("writing {}", dir.join("address").display()))?;
+    let tree = store.tree("credentials")?;
+    let credentials =
+        credentials::Credentials::open(tree).context("loading the node credentials")?;
     let app = Arc::new(common::AppState {
         store: store.clone(),
         token: token.clone(),
+        credentials,
         device: device::DeviceAuth::new(device),
     });
     let router = api::router(app);

@@ -137,9 +137,11 @@ impl Queue {
         Ok(self.jobs[&id].clone())
     }
 
-    /// Leases up to `max` ready jobs to `worker`; `lease_id` draws each new lease's id.
+    /// Leases up to `max` ready jobs of organization `org` to `worker`; `lease_id` draws each new
+    /// lease's id. Another organization's ready jobs keep their place.
     pub fn claim(
         &mut self,
+        org: &str,
         worker: &str,
         max: usize,
         lease: Duration,
@@ -148,12 +150,15 @@ impl Queue {
     ) -> Vec<JobRecord> {
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(first) = self.ready.first().cloned() else {
+            let Some(first) = self
+                .ready
+                .iter()
+                .take_while(|k| k.0 <= now)
+                .find(|k| self.jobs.get(&k.2).is_none_or(|r| r.org == org))
+                .cloned()
+            else {
                 break;
             };
-            if first.0 > now {
-                break;
-            }
             self.ready.remove(&first);
             let Some(r) = self.jobs.get_mut(&first.2) else {
                 continue;

@@ -117,6 +117,18 @@ impl Store {
         })
     }
 
+    /// A sled tree of this store's database, for what another module keeps beside the jobs
+    /// (the node credentials); after writing to it, [`Store::wrote`] then [`Store::flush`] make
+    /// the writes durable.
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(storage)
+    }
+
+    /// Notes a write made to a [`Store::tree`], so the next [`Store::flush`] covers it.
+    pub(crate) fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -183,15 +195,16 @@ impl Store {
         self.lock().list(state, limit)
     }
 
-    /// Leases up to `max` ready jobs to `worker`.
+    /// Leases up to `max` ready jobs of organization `org` to `worker`.
     pub fn claim(
         &self,
+        org: &str,
         worker: &str,
         max: usize,
         lease: Duration,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let mut q = self.lock();
-        let got = q.claim(worker, max, lease, now_ms(), super::ids::new_lease_id);
+        let got = q.claim(org, worker, max, lease, now_ms(), super::ids::new_lease_id);
         self.put(&got)?;
         Ok(got)
     }
@@ -371,6 +384,7 @@ mod tests {
             payload: Map::new(),
             ray_id: None,
             max_attempts: Some(2),
+            org: None,
         }
     }
 
@@ -381,12 +395,14 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             id = s.submit(job("echo")).unwrap().id;
-            let got = s.claim("w", 4, Duration::from_millis(0)).unwrap();
+            let got = s
+                .claim("default", "w", 4, Duration::from_millis(0))
+                .unwrap();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].attempts, 1);
             assert_eq!(s.expire_leases().unwrap(), 1);
             assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
-            let got = s.claim("w", 4, DEFAULT_LEASE).unwrap();
+            let got = s.claim("default", "w", 4, DEFAULT_LEASE).unwrap();
             let lease = got[0].lease.clone().unwrap();
             assert!(matches!(
                 s.settle(&id, "other", LeaseSettle::Ack { outcome: None }),
@@ -398,7 +414,9 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.list(Some(QueueState::Queued), 10).len(), 2);
-        let got = s.claim("w", 1, Duration::from_millis(0)).unwrap();
+        let got = s
+            .claim("default", "w", 1, Duration::from_millis(0))
+            .unwrap();
         assert_eq!(got[0].id, id, "submission order survives a restart");
         s.expire_leases().unwrap();
         assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);

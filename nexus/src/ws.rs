@@ -10,6 +10,9 @@
 //! checks as the HTTP API (claim, renew, settle, events), answered after [`Store::flush`]. It
 //! keeps no job state beyond which leases this socket was given. A socket that dies releases
 //! nothing: its leases expire as usual and the jobs go back to the queue (or the DLQ).
+//!
+//! A socket works for the [`Principal`] that opened it: it is pushed only that organization's
+//! jobs, may touch only those, and is closed as soon as its node's credential is revoked.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use citadel_transports::websocket::protocol::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 
+use super::auth::Principal;
 use super::common::{lease_of, record_event, settle_of, ApiError, AppState, MAX_BODY};
 use super::store::{now_ms, NodeRecord, QueueState, Store, DEFAULT_LEASE};
 
@@ -36,11 +40,12 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(MAX_BODY)
-        .on_upgrade(move |socket| Session::new(app, peer).run(socket))
+        .on_upgrade(move |socket| Session::new(app, who, peer).run(socket))
 }
 
 type Out = mpsc::UnboundedSender<ServerFrame>;
@@ -55,6 +60,8 @@ fn error_frame(id: Option<u64>, e: ApiError) -> ServerFrame {
 
 struct Session {
     app: Arc<AppState>,
+    /// Who opened the socket.
+    who: Principal,
     peer: SocketAddr,
     /// Set by `hello`: (worker id, node name).
     worker: Option<(String, String)>,
@@ -68,9 +75,10 @@ struct Session {
 }
 
 impl Session {
-    fn new(app: Arc<AppState>, peer: SocketAddr) -> Self {
+    fn new(app: Arc<AppState>, who: Principal, peer: SocketAddr) -> Self {
         Self {
             app,
+            who,
             peer,
             worker: None,
             lease: DEFAULT_LEASE,
@@ -89,6 +97,9 @@ impl Session {
         let (out, mut queued) = mpsc::unbounded_channel::<ServerFrame>();
         let mut ready = self.store().subscribe_ready();
         let mut changes = self.store().subscribe_changes();
+        let mut revoked = self.app.credentials.subscribe_revocations();
+        // A revocation between the request's check and this subscription is not missed.
+        revoked.mark_changed();
         tracing::debug!(peer = %self.peer, "worker WebSocket opened");
         let mut heard = tokio::time::Instant::now();
         let why = loop {
@@ -123,6 +134,15 @@ impl Session {
                 _ = ready.changed(), if wants => {}
                 () = tokio::time::sleep(RECHECK), if wants => {}
                 _ = changes.changed(), if !self.held.is_empty() => self.tell_cancellations(&out),
+                _ = revoked.changed() => {
+                    if let Some(node) = self.who.node_id().filter(|n| !self.app.credentials.is_live(n)) {
+                        let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1008,
+                            reason: "this node's credential was revoked".into(),
+                        }))).await;
+                        break format!("the credential of node {node} was revoked");
+                    }
+                }
             }
         };
         let worker = self.worker.as_ref().map(|w| w.0.as_str()).unwrap_or("");
@@ -135,7 +155,13 @@ impl Session {
         let Some((worker, _)) = &self.worker else {
             return;
         };
-        let got = match self.store().claim(worker, self.credit, self.lease) {
+        if (self.who.node_id()).is_some_and(|n| !self.app.credentials.is_live(n)) {
+            return; // revoked: the loop closes the socket
+        }
+        let got = match self
+            .store()
+            .claim(&self.who.org, worker, self.credit, self.lease)
+        {
             Ok(got) if got.is_empty() => return,
             Ok(got) => got,
             Err(e) => {
@@ -164,11 +190,13 @@ impl Session {
     /// lost with the last connection, or the leases of a worker that restarted, come back at once
     /// instead of when the lease expires. The worker ignores the ones it already has.
     fn push_again(&mut self, worker: &str, out: &Out) {
+        let who = self.who.clone();
         let mine = self
             .store()
             .list(Some(QueueState::Leased), usize::MAX)
             .into_iter()
-            .filter(|r| r.lease.as_ref().is_some_and(|l| l.worker == worker));
+            .filter(|r| r.lease.as_ref().is_some_and(|l| l.worker == worker))
+            .filter(|r| who.may_touch(&r.org));
         for r in mine {
             if let (Some(l), Ok(job)) = (&r.lease, serde_json::to_value(&r)) {
                 self.held.insert(r.id.clone(), l.id.clone());
@@ -248,8 +276,25 @@ impl Session {
         }
     }
 
+    /// Refuses a job of another organization as the HTTP API does: as if it did not exist.
+    fn mine(&self, id: u64, job: &str) -> Result<(), (Option<u64>, ApiError)> {
+        match self.store().get(job) {
+            Ok(r) if !self.who.may_touch(&r.org) => Err((
+                Some(id),
+                super::store::StoreError::NotFound(job.to_string()).into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn apply(&mut self, frame: ClientFrame, out: &Out) -> Result<(), (Option<u64>, ApiError)> {
         let bad = |id: Option<u64>, m: &str| (id, ApiError(StatusCode::BAD_REQUEST, m.into()));
+        match &frame {
+            ClientFrame::Settle { id, job, .. }
+            | ClientFrame::Renew { id, job, .. }
+            | ClientFrame::Event { id, job, .. } => self.mine(*id, job)?,
+            _ => {}
+        }
         if self.worker.is_none() && !matches!(frame, ClientFrame::Hello { .. }) {
             let id = match &frame {
                 ClientFrame::Stop { id }

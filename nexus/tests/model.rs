@@ -147,6 +147,7 @@ fn new_job(max: u32) -> NewJob {
         payload: Map::new(),
         ray_id: None,
         max_attempts: Some(max),
+        org: None,
     }
 }
 
@@ -194,6 +195,7 @@ fn step(q: &mut Queue, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
         Op::Claim { worker, max } => {
             let next = &mut m.next_lease;
             let got = q.claim(
+                "default",
                 &format!("w{worker}"),
                 *max,
                 Duration::from_millis(LEASE_MS),

@@ -6,6 +6,7 @@ mod init;
 mod jobs;
 mod journal;
 mod nexus;
+mod nodes;
 mod remote;
 mod services;
 mod settings;
@@ -59,6 +60,8 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// The jobs of a control plane: ls, show, cancel, dlq, requeue.
     Jobs(jobs::JobsArgs),
+    /// The nodes approved on a control plane, their organizations and credentials: ls, revoke.
+    Nodes(nodes::NodesArgs),
     /// Enrol this node: device authorization with a control plane (or `--offline`), then write
     /// the manifest and the node's credentials.
     Init(init::InitArgs),
@@ -108,6 +111,7 @@ pub fn run() -> anyhow::Result<()> {
             Command::Nexus(cmd) => nexus::run(cmd, &data_dir).await,
             Command::Submit(args) => submit::run(args, &data_dir).await,
             Command::Jobs(args) => jobs::run(args, &data_dir).await,
+            Command::Nodes(args) => nodes::run(args, &data_dir).await,
             Command::Init(args) => init::run(args, &data_dir).await,
             Command::Up(args) => services::up(args, &data_dir).await,
             Command::Down(args) => services::down(args, &data_dir).await,

@@ -15,8 +15,9 @@ use citadel_nexus::{self as nexus, Listen};
 pub enum NexusCommand {
     /// Serve the control plane: the Nexus API, leases, long-poll, events, the dead-letter list.
     Serve(ServeArgs),
-    /// Let a node that runs `citadel init` join: give the code it shows (or `--deny` it). With no
-    /// code, lists the nodes waiting.
+    /// Let a node that runs `citadel init` join: give the code it shows (or `--deny` it). The node
+    /// gets its own credential, for the organization `--org` (default `default`). With no code,
+    /// lists the nodes waiting.
     Approve(ApproveArgs),
 }
 
@@ -27,6 +28,9 @@ pub struct ApproveArgs {
     /// Refuse the node instead.
     #[arg(long)]
     deny: bool,
+    /// The organization the node joins: it claims only that organization's jobs.
+    #[arg(long, value_name = "ORG", conflicts_with = "deny")]
+    org: Option<String>,
     #[command(flatten)]
     plane: super::remote::PlaneArgs,
 }
@@ -111,7 +115,10 @@ async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let body = serde_json::json!({ "user_code": code, "approve": !args.deny });
+    let mut body = serde_json::json!({ "user_code": code, "approve": !args.deny });
+    if let Some(org) = &args.org {
+        body["org"] = serde_json::json!(org);
+    }
     let r = plane
         .call(
             reqwest::Method::POST,
@@ -119,8 +126,12 @@ async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
             Some(&body),
         )
         .await?;
+    let org = match r["org"].as_str() {
+        Some(org) => format!(", org {org}"),
+        None => String::new(),
+    };
     println!(
-        "{} {} ({})",
+        "{} {} ({}{org})",
         if args.deny { "denied" } else { "approved" },
         r["user_code"].as_str().unwrap_or(""),
         r["hostname"].as_str().unwrap_or("")

@@ -1,8 +1,10 @@
 //! The control plane (`citadel nexus serve`) as a real child process on a free loopback port, and
 //! the nexus transport and the CLI against it: the wire format of docs/wire-format.md#nexus-http byte for byte, auth,
-//! malformed requests, leases, long-poll, events, restart without loss, and the zero-config flow.
+//! malformed requests, leases, long-poll, events, restart without loss, the zero-config flow, and
+//! per-node credentials and organizations.
 
 mod api;
+mod credentials;
 mod fenced;
 mod flow;
 mod transport;

@@ -67,8 +67,12 @@ fn init_joins_a_control_plane_once_approved_and_never_twice_without_force() {
         text.contains(&plane.url()) && !text.contains(&plane.token),
         "{text}"
     );
+    // The node's own credential, never the control plane's admin token.
     let token = std::fs::read_to_string(data.join("node-token")).unwrap();
-    assert_eq!(token.trim(), plane.token);
+    assert!(
+        token.trim() != plane.token && token.starts_with("cn1."),
+        "the node received the admin token"
+    );
     for f in ["citadel.yaml", "node-token", "identity.json"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
@@ -218,8 +222,13 @@ fn the_device_endpoints_speak_rfc8628() {
     let (status, creds) = poll(&start["device_code"], grant);
     assert_eq!(status, 200, "{creds}");
     assert_eq!(creds["token_type"], "Bearer");
-    assert_eq!(creds["access_token"], plane.token.as_str());
+    let token = creds["access_token"].as_str().unwrap();
+    assert!(
+        token != plane.token && token.starts_with("cn1.node-h1-abcdef01."),
+        "{creds}"
+    );
     assert_eq!(creds["node_id"], "node-h1-abcdef01");
+    assert_eq!(creds["org"], "default");
     assert_eq!(
         poll(&start["device_code"], grant).1["error"],
         "expired_token",

@@ -32,6 +32,7 @@ pub(super) async fn write(dir: &Path) {
                         payload,
                         ray_id: None,
                         max_attempts: None,
+                        org: None,
                     })
                     .unwrap();
                 store.flush().await.unwrap();

@@ -77,6 +77,9 @@ pub struct JobRecord {
     pub payload: Map<String, Value>,
     #[serde(rename = "rayId", default, skip_serializing_if = "Option::is_none")]
     pub ray_id: Option<String>,
+    /// The organization whose nodes may claim it (docs/control-plane.md#credentials-and-organizations).
+    #[serde(default = "default_org")]
+    pub org: String,
     pub state: QueueState,
     /// Deliveries so far.
     pub attempts: u32,
@@ -132,6 +135,10 @@ impl JobRecord {
             job_type: new.job_type,
             payload: new.payload,
             ray_id: new.ray_id.filter(|s| !s.is_empty()),
+            org: new
+                .org
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(default_org),
             state: QueueState::Queued,
             attempts: 0,
             max_attempts,
@@ -174,6 +181,16 @@ pub struct NewJob {
     pub ray_id: Option<String>,
     #[serde(rename = "maxAttempts", default)]
     pub max_attempts: Option<u32>,
+    /// The organization whose nodes may claim it (default: [`DEFAULT_ORG`]).
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+/// The organization of jobs submitted without one and of nodes approved without one.
+pub const DEFAULT_ORG: &str = "default";
+
+fn default_org() -> String {
+    DEFAULT_ORG.to_string()
 }
 
 /// `POST /api/v1/jobs/claim`.

@@ -12,6 +12,11 @@
 //! live owners get the time to renew their leases and settle first (found by the chaos suite: a
 //! job whose success was journaled ran again on another worker after a pause).
 //!
+//! After any failure, the first round that reaches Redis again writes this node's recent
+//! completion records again and no new entry is handed out for `hold_after_outage` (`reassert`:
+//! a Redis restarted under `appendfsync everysec` may have forgotten records, acks and claims of
+//! its last second; a forgotten claim makes an entry new again, for any node to read).
+//!
 //! Every batch of claimed job entries passes the `gate` in one script call before anything is
 //! handed out: a completed job's entry is acked and its `end` re-published, a copy of a job
 //! another consumer runs is held pending for the lease, the rest are handed out under this
@@ -32,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
 use super::gate::{Ask, Gate, Verdict};
+use super::reassert;
 use super::reply::{self, RawEntry};
 use super::Inner;
 use crate::delivery::{Incoming, Receipt};
@@ -59,6 +65,8 @@ pub(crate) struct Fetcher {
     rotation: usize,
     backoff: crate::Retrier,
     gate: Gate,
+    /// A failure happened since this node's recent completion records were last written.
+    reassert: bool,
 }
 
 /// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
@@ -84,6 +92,7 @@ impl Fetcher {
             rotation: 0,
             backoff: crate::Backoff::RECONNECT.retrier(),
             gate: Gate::new(),
+            reassert: false,
         }
     }
 
@@ -106,6 +115,7 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.stalled = Some(Instant::now());
+                    self.reassert = true;
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
                     if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
@@ -126,6 +136,19 @@ impl Fetcher {
     }
 
     async fn round(&mut self, want: usize) -> Result<Vec<Incoming>, SourceError> {
+        if self.reassert {
+            let ends = self.inner.recent_ends.recent();
+            reassert::rewrite(&mut self.conn, &self.inner.cfg, &ends).await?;
+            self.reassert = false;
+            info!(
+                records = ends.len(),
+                "redis answers again: this node's recent completion records are written again"
+            );
+        }
+        if let Some(left) = self.holding() {
+            tokio::time::sleep(left.min(self.inner.cfg.block)).await;
+            return Ok(Vec::new());
+        }
         if self.recovery.is_some() {
             return self.recover(want).await;
         }
@@ -150,6 +173,14 @@ impl Fetcher {
             self.stalled = Some(Instant::now());
         }
         read
+    }
+
+    /// How much longer no entry is handed out after the last failure (`reassert`).
+    fn holding(&self) -> Option<Duration> {
+        let since = self.stalled?.elapsed();
+        reassert::hold_after_outage(self.inner.cfg.lease)
+            .checked_sub(since)
+            .filter(|left| !left.is_zero())
     }
 
     /// Re-reads this consumer's own pending entries, one page of one stream per round.

@@ -33,7 +33,9 @@
 //!   completed job's entry is acked and its result re-published, never handed out; a copy of a
 //!   job whose owner marker another consumer holds stays pending for a lease; the rest are
 //!   handed out under this consumer's marker, which renewals extend and settlements drop. No
-//!   later event turns a `completed` status back.
+//!   later event turns a `completed` status back. A Redis that comes back from an outage may
+//!   have lost its last writes: the fetcher then writes this node's recent completion records
+//!   again and holds new hand-outs briefly (`reassert`), so no node runs a job another finished.
 //!
 //! A restart delivers pending retries at once (the schedule is in the idle times, which a
 //! re-read resets). When Redis goes away, operations fail with retryable errors, the connections
@@ -48,6 +50,7 @@ mod gate;
 mod park;
 mod producer;
 mod publish;
+mod reassert;
 mod record;
 mod reply;
 mod scripts;
@@ -92,6 +95,8 @@ pub(crate) struct Inner {
     outstanding: Mutex<HashMap<Receipt, Held>>,
     parked: Mutex<Vec<Parked>>,
     publisher: publish::Publisher,
+    /// The `end` events published lately, written again after an outage (`reassert`).
+    recent_ends: reassert::RecentEnds,
 }
 
 impl std::fmt::Debug for Inner {
@@ -191,6 +196,7 @@ impl RedisSource {
             outstanding: Mutex::default(),
             parked: Mutex::default(),
             publisher,
+            recent_ends: reassert::RecentEnds::default(),
         });
         let tasks = vec![
             tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
@@ -369,7 +375,9 @@ impl JobSource for RedisSource {
     }
 
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
-        self.inner.publisher.publish(event).await
+        self.inner.publisher.publish(event).await?;
+        self.inner.recent_ends.remember(event);
+        Ok(())
     }
 
     /// docs/wire-format.md#heartbeat: `XADD node:status:stream MAXLEN ~ 10000 * nodeId … timestamp … payload …`,

@@ -6,5 +6,6 @@ mod delivery;
 mod events;
 mod leases;
 mod mends;
+mod outage;
 mod owner;
 mod settle;

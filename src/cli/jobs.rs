@@ -7,27 +7,12 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::remote::{encode, Plane};
+use super::remote::encode;
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// A control plane (default: the local one, found through DATA_DIR/nexus).
-    #[arg(
-        long = "nexus",
-        env = "CITADEL_NEXUS_URL",
-        value_name = "URL",
-        global = true
-    )]
-    nexus_url: Option<String>,
-    /// The control plane's bearer token (default: DATA_DIR/nexus/token).
-    #[arg(
-        long,
-        env = "CITADEL_NEXUS_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    token: Option<String>,
+    #[command(flatten)]
+    plane: super::remote::PlaneArgs,
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -56,7 +41,7 @@ pub enum JobsCommand {
 }
 
 pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
-    let plane = Plane::locate(args.nexus_url.as_deref(), args.token.as_deref(), data_dir)?;
+    let plane = args.plane.locate(data_dir)?;
     let (list, v) = match &args.command {
         JobsCommand::Ls { state, limit } => {
             let mut path = format!("/api/v1/jobs?limit={limit}");

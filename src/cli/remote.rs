@@ -10,18 +10,25 @@ use anyhow::{bail, Context as _};
 use reqwest::Method;
 use serde_json::Value;
 
-/// The flags that choose a control plane and its token (`--nexus URL`, `--token TOKEN`).
+/// The flags that choose a control plane and its token (`--nexus URL`, `--token TOKEN`); global,
+/// so a command with subcommands (`jobs`, `nodes`) takes them before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlaneArgs {
     /// A control plane (default: the local one, found through DATA_DIR/nexus).
-    #[arg(long = "nexus", env = "CITADEL_NEXUS_URL", value_name = "URL")]
+    #[arg(
+        long = "nexus",
+        env = "CITADEL_NEXUS_URL",
+        value_name = "URL",
+        global = true
+    )]
     pub nexus_url: Option<String>,
     /// The control plane's bearer token (default: DATA_DIR/nexus/token).
     #[arg(
         long,
         env = "CITADEL_NEXUS_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub token: Option<String>,
 }

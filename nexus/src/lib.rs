@@ -14,6 +14,7 @@ pub mod device;
 mod device_api;
 mod ids;
 pub mod queue;
+mod reclaim;
 pub mod record;
 pub mod retention;
 mod sse;
@@ -166,6 +167,12 @@ pub async fn start_configured(
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
     let token = load_or_create_token(dir)?;
+    match reclaim::reclaim(&dir.join("db")) {
+        // Another control plane holds the store: opening it says so below.
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => tracing::warn!(error = %e, "giving back the space of removed jobs failed"),
+        Ok(_) => {}
+    }
     let store = Arc::new(Store::open(&dir.join("db")).map_err(|e| match e {
         store::StoreError::Storage(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
             anyhow::anyhow!(

@@ -419,7 +419,7 @@ impl Queue {
         finished.sort_unstable();
         let cutoff = policy
             .max_age
-            .map(|age| now.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+            .and_then(|age| now.checked_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
         let over = finished
             .len()
             .saturating_sub(policy.max_finished.unwrap_or(usize::MAX));

@@ -97,7 +97,12 @@ pub fn reclaim(dir: &Path) -> io::Result<Option<(u64, u64)>> {
     std::fs::remove_file(&done)?;
     std::fs::remove_dir_all(&old_dir)?;
     let after = dir_bytes(dir);
-    tracing::info!(before, after, live, "control plane store copied to give back the space of removed jobs");
+    tracing::info!(
+        before,
+        after,
+        live,
+        "control plane store copied to give back the space of removed jobs"
+    );
     Ok(Some((before, after)))
 }
 

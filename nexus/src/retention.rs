@@ -65,7 +65,11 @@ async fn fold_all(store: &Store, ids: Vec<String>) {
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "flushing folded events");
         }
-        tracing::debug!(jobs = ids.len(), events = folded, "folded finished jobs' events");
+        tracing::debug!(
+            jobs = ids.len(),
+            events = folded,
+            "folded finished jobs' events"
+        );
     }
 }
 
@@ -76,7 +80,11 @@ async fn sweep(store: &Store, policy: &Retention) {
             if let Err(e) = store.flush().await {
                 tracing::error!(error = %e, "flushing retention");
             }
-            tracing::info!(jobs = r.jobs, events = r.events, "retention removed finished jobs");
+            tracing::info!(
+                jobs = r.jobs,
+                events = r.events,
+                "retention removed finished jobs"
+            );
         }
         Err(e) => tracing::error!(error = %e, "retention failed; trying again at the next sweep"),
     }
@@ -252,7 +260,10 @@ mod tests {
     fn runs_of_chunks_fold_into_one_and_folding_again_changes_nothing() {
         let mut evs = vec![(0, json!({"type": "claimed"}).to_string())];
         evs.extend((1..=500).map(|i| chunk(i, "ab")));
-        evs.push((501, json!({"type": "end", "data": {"result": 7}}).to_string()));
+        evs.push((
+            501,
+            json!({"type": "end", "data": {"result": 7}}).to_string(),
+        ));
         let (write, drop) = fold(&evs);
         assert_eq!(drop.len(), 499);
         assert_eq!(write.len(), 1);

@@ -398,7 +398,10 @@ impl Store {
         let mut done = Removed::default();
         for id in ids {
             let mut batch = sled::Batch::default();
-            for kv in self.events.range(event_key(id, 0)..=event_key(id, u64::MAX)) {
+            for kv in self
+                .events
+                .range(event_key(id, 0)..=event_key(id, u64::MAX))
+            {
                 let (k, _) = kv.map_err(storage)?;
                 batch.remove(k);
                 done.events += 1;
@@ -473,7 +476,9 @@ impl Store {
         let q = self.lock();
         let mut by_state = std::collections::BTreeMap::new();
         for r in q.list(None, usize::MAX) {
-            *by_state.entry(format!("{:?}", r.state).to_lowercase()).or_insert(0) += 1;
+            *by_state
+                .entry(format!("{:?}", r.state).to_lowercase())
+                .or_insert(0) += 1;
         }
         StoreStats {
             jobs: q.len() as u64,

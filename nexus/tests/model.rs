@@ -372,7 +372,13 @@ proptest! {
 
 /// What retention must remove, by the model: the finished (not dead-lettered) jobs that
 /// finished at least `age` ms before `now`, and the oldest beyond `cap`.
-fn model_retired(m: &Model, finished_at: &HashMap<usize, u64>, age: u64, cap: usize, now: u64) -> Vec<String> {
+fn model_retired(
+    m: &Model,
+    finished_at: &HashMap<usize, u64>,
+    age: u64,
+    cap: usize,
+    now: u64,
+) -> Vec<String> {
     let mut done: Vec<(u64, usize)> = finished_at.iter().map(|(j, at)| (*at, *j)).collect();
     done.sort_unstable();
     let over = done.len().saturating_sub(cap);

@@ -50,7 +50,12 @@ pub struct StatusArgs {
 pub struct ServeArgs {
     /// Remove finished jobs (succeeded, failed, cancelled) this long after they finished;
     /// dead-lettered jobs stay until requeued or purged (docs/control-plane.md#retention).
-    #[arg(long, env = "CITADEL_NEXUS_RETENTION", default_value = "7d", value_name = "AGE")]
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_RETENTION",
+        default_value = "7d",
+        value_name = "AGE"
+    )]
     retention: String,
     /// Keep at most this many finished jobs, removing the oldest first.
     #[arg(
@@ -185,9 +190,6 @@ async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
         .collect();
     println!("jobs      {} ({})", n(&s["jobs"]), states.join(", "));
     println!("events    {}", n(&s["events"]));
-    println!(
-        "on disk   {}",
-        crate::format::bytes(n(&s["bytes_on_disk"]))
-    );
+    println!("on disk   {}", crate::format::bytes(n(&s["bytes_on_disk"])));
     Ok(())
 }

@@ -117,7 +117,11 @@ fn a_dead_lettered_job_stays_until_purged_and_only_a_dead_one_can_be_purged() {
     );
     assert_eq!(state(&p, "d1").as_deref(), Some("dead"), "nothing purged");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(state(&p, "d2").as_deref(), Some("dead"), "retention keeps it");
+    assert_eq!(
+        state(&p, "d2").as_deref(),
+        Some("dead"),
+        "retention keeps it"
+    );
 
     // The CLI: one by id, then every dead-lettered job.
     let data = tmp.path().join("cli");
@@ -127,7 +131,10 @@ fn a_dead_lettered_job_stays_until_purged_and_only_a_dead_one_can_be_purged() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = run(&["purge", "q"]);
     assert!(!ok && err.contains("not dead-lettered"), "{err}");
@@ -160,7 +167,9 @@ fn a_finished_jobs_token_events_fold_into_a_few_records_and_the_result_stays() {
         post("chunk", json!({"content": format!("t{i} "), "index": i}));
     }
     post("end", json!({"result": {"text": "all of it"}}));
-    let before = p.json("GET", "/api/v1/stats", None)["events"].as_u64().unwrap();
+    let before = p.json("GET", "/api/v1/stats", None)["events"]
+        .as_u64()
+        .unwrap();
     assert!(before >= 502, "{before}");
     finish(&p, &id);
     eventually(Duration::from_secs(10), "the events folded", || {

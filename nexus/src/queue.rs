@@ -435,6 +435,18 @@ impl Queue {
         gone
     }
 
+    /// How many jobs are in each state.
+    pub fn count_by_state(&self) -> Vec<(QueueState, u64)> {
+        let mut n: Vec<(QueueState, u64)> = Vec::new();
+        for r in self.jobs.values() {
+            match n.iter_mut().find(|(s, _)| *s == r.state) {
+                Some((_, c)) => *c += 1,
+                None => n.push((r.state, 1)),
+            }
+        }
+        n
+    }
+
     /// Removes a dead-lettered job for good (`citadel jobs purge`); any other job is refused
     /// with [`StoreError::Invalid`] (the API answers 409).
     pub fn purge(&mut self, id: &str) -> Result<JobRecord, StoreError> {

@@ -473,15 +473,18 @@ impl Store {
 
     /// The store's size: jobs held and bytes its files take on disk.
     pub fn stats(&self) -> StoreStats {
-        let q = self.lock();
-        let mut by_state = std::collections::BTreeMap::new();
-        for r in q.list(None, usize::MAX) {
-            *by_state
-                .entry(format!("{:?}", r.state).to_lowercase())
-                .or_insert(0) += 1;
-        }
+        let (jobs, by_state) = {
+            let q = self.lock();
+            let by_state = q.count_by_state().into_iter();
+            (
+                q.len() as u64,
+                by_state
+                    .map(|(s, n)| (format!("{s:?}").to_lowercase(), n))
+                    .collect(),
+            )
+        };
         StoreStats {
-            jobs: q.len() as u64,
+            jobs,
             by_state,
             events: self.events.len() as u64,
             bytes_on_disk: self.dir_bytes(),

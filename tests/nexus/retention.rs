@@ -230,6 +230,20 @@ fn the_store_folder_shrinks_once_retention_has_removed_many_jobs() {
         .as_u64()
         .unwrap();
     eprintln!("store bytes on disk: {full} full, {after} after retention and a restart");
+    let out = citadel(&tmp.path().join("cli"))
+        .args(["nexus", "status", "--nexus", &p.url(), "--token", &p.token])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("jobs      0") && text.contains("on disk"),
+        "{text}"
+    );
     assert!(
         after * 2 < full,
         "the store took {full} bytes full and {after} after retention"

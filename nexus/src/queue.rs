@@ -407,9 +407,9 @@ impl Queue {
 
     /// Retention ([`Retention`]): removes the finished jobs (succeeded, failed, cancelled) that
     /// finished at least `max_age` before `now`, then the oldest finished ones beyond
-    /// `max_finished`; returns their ids, oldest first. A queued, leased or dead-lettered job is
-    /// never removed.
-    pub fn retire(&mut self, policy: &Retention, now: u64) -> Vec<String> {
+    /// `max_finished`; at most `limit` of them (the oldest: the next call goes on); returns their
+    /// ids, oldest first. A queued, leased or dead-lettered job is never removed.
+    pub fn retire(&mut self, policy: &Retention, now: u64, limit: usize) -> Vec<String> {
         let mut finished: Vec<(u64, u64, &str)> = self
             .jobs
             .values()
@@ -427,6 +427,7 @@ impl Queue {
             .iter()
             .enumerate()
             .take_while(|(i, (at, _, _))| *i < over || cutoff.is_some_and(|c| *at <= c))
+            .take(limit)
             .map(|(_, (_, _, id))| id.to_string())
             .collect();
         for id in &gone {

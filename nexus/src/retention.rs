@@ -24,6 +24,8 @@ use super::store::{QueueState, Store, StoreError};
 
 /// A finished job with at most this many events is left as it is (nothing worth folding).
 pub const FOLD_FROM: u64 = 4;
+/// The most jobs one round of retention removes while it holds the queue.
+const SWEEP_ROUND: usize = 2_000;
 /// How often noted finished jobs have their events folded.
 const FOLD_EVERY: Duration = Duration::from_millis(500);
 
@@ -73,20 +75,39 @@ async fn fold_all(store: &Store, ids: Vec<String>) {
     }
 }
 
-async fn sweep(store: &Store, policy: &Retention) {
-    match store.retire(policy) {
-        Ok(r) if r.jobs == 0 => {}
-        Ok(r) => {
-            if let Err(e) = store.flush().await {
-                tracing::error!(error = %e, "flushing retention");
+/// Applies `policy` in rounds of [`SWEEP_ROUND`] jobs, so requests wait for one round at most.
+async fn sweep(store: &Arc<Store>, policy: &Retention) {
+    let mut total = super::store::Removed::default();
+    loop {
+        let (s, p) = (store.clone(), *policy);
+        let round = tokio::task::spawn_blocking(move || s.retire(&p, SWEEP_ROUND)).await;
+        match round {
+            Ok(Ok(r)) => {
+                total.jobs += r.jobs;
+                total.events += r.events;
+                if r.jobs < SWEEP_ROUND as u64 {
+                    break;
+                }
             }
-            tracing::info!(
-                jobs = r.jobs,
-                events = r.events,
-                "retention removed finished jobs"
-            );
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "retention failed; trying again at the next sweep");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the retention task failed");
+                break;
+            }
         }
-        Err(e) => tracing::error!(error = %e, "retention failed; trying again at the next sweep"),
+    }
+    if total.jobs > 0 {
+        if let Err(e) = store.flush().await {
+            tracing::error!(error = %e, "flushing retention");
+        }
+        tracing::info!(
+            jobs = total.jobs,
+            events = total.events,
+            "retention removed finished jobs"
+        );
     }
 }
 

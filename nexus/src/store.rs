@@ -378,11 +378,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes the finished jobs retention no longer keeps ([`Queue::retire`]), their events
-    /// included; what it removed (not yet flushed).
-    pub fn retire(&self, policy: &super::queue::Retention) -> Result<Removed, StoreError> {
+    /// Removes up to `limit` of the finished jobs retention no longer keeps ([`Queue::retire`]),
+    /// their events included, holding the queue for only those; what it removed (not yet
+    /// flushed).
+    pub fn retire(
+        &self,
+        policy: &super::queue::Retention,
+        limit: usize,
+    ) -> Result<Removed, StoreError> {
         let mut q = self.lock();
-        let ids = q.retire(policy, now_ms());
+        let ids = q.retire(policy, now_ms(), limit);
         self.remove_jobs(&ids)
     }
 

@@ -400,6 +400,7 @@ proptest! {
         age in 0u64..400,
         cap in 0usize..4,
         later in 0u64..400,
+        round in 1usize..4,
     ) {
         let mut q = Queue::default();
         let mut m = Model { given: vec![Vec::new(); WORKERS], ..Default::default() };
@@ -418,7 +419,16 @@ proptest! {
             max_finished: Some(cap),
         };
         let mut want = model_retired(&m, &finished_at, age, cap, now);
-        let mut gone = q.retire(&policy, now);
+        // In rounds of `round` jobs, as the server does, until a round comes back short.
+        let mut gone = Vec::new();
+        loop {
+            let got = q.retire(&policy, now, round);
+            let short = got.len() < round;
+            gone.extend(got);
+            if short {
+                break;
+            }
+        }
         want.sort();
         gone.sort();
         prop_assert_eq!(&gone, &want);

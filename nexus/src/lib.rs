@@ -14,7 +14,9 @@ pub mod device;
 mod device_api;
 mod ids;
 pub mod queue;
+mod reclaim;
 pub mod record;
+pub mod retention;
 mod sse;
 pub mod store;
 mod ws;
@@ -30,6 +32,7 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use queue::Retention;
 pub use store::Store;
 
 /// The port the control plane prefers on loopback.
@@ -92,6 +95,7 @@ pub struct Running {
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     reaper: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 impl Running {
@@ -99,6 +103,7 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.reaper.abort();
+        self.retention.abort();
         let _ = std::fs::remove_file(self.dir.join("address"));
         self.task.await.context("the control plane task")?
     }
@@ -109,6 +114,7 @@ impl Running {
             () = shutdown.cancelled() => {}
             r = &mut self.task => {
                 self.reaper.abort();
+                self.retention.abort();
                 return r.context("the control plane task")?;
             }
         }
@@ -147,10 +153,26 @@ pub async fn start_with(
     listen: Listen,
     device: device::DeviceSettings,
 ) -> anyhow::Result<Running> {
+    start_configured(dir, listen, device, Retention::default()).await
+}
+
+/// [`start_with`], keeping finished jobs as `retention` says (docs/control-plane.md#retention).
+pub async fn start_configured(
+    dir: &Path,
+    listen: Listen,
+    device: device::DeviceSettings,
+    retention: Retention,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {} to mode 0700", dir.display()))?;
     let token = load_or_create_token(dir)?;
+    match reclaim::reclaim(&dir.join("db")) {
+        // Another control plane holds the store: opening it says so below.
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => tracing::warn!(error = %e, "giving back the space of removed jobs failed"),
+        Ok(_) => {}
+    }
     let store = Arc::new(Store::open(&dir.join("db")).map_err(|e| match e {
         store::StoreError::Storage(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
             anyhow::anyhow!(
@@ -177,7 +199,7 @@ pub async fn start_with(
         credentials,
         device: device::DeviceAuth::new(device),
     });
-    let router = api::router(app);
+    let router = api::router(app.clone()).merge(retention::router(app));
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
@@ -203,6 +225,7 @@ pub async fn start_with(
             Ok(())
         }
     });
+    let retention = tokio::spawn(retention::keep(store.clone(), retention));
     let reaper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -227,6 +250,7 @@ pub async fn start_with(
         stop,
         task,
         reaper,
+        retention,
     })
 }
 

@@ -404,6 +404,64 @@ impl Queue {
         }
         out
     }
+
+    /// Retention ([`Retention`]): removes the finished jobs (succeeded, failed, cancelled) that
+    /// finished at least `max_age` before `now`, then the oldest finished ones beyond
+    /// `max_finished`; at most `limit` of them (the oldest: the next call goes on); returns their
+    /// ids, oldest first. A queued, leased or dead-lettered job is never removed.
+    pub fn retire(&mut self, policy: &Retention, now: u64, limit: usize) -> Vec<String> {
+        let mut finished: Vec<(u64, u64, &str)> = self
+            .jobs
+            .values()
+            .filter(|r| r.state.is_final() && r.state != QueueState::Dead)
+            .map(|r| (finished_ms(r), r.seq, r.id.as_str()))
+            .collect();
+        finished.sort_unstable();
+        let cutoff = policy
+            .max_age
+            .and_then(|age| now.checked_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+        let over = finished
+            .len()
+            .saturating_sub(policy.max_finished.unwrap_or(usize::MAX));
+        let gone: Vec<String> = finished
+            .iter()
+            .enumerate()
+            .take_while(|(i, (at, _, _))| *i < over || cutoff.is_some_and(|c| *at <= c))
+            .take(limit)
+            .map(|(_, (_, _, id))| id.to_string())
+            .collect();
+        for id in &gone {
+            self.jobs.remove(id);
+        }
+        gone
+    }
+
+    /// How many jobs are in each state.
+    pub fn count_by_state(&self) -> Vec<(QueueState, u64)> {
+        let mut n: Vec<(QueueState, u64)> = Vec::new();
+        for r in self.jobs.values() {
+            match n.iter_mut().find(|(s, _)| *s == r.state) {
+                Some((_, c)) => *c += 1,
+                None => n.push((r.state, 1)),
+            }
+        }
+        n
+    }
+
+    /// Removes a dead-lettered job for good (`citadel jobs purge`); any other job is refused
+    /// with [`StoreError::Invalid`] (the API answers 409).
+    pub fn purge(&mut self, id: &str) -> Result<JobRecord, StoreError> {
+        let r = self.get(id)?;
+        if r.state != QueueState::Dead {
+            return Err(StoreError::Invalid(format!(
+                "job {id} is not dead-lettered (it is {}); only a dead-lettered job can be purged",
+                format!("{:?}", r.state).to_lowercase()
+            )));
+        }
+        self.jobs
+            .remove(id)
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
 }
 
 /// `payload.maxAttempts`, a number or a string of one.
@@ -413,4 +471,30 @@ fn payload_max_attempts(payload: &Map<String, Value>) -> Option<u32> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     })
+}
+
+/// What [`Queue::retire`] keeps: finished jobs younger than `max_age`, at most `max_finished` of
+/// them. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_finished: Option<usize>,
+}
+
+impl Default for Retention {
+    /// As the worker's journal: a week; and at most 100,000 finished jobs.
+    fn default() -> Self {
+        Self {
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_finished: Some(100_000),
+        }
+    }
+}
+
+/// When a final job finished: its `updated_at` (0, the oldest, when unreadable).
+pub fn finished_ms(r: &JobRecord) -> u64 {
+    humantime::parse_rfc3339_weak(&r.updated_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

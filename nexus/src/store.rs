@@ -67,6 +67,8 @@ pub struct Store {
     db: sled::Db,
     /// Makes what sled flushed survive a power failure (the journal's helper).
     durable: Arc<DurableDir>,
+    /// The store's folder (its size on disk is [`Store::stats`]).
+    dir: std::path::PathBuf,
     jobs: sled::Tree,
     events: sled::Tree,
     nodes: sled::Tree,
@@ -79,6 +81,8 @@ pub struct Store {
     ready: watch::Sender<u64>,
     /// Bumped whenever an event is recorded or a job changes state.
     changed: watch::Sender<u64>,
+    /// Finished jobs whose events wait to be folded ([`Store::fold_events`]).
+    to_fold: Mutex<Vec<String>>,
 }
 
 impl Store {
@@ -106,6 +110,7 @@ impl Store {
         Ok(Self {
             db,
             durable,
+            dir: dir.to_path_buf(),
             jobs,
             events,
             nodes,
@@ -114,6 +119,7 @@ impl Store {
             synced: AtomicU64::new(0),
             ready: watch::channel(0).0,
             changed: watch::channel(0).0,
+            to_fold: Mutex::new(Vec::new()),
         })
     }
 
@@ -172,6 +178,7 @@ impl Store {
         if !records.is_empty() {
             self.written.fetch_add(1, Ordering::SeqCst);
             self.changed.send_modify(|n| *n += 1);
+            self.note_finished(records);
         }
         if records.iter().any(|r| r.state == QueueState::Queued) {
             self.ready.send_modify(|n| *n += 1);
@@ -370,6 +377,144 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Removes up to `limit` of the finished jobs retention no longer keeps ([`Queue::retire`]),
+    /// their events included, holding the queue for only those; what it removed (not yet
+    /// flushed).
+    pub fn retire(
+        &self,
+        policy: &super::queue::Retention,
+        limit: usize,
+    ) -> Result<Removed, StoreError> {
+        let mut q = self.lock();
+        let ids = q.retire(policy, now_ms(), limit);
+        self.remove_jobs(&ids)
+    }
+
+    /// Removes a dead-lettered job and its events ([`Queue::purge`]; not yet flushed).
+    pub fn purge(&self, id: &str) -> Result<Removed, StoreError> {
+        let mut q = self.lock();
+        q.purge(id)?;
+        self.remove_jobs(&[id.to_string()])
+    }
+
+    /// Deletes these jobs' records and events from sled (the queue has already let them go).
+    fn remove_jobs(&self, ids: &[String]) -> Result<Removed, StoreError> {
+        let mut done = Removed::default();
+        for id in ids {
+            let mut batch = sled::Batch::default();
+            for kv in self
+                .events
+                .range(event_key(id, 0)..=event_key(id, u64::MAX))
+            {
+                let (k, _) = kv.map_err(storage)?;
+                batch.remove(k);
+                done.events += 1;
+            }
+            self.events.apply_batch(batch).map_err(storage)?;
+            self.jobs.remove(id.as_bytes()).map_err(storage)?;
+            done.jobs += 1;
+        }
+        if done.jobs > 0 {
+            self.written.fetch_add(1, Ordering::SeqCst);
+            self.changed.send_modify(|n| *n += 1);
+        }
+        Ok(done)
+    }
+
+    /// Folds a finished job's stored events ([`super::retention::fold`]): a run of `chunk`
+    /// events becomes one. Nothing happens to a job that is not final or already folded; the
+    /// queue's lock is held, so retention cannot remove the job meanwhile. How many records went.
+    pub fn fold_events(&self, id: &str) -> Result<usize, StoreError> {
+        let q = self.lock();
+        if !q.get(id).is_ok_and(|r| r.state.is_final()) {
+            return Ok(0);
+        }
+        let events = self.events_from(id, 0)?;
+        let (keep, drop) = super::retention::fold(&events);
+        if drop.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for (idx, text) in keep {
+            batch.insert(event_key(id, idx), text.into_bytes());
+        }
+        for idx in &drop {
+            batch.remove(event_key(id, *idx));
+        }
+        self.events.apply_batch(batch).map_err(storage)?;
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(drop.len())
+    }
+
+    /// Notes the finished jobs among `records` with more than a few events, for
+    /// [`Store::take_to_fold`].
+    fn note_finished(&self, records: &[JobRecord]) {
+        let done = records
+            .iter()
+            .filter(|r| r.state.is_final() && r.events > super::retention::FOLD_FROM);
+        let mut pending = None;
+        for r in done {
+            pending
+                .get_or_insert_with(|| self.to_fold.lock().unwrap_or_else(PoisonError::into_inner))
+                .push(r.id.clone());
+        }
+    }
+
+    /// The finished jobs noted since the last call (their events are folded by the caller).
+    pub fn take_to_fold(&self) -> Vec<String> {
+        std::mem::take(&mut *self.to_fold.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Every final job with more than a few events (at start, to fold what a stop left).
+    pub fn finished_with_events(&self) -> Vec<String> {
+        let q = self.lock();
+        q.list(None, usize::MAX)
+            .into_iter()
+            .filter(|r| r.state.is_final() && r.events > super::retention::FOLD_FROM)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// The store's size: jobs held and bytes its files take on disk.
+    pub fn stats(&self) -> StoreStats {
+        let (jobs, by_state) = {
+            let q = self.lock();
+            let by_state = q.count_by_state().into_iter();
+            (
+                q.len() as u64,
+                by_state
+                    .map(|(s, n)| (format!("{s:?}").to_lowercase(), n))
+                    .collect(),
+            )
+        };
+        StoreStats {
+            jobs,
+            by_state,
+            events: self.events.len() as u64,
+            bytes_on_disk: self.dir_bytes(),
+        }
+    }
+
+    fn dir_bytes(&self) -> u64 {
+        super::retention::dir_bytes(&self.dir)
+    }
+}
+
+/// What retention or a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    pub jobs: u64,
+    pub events: u64,
+}
+
+/// [`Store::stats`]: `GET /api/v1/stats` (docs/control-plane.md#retention).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStats {
+    pub jobs: u64,
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    pub events: u64,
+    pub bytes_on_disk: u64,
 }
 
 #[cfg(test)]

@@ -369,3 +369,80 @@ proptest! {
         }
     }
 }
+
+/// What retention must remove, by the model: the finished (not dead-lettered) jobs that
+/// finished at least `age` ms before `now`, and the oldest beyond `cap`.
+fn model_retired(
+    m: &Model,
+    finished_at: &HashMap<usize, u64>,
+    age: u64,
+    cap: usize,
+    now: u64,
+) -> Vec<String> {
+    let mut done: Vec<(u64, usize)> = finished_at.iter().map(|(j, at)| (*at, *j)).collect();
+    done.sort_unstable();
+    let over = done.len().saturating_sub(cap);
+    done.iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i < over || *at + age <= now)
+        .map(|(_, (_, j))| m.jobs[*j].0.clone())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Retention never removes a queued, leased or dead-lettered job, and removes exactly the
+    /// finished ones past the age or beyond the count.
+    #[test]
+    fn retention_removes_exactly_the_finished_jobs_past_age_or_count(
+        ops in proptest::collection::vec(any_op(), 1..80),
+        age in 0u64..400,
+        cap in 0usize..4,
+        later in 0u64..400,
+        round in 1usize..4,
+    ) {
+        let mut q = Queue::default();
+        let mut m = Model { given: vec![Vec::new(); WORKERS], ..Default::default() };
+        let mut finished_at: HashMap<usize, u64> = HashMap::new();
+        for op in &ops {
+            step(&mut q, &mut m, op)?;
+            for (j, (_, mj)) in m.jobs.iter().enumerate() {
+                if mj.final_state.is_some_and(|s| s != QueueState::Dead) {
+                    finished_at.entry(j).or_insert(m.now);
+                }
+            }
+        }
+        let now = m.now + later;
+        let policy = citadel_nexus::queue::Retention {
+            max_age: Some(Duration::from_millis(age)),
+            max_finished: Some(cap),
+        };
+        let mut want = model_retired(&m, &finished_at, age, cap, now);
+        // In rounds of `round` jobs, as the server does, until a round comes back short.
+        let mut gone = Vec::new();
+        loop {
+            let got = q.retire(&policy, now, round);
+            let short = got.len() < round;
+            gone.extend(got);
+            if short {
+                break;
+            }
+        }
+        want.sort();
+        gone.sort();
+        prop_assert_eq!(&gone, &want);
+        for (id, mj) in &m.jobs {
+            let kept = q.get(id);
+            if gone.contains(id) {
+                prop_assert!(matches!(kept, Err(StoreError::NotFound(_))));
+            } else {
+                let r = kept.unwrap();
+                prop_assert_eq!(r.state.is_final(), mj.final_state.is_some(), "{}", id);
+            }
+            if mj.final_state.is_none_or(|s| s == QueueState::Dead) {
+                prop_assert!(!gone.contains(id), "{} is queued, leased or dead-lettered", id);
+            }
+        }
+    }
+}

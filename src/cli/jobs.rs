@@ -1,5 +1,5 @@
-//! `citadel jobs ls | show | cancel | dlq | requeue`: the jobs of a control plane (`--nexus`,
-//! `CITADEL_NEXUS_URL`, else the local one). Read-only except `cancel` and `requeue`.
+//! `citadel jobs ls | show | cancel | dlq | requeue | purge`: the jobs of a control plane (`--nexus`,
+//! `CITADEL_NEXUS_URL`, else the local one). Read-only except `cancel`, `requeue` and `purge`.
 
 use std::path::Path;
 
@@ -38,6 +38,14 @@ pub enum JobsCommand {
     Dlq,
     /// Put a dead-lettered job back in the queue.
     Requeue { id: String },
+    /// Remove dead-lettered jobs for good (a job that is not dead-lettered is refused).
+    Purge {
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<String>,
+        /// Every dead-lettered job.
+        #[arg(long)]
+        all_dead: bool,
+    },
 }
 
 pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
@@ -58,6 +66,11 @@ pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
         JobsCommand::Cancel { id } => {
             let path = format!("/api/v1/jobs/{}/cancel", encode(id));
             (false, plane.call(Method::POST, &path, None).await?)
+        }
+        JobsCommand::Purge { ids, all_dead } => {
+            let body = serde_json::json!({ "ids": ids, "all_dead": all_dead });
+            let path = "/api/v1/dlq/purge";
+            (false, plane.call(Method::POST, path, Some(&body)).await?)
         }
         JobsCommand::Requeue { id } => {
             let path = format!("/api/v1/dlq/{}/requeue", encode(id));

@@ -15,6 +15,8 @@ use citadel_nexus::{self as nexus, Listen};
 pub enum NexusCommand {
     /// Serve the control plane: the Nexus API, leases, long-poll, events, the dead-letter list.
     Serve(ServeArgs),
+    /// The control plane's store: jobs held by state, events stored, bytes on disk.
+    Status(StatusArgs),
     /// Let a node that runs `citadel init` join: give the code it shows (or `--deny` it). The node
     /// gets its own credential, for the organization `--org` (default `default`). With no code,
     /// lists the nodes waiting.
@@ -36,7 +38,33 @@ pub struct ApproveArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    plane: super::remote::PlaneArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Remove finished jobs (succeeded, failed, cancelled) this long after they finished;
+    /// dead-lettered jobs stay until requeued or purged (docs/control-plane.md#retention).
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_RETENTION",
+        default_value = "7d",
+        value_name = "AGE"
+    )]
+    retention: String,
+    /// Keep at most this many finished jobs, removing the oldest first.
+    #[arg(
+        long,
+        env = "CITADEL_NEXUS_RETENTION_MAX_JOBS",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
+    retention_max_jobs: usize,
     /// Address to listen on (default: 127.0.0.1:7411, or the next free port).
     #[arg(long, env = "CITADEL_NEXUS_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -55,6 +83,7 @@ pub async fn run(cmd: NexusCommand, data_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         NexusCommand::Serve(args) => serve(args, data_dir).await,
         NexusCommand::Approve(args) => approve(args, data_dir).await,
+        NexusCommand::Status(args) => status(args, data_dir).await,
     }
 }
 
@@ -69,7 +98,11 @@ async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         interval: crate::format::parse_duration(&args.device_poll_interval)
             .context("--device-poll-interval")?,
     };
-    let running = nexus::start_with(&dir, listen, device).await?;
+    let retention = nexus::Retention {
+        max_age: Some(crate::format::parse_duration(&args.retention).context("--retention")?),
+        max_finished: Some(args.retention_max_jobs),
+    };
+    let running = nexus::start_configured(&dir, listen, device, retention).await?;
     eprintln!(
         "citadel control plane listening on {} (data {}, token in {})",
         running.url,
@@ -136,5 +169,27 @@ async fn approve(args: ApproveArgs, data_dir: &Path) -> anyhow::Result<()> {
         r["user_code"].as_str().unwrap_or(""),
         r["hostname"].as_str().unwrap_or("")
     );
+    Ok(())
+}
+
+async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let plane = args.plane.locate(data_dir)?;
+    let s = plane
+        .call(reqwest::Method::GET, "/api/v1/stats", None)
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let states: Vec<String> = s["by_state"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} {}", n(v)))
+        .collect();
+    println!("jobs      {} ({})", n(&s["jobs"]), states.join(", "));
+    println!("events    {}", n(&s["events"]));
+    println!("on disk   {}", crate::format::bytes(n(&s["bytes_on_disk"])));
     Ok(())
 }

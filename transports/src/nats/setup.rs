@@ -193,7 +193,13 @@ pub(crate) async fn note_dlq_fill(js: &jetstream::Context) -> Result<(), SourceE
             warn!(stream = DLQ_STREAM, size, cap, "dead-letter stream is filling up: the oldest dead letters will be dropped at the cap")
         }
         Notice::Dropped(n) => {
-            warn!(stream = DLQ_STREAM, dropped = n, size, cap, "dead-letter stream at its limits: the oldest dead letters were dropped")
+            warn!(
+                stream = DLQ_STREAM,
+                dropped = n,
+                size,
+                cap,
+                "dead-letter stream at its limits: the oldest dead letters were dropped"
+            )
         }
     }
     Ok(())

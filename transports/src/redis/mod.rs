@@ -281,7 +281,12 @@ impl JobSource for RedisSource {
         let lease = inner.cfg.lease;
         let applied: Result<Owned, SourceError> = async {
             Ok(match settlement {
-                Settlement::Ack => inner.scripts.ack(&mut conn, t, inner.cfg.keep_acked).await?,
+                Settlement::Ack => {
+                    inner
+                        .scripts
+                        .ack(&mut conn, t, inner.cfg.keep_acked)
+                        .await?
+                }
                 Settlement::Retry { delay } => match park::idle_for(lease, *delay) {
                     Some(idle) => {
                         inner

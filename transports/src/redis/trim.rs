@@ -55,11 +55,7 @@ pub(crate) async fn trim_streams(
     let script = Script::new(TRIM);
     let mut total = 0;
     for s in streams {
-        let n: u64 = script
-            .key(s)
-            .invoke_async(conn)
-            .await
-            .map_err(map_err)?;
+        let n: u64 = script.key(s).invoke_async(conn).await.map_err(map_err)?;
         if n > 0 {
             debug!(stream = %s, trimmed = n, "trimmed acked entries");
         }

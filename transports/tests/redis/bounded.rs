@@ -49,7 +49,11 @@ async fn a_drained_stream_is_empty() {
     };
     drain(&src, 1, &dead).await;
     assert!(pending(&mut c).await.is_empty());
-    assert_eq!(xlen(&mut c, STREAM).await, 0, "acked entries left the stream");
+    assert_eq!(
+        xlen(&mut c, STREAM).await,
+        0,
+        "acked entries left the stream"
+    );
     assert_eq!(xlen(&mut c, "dlq:v1:gpu-general").await, 1);
 }
 

@@ -1,7 +1,8 @@
-//! `/metrics`: the runner's counters and histograms, the transport route, the dead-letter queues' fill and
-//! the GPUs in the Prometheus text exposition format (version 0.0.4): `# HELP` and `# TYPE` once per family,
-//! label values escaped, histograms as cumulative `_bucket{le=…}` lines plus `_sum` and `_count`.
-//! Rendering is a pure function of a snapshot; this module never measures anything itself.
+//! `/metrics`: the runner's counters and histograms, the transport route, the dead-letter
+//! queues' fill and the GPUs in the Prometheus text exposition format (version 0.0.4): `# HELP`
+//! and `# TYPE` once per family, label values escaped, histograms as cumulative `_bucket{le=…}`
+//! lines plus `_sum` and `_count`. Rendering is a pure function of a snapshot (the dead-letter
+//! fill is the transports' own); this module never measures anything itself.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -296,7 +297,13 @@ fn dead_letter_fill(e: &mut Exposition, fill: &[DeadLetterFill]) {
     if fill.is_empty() {
         return;
     }
-    let families: [(&str, &str, &str, fn(&DeadLetterFill) -> u64); 3] = [
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&DeadLetterFill) -> u64,
+    );
+    let families: [Family; 3] = [
         (
             "citadel_dead_letter_queue_size",
             "gauge",

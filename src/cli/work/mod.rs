@@ -264,7 +264,7 @@ async fn connect(
                     .await?;
             return Ok((source, None));
         }
-        Plan::Only(cfg) => (cfg, None),
+        Plan::Only(cfg) => (*cfg, None),
         Plan::Embedded => {
             let plane = start_embedded(data_dir).await?;
             let cfg = transport::embedded_config(

@@ -60,7 +60,7 @@ pub(super) struct Identity<'a> {
 #[derive(Debug)]
 pub(super) enum Plan {
     /// One transport (retried with backoff until it connects).
-    Only(TransportConfig),
+    Only(Box<TransportConfig>),
     /// `auto` over these, best first.
     Auto(Vec<TransportConfig>, AutoConfig),
     /// Nothing configured: an embedded control plane on loopback.
@@ -150,7 +150,9 @@ pub(super) fn plan(args: &WorkArgs, file: &FileConfig, who: &Identity<'_>) -> an
         }
         (Some(TransportChoice::Only(n)), _) => n,
     };
-    Ok(Plan::Only(transport_config(only, args, file, who)?))
+    Ok(Plan::Only(Box::new(transport_config(
+        only, args, file, who,
+    )?)))
 }
 
 /// The embedded control plane's nexus settings.

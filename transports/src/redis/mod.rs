@@ -15,9 +15,9 @@
 //!   here within the lease. (`XAUTOCLAIM` cannot skip those, so a worker that missed one renewal
 //!   would get its own running job a second time.) An entry the runner gave up on (neither
 //!   renewed nor settled for a lease) is reclaimed here too; the journal answers it.
-//! - **Ack** is `XACK` + `XDEL` in one script, so a job stream holds only unfinished work;
-//!   **dead-letter** is `XADD dlq:v1:… MAXLEN` (the cap's drops counted, `dead_letters`) + `XACK`
-//!   + `XDEL` in one script. With `keep_acked` the entries stay and `trim` cuts each stream
+//! - **Ack** is `XACK` and `XDEL` in one script, so a job stream holds only unfinished work;
+//!   **dead-letter** is `XADD dlq:v1:… MAXLEN` (the cap's drops counted, `dead_letters`), `XACK`
+//!   and `XDEL` in one script. With `keep_acked` the entries stay and `trim` cuts each stream
 //!   below the oldest entry any consumer group still needs.
 //! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
 //!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the

@@ -83,7 +83,8 @@ async fn keep_acked_trims_only_what_every_group_has_acked() {
     assert_eq!(xlen(&mut c, STREAM).await, 4, "audit has read none of them");
 
     // audit reads all four and acks the first two: the other two are still its work.
-    let read: Vec<(String, Vec<(String, Vec<(String, String)>)>)> = redis::cmd("XREADGROUP")
+    type Entries = Vec<(String, Vec<(String, String)>)>;
+    let read: Vec<(String, Entries)> = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("audit")
         .arg("a-1")

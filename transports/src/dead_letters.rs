@@ -41,10 +41,7 @@ static QUEUES: Mutex<BTreeMap<String, DeadLetterFill>> = Mutex::new(BTreeMap::ne
 /// Records `queue`'s fill after a move that made the cap drop `dropped_now` dead letters.
 pub fn record(queue: &str, size: u64, cap: u64, dropped_now: u64) -> Notice {
     update(queue, size, cap, |f| f.dropped += dropped_now);
-    match dropped_now {
-        0 => filling_notice(queue),
-        n => Notice::Dropped(n),
-    }
+    notice(queue, dropped_now)
 }
 
 /// Records `queue`'s fill where the broker counts the drops itself (`dropped_total` so far).
@@ -54,10 +51,7 @@ pub fn record_total(queue: &str, size: u64, cap: u64, dropped_total: u64) -> Not
         before = f.dropped;
         f.dropped = f.dropped.max(dropped_total);
     });
-    match dropped_total.saturating_sub(before) {
-        0 => filling_notice(queue),
-        n => Notice::Dropped(n),
-    }
+    notice(queue, dropped_total.saturating_sub(before))
 }
 
 fn lock() -> std::sync::MutexGuard<'static, BTreeMap<String, DeadLetterFill>> {
@@ -83,8 +77,9 @@ fn update(queue: &str, size: u64, cap: u64, f: impl FnOnce(&mut DeadLetterFill))
     f(e);
 }
 
-/// [`Notice::Filling`] once when the queue crosses [`WARN_FRACTION`] (again after it fell back).
-fn filling_notice(queue: &str) -> Notice {
+/// [`Notice::Dropped`] for every drop; else [`Notice::Filling`] once when the queue crosses
+/// [`WARN_FRACTION`] (again after it fell back below).
+fn notice(queue: &str, dropped_now: u64) -> Notice {
     let mut map = lock();
     let Some(e) = map.get_mut(queue) else {
         return Notice::Quiet;
@@ -92,10 +87,10 @@ fn filling_notice(queue: &str) -> Notice {
     let full = e.cap > 0 && e.size as f64 >= e.cap as f64 * WARN_FRACTION;
     let crossed = full && !e.filling;
     e.filling = full;
-    if crossed {
-        Notice::Filling
-    } else {
-        Notice::Quiet
+    match (dropped_now, crossed) {
+        (0, true) => Notice::Filling,
+        (0, false) => Notice::Quiet,
+        (n, _) => Notice::Dropped(n),
     }
 }
 

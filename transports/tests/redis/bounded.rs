@@ -214,3 +214,35 @@ async fn a_finished_jobs_events_expire_after_the_grace() {
     assert!(ttl("g-retry").await > 30_000);
     let _ = &mut c;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_older_than_the_age_limit_are_dropped_and_counted() {
+    const JOBS: &str = "jobs:v1:aged";
+    let server = Server::start().await;
+    let mut cfg = server.config("node-a");
+    cfg.streams = vec![JOBS.to_owned()];
+    cfg.dlq_max_age = Duration::from_millis(200);
+    let src = RedisSource::connect(cfg).await.unwrap();
+    let mut c = server.conn().await;
+    let producer = RedisProducer::new(c.clone());
+    let dead = Settlement::DeadLetter {
+        reason: "bad".into(),
+    };
+    for id in ["old", "new"] {
+        let payload = json!({});
+        producer
+            .enqueue(JOBS, &JobEntry::new(id, "fail", &payload))
+            .await
+            .unwrap();
+        drain(&src, 1, &dead).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let kept: Vec<String> = range(&mut c, "dlq:v1:aged")
+        .await
+        .iter()
+        .map(|(_, f)| field(f, "jobId").unwrap().to_owned())
+        .collect();
+    assert_eq!(kept, ["new"], "the dead letter past the age limit went");
+    let fill = dead_letters::fill("redis:dlq:v1:aged").unwrap();
+    assert_eq!((fill.size, fill.dropped), (1, 1));
+}

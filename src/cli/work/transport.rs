@@ -150,9 +150,8 @@ pub(super) fn plan(args: &WorkArgs, file: &FileConfig, who: &Identity<'_>) -> an
         }
         (Some(TransportChoice::Only(n)), _) => n,
     };
-    Ok(Plan::Only(Box::new(transport_config(
-        only, args, file, who,
-    )?)))
+    let cfg = transport_config(only, args, file, who)?;
+    Ok(Plan::Only(Box::new(cfg)))
 }
 
 /// The embedded control plane's nexus settings.

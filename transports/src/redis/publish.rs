@@ -1,7 +1,7 @@
 //! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
-//! to the capped, expiring stream `stream:v1:{jobId}:events` (kept `events_grace` after the
-//! job's terminal event) (fields `type` and `event`, so a late
-//! subscriber can resume from an index or an entry id), and updates the status hash
+//! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a
+//! late subscriber can resume from an index or an entry id; kept `events_grace` after the job's
+//! terminal event), and updates the status hash
 //! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). One [`Publisher`] task sends every event of the source: whatever is
 //! queued while a batch is in flight goes out as the next single pipeline (one write, one round
 //! trip), in order; each caller still waits for its own event. This module must never decide

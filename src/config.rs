@@ -87,6 +87,17 @@ pub struct TransportsSection {
     pub auto: Option<AutoSection>,
     pub websocket: Option<WebSocketSection>,
     pub nats: Option<NatsSection>,
+    pub dead_letters: Option<DeadLettersSection>,
+}
+
+/// The caps of the dead-letter streams (Redis `dlq:v1:…`, the NATS `DLQ` stream).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersSection {
+    /// The most dead letters kept per stream.
+    pub max_len: Option<u64>,
+    /// e.g. `30d`; `0` for no age limit.
+    pub max_age: Option<String>,
 }
 
 /// How `--transport auto` switches (durations such as `3s`).
@@ -142,6 +153,14 @@ pub struct RedisSection {
     pub lease: Option<String>,
     /// e.g. `16MiB`.
     pub max_payload: Option<String>,
+    /// Keep acked entries (trimmed below what every consumer group still needs).
+    pub keep_acked: Option<bool>,
+    /// How long a job's event stream lives after its terminal event, e.g. `5m`.
+    pub events_grace: Option<String>,
+    /// How long a job's status hash lives after its last update, e.g. `7d`.
+    pub status_ttl: Option<String>,
+    /// How long a job's completion record lives, e.g. `7d`.
+    pub done_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -413,6 +432,42 @@ pub const SETTINGS: &[Setting] = &[
         "16MiB",
     ),
     row(
+        "transports.redis.keep_acked",
+        Some("--keep-acked"),
+        Some("CITADEL_KEEP_ACKED"),
+        "false",
+    ),
+    row(
+        "transports.redis.events_grace",
+        Some("--events-grace"),
+        Some("CITADEL_EVENTS_GRACE"),
+        "5m",
+    ),
+    row(
+        "transports.redis.status_ttl",
+        Some("--status-ttl"),
+        Some("CITADEL_STATUS_TTL"),
+        "7d",
+    ),
+    row(
+        "transports.redis.done_ttl",
+        Some("--done-ttl"),
+        Some("CITADEL_DONE_TTL"),
+        "7d",
+    ),
+    row(
+        "transports.dead_letters.max_len",
+        Some("--dlq-max-len"),
+        Some("CITADEL_DLQ_MAX_LEN"),
+        "100000",
+    ),
+    row(
+        "transports.dead_letters.max_age",
+        Some("--dlq-max-age"),
+        Some("CITADEL_DLQ_MAX_AGE"),
+        "30d",
+    ),
+    row(
         "transports.nats.url",
         Some("--nats-url"),
         Some("CITADEL_NATS_URL"),
@@ -499,6 +554,7 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
     let redis = file.transports.redis.as_ref();
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let t = &file.transports;
+    let dead = t.dead_letters.as_ref();
     let (nexus, nats, ws, auto) = (
         t.nexus.as_ref(),
         t.nats.as_ref(),
@@ -528,6 +584,12 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
         "transports.auto.probe_interval" => auto.and_then(|a| a.probe_interval.clone()),
         "transports.redis.url" => redis.and_then(|r| r.url.clone()),
         "transports.redis.max_payload" => redis.and_then(|r| r.max_payload.clone()),
+        "transports.redis.keep_acked" => redis.and_then(|r| r.keep_acked.map(|b| b.to_string())),
+        "transports.redis.events_grace" => redis.and_then(|r| r.events_grace.clone()),
+        "transports.redis.status_ttl" => redis.and_then(|r| r.status_ttl.clone()),
+        "transports.redis.done_ttl" => redis.and_then(|r| r.done_ttl.clone()),
+        "transports.dead_letters.max_len" => dead.and_then(|d| d.max_len.map(|n| n.to_string())),
+        "transports.dead_letters.max_age" => dead.and_then(|d| d.max_age.clone()),
         "transports.nats.url" => nats.and_then(|n| n.url.clone()),
         "transports.nats.stream" => nats.and_then(|n| n.stream.clone()),
         "transports.nats.subjects" => nats.and_then(|n| list(&n.subjects)),

@@ -82,7 +82,8 @@ impl WorkerSpec {
     }
 
     /// A worker of `kind` on the broker host `broker`: `--redis-url`, or `--transport nats
-    /// --nats-url`; a 5 s lease and concurrency 4 (flags added later win).
+    /// --nats-url`; a 5 s lease and concurrency 4 (flags added later win); Redis workers keep a
+    /// finished job's event stream 2 h (`--events-grace`), past the end of any run.
     pub fn on(kind: Broker, name: &str, broker: &str) -> Self {
         let spec = Self {
             name: name.to_owned(),
@@ -91,7 +92,8 @@ impl WorkerSpec {
         };
         let url = format!("{}://{broker}:{}", kind.name(), kind.port());
         let spec = match kind {
-            Broker::Redis => spec.arg("--redis-url", &url),
+            // The checker reads every job's event stream after the run: keep them past it.
+            Broker::Redis => spec.arg("--redis-url", &url).arg("--events-grace", "2h"),
             Broker::Nats => spec.arg("--transport", "nats").arg("--nats-url", &url),
         };
         spec.arg("--lease", "5s").arg("--concurrency", "4")

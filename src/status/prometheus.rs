@@ -1,10 +1,13 @@
-//! `/metrics`: the runner's counters and histograms, the transport route and the GPUs in the
-//! Prometheus text exposition format (version 0.0.4): `# HELP` and `# TYPE` once per family,
-//! label values escaped, histograms as cumulative `_bucket{le=…}` lines plus `_sum` and `_count`.
-//! Rendering is a pure function of a snapshot; this module never measures anything itself.
+//! `/metrics`: the runner's counters and histograms, the transport route, the dead-letter
+//! queues' fill and the GPUs in the Prometheus text exposition format (version 0.0.4): `# HELP`
+//! and `# TYPE` once per family, label values escaped, histograms as cumulative `_bucket{le=…}`
+//! lines plus `_sum` and `_count`. Rendering is a pure function of a snapshot (the dead-letter
+//! fill is the transports' own); this module never measures anything itself.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+
+use citadel_transports::dead_letters::DeadLetterFill;
 
 use crate::platform::Platform;
 use crate::runner::metrics::HistogramSnapshot;
@@ -237,6 +240,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "How often the active transport changed.",
         s.route.switches as f64,
     );
+    dead_letter_fill(&mut e, &citadel_transports::dead_letters::snapshot());
     e.single(
         "citadel_gpus",
         "gauge",
@@ -287,9 +291,67 @@ pub fn render(s: &Snapshot<'_>) -> String {
     e.finish()
 }
 
+/// Each dead-letter queue's size, cap and the drops at its cap (as the transports last saw
+/// them after a dead-letter move).
+fn dead_letter_fill(e: &mut Exposition, fill: &[DeadLetterFill]) {
+    if fill.is_empty() {
+        return;
+    }
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&DeadLetterFill) -> u64,
+    );
+    let families: [Family; 3] = [
+        (
+            "citadel_dead_letter_queue_size",
+            "gauge",
+            "Dead letters a dead-letter queue holds (as of the last move into it).",
+            |d| d.size,
+        ),
+        (
+            "citadel_dead_letter_queue_cap",
+            "gauge",
+            "The most dead letters a dead-letter queue keeps.",
+            |d| d.cap,
+        ),
+        (
+            "citadel_dead_letters_dropped_total",
+            "counter",
+            "Old dead letters dropped by a dead-letter queue's cap (count or age).",
+            |d| d.dropped,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = fill
+            .iter()
+            .map(|d| (vec![("queue", d.queue.as_str())], value(d) as f64))
+            .collect();
+        e.labelled(name, kind, help, &samples);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_fill_is_exposed_per_queue() {
+        let q = "redis:dlq:v1:prom-test";
+        citadel_transports::dead_letters::record(q, 3, 3, 2);
+        let fill = citadel_transports::dead_letters::fill(q).unwrap();
+        let mut e = Exposition::default();
+        dead_letter_fill(&mut e, &[fill]);
+        let text = e.finish();
+        for line in [
+            "citadel_dead_letter_queue_size{queue=\"redis:dlq:v1:prom-test\"} 3",
+            "citadel_dead_letter_queue_cap{queue=\"redis:dlq:v1:prom-test\"} 3",
+            "citadel_dead_letters_dropped_total{queue=\"redis:dlq:v1:prom-test\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn label_values_are_escaped_and_infinity_is_spelled() {

@@ -284,6 +284,20 @@ async fn the_same_job_enqueued_twice_runs_once_and_nothing_stays_pending() {
         let starts = types(&evs).iter().filter(|t| *t == "start").count();
         assert_eq!(starts, 1, "{id}: started once");
     }
+    // Every entry left the stream with its ack: the stream holds only unfinished work.
+    let until = Instant::now() + WAIT;
+    loop {
+        let len: usize = redis::cmd("XLEN")
+            .arg(harness::STREAM)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if len == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "{len} entries left after the drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     w.stop().await;
 }
 

@@ -13,6 +13,7 @@
 pub mod auto;
 mod backoff;
 pub mod control_plane;
+pub mod dead_letters;
 mod delivery;
 pub mod events;
 pub mod http;

@@ -133,6 +133,8 @@ pub struct WorkArgs {
     /// Entries with a larger payload are dead-lettered as malformed (default 16MiB).
     #[arg(long, env = "CITADEL_MAX_PAYLOAD", value_name = "SIZE")]
     max_payload: Option<String>,
+    #[command(flatten)]
+    limits: settings::LimitArgs,
     /// Enable `shell_command` jobs (remote code execution: off by default).
     #[arg(long, env = "CITADEL_ENABLE_SHELL")]
     enable_shell: bool,
@@ -262,7 +264,7 @@ async fn connect(
                     .await?;
             return Ok((source, None));
         }
-        Plan::Only(cfg) => (cfg, None),
+        Plan::Only(cfg) => (*cfg, None),
         Plan::Embedded => {
             let plane = start_embedded(data_dir).await?;
             let cfg = transport::embedded_config(

@@ -3,8 +3,9 @@
 //! (defaults < config file < `CITADEL_*` environment < flags; clap folds the environment into
 //! the flags). The defaults come from the one table of settings, [`config::SETTINGS`], which also
 //! feeds `citadel config show`; a test checks that its flags and variables are `WorkArgs`'. The
-//! transports' settings are resolved by [`super::transport`]. This module only
-//! reads: it must never start anything.
+//! transports' settings are resolved by [`super::transport`], except how long what they leave on
+//! the broker lives ([`Limits`]: acked entries, event streams, status hashes, completion
+//! records, dead letters). This module only reads: it must never start anything.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::config::{self, FileConfig};
 use crate::format;
 use crate::runner::RunnerConfig;
 use crate::status::server::StatusListen;
+use citadel_transports::{NatsConfig, RedisConfig};
 
 /// The default of `key` from the one table of settings ([`config::SETTINGS`], which `citadel
 /// config show` prints).
@@ -78,6 +80,105 @@ impl Settings {
             status_listen,
             heartbeat_every,
         })
+    }
+}
+
+/// The flags of [`Limits`] (flattened into `WorkArgs`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(super) struct LimitArgs {
+    /// Keep acked Redis entries in the job streams (for other consumer groups) and trim them
+    /// periodically below what every group still needs; by default an ack deletes the entry.
+    #[arg(long, env = "CITADEL_KEEP_ACKED")]
+    keep_acked: bool,
+    /// How long a job's Redis event stream lives after its terminal event (default 5m).
+    #[arg(long, env = "CITADEL_EVENTS_GRACE", value_name = "DURATION")]
+    events_grace: Option<String>,
+    /// How long a job's Redis status hash lives after its last update (default 7d).
+    #[arg(long, env = "CITADEL_STATUS_TTL", value_name = "DURATION")]
+    status_ttl: Option<String>,
+    /// How long a job's Redis completion record lives (default 7d): a copy of the job
+    /// delivered later runs again.
+    #[arg(long, env = "CITADEL_DONE_TTL", value_name = "DURATION")]
+    done_ttl: Option<String>,
+    /// The most dead letters kept per dead-letter stream; the oldest beyond are dropped,
+    /// counted and logged (default 100000).
+    #[arg(long, env = "CITADEL_DLQ_MAX_LEN", value_name = "N")]
+    dlq_max_len: Option<u64>,
+    /// Dead letters older than this are dropped, counted and logged (default 30d; `0`: no age
+    /// limit).
+    #[arg(long, env = "CITADEL_DLQ_MAX_AGE", value_name = "DURATION")]
+    dlq_max_age: Option<String>,
+}
+
+/// How long what the transports leave on their brokers lives, so nothing grows without bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Limits {
+    pub keep_acked: bool,
+    pub events_grace: Duration,
+    pub status_ttl: Duration,
+    pub done_ttl: Duration,
+    pub dlq_max_len: u64,
+    pub dlq_max_age: Duration,
+}
+
+impl Limits {
+    pub fn resolve(args: &LimitArgs, file: &FileConfig) -> anyhow::Result<Self> {
+        let t = &file.transports;
+        let r = t.redis.clone().unwrap_or_default();
+        let d = t.dead_letters.clone().unwrap_or_default();
+        let dur = |name: &str, key: &str, flag: Option<&String>, file: Option<&String>| {
+            duration(name, flag, file, default_duration(key)?)
+        };
+        let dlq_max_len = match args.dlq_max_len.or(d.max_len) {
+            Some(n) => n,
+            None => default_of("transports.dead_letters.max_len")?,
+        };
+        if dlq_max_len == 0 {
+            anyhow::bail!("setting `dlq_max_len` must be at least 1");
+        }
+        Ok(Self {
+            keep_acked: args.keep_acked || r.keep_acked.unwrap_or(false),
+            events_grace: dur(
+                "events_grace",
+                "transports.redis.events_grace",
+                args.events_grace.as_ref(),
+                r.events_grace.as_ref(),
+            )?,
+            status_ttl: dur(
+                "status_ttl",
+                "transports.redis.status_ttl",
+                args.status_ttl.as_ref(),
+                r.status_ttl.as_ref(),
+            )?,
+            done_ttl: dur(
+                "done_ttl",
+                "transports.redis.done_ttl",
+                args.done_ttl.as_ref(),
+                r.done_ttl.as_ref(),
+            )?,
+            dlq_max_len,
+            dlq_max_age: dur(
+                "dlq_max_age",
+                "transports.dead_letters.max_age",
+                args.dlq_max_age.as_ref(),
+                d.max_age.as_ref(),
+            )?,
+        })
+    }
+
+    pub fn apply_redis(&self, c: &mut RedisConfig) {
+        c.keep_acked = self.keep_acked;
+        c.events_grace = self.events_grace;
+        c.status_ttl = self.status_ttl;
+        c.done_ttl = self.done_ttl;
+        c.dlq_max_len = self.dlq_max_len;
+        c.dlq_max_age = self.dlq_max_age;
+    }
+
+    /// The dead-letter caps (applied when the `DLQ` stream is created).
+    pub fn apply_nats(&self, c: &mut NatsConfig) {
+        c.dlq_max_msgs = i64::try_from(self.dlq_max_len).unwrap_or(i64::MAX);
+        c.dlq_max_age = self.dlq_max_age;
     }
 }
 
@@ -185,6 +286,29 @@ mod tests {
         assert_eq!(default_duration("transports.redis.lease").unwrap(), r.lease);
     }
 
+    #[test]
+    fn limits_come_from_the_file_and_the_flags_win() {
+        let file = FileConfig::parse(
+            "transports:\n  redis:\n    keep_acked: true\n    events_grace: 1m\n\
+             \x20 dead_letters:\n    max_len: 10\n    max_age: 1h\n",
+        )
+        .unwrap();
+        let args = LimitArgs {
+            dlq_max_len: Some(5),
+            ..LimitArgs::default()
+        };
+        let l = Limits::resolve(&args, &file).unwrap();
+        assert!(l.keep_acked);
+        assert_eq!(l.events_grace, Duration::from_secs(60));
+        assert_eq!(l.dlq_max_len, 5);
+        assert_eq!(l.dlq_max_age, Duration::from_secs(3600));
+        let zero = LimitArgs {
+            dlq_max_len: Some(0),
+            ..LimitArgs::default()
+        };
+        assert!(Limits::resolve(&zero, &file).is_err());
+    }
+
     /// The defaults `config show` prints are the ones the code uses where the code keeps its
     /// own constant.
     #[test]
@@ -206,6 +330,15 @@ mod tests {
             default_duration("transports.auto.probe_interval").unwrap(),
             auto.probe_interval
         );
+        let limits = Limits::resolve(&LimitArgs::default(), &FileConfig::default()).unwrap();
+        let mut redis = RedisConfig::new("redis://x/", "c");
+        let defaults = redis.clone();
+        limits.apply_redis(&mut redis);
+        assert_eq!(redis, defaults, "the table's limits are the Redis defaults");
+        let mut nats = NatsConfig::new("nats://x", "c");
+        let defaults = nats.clone();
+        limits.apply_nats(&mut nats);
+        assert_eq!(nats, defaults, "the table's caps are the NATS defaults");
         let size = |key| format::parse_size(config::default_of(key)).unwrap() as usize;
         assert_eq!(
             size("transports.redis.max_payload"),

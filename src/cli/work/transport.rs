@@ -60,7 +60,7 @@ pub(super) struct Identity<'a> {
 #[derive(Debug)]
 pub(super) enum Plan {
     /// One transport (retried with backoff until it connects).
-    Only(TransportConfig),
+    Only(Box<TransportConfig>),
     /// `auto` over these, best first.
     Auto(Vec<TransportConfig>, AutoConfig),
     /// Nothing configured: an embedded control plane on loopback.
@@ -100,19 +100,20 @@ fn transport_config(
 ) -> anyhow::Result<TransportConfig> {
     let t = &file.transports;
     let nexus_file = t.nexus.clone().unwrap_or_default();
+    let limits = super::settings::Limits::resolve(&args.limits, file)?;
     Ok(match name {
-        TransportName::Redis => TransportConfig::Redis(redis_config(
-            args,
-            t.redis.clone().unwrap_or_default(),
-            who.consumer,
-            who.lease,
-        )?),
-        TransportName::Nats => TransportConfig::Nats(nats_config(
-            args,
-            t.nats.clone().unwrap_or_default(),
-            who.consumer.to_string(),
-            who.lease,
-        )?),
+        TransportName::Redis => {
+            let r = t.redis.clone().unwrap_or_default();
+            let mut c = redis_config(args, r, who.consumer, who.lease)?;
+            limits.apply_redis(&mut c);
+            TransportConfig::Redis(c)
+        }
+        TransportName::Nats => {
+            let n = t.nats.clone().unwrap_or_default();
+            let mut c = nats_config(args, n, who.consumer.to_string(), who.lease)?;
+            limits.apply_nats(&mut c);
+            TransportConfig::Nats(c)
+        }
         TransportName::WebSocket => TransportConfig::WebSocket(websocket_config(
             args,
             &t.websocket.clone().unwrap_or_default(),
@@ -149,7 +150,8 @@ pub(super) fn plan(args: &WorkArgs, file: &FileConfig, who: &Identity<'_>) -> an
         }
         (Some(TransportChoice::Only(n)), _) => n,
     };
-    Ok(Plan::Only(transport_config(only, args, file, who)?))
+    let cfg = transport_config(only, args, file, who)?;
+    Ok(Plan::Only(Box::new(cfg)))
 }
 
 /// The embedded control plane's nexus settings.

@@ -62,6 +62,12 @@ pub struct NatsConfig {
     pub events_ttl: Duration,
     /// How long a status or a cancellation is kept in its bucket.
     pub status_ttl: Duration,
+    /// The most dead letters the `DLQ` stream keeps when this worker creates it (`max_msgs`,
+    /// discard old: the oldest go first).
+    pub dlq_max_msgs: i64,
+    /// How long the `DLQ` stream keeps a dead letter when this worker creates it (`max_age`;
+    /// zero: no age limit).
+    pub dlq_max_age: Duration,
     /// The answer timeout of requests (and of the health probe).
     pub command_timeout: Duration,
 }
@@ -83,6 +89,8 @@ impl NatsConfig {
             events_max_per_job: 10_000,
             events_ttl: Duration::from_secs(3600),
             status_ttl: Duration::from_secs(7 * 24 * 3600),
+            dlq_max_msgs: 100_000,
+            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             command_timeout: Duration::from_secs(5),
         }
     }

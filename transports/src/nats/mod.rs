@@ -209,6 +209,9 @@ impl NatsSource {
             .map_err(|e| map_err(&what, e))?
             .await
             .map_err(|e| map_err(&what, e))?;
+        if let Err(e) = setup::note_dlq_fill(&self.inner.js).await {
+            debug!(error = %e, "the DLQ stream's fill is unknown");
+        }
         self.ack(receipt, AckKind::Term).await
     }
 }

@@ -1,6 +1,7 @@
 //! Connecting to NATS and making sure the JetStream objects the transport uses exist: the job
 //! stream (work-queue retention), one durable pull consumer per job subject (explicit ack,
-//! `ack_wait` = the lease, no server-side `max_deliver`), the `DLQ` and `EVENTS` streams and the
+//! `ack_wait` = the lease, no server-side `max_deliver`), the `DLQ` stream (capped: `max_msgs`,
+//! `max_age`, discard old) and the `EVENTS` stream and the
 //! cancellation and status buckets. Existing objects are used as they are (never rewritten), so
 //! an operator's own limits stay. It also owns how async-nats errors map onto [`SourceError`].
 //! It must never fetch or settle a job.
@@ -12,6 +13,7 @@ use super::config::{
     NatsConfig, CANCEL_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS,
     RELEASED_BUCKET, STATUS_BUCKET,
 };
+use crate::dead_letters::{self, Notice};
 use crate::source::SourceError;
 
 /// Maps an async-nats error onto a [`SourceError`]: lost connections and timeouts are
@@ -127,12 +129,19 @@ pub(crate) async fn ensure(
         }
         consumers.push((subject.clone(), c));
     }
-    for (name, subjects, max_per_subject, max_age) in [
-        (DLQ_STREAM, DLQ_SUBJECTS, 0, std::time::Duration::ZERO),
+    for (name, subjects, max_per_subject, max_msgs, max_age) in [
+        (
+            DLQ_STREAM,
+            DLQ_SUBJECTS,
+            0,
+            cfg.dlq_max_msgs,
+            cfg.dlq_max_age,
+        ),
         (
             EVENTS_STREAM,
             EVENTS_SUBJECTS,
             cfg.events_max_per_job,
+            0,
             cfg.events_ttl,
         ),
     ] {
@@ -142,6 +151,7 @@ pub(crate) async fn ensure(
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_messages_per_subject: max_per_subject,
+            max_messages: max_msgs,
             max_age,
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
@@ -161,6 +171,38 @@ pub(crate) async fn ensure(
         released,
         status,
     })
+}
+
+/// Records the `DLQ` stream's fill after a dead letter went in (`dead_letters`): its size, its
+/// `max_msgs` and what its limits dropped so far (the sequence numbers it used less the
+/// messages it holds), warning when it fills up or drops.
+pub(crate) async fn note_dlq_fill(js: &jetstream::Context) -> Result<(), SourceError> {
+    let what = "reading the DLQ stream's state";
+    let mut s = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(|e| map_err(what, e))?;
+    let info = s.info().await.map_err(|e| map_err(what, e))?;
+    let size = info.state.messages;
+    let cap = u64::try_from(info.config.max_messages).unwrap_or(0);
+    let dropped = info.state.last_sequence.saturating_sub(size);
+    let queue = format!("nats:{DLQ_STREAM}");
+    match dead_letters::record_total(&queue, size, cap, dropped) {
+        Notice::Quiet => {}
+        Notice::Filling => {
+            warn!(stream = DLQ_STREAM, size, cap, "dead-letter stream is filling up: the oldest dead letters will be dropped at the cap")
+        }
+        Notice::Dropped(n) => {
+            warn!(
+                stream = DLQ_STREAM,
+                dropped = n,
+                size,
+                cap,
+                "dead-letter stream at its limits: the oldest dead letters were dropped"
+            )
+        }
+    }
+    Ok(())
 }
 
 /// Opens a key-value bucket, creating its stream when missing. The stream is created here with

@@ -13,6 +13,15 @@ pub const DEFAULT_GROUP: &str = "workers";
 /// The default payload size limit: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
+/// How long a job's event stream lives after its terminal event: 5 minutes.
+pub const DEFAULT_EVENTS_GRACE: Duration = Duration::from_secs(300);
+/// How long a job's status hash and completion record live: 7 days.
+pub const DEFAULT_STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most entries a dead-letter stream keeps.
+pub const DEFAULT_DLQ_MAX_LEN: u64 = 100_000;
+/// How long a dead letter is kept: 30 days.
+pub const DEFAULT_DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How the Redis source connects and behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -38,10 +47,27 @@ pub struct RedisConfig {
     pub max_payload_bytes: usize,
     /// The approximate cap of each job's event stream (`stream:v1:{jobId}:events`).
     pub events_maxlen: usize,
-    /// How long a job's event stream lives after its last event.
+    /// How long a job's event stream lives after its last event while the job is unfinished.
     pub events_ttl: Duration,
+    /// How long a job's event stream lives after its terminal event (`end`, a final `error`,
+    /// `cancelled`): long enough for a late subscriber to read the outcome.
+    pub events_grace: Duration,
     /// How long a job's status hash lives after its last update.
     pub status_ttl: Duration,
+    /// How long a job's completion record (`job:{jobId}:done`) lives after its `end`: a copy of
+    /// the job delivered later than this runs again.
+    pub done_ttl: Duration,
+    /// Keep acked entries in the job streams (for other consumer groups or an audit) and trim
+    /// them every `trim_interval` below the oldest entry any group still needs; by default an
+    /// acked or dead-lettered entry is deleted with its ack.
+    pub keep_acked: bool,
+    /// How often a worker with `keep_acked` trims its job streams.
+    pub trim_interval: Duration,
+    /// The most entries a dead-letter stream (`dlq:v1:…`) keeps: the oldest beyond are dropped
+    /// (counted and logged) when a new one is added.
+    pub dlq_max_len: u64,
+    /// Dead letters older than this are dropped when a new one is added (zero: no age limit).
+    pub dlq_max_age: Duration,
     /// The answer timeout of non-blocking commands (and of the health probe).
     pub command_timeout: Duration,
 }
@@ -62,7 +88,13 @@ impl RedisConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
             events_maxlen: 10_000,
             events_ttl: Duration::from_secs(3600),
-            status_ttl: Duration::from_secs(7 * 24 * 3600),
+            events_grace: DEFAULT_EVENTS_GRACE,
+            status_ttl: DEFAULT_STATUS_TTL,
+            done_ttl: DEFAULT_STATUS_TTL,
+            keep_acked: false,
+            trim_interval: Duration::from_secs(60),
+            dlq_max_len: DEFAULT_DLQ_MAX_LEN,
+            dlq_max_age: DEFAULT_DLQ_MAX_AGE,
             command_timeout: Duration::from_secs(5),
         }
     }
@@ -98,6 +130,12 @@ impl RedisConfig {
         }
         if self.max_payload_bytes == 0 {
             return bad("the payload limit must not be zero");
+        }
+        if self.dlq_max_len == 0 {
+            return bad("the dead-letter cap must be at least 1");
+        }
+        if self.trim_interval.is_zero() {
+            return bad("the trim interval must not be zero");
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! reclaimed ones alike): ONE script call per batch decides each entry against its job's
 //! completion record `job:{jobId}:done` and owner marker `job:{jobId}:owner`
 //! (docs/wire-format.md#job-entries):
-//! - a **completed** job's entry is acked and its recorded `end` re-published, never run;
+//! - a **completed** job's entry is acked (and deleted, unless `keep_acked`) and its recorded
+//!   `end` re-published, never run;
 //! - an entry whose job's marker is held by **another** consumer (a second copy of the `jobId`
 //!   running elsewhere) is **held**: left pending to this consumer with its delivery count
 //!   lowered back (it was not an attempt) and its idle time at zero, so a reclaimer takes it
@@ -26,19 +27,20 @@ use crate::job::JobId;
 use crate::source::SourceError;
 
 /// KEYS, four per entry: job stream, completion record, event stream, owner marker. ARGV:
-/// group, consumer, lease ms, event stream cap, event stream ttl ms, then two per entry: entry
-/// id, event channel. Returns one code per entry: 0 hand out, 1 completed, 2 held.
+/// group, consumer, lease ms, event stream cap, event stream grace ms (a completed job's), delete
+/// (`1`: an acked entry leaves the stream), then two per entry: entry id, event channel. Returns one code per entry: 0 hand out, 1 completed, 2 held.
 const GATE: &str = r"
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
   local s, done, events, owner = KEYS[i*4+1], KEYS[i*4+2], KEYS[i*4+3], KEYS[i*4+4]
-  local id, channel = ARGV[6+i*2], ARGV[7+i*2]
+  local id, channel = ARGV[7+i*2], ARGV[8+i*2]
   local ev = redis.call('HGET', done, 'event')
   local holder = redis.call('GET', owner)
   local mine = ARGV[2] .. '|'
   local value = mine .. s .. '|' .. id
   if ev then
     redis.call('XACK', s, ARGV[1], id)
+    if ARGV[6] == '1' then redis.call('XDEL', s, id) end
     redis.call('PUBLISH', channel, ev)
     redis.call('XADD', events, 'MAXLEN', '~', ARGV[4], '*', 'type', 'end', 'event', ev)
     redis.call('PEXPIRE', events, ARGV[5])
@@ -103,7 +105,8 @@ impl Gate {
             .arg(&cfg.consumer)
             .arg(cfg.lease.as_millis() as u64)
             .arg(cfg.events_maxlen)
-            .arg(cfg.events_ttl.as_millis() as u64);
+            .arg(cfg.events_grace.as_millis() as u64)
+            .arg(if cfg.keep_acked { "0" } else { "1" });
         for a in asks {
             inv.key(a.stream)
                 .key(RedisConfig::done_key(a.job))

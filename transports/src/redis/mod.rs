@@ -15,7 +15,10 @@
 //!   here within the lease. (`XAUTOCLAIM` cannot skip those, so a worker that missed one renewal
 //!   would get its own running job a second time.) An entry the runner gave up on (neither
 //!   renewed nor settled for a lease) is reclaimed here too; the journal answers it.
-//! - **Ack** is `XACK`; **dead-letter** is `XADD dlq:v1:…` + `XACK` in one script.
+//! - **Ack** is `XACK` and `XDEL` in one script, so a job stream holds only unfinished work;
+//!   **dead-letter** is `XADD dlq:v1:… MAXLEN` (the cap's drops counted, `dead_letters`), `XACK`
+//!   and `XDEL` in one script. With `keep_acked` the entries stay and `trim` cuts each stream
+//!   below the oldest entry any consumer group still needs.
 //! - **Retry after `delay`** keeps the entry pending and sets its idle time to `lease - delay`
 //!   without counting a delivery (`JUSTID`): it becomes claimable when the delay is over, and the
 //!   claim counts the attempt. Longer delays are parked and refreshed (`park`).
@@ -54,6 +57,7 @@ mod reassert;
 mod record;
 mod reply;
 mod scripts;
+mod trim;
 
 /// The stream every node's heartbeat is appended to (docs/wire-format.md#heartbeat).
 pub const NODE_STATUS_STREAM: &str = "node:status:stream";
@@ -72,7 +76,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
+pub use config::{
+    RedisConfig, DEFAULT_DLQ_MAX_AGE, DEFAULT_DLQ_MAX_LEN, DEFAULT_EVENTS_GRACE, DEFAULT_GROUP,
+    DEFAULT_MAX_PAYLOAD, DEFAULT_STATUS_TTL, DEFAULT_STREAM,
+};
 pub use producer::RedisProducer;
 
 use crate::delivery::{Incoming, Receipt};
@@ -82,7 +89,7 @@ use crate::job::JobId;
 use crate::settlement::Settlement;
 use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
 use park::Parked;
-use scripts::{ClaimMode, Owned, Scripts, Target};
+use scripts::{ClaimMode, DeadLetterTo, Owned, Scripts, Target};
 
 /// State shared by the source and its background tasks.
 pub(crate) struct Inner {
@@ -198,10 +205,13 @@ impl RedisSource {
             publisher,
             recent_ends: reassert::RecentEnds::default(),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
             tokio::spawn(park::run(inner.clone())),
         ];
+        if inner.cfg.keep_acked {
+            tasks.push(tokio::spawn(trim::run(inner.clone())));
+        }
         Ok(Self {
             inner,
             tasks: Mutex::new(tasks),
@@ -211,6 +221,15 @@ impl RedisSource {
 
     pub fn config(&self) -> &RedisConfig {
         &self.inner.cfg
+    }
+
+    /// Trims every job stream of this source below the oldest entry that any consumer group
+    /// has not read or not acked yet (`XTRIM … MINID`), returning how many entries went. With
+    /// `keep_acked` a background task does this every `trim_interval`; without it, acked
+    /// entries are deleted with their ack and there is nothing to trim.
+    pub async fn trim_acked(&self) -> Result<u64, SourceError> {
+        let mut conn = self.inner.ctl.clone();
+        trim::trim_streams(&mut conn, &self.inner.cfg.streams).await
     }
 
     fn check_receipt(&self, r: &Receipt) -> Result<(), SourceError> {
@@ -262,7 +281,12 @@ impl JobSource for RedisSource {
         let lease = inner.cfg.lease;
         let applied: Result<Owned, SourceError> = async {
             Ok(match settlement {
-                Settlement::Ack => inner.scripts.ack(&mut conn, t).await?,
+                Settlement::Ack => {
+                    inner
+                        .scripts
+                        .ack(&mut conn, t, inner.cfg.keep_acked)
+                        .await?
+                }
                 Settlement::Retry { delay } => match park::idle_for(lease, *delay) {
                     Some(idle) => {
                         inner
@@ -295,10 +319,18 @@ impl JobSource for RedisSource {
                         SystemTime::now(),
                     );
                     let dlq = RedisConfig::dlq_stream(receipt.queue());
-                    inner
-                        .scripts
-                        .dead_letter(&mut conn, t, &dlq, &fields)
-                        .await?
+                    let to = DeadLetterTo {
+                        stream: &dlq,
+                        max_len: inner.cfg.dlq_max_len,
+                        max_age: inner.cfg.dlq_max_age,
+                        keep: inner.cfg.keep_acked,
+                    };
+                    let (owned, trimmed) =
+                        inner.scripts.dead_letter(&mut conn, t, to, &fields).await?;
+                    if let Some(t) = trimmed {
+                        trim::note_dead_letters(&dlq, t, inner.cfg.dlq_max_len);
+                    }
+                    owned
                 }
                 Settlement::Release => {
                     inner

@@ -1,6 +1,7 @@
 //! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
-//! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a late
-//! subscriber can resume from an index or an entry id), and updates the status hash
+//! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a
+//! late subscriber can resume from an index or an entry id; kept `events_grace` after the job's
+//! terminal event), and updates the status hash
 //! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). One [`Publisher`] task sends every event of the source: whatever is
 //! queued while a batch is in flight goes out as the next single pipeline (one write, one round
 //! trip), in order; each caller still waits for its own event. This module must never decide
@@ -36,17 +37,22 @@ fn add_event(p: &mut redis::Pipeline, cfg: &RedisConfig, event: &WireEvent) {
         .arg("event")
         .arg(&json)
         .ignore();
-    // The stream's time to live runs from the last refresh: at the claim, at the end, and every
-    // 100 chunks of a long stream (refreshing on every event costs a command per token).
-    let refresh = match &event.data {
-        EventData::Chunk { index, .. } => index % 100 == 0,
-        EventData::Start { .. } => false,
-        _ => true,
+    // While the job runs, the stream's time to live runs from the last refresh: at the claim,
+    // at a retryable error, and every 100 chunks of a long stream (refreshing on every event
+    // costs a command per token). Its terminal event gives it the short grace, once.
+    let ttl = match &event.data {
+        EventData::Chunk { index, .. } if index % 100 == 0 => Some(cfg.events_ttl),
+        EventData::Chunk { .. } | EventData::Start { .. } => None,
+        EventData::Error {
+            recoverable: true, ..
+        } => Some(cfg.events_ttl),
+        d if d.is_terminal() => Some(cfg.events_grace),
+        _ => Some(cfg.events_ttl),
     };
-    if refresh {
+    if let Some(ttl) = ttl {
         p.cmd("PEXPIRE")
             .arg(&events)
-            .arg(cfg.events_ttl.as_millis() as u64)
+            .arg(ttl.as_millis() as u64)
             .ignore();
     }
     super::record::add_status(p, cfg, event, &json);

@@ -1,7 +1,7 @@
 //! A job's final word on Redis: the status hash `job:{jobId}:status` and the completion record
 //! `job:{jobId}:done` (docs/wire-format.md#job-entries). The record is written with the job's
 //! `end` event, in the same pipeline, so it exists before the runner acks (the runner publishes
-//! `end` only after the success is journaled); it expires with the status hash. Once a job is
+//! `end` only after the success is journaled); it lives `done_ttl`, the status hash `status_ttl`. Once a job is
 //! completed, no later event of another delivery (a `claimed`, an `error`, a `cancelled`) changes
 //! its status: both writes are one Lua script. Every claimed entry is checked against the record
 //! before it is handed out (`gate`). This module owns the status script; it must never decide
@@ -11,11 +11,12 @@ use super::config::RedisConfig;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
 
 /// KEYS: status hash, completion record. ARGV: status, worker id, updated at, error ('' for
-/// none), ttl ms, the `end` event's JSON ('' unless the event is an `end`).
+/// none), status ttl ms, the `end` event's JSON ('' unless the event is an `end`), completion
+/// record ttl ms.
 const STATUS: &str = r"
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[2], 'outcome', ARGV[1], 'event', ARGV[6], 'worker_id', ARGV[2], 'at', ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
 elseif redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HGET', KEYS[1], 'status') == 'completed' then
   return 0
 end
@@ -60,5 +61,6 @@ pub(crate) fn add_status(
         .arg(error)
         .arg(cfg.status_ttl.as_millis() as u64)
         .arg(end)
+        .arg(cfg.done_ttl.as_millis() as u64)
         .ignore();
 }

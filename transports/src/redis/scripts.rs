@@ -26,6 +26,10 @@ pub(crate) enum Owned {
 }
 
 fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
+    let v = match v {
+        redis::Value::Array(parts) => parts.first().unwrap_or(v),
+        other => other,
+    };
     Ok(match reply::status(v)? {
         1 => Owned::Applied,
         -1 => Owned::Stolen,
@@ -75,22 +79,26 @@ end
 return 1
 ";
 
-/// KEYS: stream, owner marker (optional). ARGV: group, consumer, id.
+/// KEYS: stream, owner marker (optional). ARGV: group, consumer, id, delete (`1`: the entry
+/// leaves the stream with its ack, so a job stream holds only unfinished work).
 const ACK_PRE: &str = "drop_marker(KEYS[2])\n";
 const ACK: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
 return 1
 ";
 
-/// KEYS: stream, dead-letter stream, owner marker (optional). ARGV: group, consumer, id, then
-/// field/value pairs. The
+/// KEYS: stream, dead-letter stream, owner marker (optional). ARGV: group, consumer, id, delete
+/// (`1`: the entry leaves the job stream with its ack), the dead-letter stream's cap (entries),
+/// its age limit in ms (`0`: none), then field/value pairs. The
 /// original entry's `jobId`, `type`, `payload`, `enqueuedAt` and `rayId` replace the given ones
-/// when the entry still exists, so the dead letter keeps the producer's exact text.
+/// when the entry still exists, so the dead letter keeps the producer's exact text. Returns
+/// `{1, dropped, size}`: how many old dead letters the cap dropped, and how many are left.
 const DEAD_LETTER_PRE: &str = "drop_marker(KEYS[3])\n";
 const DEAD_LETTER: &str = r"
 local fields = {}
 local index = {}
-for i = 4, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   index[ARGV[i]] = #fields
@@ -111,9 +119,17 @@ if #e > 0 then
     end
   end
 end
-redis.call('XADD', KEYS[2], '*', unpack(fields))
+local before = redis.call('XLEN', KEYS[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', unpack(fields))
+if tonumber(ARGV[6]) > 0 then
+  local t = redis.call('TIME')
+  local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[6])
+  if oldest > 0 then redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', oldest)) end
+end
+local after = redis.call('XLEN', KEYS[2])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-return 1
+if ARGV[4] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
+return {1, before + 1 - after, after}
 ";
 
 /// How `claim` treats the delivery count.
@@ -182,37 +198,87 @@ impl Scripts {
         owned(&v)
     }
 
+    /// Acks the entry, deleting it from the stream unless `keep` (`--keep-acked`).
     pub async fn ack(
         &self,
         conn: &mut ConnectionManager,
         t: Target<'_>,
+        keep: bool,
     ) -> Result<Owned, SourceError> {
         let mut inv = self.ack.key(t.stream);
         inv.key(t.marker.as_deref())
             .arg(t.group)
             .arg(t.consumer)
-            .arg(t.id);
+            .arg(t.id)
+            .arg(delete_flag(keep));
         let v: redis::Value = inv.invoke_async(conn).await.map_err(map_err)?;
         owned(&v)
     }
 
+    /// Moves the entry to the dead-letter stream `to` (capped) and acks it (deleting it unless
+    /// `keep`); with the outcome, the dead letters the cap dropped and the ones left.
     pub async fn dead_letter(
         &self,
         conn: &mut ConnectionManager,
         t: Target<'_>,
-        dlq: &str,
+        to: DeadLetterTo<'_>,
         fields: &[(String, String)],
-    ) -> Result<Owned, SourceError> {
+    ) -> Result<(Owned, Option<Trimmed>), SourceError> {
         let mut inv = self.dead_letter.key(t.stream);
-        inv.key(dlq)
+        inv.key(to.stream)
             .key(t.marker.as_deref())
             .arg(t.group)
             .arg(t.consumer)
-            .arg(t.id);
+            .arg(t.id)
+            .arg(delete_flag(to.keep))
+            .arg(to.max_len)
+            .arg(to.max_age.as_millis() as u64);
         for (k, v) in fields {
             inv.arg(k).arg(v);
         }
         let v: redis::Value = inv.invoke_async(conn).await.map_err(map_err)?;
-        owned(&v)
+        Ok((owned(&v)?, trimmed(&v)))
     }
+}
+
+fn delete_flag(keep: bool) -> &'static str {
+    if keep {
+        "0"
+    } else {
+        "1"
+    }
+}
+
+/// Where a dead letter goes and how that stream is capped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeadLetterTo<'a> {
+    pub stream: &'a str,
+    pub max_len: u64,
+    pub max_age: std::time::Duration,
+    /// Keep the original entry in the job stream (`--keep-acked`).
+    pub keep: bool,
+}
+
+/// What a dead-letter move did to the capped dead-letter stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Trimmed {
+    /// Old dead letters dropped by the cap.
+    pub dropped: u64,
+    /// Dead letters left in the stream.
+    pub size: u64,
+}
+
+/// `{1, dropped, size}` of an applied dead-letter move.
+fn trimmed(v: &redis::Value) -> Option<Trimmed> {
+    let redis::Value::Array(parts) = v else {
+        return None;
+    };
+    let n = |i: usize| match parts.get(i) {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    Some(Trimmed {
+        dropped: n(1)?,
+        size: n(2)?,
+    })
 }

@@ -128,3 +128,28 @@ async fn close_hands_back_what_was_claimed_and_release_gives_it_to_another_worke
     assert_eq!(again.len(), 1);
     assert_eq!(job(&again[0]).attempt, 2);
 }
+
+/// The `DLQ` stream is capped (`max_msgs`, discard old): the newest dead letters stay and the
+/// drops are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_stream_keeps_the_newest_up_to_its_cap() {
+    let server = Server::start();
+    let mut cfg = server.config("node-a");
+    cfg.dlq_max_msgs = 2;
+    cfg.dlq_max_age = Duration::from_secs(3600);
+    let src = citadel_transports::NatsSource::connect(cfg).await.unwrap();
+    let p = server.producer().await;
+    for i in 0..4 {
+        enqueue_job(&p, &format!("d{i}"), "fail").await;
+        let inc = one(&src).await;
+        let reason = "bad".to_string();
+        src.settle(inc.receipt(), &Settlement::DeadLetter { reason }, &ctx())
+            .await
+            .unwrap();
+    }
+    let dead = p.dead_letters(SUBJECT).await.unwrap();
+    let ids: Vec<&str> = dead.iter().map(|d| d["jobId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["d2", "d3"], "the newest stay");
+    let fill = citadel_transports::dead_letters::fill("nats:DLQ").expect("recorded");
+    assert!(fill.dropped >= 2, "the drops are counted: {fill:?}");
+}

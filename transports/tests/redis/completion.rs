@@ -24,6 +24,14 @@ async fn with_lease(server: &Server, consumer: &str, lease_ms: u64) -> RedisSour
     RedisSource::connect(cfg).await.unwrap()
 }
 
+/// A source that keeps acked entries (`--keep-acked`): a group re-created from `0` then replays
+/// the stream's history. (By default an ack deletes the entry, and there is no history.)
+async fn keeping(server: &Server, consumer: &str) -> RedisSource {
+    let mut cfg = server.config(consumer);
+    cfg.keep_acked = true;
+    RedisSource::connect(cfg).await.unwrap()
+}
+
 /// Announces the job's success as the runner does: `end` (which writes the record) first.
 async fn publish_end(src: &RedisSource, item: &Incoming) {
     let end = EventData::End {
@@ -108,7 +116,7 @@ async fn a_completed_job_whose_ack_was_lost_is_acked_not_run_by_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_job_in_a_group_recreated_from_zero_is_not_run_again() {
     let server = Server::start().await;
-    let a = server.source("node-a").await;
+    let a = keeping(&server, "node-a").await;
     let mut c = server.conn().await;
     enqueue_job(&mut c, "history", "echo").await;
     let got = next_within(&a, 1, Duration::from_secs(5)).await;
@@ -121,7 +129,7 @@ async fn a_completed_job_in_a_group_recreated_from_zero_is_not_run_again() {
     .await
     .unwrap();
     drop(a);
-    // A mistyped or re-created group replays the stream's history (acks never delete).
+    // A mistyped or re-created group replays the stream's history (kept acked entries).
     let _: () = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg(STREAM)
@@ -129,14 +137,14 @@ async fn a_completed_job_in_a_group_recreated_from_zero_is_not_run_again() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let b = server.source("node-b").await;
+    let b = keeping(&server, "node-b").await;
     settle_down(&mut c, &b, "history", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_node_notices_its_group_recreated_under_it() {
     let server = Server::start().await;
-    let a = server.source("node-a").await;
+    let a = keeping(&server, "node-a").await;
     let mut c = server.conn().await;
     enqueue_job(&mut c, "seen-here", "echo").await;
     let got = next_within(&a, 1, Duration::from_secs(5)).await;
@@ -149,7 +157,7 @@ async fn a_running_node_notices_its_group_recreated_under_it() {
     .await
     .unwrap();
     // Enqueued after `a` joined and completed by another node: fresh to `a`.
-    let b = server.source("node-b").await;
+    let b = keeping(&server, "node-b").await;
     enqueue_job(&mut c, "done-elsewhere", "echo").await;
     let got = next_within(&b, 1, Duration::from_secs(5)).await;
     publish_end(&b, &got[0]).await;

@@ -47,6 +47,7 @@ mod dlq;
 mod entry;
 mod fetch;
 mod gate;
+mod lanes;
 mod park;
 mod producer;
 mod publish;
@@ -73,6 +74,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use config::{RedisConfig, DEFAULT_GROUP, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM};
+pub use lanes::Stats as StreamStats;
 pub use producer::RedisProducer;
 
 use crate::delivery::{Incoming, Receipt};
@@ -97,6 +99,8 @@ pub(crate) struct Inner {
     publisher: publish::Publisher,
     /// The `end` events published lately, written again after an outage (`reassert`).
     recent_ends: reassert::RecentEnds,
+    /// The stream set and its claims (`lanes`).
+    streams: Mutex<lanes::Stats>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -165,6 +169,20 @@ impl Inner {
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
         lock(&self.parked)
     }
+
+    /// The fetcher reads `set` now.
+    fn set_streams(&self, set: &[(String, u8)]) {
+        let mut st = lock(&self.streams);
+        st.known.extend(set.iter().map(|(s, _)| s.clone()));
+        st.current = set.to_vec();
+    }
+
+    fn claimed(&self, stream: &str) {
+        *lock(&self.streams)
+            .claims
+            .entry(stream.to_owned())
+            .or_default() += 1;
+    }
 }
 
 /// A [`JobSource`] on Redis Streams. Create it with [`RedisSource::connect`].
@@ -177,7 +195,10 @@ pub struct RedisSource {
 
 impl RedisSource {
     /// Checks the configuration, connects, creates the consumer groups and starts fetching.
-    pub async fn connect(cfg: RedisConfig) -> Result<Self, SourceError> {
+    pub async fn connect(mut cfg: RedisConfig) -> Result<Self, SourceError> {
+        if let Some(mut feed) = cfg.routes.clone() {
+            cfg.streams = feed.current().into_iter().map(|(s, _)| s).collect();
+        }
         cfg.validate()?;
         let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| SourceError::Config(format!("redis url: {e}")))?;
@@ -197,6 +218,7 @@ impl RedisSource {
             parked: Mutex::default(),
             publisher,
             recent_ends: reassert::RecentEnds::default(),
+            streams: Mutex::default(),
         });
         let tasks = vec![
             tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
@@ -213,8 +235,13 @@ impl RedisSource {
         &self.inner.cfg
     }
 
+    /// The streams read now, with their priorities, and the entries claimed per stream.
+    pub fn stream_stats(&self) -> lanes::Stats {
+        lock(&self.inner.streams).clone()
+    }
+
     fn check_receipt(&self, r: &Receipt) -> Result<(), SourceError> {
-        if self.inner.cfg.streams.iter().any(|s| s == r.queue()) {
+        if lock(&self.inner.streams).known.contains(r.queue()) {
             Ok(())
         } else {
             Err(SourceError::Config(format!(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use citadel_transports::routing::RouteFeed;
 use citadel_transports::{
     websocket, AutoConfig, AutoSource, Backoff, JobSource, NatsConfig, NexusConfig, RedisConfig,
     TransportConfig, TransportName, WebSocketConfig,
@@ -54,6 +55,20 @@ pub(super) struct Identity<'a> {
     pub consumer: &'a str,
     pub lease: Duration,
     pub data_dir: &'a Path,
+    /// The stream set derived from the node's capabilities, for a transport whose streams are
+    /// not listed explicitly.
+    pub routes: Option<RouteFeed>,
+}
+
+/// Whether a transport takes its streams from routing: Redis is configured (or may be, under
+/// `auto`) and no stream is listed explicitly.
+pub(super) fn derives_streams(args: &WorkArgs, file: &FileConfig) -> bool {
+    let redis_streams = file
+        .transports
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.streams.is_some());
+    configured(TransportName::Redis, args, file) && args.streams.is_empty() && !redis_streams
 }
 
 /// What `citadel work` takes jobs from.
@@ -106,6 +121,7 @@ fn transport_config(
             t.redis.clone().unwrap_or_default(),
             who.consumer,
             who.lease,
+            who.routes.clone(),
         )?),
         TransportName::Nats => TransportConfig::Nats(nats_config(
             args,
@@ -215,6 +231,7 @@ fn redis_config(
     r: RedisSection,
     consumer: &str,
     lease: Duration,
+    routes: Option<RouteFeed>,
 ) -> anyhow::Result<RedisConfig> {
     let url = args
         .redis_url
@@ -226,6 +243,8 @@ fn redis_config(
         cfg.streams = args.streams.clone();
     } else if let Some(s) = r.streams {
         cfg.streams = s;
+    } else {
+        cfg.routes = routes;
     }
     if let Some(g) = args.group.clone().or(r.group) {
         cfg.group = g;

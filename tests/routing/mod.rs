@@ -3,4 +3,5 @@
 //! the producers' side (`submit`).
 
 mod redis;
+mod submit;
 mod support;

@@ -11,7 +11,7 @@ use citadel_harness::engine::{EngineScript, FakeEngine};
 use citadel_harness::redis::Server;
 use serde_json::json;
 
-use super::support::{enqueue_on, has_gpu, started, streams_of, worker};
+use super::support::{enqueue_on, has_gpu, metrics_of, started, streams_of, worker};
 use crate::support::worker::{eventually, status, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -142,6 +142,12 @@ async fn an_engine_that_starts_serving_a_model_brings_its_streams_and_stopping_l
         serving.contains(&"jobs:v1:tag:model:tiny".to_string())
             && serving.contains(&"jobs:v1:tag:engine:vllm".to_string()),
         "citadel status shows the engine's streams: {serving:?}"
+    );
+    let metrics = metrics_of(&w).await;
+    assert!(
+        metrics
+            .contains(r#"citadel_routing_stream{stream="jobs:v1:tag:model:tiny",priority="1"} 1"#),
+        "{metrics}"
     );
     engine.script(|s| s.loading = true);
     // The job claimed before the engine stopped still finishes where it is.

@@ -83,3 +83,15 @@ pub fn streams_of(w: &Worker) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The worker's `/metrics` text.
+pub async fn metrics_of(w: &Worker) -> String {
+    let addr = std::fs::read_to_string(w.data.join("status.addr")).unwrap_or_default();
+    let http = citadel::handlers::http_client(std::time::Duration::from_secs(2)).unwrap();
+    let r = http
+        .get(format!("http://{}/metrics", addr.trim()))
+        .send()
+        .await
+        .unwrap();
+    r.text().await.unwrap()
+}

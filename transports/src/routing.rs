@@ -250,6 +250,12 @@ impl RouteFeed {
         self.0.borrow_and_update().clone()
     }
 
+    /// The set now, without marking it seen (mark it with [`RouteFeed::current`] once it is
+    /// applied).
+    pub fn peek(&self) -> Vec<(String, u8)> {
+        self.0.borrow().clone()
+    }
+
     /// Whether the set changed since it was last read (a closed sender changes nothing).
     pub fn changed(&self) -> bool {
         self.0.has_changed().unwrap_or(false)

@@ -92,8 +92,11 @@ impl Lanes {
         let Some(feed) = self.feed.as_mut().filter(|f| f.changed()) else {
             return Ok(None);
         };
-        let next = feed.current();
+        // Marked seen only once applied: a change whose groups could not be created (Redis
+        // away) is tried again next round.
+        let next = feed.peek();
         if next.is_empty() || next == self.set {
+            feed.current();
             return Ok(None);
         }
         let added: Vec<String> = next
@@ -110,6 +113,7 @@ impl Lanes {
         let mut with_new = cfg.clone();
         with_new.streams = added.clone();
         ensure_groups(conn, &with_new).await?;
+        feed.current();
         info!(added = ?added, removed = ?removed, streams = next.len(), "the job streams changed");
         self.set = next.clone();
         Ok(Some(next))

@@ -153,11 +153,21 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
             TransportProducer::ControlPlane { .. } => unreachable!("broker() names a broker"),
         };
     }
-    if target(&args)?.is_some() {
-        bail!("--tag, --node and --org route on Redis (--redis-url) or NATS (--nats-url)");
+    let mut body = json!({"type": args.job_type, "payload": payload});
+    // A control plane keeps the requirements with the job and hands it only to a node that
+    // meets them (docs/transports.md#routing).
+    match target(&args)? {
+        Some(Target::Tag(t)) => body["requires"] = json!([t]),
+        Some(Target::Node { org, node }) => {
+            body["target_node"] = json!(node);
+            if let Some(o) = org {
+                body["org"] = json!(o);
+            }
+        }
+        Some(Target::Org(o)) => body["org"] = json!(o),
+        Some(Target::General(_)) | None => {}
     }
     let plane = args.plane.locate(data_dir)?;
-    let mut body = json!({"type": args.job_type, "payload": payload});
     if let Some(id) = &args.id {
         body["id"] = id.clone().into();
     }

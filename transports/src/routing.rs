@@ -227,6 +227,13 @@ pub fn fixed(streams: &[String]) -> Vec<(String, u8)> {
         .collect()
 }
 
+/// The tags of the tag streams of a stream set (what a node offers a control plane).
+pub fn tags_of(set: &[(String, u8)]) -> Vec<String> {
+    set.iter()
+        .filter_map(|(s, _)| s.strip_prefix("jobs:v1:tag:").map(str::to_owned))
+        .collect()
+}
+
 /// The live stream set a fetcher follows: `(stream or subject, priority)`, highest priority
 /// first. Equal when both ends share one channel.
 #[derive(Debug, Clone)]

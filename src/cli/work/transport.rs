@@ -61,14 +61,20 @@ pub(super) struct Identity<'a> {
 }
 
 /// Whether a transport takes its streams from routing: Redis is configured (or may be, under
-/// `auto`) and no stream is listed explicitly.
+/// `auto`) and no stream is listed explicitly; or a control plane (nexus, or the embedded one),
+/// whose claims offer the routing tags.
 pub(super) fn derives_streams(args: &WorkArgs, file: &FileConfig) -> bool {
     let redis_streams = file
         .transports
         .redis
         .as_ref()
         .is_some_and(|r| r.streams.is_some());
-    configured(TransportName::Redis, args, file) && args.streams.is_empty() && !redis_streams
+    let redis =
+        configured(TransportName::Redis, args, file) && args.streams.is_empty() && !redis_streams;
+    let none = !TransportName::ALL
+        .into_iter()
+        .any(|n| configured(n, args, file));
+    redis || configured(TransportName::Nexus, args, file) || none
 }
 
 /// What `citadel work` takes jobs from.
@@ -272,6 +278,7 @@ fn nexus_config(
     };
     cfg.node_name = who.node_name.to_string();
     cfg.lease = who.lease;
+    cfg.routes = who.routes.clone();
     Ok(cfg)
 }
 

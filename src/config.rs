@@ -29,6 +29,23 @@ pub struct FileConfig {
     pub monitoring: MonitoringSection,
     #[serde(default)]
     pub llm: LlmSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// Which job streams the node derives from its capabilities (docs/transports.md#routing), when
+/// no stream or subject is listed explicitly.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// `gpu` (default), `cpu`, `auto` (cpu-general without a GPU) or `both`.
+    pub base: Option<String>,
+    /// The organization whose streams the node also reads.
+    pub org: Option<String>,
+    /// The categories of detected tags that get a stream (default gpu, vram, engine, model).
+    pub categories: Option<Vec<String>>,
+    /// How often engines and their models are probed again, e.g. `5s`.
+    pub probe_interval: Option<String>,
 }
 
 /// What the platform's onboarding wizard sets about monitoring. Stored for the heartbeat and
@@ -316,6 +333,20 @@ pub const SETTINGS: &[Setting] = &[
         HOST_NAME,
     ),
     row("node.tags", None, None, ""),
+    row(
+        "routing.base",
+        Some("--routing-base"),
+        Some("CITADEL_ROUTING_BASE"),
+        "gpu",
+    ),
+    row("routing.org", Some("--org"), Some("CITADEL_ORG"), ""),
+    row("routing.categories", None, None, "gpu,vram,engine,model"),
+    row(
+        "routing.probe_interval",
+        Some("--routing-probe-interval"),
+        Some("CITADEL_ROUTING_PROBE_INTERVAL"),
+        "5s",
+    ),
     row("services", None, None, ""),
     row(
         "transport",
@@ -411,7 +442,7 @@ pub const SETTINGS: &[Setting] = &[
         "transports.redis.streams",
         Some("--stream"),
         Some("CITADEL_STREAMS"),
-        "jobs:v1:gpu-general",
+        "(derived from routing.*)",
     ),
     row(
         "transports.redis.group",
@@ -565,6 +596,10 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
     match key {
         "node.name" => file.node.name.clone(),
         "node.tags" => list(&file.node.tags),
+        "routing.base" => file.routing.base.clone(),
+        "routing.org" => file.routing.org.clone(),
+        "routing.categories" => list(&file.routing.categories),
+        "routing.probe_interval" => file.routing.probe_interval.clone(),
         "services" => {
             let names: Vec<&str> = file.services.iter().map(|s| s.engine.name()).collect();
             (!names.is_empty()).then(|| names.join(","))

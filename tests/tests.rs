@@ -17,6 +17,7 @@ mod nexus;
 mod node;
 mod platform;
 mod power_loss;
+mod routing;
 mod submit;
 mod websocket;
 mod worker;

@@ -24,7 +24,7 @@ use super::common::{
     lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body, MAX_BODY,
     MAX_WAIT,
 };
-use super::store::StoreError;
+use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
     ClaimRequest, RenewRequest, RenewResponse, SettleRequest,
 };
@@ -140,6 +140,7 @@ fn wait_of(secs: Option<f64>) -> Duration {
 async fn claim_wait(
     app: &AppState,
     who: &Principal,
+    offer: &Offer,
     worker: &str,
     max: usize,
     lease: Duration,
@@ -153,7 +154,7 @@ async fn claim_wait(
         if who.node_id().is_some_and(|n| !app.credentials.is_live(n)) {
             return Err(ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()));
         }
-        let got = store.claim(&who.org, worker, max, lease)?;
+        let got = store.claim_offered(&who.org, offer, worker, max, lease)?;
         if !got.is_empty() {
             store.flush().await?;
             return Ok(got);
@@ -193,7 +194,8 @@ async fn next_job(
 ) -> ApiResult<Response> {
     let worker = format!("poller@{}", peer.ip());
     let wait = wait_of(q.wait);
-    let mut got = claim_wait(&app, &who, &worker, 1, DEFAULT_LEASE, wait).await?;
+    let offer = Offer::default();
+    let mut got = claim_wait(&app, &who, &offer, &worker, 1, DEFAULT_LEASE, wait).await?;
     let Some(r) = got.pop() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -361,7 +363,11 @@ async fn claim(
     let max = b.max.clamp(1, 1000);
     let wait = Duration::from_millis(b.wait_ms).min(MAX_WAIT);
     let lease = lease_of(b.lease_ms);
-    let got = claim_wait(&app, &who, &b.worker, max, lease, wait).await?;
+    let offer = Offer {
+        tags: b.tags,
+        node: b.node,
+    };
+    let got = claim_wait(&app, &who, &offer, &b.worker, max, lease, wait).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 

@@ -32,6 +32,13 @@ pub enum Reporter<'a> {
 }
 
 /// The queue: every job, and the ready ones in order.
+/// What a claiming node offers (docs/transports.md#routing): its routing tags and its name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub tags: Vec<String>,
+    pub node: Option<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct Queue {
     jobs: HashMap<String, JobRecord>,
@@ -138,10 +145,27 @@ impl Queue {
     }
 
     /// Leases up to `max` ready jobs of organization `org` to `worker`; `lease_id` draws each new
-    /// lease's id. Another organization's ready jobs keep their place.
+    /// lease's id. Another organization's ready jobs keep their place, and so do jobs that
+    /// require tags or a node (a claim with no [`Offer`] meets none).
     pub fn claim(
         &mut self,
         org: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+        now: u64,
+        lease_id: impl FnMut() -> String,
+    ) -> Vec<JobRecord> {
+        let offer = Offer::default();
+        self.claim_offered(org, &offer, worker, max, lease, now, lease_id)
+    }
+
+    /// [`Queue::claim`] for a node offering `offer`: only jobs whose requirements it meets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_offered(
+        &mut self,
+        org: &str,
+        offer: &Offer,
         worker: &str,
         max: usize,
         lease: Duration,
@@ -154,7 +178,11 @@ impl Queue {
                 .ready
                 .iter()
                 .take_while(|k| k.0 <= now)
-                .find(|k| self.jobs.get(&k.2).is_none_or(|r| r.org == org))
+                .find(|k| {
+                    self.jobs
+                        .get(&k.2)
+                        .is_none_or(|r| r.org == org && r.fits(&offer.tags, offer.node.as_deref()))
+                })
                 .cloned()
             else {
                 break;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use super::ids::{new_job_id, new_secret, now_ms};
-pub use super::queue::{Queue, Reporter, DEFAULT_MAX_ATTEMPTS};
+pub use super::queue::{Offer, Queue, Reporter, DEFAULT_MAX_ATTEMPTS};
 pub use super::record::{
     rfc3339_ms, JobRecord, LeaseInfo, LeaseSettle, NewJob, NodeRecord, Outcome, QueueState,
 };
@@ -210,8 +210,29 @@ impl Store {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        self.claim_offered(org, &Offer::default(), worker, max, lease)
+    }
+
+    /// [`Store::claim`] for a node offering `offer`: only the jobs whose requirements it meets.
+    pub fn claim_offered(
+        &self,
+        org: &str,
+        offer: &Offer,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         let mut q = self.lock();
-        let got = q.claim(org, worker, max, lease, now_ms(), super::ids::new_lease_id);
+        let now = now_ms();
+        let got = q.claim_offered(
+            org,
+            offer,
+            worker,
+            max,
+            lease,
+            now,
+            super::ids::new_lease_id,
+        );
         self.put(&got)?;
         Ok(got)
     }
@@ -530,6 +551,8 @@ mod tests {
             ray_id: None,
             max_attempts: Some(2),
             org: None,
+            requires: Vec::new(),
+            target_node: None,
         }
     }
 

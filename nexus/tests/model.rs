@@ -148,6 +148,8 @@ fn new_job(max: u32) -> NewJob {
         ray_id: None,
         max_attempts: Some(max),
         org: None,
+        requires: Vec::new(),
+        target_node: None,
     }
 }
 

@@ -101,6 +101,7 @@ pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
                 s(&j["dead_reason"])
                     .chars()
                     .chain(s(&j["error"]).chars())
+                    .chain(waits_for(j).chars())
                     .take(60)
                     .collect(),
             ]
@@ -111,4 +112,20 @@ pub async fn run(args: JobsArgs, data_dir: &Path) -> anyhow::Result<()> {
         &rows,
     );
     Ok(())
+}
+
+/// What a queued job waits for: the tags it requires, the node it is for.
+fn waits_for(j: &Value) -> String {
+    if j["state"] != "queued" {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if let Some(tags) = j["requires"].as_array().filter(|a| !a.is_empty()) {
+        let tags: Vec<&str> = tags.iter().filter_map(Value::as_str).collect();
+        parts.push(format!("needs {}", tags.join(" ")));
+    }
+    if let Some(node) = j["target_node"].as_str() {
+        parts.push(format!("for node {node}"));
+    }
+    parts.join(", ")
 }

@@ -91,6 +91,10 @@ fn print_summary(m: &Value) {
         .map(|a| a.iter().map(text).collect())
         .unwrap_or_default();
     println!("tags       {}", tags.join(" "));
+    if let Some(streams) = m["routing"]["streams"].as_array() {
+        let names: Vec<String> = streams.iter().map(|s| text(&s["stream"])).collect();
+        println!("streams    {}", names.join(" "));
+    }
     print_services(&m["services"]);
 }
 

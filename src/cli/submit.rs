@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use citadel_transports::nats::NatsProducer;
 use citadel_transports::redis::RedisProducer;
+use citadel_transports::routing::{self, Target};
 use citadel_transports::{JobEntry, NatsConfig, RedisConfig, TransportConfig, TransportProducer};
 
 use super::remote::encode;
@@ -47,16 +48,69 @@ pub struct SubmitArgs {
     /// Submit to Redis instead (docs/wire-format.md#job-entries entry on --stream).
     #[arg(long, env = "CITADEL_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
-    /// The Redis job stream.
-    #[arg(long, default_value = "jobs:v1:gpu-general", value_name = "STREAM")]
-    stream: String,
+    /// The Redis job stream (default jobs:v1:gpu-general, or the one --tag, --node or --org
+    /// names).
+    #[arg(long, value_name = "STREAM", conflicts_with_all = ["tag", "node", "org"])]
+    stream: Option<String>,
     /// Submit to NATS JetStream instead (a job message on --subject; a worker must have
     /// created the stream).
     #[arg(long, env = "CITADEL_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
-    /// The NATS job subject.
-    #[arg(long, default_value = "jobs.v1.gpu-general", value_name = "SUBJECT")]
-    subject: String,
+    /// The NATS job subject (default jobs.v1.gpu-general, or the one --tag, --node or --org
+    /// names).
+    #[arg(long, value_name = "SUBJECT", conflicts_with_all = ["tag", "node", "org"])]
+    subject: Option<String>,
+    /// Only a node with this capability tag may run the job (`gpu:nvidia-h100-80gb-hbm3`,
+    /// `model:llama-3.1-8b`, a manifest tag): Redis stream jobs:v1:tag:TAG, NATS subject
+    /// jobs.v1.tag.… (docs/transports.md#routing).
+    #[arg(long, value_name = "TAG", conflicts_with = "node")]
+    tag: Option<String>,
+    /// Only this node (by name) may run the job: its own stream, read before any other.
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+    /// The organization: alone, its stream; with --node, the node's stream within it.
+    #[arg(long, value_name = "ORG", conflicts_with = "tag")]
+    org: Option<String>,
+}
+
+/// Where --tag, --node and --org send the job (`None`: the general stream).
+fn target(args: &SubmitArgs) -> anyhow::Result<Option<Target>> {
+    Ok(match (&args.tag, &args.node, &args.org) {
+        (Some(t), _, _) => {
+            if !routing::valid_tag(t) {
+                bail!(
+                    "--tag {t:?}: a tag is lower case letters, digits and `:._-`, starting with a \
+                     letter or digit, at most {} characters",
+                    routing::MAX_TAG_LEN
+                );
+            }
+            Some(Target::Tag(t.clone()))
+        }
+        (None, Some(n), org) => Some(Target::Node {
+            org: org.clone(),
+            node: n.clone(),
+        }),
+        (None, None, Some(o)) => Some(Target::Org(o.clone())),
+        (None, None, None) => None,
+    })
+}
+
+/// The Redis stream of the job.
+fn stream(args: &SubmitArgs) -> anyhow::Result<String> {
+    Ok(match (&args.stream, target(args)?) {
+        (Some(s), _) => s.clone(),
+        (None, Some(t)) => t.redis_stream(),
+        (None, None) => citadel_transports::redis::DEFAULT_STREAM.to_owned(),
+    })
+}
+
+/// The NATS subject of the job.
+fn subject(args: &SubmitArgs) -> anyhow::Result<String> {
+    Ok(match (&args.subject, target(args)?) {
+        (Some(s), _) => s.clone(),
+        (None, Some(t)) => t.nats_subject(),
+        (None, None) => citadel_transports::nats::DEFAULT_SUBJECT.to_owned(),
+    })
 }
 
 /// Builds the payload from `--payload` and the KEY=VALUE / KEY:=JSON fields.
@@ -99,8 +153,21 @@ pub async fn run(args: SubmitArgs, data_dir: &Path) -> anyhow::Result<()> {
             TransportProducer::ControlPlane { .. } => unreachable!("broker() names a broker"),
         };
     }
-    let plane = args.plane.locate(data_dir)?;
     let mut body = json!({"type": args.job_type, "payload": payload});
+    // A control plane keeps the requirements with the job and hands it only to a node that
+    // meets them (docs/transports.md#routing).
+    match target(&args)? {
+        Some(Target::Tag(t)) => body["requires"] = json!([t]),
+        Some(Target::Node { org, node }) => {
+            body["target_node"] = json!(node);
+            if let Some(o) = org {
+                body["org"] = json!(o);
+            }
+        }
+        Some(Target::Org(o)) => body["org"] = json!(o),
+        Some(Target::General(_)) | None => {}
+    }
+    let plane = args.plane.locate(data_dir)?;
     if let Some(id) = &args.id {
         body["id"] = id.clone().into();
     }
@@ -352,15 +419,13 @@ async fn redis_submit(
     let job = Job::new(args, payload);
     let id = &job.id;
     let entry = job.entry(&args.job_type);
-    producer
-        .enqueue(&args.stream, &entry)
-        .await
-        .context("XADD")?;
+    let stream = stream(args)?;
+    producer.enqueue(&stream, &entry).await.context("XADD")?;
     if !args.wait {
         println!("{id}");
         return Ok(());
     }
-    eprintln!("submitted {id} ({}) to {}", args.job_type, args.stream);
+    eprintln!("submitted {id} ({}) to {stream}", args.job_type);
     let key = format!("stream:v1:{id}:events");
     let deadline = Instant::now() + timeout;
     let mut last = "0".to_string();
@@ -428,17 +493,18 @@ async fn nats_submit(
     let id = &job.id;
     let job_id = citadel_transports::JobId::new(id.clone()).context("--id")?;
     let body = job.entry(&args.job_type).to_json();
-    producer.enqueue(&args.subject, &body).await.with_context(|| {
+    let subject = subject(args)?;
+    producer.enqueue(&subject, &body).await.with_context(|| {
         format!(
             "publishing to {} (no stream holds it? `citadel work --transport nats` creates the JOBS stream)",
-            args.subject
+            subject
         )
     })?;
     if !args.wait {
         println!("{id}");
         return Ok(());
     }
-    eprintln!("submitted {id} ({}) to {}", args.job_type, args.subject);
+    eprintln!("submitted {id} ({}) to {subject}", args.job_type);
     let follow = async {
         let mut events = producer
             .follow(&job_id)

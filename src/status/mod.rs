@@ -29,6 +29,17 @@ const SERVICES_TTL: Duration = Duration::from_secs(15);
 /// How long a readiness probe waits for the transport's health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What routing derived (docs/transports.md#routing): the capability tags and the streams the
+/// node reads, with their priorities; updated by the probe loop of `citadel work`.
+#[derive(Debug, Default, Clone)]
+pub struct RoutingView {
+    pub tags: Vec<String>,
+    pub streams: Vec<(String, u8)>,
+}
+
+/// The shared, live [`RoutingView`].
+pub type SharedRouting = Arc<std::sync::Mutex<RoutingView>>;
+
 /// Who this worker is.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -50,6 +61,7 @@ pub struct NodeStatus {
     started: SystemTime,
     platform: Mutex<Option<(Instant, Arc<Platform>)>>,
     services: Mutex<Option<(Instant, Value)>>,
+    routing: Option<SharedRouting>,
 }
 
 impl NodeStatus {
@@ -61,7 +73,36 @@ impl NodeStatus {
             started: SystemTime::now(),
             platform: Mutex::new(None),
             services: Mutex::new(None),
+            routing: None,
         }
+    }
+
+    /// Reports the streams routing derived (a worker with explicit streams has none).
+    pub fn with_routing(mut self, routing: Option<SharedRouting>) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// The routing now, when the streams are derived.
+    pub fn routing(&self) -> Option<RoutingView> {
+        let r = self.routing.as_ref()?;
+        Some(
+            r.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    fn routing_json(&self) -> Value {
+        let Some(r) = self.routing() else {
+            return Value::Null;
+        };
+        let streams: Vec<Value> = r
+            .streams
+            .iter()
+            .map(|(s, p)| json!({"stream": s, "priority": p}))
+            .collect();
+        json!({"tags": r.tags, "streams": streams})
     }
 
     /// The manifest's services with their compose state and readiness, asked at most every
@@ -206,6 +247,7 @@ impl NodeStatus {
                 "released": load(&c.released),
                 "journal_failure": self.journal_failure(),
             },
+            "routing": self.routing_json(),
             "transport": {
                 "active": route.active,
                 "switches": route.switches,

@@ -112,6 +112,8 @@ pub struct Snapshot<'a> {
     pub platform: &'a Platform,
     pub node_name: &'a str,
     pub uptime_s: f64,
+    /// The streams routing derived, when it did.
+    pub routing: Option<super::RoutingView>,
 }
 
 /// Renders the exposition.
@@ -131,6 +133,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
             1.0,
         )],
     );
+    if let Some(r) = &s.routing {
+        let prio: Vec<String> = r.streams.iter().map(|(_, p)| p.to_string()).collect();
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = r
+            .streams
+            .iter()
+            .zip(&prio)
+            .map(|((stream, _), p)| {
+                (
+                    vec![("stream", stream.as_str()), ("priority", p.as_str())],
+                    1.0,
+                )
+            })
+            .collect();
+        e.labelled(
+            "citadel_routing_stream",
+            "gauge",
+            "The job streams this node consumes now, derived from its capabilities (always 1).",
+            &samples,
+        );
+    }
     e.single(
         "citadel_uptime_seconds",
         "gauge",

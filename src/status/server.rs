@@ -161,6 +161,7 @@ async fn metrics(State(s): St) -> Response {
         platform: &platform,
         node_name: &s.identity.node_name,
         uptime_s: s.uptime().as_secs_f64(),
+        routing: s.routing(),
     });
     (
         [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],

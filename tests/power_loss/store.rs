@@ -33,6 +33,8 @@ pub(super) async fn write(dir: &Path) {
                         ray_id: None,
                         max_attempts: None,
                         org: None,
+                        requires: Vec::new(),
+                        target_node: None,
                     })
                     .unwrap();
                 store.flush().await.unwrap();

@@ -25,6 +25,7 @@ pub mod parse;
 mod produce;
 pub mod redis;
 pub mod registry;
+pub mod routing;
 mod settlement;
 mod source;
 pub mod websocket;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 mod handlers;
 mod journal;
+mod routing;
 mod settings;
 mod transport;
 
@@ -115,7 +116,8 @@ pub struct WorkArgs {
     /// A NATS credentials file (.creds: JWT and NKey seed).
     #[arg(long, env = "CITADEL_NATS_CREDENTIALS", value_name = "FILE")]
     nats_credentials: Option<PathBuf>,
-    /// Job stream(s) to consume, repeatable or comma separated (default jobs:v1:gpu-general).
+    /// Job stream(s) to consume, repeatable or comma separated (default: derived from the
+    /// node's capabilities, see --routing-base).
     #[arg(
         long = "stream",
         env = "CITADEL_STREAMS",
@@ -123,6 +125,18 @@ pub struct WorkArgs {
         value_name = "STREAM"
     )]
     streams: Vec<String>,
+    /// The general stream(s) a node with derived streams reads: gpu (jobs:v1:gpu-general, the
+    /// default), cpu (jobs:v1:cpu-general), auto (cpu-general without a GPU) or both.
+    #[arg(long, env = "CITADEL_ROUTING_BASE", value_name = "gpu|cpu|auto|both")]
+    routing_base: Option<String>,
+    /// The organization this node belongs to: it also reads its organization's stream, and its
+    /// own stream is named within it.
+    #[arg(long, env = "CITADEL_ORG", value_name = "ORG")]
+    org: Option<String>,
+    /// How often engines and their models are probed again to update the derived streams
+    /// (default 5s).
+    #[arg(long, env = "CITADEL_ROUTING_PROBE_INTERVAL", value_name = "DURATION")]
+    routing_probe_interval: Option<String>,
     /// Consumer group (default `workers`; the Go fleet uses `citadel-workers`: every worker of a
     /// fleet must use the same group or it receives every job a second time).
     #[arg(long, env = "CITADEL_GROUP", value_name = "GROUP")]
@@ -217,11 +231,21 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .context("serving the journal socket")?;
     let handlers = handlers::registry(&args, &file, &config_path, data_dir)?;
-    let (source, embedded) = connect(&args, &file, &settings, data_dir).await?;
+    let live = match transport::derives_streams(&args, &file) {
+        true => {
+            let llm = args.engines.config(&file.llm)?;
+            let routing = routing::Settings::resolve(&args, &file, &settings.node_name, &llm)?;
+            Some(routing::start(routing).await)
+        }
+        false => None,
+    };
+    let feed = live.as_ref().map(|l| l.feed.clone());
+    let (source, embedded) = connect(&args, &file, &settings, data_dir, feed).await?;
 
     let result = work(
         settings,
         source,
+        live.as_ref().map(|l| l.state.clone()),
         journal.clone(),
         handlers,
         &config_path,
@@ -231,6 +255,9 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
 
     socket.abort();
     retention.abort();
+    if let Some(l) = &live {
+        l.task.abort();
+    }
     fail_stop_exit(&journal, &result);
     journal.sync().await.context("flushing the journal")?;
     if let Some(plane) = embedded {
@@ -249,12 +276,14 @@ async fn connect(
     file: &FileConfig,
     settings: &Settings,
     data_dir: &Path,
+    routes: Option<citadel_transports::routing::RouteFeed>,
 ) -> anyhow::Result<(Arc<dyn JobSource>, Option<citadel_nexus::Running>)> {
     let who = transport::Identity {
         node_name: &settings.node_name,
         consumer: &settings.consumer,
         lease: settings.runner.lease,
         data_dir,
+        routes,
     };
     let concurrency = settings.runner.concurrency;
     let (cfg, embedded) = match transport::plan(args, file, &who)? {
@@ -304,6 +333,7 @@ async fn start_embedded(data_dir: &Path) -> anyhow::Result<citadel_nexus::Runnin
 async fn work(
     settings: Settings,
     source: Arc<dyn JobSource>,
+    routing: Option<crate::status::SharedRouting>,
     journal: Journal,
     handlers: Registry,
     config_path: &Path,
@@ -320,7 +350,8 @@ async fn work(
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone(), journal.clone())?;
     let runner = Runner::new(source.clone(), journal, handlers, settings.runner);
-    let status = Arc::new(NodeStatus::new(identity, source, runner.counters()));
+    let status =
+        Arc::new(NodeStatus::new(identity, source, runner.counters()).with_routing(routing));
     let status_server =
         crate::status::server::start(settings.status_listen, status.clone()).await?;
     if let Some(s) = &status_server {

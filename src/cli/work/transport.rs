@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use citadel_transports::routing::RouteFeed;
 use citadel_transports::{
     websocket, AutoConfig, AutoSource, Backoff, JobSource, NatsConfig, NexusConfig, RedisConfig,
     TransportConfig, TransportName, WebSocketConfig,
@@ -54,6 +55,26 @@ pub(super) struct Identity<'a> {
     pub consumer: &'a str,
     pub lease: Duration,
     pub data_dir: &'a Path,
+    /// The stream set derived from the node's capabilities, for a transport whose streams are
+    /// not listed explicitly.
+    pub routes: Option<RouteFeed>,
+}
+
+/// Whether a transport takes its streams from routing: Redis is configured (or may be, under
+/// `auto`) and no stream is listed explicitly; or a control plane (nexus, or the embedded one),
+/// whose claims offer the routing tags.
+pub(super) fn derives_streams(args: &WorkArgs, file: &FileConfig) -> bool {
+    let redis_streams = file
+        .transports
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.streams.is_some());
+    let redis =
+        configured(TransportName::Redis, args, file) && args.streams.is_empty() && !redis_streams;
+    let none = !TransportName::ALL
+        .into_iter()
+        .any(|n| configured(n, args, file));
+    redis || configured(TransportName::Nexus, args, file) || none
 }
 
 /// What `citadel work` takes jobs from.
@@ -104,7 +125,7 @@ fn transport_config(
     Ok(match name {
         TransportName::Redis => {
             let r = t.redis.clone().unwrap_or_default();
-            let mut c = redis_config(args, r, who.consumer, who.lease)?;
+            let mut c = redis_config(args, r, who.consumer, who.lease, who.routes.clone())?;
             limits.apply_redis(&mut c);
             TransportConfig::Redis(c)
         }
@@ -217,6 +238,7 @@ fn redis_config(
     r: RedisSection,
     consumer: &str,
     lease: Duration,
+    routes: Option<RouteFeed>,
 ) -> anyhow::Result<RedisConfig> {
     let url = args
         .redis_url
@@ -228,6 +250,8 @@ fn redis_config(
         cfg.streams = args.streams.clone();
     } else if let Some(s) = r.streams {
         cfg.streams = s;
+    } else {
+        cfg.routes = routes;
     }
     if let Some(g) = args.group.clone().or(r.group) {
         cfg.group = g;
@@ -255,6 +279,7 @@ fn nexus_config(
     };
     cfg.node_name = who.node_name.to_string();
     cfg.lease = who.lease;
+    cfg.routes = who.routes.clone();
     Ok(cfg)
 }
 

@@ -119,6 +119,12 @@ pub struct JobRecord {
     /// Events recorded so far (their ids are 0..events).
     #[serde(default)]
     pub events: u64,
+    /// Tags a node must have to claim it (docs/transports.md#routing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    /// The only node (by name) that may claim it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_node: Option<String>,
     /// Submission order.
     #[serde(default)]
     pub seq: u64,
@@ -132,6 +138,8 @@ impl JobRecord {
         JobRecord {
             id,
             max_attempts_given: new.max_attempts.is_some(),
+            requires: new.requires,
+            target_node: new.target_node.filter(|s| !s.is_empty()),
             job_type: new.job_type,
             payload: new.payload,
             ray_id: new.ray_id.filter(|s| !s.is_empty()),
@@ -184,6 +192,20 @@ pub struct NewJob {
     /// The organization whose nodes may claim it (default: [`DEFAULT_ORG`]).
     #[serde(default)]
     pub org: Option<String>,
+    /// Tags a node must have to claim it.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// The only node (by name) that may claim it.
+    #[serde(default)]
+    pub target_node: Option<String>,
+}
+
+impl JobRecord {
+    /// Whether a node with `tags`, named `node`, may claim this job.
+    pub fn fits(&self, tags: &[String], node: Option<&str>) -> bool {
+        self.requires.iter().all(|t| tags.contains(t))
+            && self.target_node.as_deref().is_none_or(|n| node == Some(n))
+    }
 }
 
 /// The organization of jobs submitted without one and of nodes approved without one.
@@ -205,6 +227,12 @@ pub struct ClaimRequest {
     pub wait_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// The claiming node's routing tags: jobs that require others are left to other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The claiming node's name, for jobs sent to one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn one() -> usize {

@@ -69,6 +69,18 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         max: want,
         wait_ms: inner.cfg.long_poll.as_millis() as u64,
         lease_ms: Some(inner.cfg.lease.as_millis() as u64),
+        tags: inner
+            .cfg
+            .routes
+            .as_ref()
+            .map(|r| crate::routing::tags_of(&r.peek()))
+            .unwrap_or_default(),
+        // Only a node that routes offers its name: a plane without routing refuses the field.
+        node: inner
+            .cfg
+            .routes
+            .as_ref()
+            .map(|_| inner.cfg.node_name.clone()),
     });
     let rb = inner
         .client

@@ -60,6 +60,9 @@ pub struct NexusConfig {
     pub heartbeat: Duration,
     /// Speak only docs/wire-format.md#nexus-http even to a citadel control plane.
     pub force_plain: bool,
+    /// The node's live routing (docs/transports.md#routing): its tag streams are the tags each
+    /// claim offers, so the plane hands it only jobs whose requirements it meets.
+    pub routes: Option<crate::routing::RouteFeed>,
 }
 
 impl NexusConfig {
@@ -77,6 +80,7 @@ impl NexusConfig {
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(30),
             force_plain: false,
+            routes: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::job::JobId;
+use crate::routing::RouteFeed;
 use crate::source::SourceError;
 
 /// The default job stream.
@@ -27,8 +28,11 @@ pub const DEFAULT_DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct RedisConfig {
     /// `redis://[user:pass@]host:port[/db]`.
     pub url: String,
-    /// The job streams to consume (at least one).
+    /// The job streams to consume (at least one); with `routes`, the set at the start.
     pub streams: Vec<String>,
+    /// The live stream set with priorities (docs/transports.md#routing), when the worker derives
+    /// its streams from its capabilities; `None`: `streams`, all of one priority, fixed.
+    pub routes: Option<RouteFeed>,
     /// The consumer group; created with `MKSTREAM` when missing.
     pub group: String,
     /// This worker's stable consumer name (node name plus an instance id): a restarted worker
@@ -79,6 +83,7 @@ impl RedisConfig {
         Self {
             url: url.into(),
             streams: vec![DEFAULT_STREAM.to_owned()],
+            routes: None,
             group: DEFAULT_GROUP.to_owned(),
             worker_id: consumer.clone(),
             consumer,

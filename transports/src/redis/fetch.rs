@@ -5,7 +5,11 @@
 //! 2. reclaim (every `reclaim_interval`): `XPENDING … IDLE lease` finds entries whose lease ran
 //!    out (dead workers, due retries, released entries) and `XCLAIM` takes them, skipping the
 //!    ones this process is still running;
-//! 3. a blocking `XREADGROUP … >` for new entries.
+//! 3. a read of new entries: a blocking `XREADGROUP … >` when all streams have one priority,
+//!    else the higher priorities first (`lanes`).
+//!
+//! The stream set may change between rounds (`lanes`: routing follows the node's capabilities);
+//! a round reads the set of its start.
 //!
 //! After Redis failed or stalled (an outage, a `docker pause`: its clock ran on, so every lease
 //! looks expired when it answers again), the fetcher takes over no lease for [`stall_guard`]:
@@ -37,6 +41,7 @@ use tracing::{debug, info, warn};
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
 use super::gate::{Ask, Gate, Verdict};
+use super::lanes::Lanes;
 use super::reassert;
 use super::reply::{self, RawEntry};
 use super::Inner;
@@ -50,6 +55,8 @@ const PENDING_PAGES: usize = 10;
 
 #[derive(Debug)]
 struct Recovery {
+    /// The streams at the start, each re-read in turn.
+    streams: Vec<String>,
     stream: usize,
     cursor: String,
 }
@@ -63,6 +70,7 @@ pub(crate) struct Fetcher {
     /// When Redis last failed or answered far too late.
     stalled: Option<Instant>,
     rotation: usize,
+    lanes: Lanes,
     backoff: crate::Retrier,
     gate: Gate,
     /// A failure happened since this node's recent completion records were last written.
@@ -80,13 +88,17 @@ fn stall_guard(lease: Duration) -> Duration {
 
 impl Fetcher {
     pub fn new(inner: Arc<Inner>, conn: ConnectionManager) -> Self {
+        let lanes = Lanes::new(&inner.cfg);
+        inner.set_streams(lanes.set());
         Self {
-            inner,
-            conn,
             recovery: Some(Recovery {
+                streams: lanes.streams(),
                 stream: 0,
                 cursor: "0".into(),
             }),
+            inner,
+            conn,
+            lanes,
             last_reclaim: None,
             stalled: None,
             rotation: 0,
@@ -145,6 +157,9 @@ impl Fetcher {
                 "redis answers again: this node's recent completion records are written again"
             );
         }
+        if let Some(set) = self.lanes.follow(&mut self.conn, &self.inner.cfg).await? {
+            self.inner.set_streams(&set);
+        }
         if let Some(left) = self.holding() {
             tokio::time::sleep(left.min(self.inner.cfg.block)).await;
             return Ok(Vec::new());
@@ -189,7 +204,7 @@ impl Fetcher {
         let Some(rec) = self.recovery.as_mut() else {
             return Ok(Vec::new());
         };
-        let stream = cfg.streams[rec.stream].clone();
+        let stream = rec.streams[rec.stream].clone();
         let v: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&cfg.group)
@@ -206,7 +221,7 @@ impl Fetcher {
         let Some(last) = entries.last() else {
             rec.stream += 1;
             rec.cursor = "0".into();
-            if rec.stream == cfg.streams.len() {
+            if rec.stream == rec.streams.len() {
                 self.recovery = None;
                 debug!(consumer = %cfg.consumer, "own pending entries recovered");
             }
@@ -253,7 +268,7 @@ impl Fetcher {
         let cfg = self.inner.cfg.clone();
         let lease_ms = cfg.lease.as_millis() as u64;
         let mut out = Vec::new();
-        for stream in &cfg.streams {
+        for stream in &self.lanes.streams() {
             let mut start = "-".to_owned();
             for _ in 0..PENDING_PAGES {
                 if out.len() >= want {
@@ -327,15 +342,21 @@ impl Fetcher {
         block: Duration,
     ) -> Result<Vec<Incoming>, SourceError> {
         let cfg = &self.inner.cfg;
-        let n = cfg.streams.len();
+        if !self.lanes.flat() {
+            let batch = self
+                .lanes
+                .read_by_priority(&mut self.conn, cfg, want, block)
+                .await?;
+            return self.admit(batch).await;
+        }
+        let all = self.lanes.streams();
+        let n = all.len();
         // COUNT applies per stream: split `want` so the total can never exceed it.
         let (count, streams): (usize, Vec<&String>) = if want >= n {
-            (want / n, cfg.streams.iter().collect())
+            (want / n, all.iter().collect())
         } else {
             self.rotation = (self.rotation + want) % n;
-            let picked = (0..want)
-                .map(|i| &cfg.streams[(self.rotation + i) % n])
-                .collect();
+            let picked = (0..want).map(|i| &all[(self.rotation + i) % n]).collect();
             (1, picked)
         };
         let mut cmd = redis::cmd("XREADGROUP");
@@ -415,6 +436,7 @@ impl Fetcher {
                     None
                 }
             };
+            self.inner.claimed(item.receipt().queue());
             self.inner.track(item.receipt().clone(), job);
             out.push(item);
         }

@@ -50,6 +50,7 @@ mod dlq;
 mod entry;
 mod fetch;
 mod gate;
+mod lanes;
 mod park;
 mod producer;
 mod publish;
@@ -80,6 +81,7 @@ pub use config::{
     RedisConfig, DEFAULT_DLQ_MAX_AGE, DEFAULT_DLQ_MAX_LEN, DEFAULT_EVENTS_GRACE, DEFAULT_GROUP,
     DEFAULT_MAX_PAYLOAD, DEFAULT_STATUS_TTL, DEFAULT_STREAM,
 };
+pub use lanes::Stats as StreamStats;
 pub use producer::RedisProducer;
 
 use crate::delivery::{Incoming, Receipt};
@@ -104,6 +106,8 @@ pub(crate) struct Inner {
     publisher: publish::Publisher,
     /// The `end` events published lately, written again after an outage (`reassert`).
     recent_ends: reassert::RecentEnds,
+    /// The stream set and its claims (`lanes`).
+    streams: Mutex<lanes::Stats>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -172,6 +176,28 @@ impl Inner {
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
         lock(&self.parked)
     }
+
+    /// The fetcher reads `set` now.
+    fn set_streams(&self, set: &[(String, u8)]) {
+        let mut st = lock(&self.streams);
+        st.known.extend(set.iter().map(|(s, _)| s.clone()));
+        st.current = set.to_vec();
+    }
+
+    /// Every stream this source has read since it started (what a `--keep-acked` trim covers:
+    /// the stream set follows the node's capabilities and may have changed since).
+    fn streams_read(&self) -> Vec<String> {
+        let mut all: Vec<String> = lock(&self.streams).known.iter().cloned().collect();
+        all.sort();
+        all
+    }
+
+    fn claimed(&self, stream: &str) {
+        *lock(&self.streams)
+            .claims
+            .entry(stream.to_owned())
+            .or_default() += 1;
+    }
 }
 
 /// A [`JobSource`] on Redis Streams. Create it with [`RedisSource::connect`].
@@ -184,7 +210,10 @@ pub struct RedisSource {
 
 impl RedisSource {
     /// Checks the configuration, connects, creates the consumer groups and starts fetching.
-    pub async fn connect(cfg: RedisConfig) -> Result<Self, SourceError> {
+    pub async fn connect(mut cfg: RedisConfig) -> Result<Self, SourceError> {
+        if let Some(mut feed) = cfg.routes.clone() {
+            cfg.streams = feed.current().into_iter().map(|(s, _)| s).collect();
+        }
         cfg.validate()?;
         let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| SourceError::Config(format!("redis url: {e}")))?;
@@ -195,6 +224,10 @@ impl RedisSource {
         // Events go out after `close()` too (a draining worker still finishes jobs), so the
         // publisher is not among the tasks `close()` waits for; it stops when the source drops.
         let (publisher, publishing) = publish::Publisher::start(ctl.clone(), cfg.clone());
+        let streams = lanes::Stats {
+            known: cfg.streams.iter().cloned().collect(),
+            ..Default::default()
+        };
         let inner = Arc::new(Inner {
             cfg,
             ctl,
@@ -204,6 +237,7 @@ impl RedisSource {
             parked: Mutex::default(),
             publisher,
             recent_ends: reassert::RecentEnds::default(),
+            streams: Mutex::new(streams),
         });
         let mut tasks = vec![
             tokio::spawn(fetch::Fetcher::new(inner.clone(), reader).run()),
@@ -229,11 +263,16 @@ impl RedisSource {
     /// entries are deleted with their ack and there is nothing to trim.
     pub async fn trim_acked(&self) -> Result<u64, SourceError> {
         let mut conn = self.inner.ctl.clone();
-        trim::trim_streams(&mut conn, &self.inner.cfg.streams).await
+        trim::trim_streams(&mut conn, &self.inner.streams_read()).await
+    }
+
+    /// The streams read now, with their priorities, and the entries claimed per stream.
+    pub fn stream_stats(&self) -> lanes::Stats {
+        lock(&self.inner.streams).clone()
     }
 
     fn check_receipt(&self, r: &Receipt) -> Result<(), SourceError> {
-        if self.inner.cfg.streams.iter().any(|s| s == r.queue()) {
+        if lock(&self.inner.streams).known.contains(r.queue()) {
             Ok(())
         } else {
             Err(SourceError::Config(format!(

@@ -69,7 +69,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut conn = inner.ctl.clone();
     loop {
         tokio::time::sleep(inner.cfg.trim_interval).await;
-        if let Err(e) = trim_streams(&mut conn, &inner.cfg.streams).await {
+        if let Err(e) = trim_streams(&mut conn, &inner.streams_read()).await {
             warn!(error = %e, "trimming the job streams failed; trying again later");
         }
     }

@@ -121,6 +121,8 @@ async fn submit_to_redis_writes_the_wire_format_and_waits_for_the_events() {
             "node-r",
             "--redis-url",
             &server.url(),
+            // The entry stays after its ack, for the check of what the producer wrote.
+            "--keep-acked",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

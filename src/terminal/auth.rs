@@ -169,7 +169,7 @@ impl TokenCache {
     }
 
     /// How many hashes the cache holds.
-    pub fn len(&self) -> usize {
+    pub fn cached(&self) -> usize {
         self.set.read().expect("token set").len()
     }
 

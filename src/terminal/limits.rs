@@ -131,7 +131,7 @@ mod tests {
         assert!(r.allow("10.0.0.2".parse().unwrap(), t0), "per client");
         assert!(r.allow(ip, t0 + Duration::from_secs(1)));
         assert!(!r.allow(ip, t0 + Duration::from_secs(1)));
-        r.sweep(t0 + Duration::from_secs(601));
+        r.sweep(t0 + Duration::from_millis(600_500));
         assert_eq!(
             r.clients(),
             1,

@@ -146,7 +146,7 @@ async fn stats(State(s): St) -> Json<Value> {
         "connections": c.max_connections - s.slots.available_permits(),
         "sessions": s.sessions.load(Ordering::Relaxed),
         "tmux": s.tmux.is_some(),
-        "tokens_cached": s.tokens.len(),
+        "tokens_cached": s.tokens.cached(),
         "rate_limited_clients": clients,
         "limits": {
             "max_connections": c.max_connections,

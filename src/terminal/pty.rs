@@ -153,13 +153,16 @@ impl Shell {
     /// job-control shell puts each job in a group of its own), SIGKILL to what is left after a
     /// grace period, then reaps it. Blocking: call it off the async threads.
     pub fn end(mut self) {
-        drop(self.input);
+        // The input closes last: portable-pty's writer sends EOF (`\n^D`) when dropped, which a
+        // tmux client would pass on to the persistent shell, ending it.
+        let input = self.input;
         let Some(pid) = self
             .pid
             .and_then(|p| rustix::process::Pid::from_raw(p as i32))
         else {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            drop(input);
             return;
         };
         signal_session(pid, rustix::process::Signal::HUP);
@@ -173,6 +176,7 @@ impl Shell {
         // Whatever ignored the hangup (or the shell itself) goes now.
         signal_session(pid, rustix::process::Signal::KILL);
         let _ = self.child.wait();
+        drop(input);
         drop(self.master);
     }
 }

@@ -73,11 +73,12 @@ pub async fn run(args: TerminalBench) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .context("connecting")?;
-    // A plain line editor that echoes every key: `cat` under the kernel's echo.
+    // A plain shell without a prompt (bash may swallow what is typed while it execs: wait for
+    // the new shell to answer), then `cat` under the kernel's echo (see `keystrokes`).
     send(&mut ws, &Frame::input(b"exec env PS1= /bin/sh\r")).await?;
-    wait_for(&mut ws, b"", Duration::from_millis(500))
-        .await
-        .ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut ws, &Frame::input(b"echo RE''ADY\r")).await?;
+    wait_for(&mut ws, b"READY", Duration::from_secs(10)).await?;
     let keys = keystrokes(&mut ws, args.keys).await?;
     let (seconds, got) = throughput(&mut ws, args.bytes).await?;
     running.stop().await;
@@ -160,7 +161,8 @@ async fn keystrokes(ws: &mut Ws, n: usize) -> anyhow::Result<Vec<f64>> {
             wait_for(ws, b"\n", Duration::from_secs(10)).await?;
         }
     }
-    send(ws, &Frame::input(&[0x04])).await?; // Ctrl-D ends `cat`.
+    // Ctrl-D at the start of a line ends `cat`.
+    send(ws, &Frame::input(b"\r\x04")).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drain(ws).await;
     us.sort_by(f64::total_cmp);
@@ -169,7 +171,15 @@ async fn keystrokes(ws: &mut Ws, n: usize) -> anyhow::Result<Vec<f64>> {
 
 /// Drops whatever output is already waiting.
 async fn drain(ws: &mut Ws) {
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), ws.next()).await {}
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        if !matches!(
+            tokio::time::timeout(Duration::from_millis(50), ws.next()).await,
+            Ok(Some(_))
+        ) {
+            return;
+        }
+    }
 }
 
 /// `bytes` of shell output, timed from the command to its end marker.

@@ -7,4 +7,5 @@ mod api;
 mod credentials;
 mod fenced;
 mod flow;
+mod terminal_tokens;
 mod transport;

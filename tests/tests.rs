@@ -18,5 +18,6 @@ mod node;
 mod platform;
 mod power_loss;
 mod submit;
+mod terminal;
 mod websocket;
 mod worker;

@@ -9,11 +9,8 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use clap::Args;
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::tty;
 use crate::cli::remote::encode;
+use crate::terminal::frames::Frame;
 
 /// The terminal service's port when NODE names none.
 pub const DEFAULT_PORT: u16 = 7860;
@@ -53,45 +51,8 @@ pub struct ConnectArgs {
     detach_key: String,
 }
 
-/// A terminal frame (docs/terminal.md#frames).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    payload: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cols: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rows: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-impl Frame {
-    fn text(&self) -> Message {
-        Message::text(serde_json::to_string(self).expect("a frame always encodes"))
-    }
-}
-
-fn input(bytes: &[u8]) -> Message {
-    let payload = Some(STANDARD.encode(bytes));
-    Frame {
-        kind: "input".into(),
-        payload,
-        ..Frame::default()
-    }
-    .text()
-}
-
-fn resize((cols, rows): (u16, u16)) -> Message {
-    Frame {
-        kind: "resize".into(),
-        cols: Some(cols),
-        rows: Some(rows),
-        ..Frame::default()
-    }
-    .text()
+fn text(f: &Frame) -> Message {
+    Message::text(f.to_text())
 }
 
 /// The WebSocket URL for NODE (with the token and size) and the same without its query, to show.
@@ -284,7 +245,7 @@ async fn session(
                     let f: Frame = serde_json::from_str(t.as_str()).context("the node sent a frame that is not JSON")?;
                     match f.kind.as_str() {
                         "output" => {
-                            let bytes = STANDARD.decode(f.payload.unwrap_or_default()).context("the node sent output that is not base64")?;
+                            let bytes = f.payload_bytes().context("the node sent output that is not base64")?;
                             stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("writing to stdout")?;
                         }
                         "error" => eprint!("citadel: the node says: {}{nl}", f.error.unwrap_or_default()),
@@ -295,7 +256,7 @@ async fn session(
                 Some(Ok(_)) => {}
             },
             key = keys.recv(), if keys_open => match key {
-                Some(Input::Bytes(b)) => sink.send(input(&b)).await.context("sending input to the node")?,
+                Some(Input::Bytes(b)) => sink.send(text(&Frame::input(&b))).await.context("sending input to the node")?,
                 Some(Input::Detach) => {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "detached".into() }))).await;
                     // Wait briefly for the node's close reply, so it sees a clean goodbye.
@@ -306,7 +267,7 @@ async fn session(
             },
             Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
                 if let Some(size) = tty::window_size() {
-                    sink.send(resize(size)).await.context("sending the window size")?;
+                    sink.send(text(&Frame::resize(size.0, size.1))).await.context("sending the window size")?;
                 }
             }
         }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod handlers;
 mod journal;
 mod settings;
+mod terminal;
 mod transport;
 
 use crate::config::{self, FileConfig};
@@ -163,6 +164,10 @@ pub struct WorkArgs {
     /// DATA_DIR/status.addr for `citadel status`.
     #[arg(long, env = "CITADEL_STATUS_LISTEN", value_name = "ADDR|auto|off")]
     status_listen: Option<String>,
+    /// Where the terminal service listens when `permissions.console.enabled` is true
+    /// (default 127.0.0.1:7860).
+    #[arg(long, env = "CITADEL_TERMINAL_LISTEN", value_name = "ADDR")]
+    terminal_listen: Option<String>,
     /// How often the node's status message goes to the transport (default 30s).
     #[arg(long, env = "CITADEL_HEARTBEAT_INTERVAL", value_name = "DURATION")]
     heartbeat_interval: Option<String>,
@@ -216,6 +221,11 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         .context("serving the journal socket")?;
     let handlers = handlers::registry(&args, &file, &config_path, data_dir)?;
     let (source, embedded) = connect(&args, &file, &settings, data_dir).await?;
+    let local_plane = embedded.as_ref().map(|p| terminal::Plane {
+        url: p.url.clone(),
+        credential: p.token.clone(),
+    });
+    let console = terminal::start(&args, &file, data_dir, local_plane).await?;
 
     let result = work(
         settings,
@@ -227,6 +237,9 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     )
     .await;
 
+    if let Some(console) = console {
+        console.stop().await;
+    }
     socket.abort();
     retention.abort();
     fail_stop_exit(&journal, &result);

@@ -1,11 +1,13 @@
 //! `citadel terminal` end to end, every part real: a `citadel nexus serve` issues the token, a
 //! node enrolled there in organization `acme` runs `citadel work` with the console enabled and
-//! reads the token hashes from it, and `citadel terminal` with stdin piped types into the shell.
+//! reads the token hashes from it, and `citadel terminal` types into the shell: with stdin piped,
+//! and on a terminal of its own (a PTY: raw mode, the window's size, the detach key).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -46,8 +48,18 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[test]
-fn citadel_terminal_runs_a_shell_on_a_node_with_a_token_from_its_control_plane() {
+/// A control plane, a node of `acme` enrolled there running `citadel work` with the console on,
+/// and a token for alice: what the tests need, kept alive by the returned guards.
+/// (Fields drop in order: the processes end before their folder goes.)
+struct Node {
+    worker: Worker,
+    _plane: Plane,
+    listen: String,
+    token: String,
+    tmp: tempfile::TempDir,
+}
+
+fn node_with_a_token() -> Node {
     let tmp = tempfile::tempdir().unwrap();
     let p = Plane::start(&tmp.path().join("plane"));
     let (node_id, credential) = enrol(&p, "gpu-t", Some("acme"));
@@ -79,11 +91,24 @@ fn citadel_terminal_runs_a_shell_on_a_node_with_a_token_from_its_control_plane()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = made["token"].as_str().unwrap();
+    let token = made["token"].as_str().unwrap().to_string();
+    Node {
+        worker,
+        _plane: p,
+        listen,
+        token,
+        tmp,
+    }
+}
+
+#[test]
+fn citadel_terminal_runs_a_shell_on_a_node_with_a_token_from_its_control_plane() {
+    let n = node_with_a_token();
+    let (tmp, listen, token, worker) = (&n.tmp, &n.listen, n.token.as_str(), &n.worker);
 
     let out = terminal(
         tmp.path(),
-        &[&listen, "--token", token],
+        &[listen, "--token", token],
         "echo $((40+2))\nexit\n",
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -100,7 +125,7 @@ fn citadel_terminal_runs_a_shell_on_a_node_with_a_token_from_its_control_plane()
 
     // A wrong token: refused with the node's 401 and its message, exit code non-zero.
     let wrong = "0".repeat(64);
-    let out = terminal(tmp.path(), &[&listen, "--token", &wrong], "echo hi\n");
+    let out = terminal(tmp.path(), &[listen, "--token", &wrong], "echo hi\n");
     let stderr = text(&out.stderr);
     assert!(
         !out.status.success(),
@@ -110,4 +135,94 @@ fn citadel_terminal_runs_a_shell_on_a_node_with_a_token_from_its_control_plane()
     assert!(stderr.contains("refused the terminal: 401"), "{stderr}");
     assert!(!stderr.contains(&wrong), "the token was printed: {stderr}");
     assert!(!worker.logs().contains(token), "a token was logged");
+}
+
+/// Reads a PTY into a shared buffer.
+fn collect(mut r: Box<dyn std::io::Read + Send>) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+fn wait_for(buf: &Mutex<Vec<u8>>, what: &str) {
+    let started = Instant::now();
+    while !text(&buf.lock().unwrap()).contains(what) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no {what:?} on the terminal: {:?}",
+            text(&buf.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn on_a_terminal_it_is_raw_follows_the_window_and_detaches_with_ctrl_bracket() {
+    use portable_pty::{CommandBuilder, PtySize};
+    let n = node_with_a_token();
+    let size = |cols, rows| PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    };
+    let pair = portable_pty::native_pty_system()
+        .openpty(size(91, 33))
+        .unwrap();
+    let mut cmd = CommandBuilder::new(BIN);
+    cmd.args([
+        "--data-dir",
+        n.tmp.path().to_str().unwrap(),
+        "terminal",
+        &n.listen,
+    ]);
+    cmd.env("CITADEL_TERMINAL_TOKEN", &n.token);
+    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let out = collect(pair.master.try_clone_reader().unwrap());
+    let mut keys = pair.master.take_writer().unwrap();
+    wait_for(&out, "detach with ^]");
+
+    // The remote window starts at the local one's size, and follows it (SIGWINCH → resize).
+    keys.write_all(b"stty size\r").unwrap();
+    wait_for(&out, "33 91");
+    pair.master.resize(size(120, 40)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    keys.write_all(b"stty size\r").unwrap();
+    wait_for(&out, "40 120");
+    // Raw mode: Ctrl-C reaches the remote shell (interrupting `sleep`) instead of ending citadel.
+    keys.write_all(b"sleep 30\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    keys.write_all(&[0x03]).unwrap();
+    keys.write_all(b"echo $((6*7))x\r").unwrap();
+    wait_for(&out, "42x");
+    // Ctrl-] detaches: exit 0, and the local terminal is told.
+    keys.write_all(&[0x1d]).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the detach key did not end the session: {:?}",
+            text(&out.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    wait_for(&out, "detached from");
+    assert!(
+        !text(&out.lock().unwrap()).contains(&n.token),
+        "the token was printed"
+    );
 }

@@ -111,6 +111,8 @@ pub fn mint(
 #[derive(Debug)]
 struct Tokens {
     tree: sled::Tree,
+    /// Held across a revocation's read and write, so concurrent revocations keep the first time.
+    revoking: std::sync::Mutex<()>,
 }
 
 fn storage(e: impl std::fmt::Display) -> ApiError {
@@ -159,7 +161,10 @@ pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
     let tree = app.store.tree("terminal_tokens")?;
     let state = Arc::new(TermState {
         app,
-        tokens: Tokens { tree },
+        tokens: Tokens {
+            tree,
+            revoking: std::sync::Mutex::new(()),
+        },
     });
     Ok(Router::new()
         .route("/api/v1/terminal/tokens", post(create).get(list))
@@ -270,16 +275,24 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     admin(&s.app, &headers)?;
-    let mut t = s
-        .tokens
-        .get(&id)?
-        .ok_or_else(|| ApiError::not_found(format!("no terminal token {id}")))?;
     let now = now_ms();
-    if t.revoked_ms.is_none() {
-        t.revoked_ms = Some(now);
-        s.tokens.put(&t)?;
-        s.app.store.wrote();
-    }
+    let t = {
+        let _one = s
+            .tokens
+            .revoking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = s
+            .tokens
+            .get(&id)?
+            .ok_or_else(|| ApiError::not_found(format!("no terminal token {id}")))?;
+        if t.revoked_ms.is_none() {
+            t.revoked_ms = Some(now);
+            s.tokens.put(&t)?;
+            s.app.store.wrote();
+        }
+        t
+    };
     s.app.store.flush().await?;
     tracing::info!(id = %t.id, org = %t.org_id, "terminal token revoked");
     Ok(Json(t.view(now)))

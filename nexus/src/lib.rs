@@ -17,6 +17,7 @@ pub mod queue;
 pub mod record;
 mod sse;
 pub mod store;
+pub mod terminal_tokens;
 mod ws;
 
 use std::io::Write as _;
@@ -177,7 +178,7 @@ pub async fn start_with(
         credentials,
         device: device::DeviceAuth::new(device),
     });
-    let router = api::router(app);
+    let router = api::router(app.clone()).merge(terminal_tokens::router(app)?);
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -7,4 +7,6 @@ mod api;
 mod credentials;
 mod fenced;
 mod flow;
+mod terminal_client;
+mod terminal_tokens;
 mod transport;

@@ -3,8 +3,9 @@
 //! (refusing to start when another worker holds the same data directory) and keep it trimmed
 //! ([`journal`]), serve it to `citadel journal`, build the job handlers ([`handlers`]), connect
 //! the transport(s) of the registry ([`transport`], retrying with backoff while they are away),
-//! then run the [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second
-//! signal exits at once); everything stops in the reverse order. This module owns that order and
+//! start the terminal service when the manifest enables the console ([`terminal`]), then run the
+//! [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second signal exits
+//! at once); everything stops in the reverse order. This module owns that order and
 //! the flags; it must never run a job itself.
 
 use std::path::{Path, PathBuf};

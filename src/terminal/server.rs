@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,14 +52,25 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    service: Arc<Service>,
 }
 
+/// How long [`Running::stop`] waits for the sessions' shells to be ended.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Running {
-    /// Stops listening, ends every session and the background tasks.
+    /// Stops listening, ends every session (returning once their shells are ended, or after
+    /// 5 s) and the background tasks.
     pub async fn stop(self) {
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while self.service.sessions.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -117,7 +128,12 @@ pub async fn start(config: TerminalConfig, tokens: Arc<TokenCache>) -> anyhow::R
         }
     }));
     tracing::info!(%addr, tmux = service.tmux.is_some(), "terminal service listening");
-    Ok(Running { addr, stop, tasks })
+    Ok(Running {
+        addr,
+        stop,
+        tasks,
+        service,
+    })
 }
 
 fn router(service: Arc<Service>) -> Router {
@@ -190,29 +206,33 @@ async fn terminal(
     let (cols, rows) = (size("cols", 80), size("rows", 24));
     ws.on_upgrade(move |socket| async move {
         let _permit = permit;
-        let launched = {
-            let (s, user) = (s.clone(), user.clone());
-            tokio::task::spawn_blocking(move || launch(&s, &user, cols, rows)).await
-        };
-        let (shell, output) = match launched.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "terminal: cannot start a shell");
-                let mut socket = socket;
-                let text = super::frames::Frame::error("cannot start a shell").to_text();
-                let _ = socket.send(axum::extract::ws::Message::Text(text.into())).await;
-                return;
-            }
-        };
-        tracing::info!(user = %user.user_id, pid = ?shell.pid(), cols, rows, "terminal session started");
-        s.sessions.fetch_add(1, Ordering::Relaxed);
-        let bounds = Bounds {
-            idle_timeout: s.config.idle_timeout,
-            idle_check: s.config.idle_check,
-        };
-        bridge(socket, shell, output, bounds, s.stop.clone()).await;
-        s.sessions.fetch_sub(1, Ordering::Relaxed);
+        s.sessions.fetch_add(1, Ordering::SeqCst);
+        serve_session(&s, socket, user, cols, rows).await;
+        s.sessions.fetch_sub(1, Ordering::SeqCst);
     })
+}
+
+/// One upgraded connection: its shell started, bridged, ended.
+async fn serve_session(s: &Arc<Service>, mut socket: WebSocket, user: User, cols: u16, rows: u16) {
+    let launched = {
+        let (s, user) = (s.clone(), user.clone());
+        tokio::task::spawn_blocking(move || launch(&s, &user, cols, rows)).await
+    };
+    let (shell, output) = match launched.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "terminal: cannot start a shell");
+            let text = super::frames::Frame::error("cannot start a shell").to_text();
+            let _ = socket.send(Message::Text(text.into())).await;
+            return;
+        }
+    };
+    tracing::info!(user = %user.user_id, pid = ?shell.pid(), cols, rows, "terminal session started");
+    let bounds = Bounds {
+        idle_timeout: s.config.idle_timeout,
+        idle_check: s.config.idle_check,
+    };
+    bridge(socket, shell, output, bounds, s.stop.clone()).await;
 }
 
 /// The admission checks, in order; the error is the response to send.

@@ -188,3 +188,21 @@ async fn a_flood_with_resizes_and_pings_tears_down_cleanly() {
     let mut c = svc.connect().await;
     assert_eq!(c.run("echo ok").await, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_ends_its_shells_first() {
+    let svc = Service::start(|_| {}).await;
+    let mut c = svc.connect().await;
+    let shell: i32 = c.run("echo $$").await.parse().unwrap();
+    let bg: i32 = c
+        .run("(trap '' HUP; exec sleep 1000) & echo $!")
+        .await
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    svc.running.stop().await;
+    assert!(!alive(shell) && !alive(bg), "a shell outlived the service");
+}

@@ -40,6 +40,8 @@ struct Report {
     output_bytes: u64,
     output_seconds: f64,
     output_mb_per_s: f64,
+    /// The same output read straight from a PTY in this process, no WebSocket.
+    pty_alone_mb_per_s: f64,
 }
 
 /// The fixed token list of the bench.
@@ -82,6 +84,7 @@ pub async fn run(args: TerminalBench) -> anyhow::Result<()> {
     let keys = keystrokes(&mut ws, args.keys).await?;
     let (seconds, got) = throughput(&mut ws, args.bytes).await?;
     running.stop().await;
+    let (alone_s, alone_bytes) = pty_alone(&dir, args.bytes).await?;
     let _ = std::fs::remove_dir_all(&dir);
     let report = Report {
         keys: keys.len(),
@@ -90,6 +93,7 @@ pub async fn run(args: TerminalBench) -> anyhow::Result<()> {
         output_bytes: got,
         output_seconds: seconds,
         output_mb_per_s: got as f64 / seconds / 1e6,
+        pty_alone_mb_per_s: alone_bytes as f64 / alone_s / 1e6,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -102,6 +106,11 @@ pub async fn run(args: TerminalBench) -> anyhow::Result<()> {
         println!(
             "output: {} bytes in {:.2} s = {:.1} MB/s",
             report.output_bytes, report.output_seconds, report.output_mb_per_s
+        );
+        println!(
+            "the same output read from a PTY in-process: {:.1} MB/s (the service delivers {:.0} % of it)",
+            report.pty_alone_mb_per_s,
+            100.0 * report.output_mb_per_s / report.pty_alone_mb_per_s
         );
     }
     Ok(())
@@ -192,4 +201,29 @@ async fn throughput(ws: &mut Ws, bytes: u64) -> anyhow::Result<(f64, u64)> {
     send(ws, &Frame::input(cmd.as_bytes())).await?;
     let got = wait_for(ws, b"END", Duration::from_secs(600)).await?;
     Ok((t.elapsed().as_secs_f64(), got))
+}
+
+/// The baseline: the same command's output read straight from a PTY (the service's own reader),
+/// without frames or a socket.
+async fn pty_alone(dir: &std::path::Path, bytes: u64) -> anyhow::Result<(f64, u64)> {
+    use crate::terminal::pty::{scrubbed_env, Launch, Shell};
+    let sh = std::path::Path::new("/bin/sh");
+    let launch = Launch {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("head -c {bytes} /dev/zero | tr '\\000' a").into(),
+        ],
+        cwd: dir.to_path_buf(),
+        env: scrubbed_env(dir, sh),
+    };
+    let t = Instant::now();
+    let (shell, mut out) = Shell::spawn(&launch, 80, 24)?;
+    let mut got = 0u64;
+    while let Some(chunk) = out.recv().await {
+        got += chunk.len() as u64;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || shell.end()).await?;
+    Ok((seconds, got))
 }

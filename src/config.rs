@@ -185,10 +185,40 @@ pub struct RedisSection {
 pub struct PermissionsSection {
     #[serde(default)]
     pub shell: ShellSection,
+    /// The terminal service (a remote shell: off by default).
     #[serde(default)]
-    pub terminal: ToggleSection,
+    pub console: ConsoleSection,
+    /// The old name of `console`, still read (with a warning) and moved there on parsing.
+    #[serde(default)]
+    pub terminal: Option<ConsoleSection>,
     #[serde(default)]
     pub ssh: ToggleSection,
+}
+
+/// `permissions.console`: the terminal service and its limits (durations such as `30m`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    pub enabled: Option<bool>,
+    /// HOST:PORT of its listener.
+    pub listen: Option<String>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<String>,
+    /// Requests per second per client, and the burst.
+    pub rate_per_second: Option<f64>,
+    pub rate_burst: Option<f64>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Browser origins allowed besides localhost.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Refuse connections without the node passcode.
+    pub passcode_required: Option<bool>,
+    /// Hex SHA-256 of the node passcode (never the passcode itself).
+    pub passcode_hash: Option<String>,
+    /// `auto` (tmux when installed), `off` or `required`.
+    pub tmux: Option<String>,
+    /// Detached tmux sessions idle this long are ended.
+    pub session_ttl: Option<String>,
 }
 
 /// A permission that is only on or off (off by default).
@@ -246,7 +276,18 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let config: Self = yaml_serde::from_str(text)?;
+        let mut config: Self = yaml_serde::from_str(text)?;
+        if let Some(old) = config.permissions.terminal.take() {
+            if config.permissions.console.enabled.is_some() {
+                anyhow::bail!(
+                    "permissions: `terminal` is the old name of `console`: keep only `console`"
+                );
+            }
+            tracing::warn!(
+                "permissions.terminal is now permissions.console: rename it in the manifest"
+            );
+            config.permissions.console = old;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in config.services.iter().enumerate() {
             if !seen.insert(s.engine) {
@@ -566,7 +607,28 @@ pub const SETTINGS: &[Setting] = &[
         "CITADEL_SHELL_PASSCODE",
     ),
     row("permissions.shell.max_output", None, None, "1MiB"),
-    row("permissions.terminal.enabled", None, None, "false"),
+    row("permissions.console.enabled", None, None, "false"),
+    row(
+        "permissions.console.listen",
+        Some("--terminal-listen"),
+        Some("CITADEL_TERMINAL_LISTEN"),
+        crate::terminal::DEFAULT_LISTEN,
+    ),
+    row("permissions.console.max_connections", None, None, "10"),
+    row("permissions.console.idle_timeout", None, None, "30m"),
+    row("permissions.console.rate_per_second", None, None, "1"),
+    row("permissions.console.rate_burst", None, None, "5"),
+    row("permissions.console.trusted_proxies", None, None, "(none)"),
+    row(
+        "permissions.console.allowed_origins",
+        None,
+        None,
+        "(localhost only)",
+    ),
+    row("permissions.console.passcode_required", None, None, "false"),
+    row("permissions.console.passcode_hash", None, None, "(none)"),
+    row("permissions.console.tmux", None, None, "auto"),
+    row("permissions.console.session_ttl", None, None, "24h"),
     row("permissions.ssh.enabled", None, None, "false"),
 ];
 
@@ -641,8 +703,28 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
         "permissions.shell.allow" => list(&shell.allow),
         "permissions.shell.passcode_env" => shell.passcode_env.clone(),
         "permissions.shell.max_output" => shell.max_output.clone(),
-        "permissions.terminal.enabled" => file.permissions.terminal.enabled.map(|b| b.to_string()),
+        k if k.starts_with("permissions.console.") => console_value(&file.permissions.console, k),
         "permissions.ssh.enabled" => file.permissions.ssh.enabled.map(|b| b.to_string()),
+        _ => None,
+    }
+}
+
+/// What `permissions.console` says of `key`, as text (the passcode hash only as `(set)`).
+fn console_value(c: &ConsoleSection, key: &str) -> Option<String> {
+    let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(","));
+    match key.trim_start_matches("permissions.console.") {
+        "enabled" => c.enabled.map(|b| b.to_string()),
+        "listen" => c.listen.clone(),
+        "max_connections" => c.max_connections.map(|n| n.to_string()),
+        "idle_timeout" => c.idle_timeout.clone(),
+        "rate_per_second" => c.rate_per_second.map(|n| n.to_string()),
+        "rate_burst" => c.rate_burst.map(|n| n.to_string()),
+        "trusted_proxies" => list(&c.trusted_proxies),
+        "allowed_origins" => list(&c.allowed_origins),
+        "passcode_required" => c.passcode_required.map(|b| b.to_string()),
+        "passcode_hash" => c.passcode_hash.as_ref().map(|_| "(set)".to_string()),
+        "tmux" => c.tmux.clone(),
+        "session_ttl" => c.session_ttl.clone(),
         _ => None,
     }
 }
@@ -797,6 +879,23 @@ mod tests {
         assert_eq!(nats.subjects.unwrap(), vec!["jobs.v1.a", "jobs.v1.b"]);
         assert_eq!(nats.consumer.as_deref(), Some("fleet"));
         assert!(FileConfig::parse("transports:\n  nats:\n    subject: x\n").is_err());
+    }
+
+    #[test]
+    fn the_old_terminal_key_is_read_as_console() {
+        let c = FileConfig::parse("permissions:\n  terminal:\n    enabled: true\n").unwrap();
+        assert_eq!(c.permissions.console.enabled, Some(true));
+        assert!(c.permissions.terminal.is_none());
+        let c = FileConfig::parse(
+            "permissions:\n  console:\n    enabled: true\n    listen: 127.0.0.1:9\n",
+        )
+        .unwrap();
+        assert_eq!(c.permissions.console.listen.as_deref(), Some("127.0.0.1:9"));
+        assert!(FileConfig::parse(
+            "permissions:\n  console:\n    enabled: true\n  terminal:\n    enabled: false\n"
+        )
+        .is_err());
+        assert!(FileConfig::parse("permissions:\n  console:\n    enabld: true\n").is_err());
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod platform;
 pub mod runner;
 pub mod services;
 pub mod status;
+pub mod terminal;

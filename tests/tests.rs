@@ -19,5 +19,6 @@ mod platform;
 mod power_loss;
 mod routing;
 mod submit;
+mod terminal;
 mod websocket;
 mod worker;

@@ -35,10 +35,11 @@ use super::store::{
 };
 
 /// Why a revoked node's request is refused (as for a wrong token: it has no credential now).
-const REVOKED: &str = "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)";
+pub(crate) const REVOKED: &str =
+    "missing, invalid or revoked bearer token (Authorization: Bearer TOKEN)";
 
 /// Who a bearer token stands for: the admin token, else a live node credential.
-fn principal(app: &AppState, token: &str) -> Option<Principal> {
+pub(crate) fn principal(app: &AppState, token: &str) -> Option<Principal> {
     if super::credentials::same(token.as_bytes(), app.token.as_bytes()) {
         Some(Principal::admin())
     } else {

@@ -52,7 +52,7 @@ fn storage(e: sled::Error) -> CredentialError {
     CredentialError::Storage(e.into())
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

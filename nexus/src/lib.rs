@@ -19,6 +19,7 @@ pub mod record;
 pub mod retention;
 mod sse;
 pub mod store;
+pub mod terminal_tokens;
 mod ws;
 
 use std::io::Write as _;
@@ -199,7 +200,9 @@ pub async fn start_configured(
         credentials,
         device: device::DeviceAuth::new(device),
     });
-    let router = api::router(app.clone()).merge(retention::router(app));
+    let router = api::router(app.clone())
+        .merge(retention::router(app.clone()))
+        .merge(terminal_tokens::router(app)?);
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -5,6 +5,7 @@ mod jobs;
 mod journal;
 mod llm;
 mod platform;
+mod terminal;
 
 use clap::Subcommand;
 
@@ -29,6 +30,9 @@ pub enum BenchCommand {
     /// LLM token relay through Redis: added latency per token (p50/p99) at a fixed token rate,
     /// the most tokens/s of one stream and of 64 concurrent streams.
     Llm(llm::LlmBench),
+    /// The terminal service over loopback: keystroke round trip (input frame → echoed output
+    /// frame) p50/p99 and output throughput in MB/s.
+    Terminal(terminal::TerminalBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::WebSocket(args) => jobs::targets::nexus::run_websocket(args).await,
         BenchCommand::Platform(args) => platform::run(args).await,
         BenchCommand::Llm(args) => llm::run(args).await,
+        BenchCommand::Terminal(args) => terminal::run(args).await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `citadel init`: enrols this node. With a control plane it runs the device authorization of
 //! docs/wire-format.md#device-authorization (start → show the user code and URL → poll, honouring `slow_down` and expiry), then
 //! writes the node's credentials (`DATA_DIR/node-token`, mode 0600), its identity
-//! (`DATA_DIR/identity.json`, 0600) and the manifest; `--offline` writes an identity and a
+//! (`DATA_DIR/identity.json`, 0600: node id, name, organization, control plane) and the manifest; `--offline` writes an identity and a
 //! manifest with no control plane. It refuses to replace an existing manifest or identity
 //! without `--force`, and never prints the token.
 
@@ -79,6 +79,9 @@ pub async fn run(args: InitArgs, data_dir: &Path) -> anyhow::Result<()> {
             let identity = json!({
                 "node_id": creds["node_id"],
                 "node_name": name,
+                // The organization the control plane approved it into: the terminal service
+                // reads its tokens' hashes with it.
+                "org_id": creds["org"],
                 "control_plane": url,
                 "enrolled_at": now_rfc3339(),
             });
@@ -88,6 +91,8 @@ pub async fn run(args: InitArgs, data_dir: &Path) -> anyhow::Result<()> {
             let identity = json!({
                 "node_id": format!("local-{instance}"),
                 "node_name": name,
+                // The embedded control plane's organization.
+                "org_id": citadel_nexus::auth::DEFAULT_ORG,
                 "control_plane": null,
                 "enrolled_at": now_rfc3339(),
             });

@@ -12,6 +12,7 @@ mod services;
 mod settings;
 mod status;
 mod submit;
+mod terminal;
 mod work;
 
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// What this machine is: GPUs (NVML), OS, CPU, memory, disk, Docker, tags, as JSON.
     Platform(status::PlatformArgs),
+    /// Open a node's terminal here (`citadel terminal HOST:PORT --token T`), or manage the
+    /// terminal tokens of a control plane (`citadel terminal tokens create | ls | revoke`).
+    Terminal(terminal::TerminalArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -120,6 +124,7 @@ pub fn run() -> anyhow::Result<()> {
             Command::Config(cmd) => settings::run(cmd, &data_dir),
             Command::Status(args) => status::status(args, &data_dir).await,
             Command::Platform(args) => status::platform(args, &data_dir).await,
+            Command::Terminal(args) => terminal::run(args, &data_dir).await,
         }
     })
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::plane::*;
 
 /// Enrols a node through device authorization (approved into `org`); its id and credential.
-fn enrol(p: &Plane, host: &str, org: Option<&str>) -> (String, String) {
+pub(super) fn enrol(p: &Plane, host: &str, org: Option<&str>) -> (String, String) {
     let post = |path: &str, body: Value| {
         let r = raw(p.port, "POST", path, &[], Some(&body.to_string()));
         (r.status, r.json())
@@ -42,7 +42,13 @@ fn enrol(p: &Plane, host: &str, org: Option<&str>) -> (String, String) {
 }
 
 /// A request with a node's credential.
-fn as_node(p: &Plane, token: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+pub(super) fn as_node(
+    p: &Plane,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Resp {
     let auth = format!("Bearer {token}");
     let body = body.map(|b| b.to_string());
     raw(

@@ -8,4 +8,6 @@ mod credentials;
 mod fenced;
 mod flow;
 mod retention;
+mod terminal_client;
+mod terminal_tokens;
 mod transport;

@@ -49,6 +49,8 @@ fn init_joins_a_control_plane_once_approved_and_never_twice_without_force() {
         "nexus",
         "approve",
         &code.to_lowercase(),
+        "--org",
+        "acme",
         "--nexus",
         &plane.url(),
         "--token",
@@ -80,6 +82,8 @@ fn init_joins_a_control_plane_once_approved_and_never_twice_without_force() {
         serde_json::from_str(&std::fs::read_to_string(data.join("identity.json")).unwrap())
             .unwrap();
     let node_id = identity["node_id"].as_str().unwrap().to_string();
+    // The organization it was approved into (the terminal service reads its tokens with it).
+    assert_eq!(identity["org_id"], "acme", "{identity}");
     let nodes = plane.json("GET", "/api/v1/nodes", None);
     assert!(
         nodes
@@ -101,6 +105,13 @@ fn init_joins_a_control_plane_once_approved_and_never_twice_without_force() {
     assert!(!ok && err.contains("already initialised"), "{err}");
     let (ok, _, err) = run(citadel(&data).args(["init", "--offline", "--force", "--name", "b"]));
     assert!(ok, "{err}");
+    let identity: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("identity.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        identity["org_id"], "default",
+        "the embedded control plane's organization"
+    );
     assert!(std::fs::read_to_string(&manifest)
         .unwrap()
         .contains("\"b\""));

@@ -3,8 +3,9 @@
 //! (refusing to start when another worker holds the same data directory) and keep it trimmed
 //! ([`journal`]), serve it to `citadel journal`, build the job handlers ([`handlers`]), connect
 //! the transport(s) of the registry ([`transport`], retrying with backoff while they are away),
-//! then run the [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second
-//! signal exits at once); everything stops in the reverse order. This module owns that order and
+//! start the terminal service when the manifest enables the console ([`terminal`]), then run the
+//! [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second signal exits
+//! at once); everything stops in the reverse order. This module owns that order and
 //! the flags; it must never run a job itself.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ mod handlers;
 mod journal;
 mod routing;
 mod settings;
+mod terminal;
 mod transport;
 
 use crate::config::{self, FileConfig};
@@ -179,6 +181,10 @@ pub struct WorkArgs {
     /// DATA_DIR/status.addr for `citadel status`.
     #[arg(long, env = "CITADEL_STATUS_LISTEN", value_name = "ADDR|auto|off")]
     status_listen: Option<String>,
+    /// Where the terminal service listens when `permissions.console.enabled` is true
+    /// (default 127.0.0.1:7860).
+    #[arg(long, env = "CITADEL_TERMINAL_LISTEN", value_name = "ADDR")]
+    terminal_listen: Option<String>,
     /// How often the node's status message goes to the transport (default 30s).
     #[arg(long, env = "CITADEL_HEARTBEAT_INTERVAL", value_name = "DURATION")]
     heartbeat_interval: Option<String>,
@@ -241,6 +247,11 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     };
     let feed = live.as_ref().map(|l| l.feed.clone());
     let (source, embedded) = connect(&args, &file, &settings, data_dir, feed).await?;
+    let local_plane = embedded.as_ref().map(|p| terminal::Plane {
+        url: p.url.clone(),
+        credential: p.token.clone(),
+    });
+    let console = terminal::start(&args, &file, data_dir, local_plane).await?;
 
     let result = work(
         settings,
@@ -253,6 +264,9 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
     )
     .await;
 
+    if let Some(console) = console {
+        console.stop().await;
+    }
     socket.abort();
     retention.abort();
     if let Some(l) = &live {

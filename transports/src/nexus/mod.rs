@@ -12,6 +12,11 @@
 //! - **Attempts** are the server's delivery count (an expired lease counts one).
 //! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
 //!   in memory and sent as the `output` of the status report when the job is acked.
+//! - **Terminal events ride with the settlement** when the server's health lists
+//!   [`SETTLE_EVENT_FEATURE`]: `end`, `error` or `cancelled` of a leased job is kept in memory
+//!   and sent in the settlement's body (one request, one flush on the server); a delivery
+//!   handed back without a settlement drops it (its redelivery publishes it again from the
+//!   worker's journal). Older servers get the event on its own, as before.
 
 pub(crate) mod fetch;
 
@@ -25,7 +30,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::control_plane::wire::{RenewRequest, SettleRequest};
+use crate::control_plane::wire::{RenewRequest, SettleRequest, SETTLE_EVENT_FEATURE};
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
@@ -99,6 +104,11 @@ pub(crate) struct Inner {
     leases: Mutex<HashMap<JobId, String>>,
     /// Full mode: each attempt's reported outcome, sent with its `ack`.
     reported: crate::control_plane::Outcomes,
+    /// Full mode: whether a settlement may carry the attempt's terminal event.
+    settle_event: bool,
+    /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
+    /// Keyed by job, with the lease that reported it.
+    terminal: Mutex<HashMap<JobId, (String, Value)>>,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -126,6 +136,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Takes `job`'s kept terminal event if lease `lease` reported it.
+fn take_for(
+    kept: &Mutex<HashMap<JobId, (String, Value)>>,
+    job: &JobId,
+    lease: &str,
+) -> Option<Value> {
+    let mut kept = lock(kept);
+    match kept.get(job) {
+        Some((l, _)) if l == lease => kept.remove(job).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
 /// A [`JobSource`] on a Nexus HTTP control plane. Create it with [`NexusSource::connect`].
 #[derive(Debug)]
 pub struct NexusSource {
@@ -150,12 +173,15 @@ impl NexusSource {
     pub async fn connect(cfg: NexusConfig) -> Result<Self, SourceError> {
         let client = Client::new(&cfg.url, cfg.token.clone(), cfg.request_timeout)?;
         let rb = client.request(Method::GET, "/api/v1/health");
-        let mode = match client.send(rb, cfg.request_timeout).await {
-            Ok(_) if !cfg.force_plain => Mode::Full,
-            Ok(_) => Mode::Plain,
-            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Mode::Plain,
+        let (mode, health) = match client.json(rb, cfg.request_timeout).await {
+            Ok(v) if !cfg.force_plain => (Mode::Full, v),
+            Ok(_) => (Mode::Plain, Value::Null),
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => (Mode::Plain, Value::Null),
             Err(f) => return Err(f.error),
         };
+        let settle_event = health["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == SETTLE_EVENT_FEATURE));
         info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
         let inner = Arc::new(Inner {
             cfg,
@@ -164,6 +190,8 @@ impl NexusSource {
             inbox: Inbox::default(),
             leases: Mutex::default(),
             reported: Default::default(),
+            settle_event,
+            terminal: Mutex::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
         });
@@ -289,9 +317,13 @@ impl JobSource for NexusSource {
             return self.settle_plain(receipt, settlement, ctx).await;
         }
         let outcome = self.inner.reported.take(receipt.queue());
-        if let Ok(job) = JobId::new(receipt.queue()) {
-            lock(&self.inner.leases).remove(&job);
+        let job = JobId::new(receipt.queue()).ok();
+        if let Some(job) = &job {
+            lock(&self.inner.leases).remove(job);
         }
+        let event = job
+            .as_ref()
+            .and_then(|job| take_for(&self.inner.terminal, job, receipt.id()));
         let mut body = SettleRequest {
             lease_id: receipt.id().to_string(),
             action: settlement.name().to_string(),
@@ -299,6 +331,7 @@ impl JobSource for NexusSource {
             reason: None,
             errors: Vec::new(),
             outcome: None,
+            event,
         };
         match settlement {
             Settlement::Retry { delay } => {
@@ -312,16 +345,32 @@ impl JobSource for NexusSource {
             Settlement::Ack => body.outcome = outcome.map(str::to_string),
             Settlement::Release => {}
         }
-        let body = json!(body);
         let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
-        match self.inner.post(&path, &body).await {
+        let sent = self
+            .inner
+            .send(self.inner.client.request(Method::POST, &path).json(&body))
+            .await;
+        match sent {
             Ok(_) => Ok(()),
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) if f.status == Some(StatusCode::CONFLICT) => {
                 warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
                 Err(SourceError::LeaseLost(receipt.clone()))
             }
-            Err(f) => Err(f.error),
+            Err(f) => {
+                // The runner tries the settlement again: it must carry the event again.
+                if let (Some(job), Some(ev)) = (job, body.event) {
+                    lock(&self.inner.terminal).insert(job, (body.lease_id, ev));
+                }
+                Err(f.error)
+            }
+        }
+    }
+
+    /// A delivery handed back without a settlement: its kept terminal event is dropped.
+    fn abandon(&self, receipt: &Receipt) {
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            take_for(&self.inner.terminal, &job, receipt.id());
         }
     }
 
@@ -386,6 +435,13 @@ impl JobSource for NexusSource {
         }
         self.inner.reported.note(event);
         let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
+        if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
+            if event.data.is_terminal() {
+                let v = serde_json::from_str(&event.to_json()).unwrap_or(Value::Null);
+                lock(&self.inner.terminal).insert(event.job_id.clone(), (l.clone(), v));
+                return Ok(());
+            }
+        }
         let mut path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
         if let Some(l) = lease {
             path = format!("{path}?lease_id={}", path_id(&l));

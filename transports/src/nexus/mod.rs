@@ -17,6 +17,9 @@
 //!   and sent in the settlement's body (one request, one flush on the server); a delivery
 //!   handed back without a settlement drops it (its redelivery publishes it again from the
 //!   worker's journal). Older servers get the event on its own, as before.
+//! - **The cancellation check** reads the `cancel_requested` of the job's lease renewal when one
+//!   is in flight or answered within [`RENEWAL_FRESH`] (the runner checks right after the
+//!   delivery's first renewal began): one request less per job; otherwise it asks.
 
 pub(crate) mod fetch;
 
@@ -27,10 +30,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::control_plane::wire::{RenewRequest, SettleRequest, SETTLE_EVENT_FEATURE};
+use crate::control_plane::wire::{
+    RenewRequest, RenewResponse, SettleRequest, SETTLE_EVENT_FEATURE,
+};
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
@@ -109,6 +115,9 @@ pub(crate) struct Inner {
     /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
     /// Keyed by job, with the lease that reported it.
     terminal: Mutex<HashMap<JobId, (String, Value)>>,
+    /// Full mode: each job's latest lease renewal, in flight (`None`) or answered (when, and
+    /// its `cancel_requested`), read once by the cancellation check.
+    renewals: Mutex<HashMap<JobId, watch::Receiver<Renewal>>>,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -131,6 +140,12 @@ impl Inner {
             .await
     }
 }
+
+/// A lease renewal's answer: when it came, and whether the job's cancellation was requested.
+type Renewal = Option<(Instant, bool)>;
+
+/// How old a renewal's answer may be for the cancellation check to use it instead of asking.
+pub const RENEWAL_FRESH: Duration = Duration::from_millis(250);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -192,6 +207,7 @@ impl NexusSource {
             reported: Default::default(),
             settle_event,
             terminal: Mutex::default(),
+            renewals: Mutex::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
         });
@@ -212,6 +228,19 @@ impl NexusSource {
 
     pub fn config(&self) -> &NexusConfig {
         &self.inner.cfg
+    }
+
+    /// The cancellation flag of `job`'s latest lease renewal, waiting for one in flight, if it
+    /// is answered within [`RENEWAL_FRESH`] of now; read once.
+    async fn renewal_says(&self, job: &JobId) -> Option<bool> {
+        let mut renewal = lock(&self.inner.renewals).remove(job)?;
+        let wait = renewal.wait_for(Option::is_some);
+        let answer = *tokio::time::timeout(self.inner.cfg.request_timeout, wait)
+            .await
+            .ok()?
+            .ok()?;
+        let (at, cancelled) = answer?;
+        (at.elapsed() < RENEWAL_FRESH).then_some(cancelled)
     }
 
     async fn settle_plain(
@@ -320,6 +349,7 @@ impl JobSource for NexusSource {
         let job = JobId::new(receipt.queue()).ok();
         if let Some(job) = &job {
             lock(&self.inner.leases).remove(job);
+            lock(&self.inner.renewals).remove(job);
         }
         let event = job
             .as_ref()
@@ -371,6 +401,7 @@ impl JobSource for NexusSource {
     fn abandon(&self, receipt: &Receipt) {
         if let Ok(job) = JobId::new(receipt.queue()) {
             take_for(&self.inner.terminal, &job, receipt.id());
+            lock(&self.inner.renewals).remove(&job);
         }
     }
 
@@ -383,8 +414,17 @@ impl JobSource for NexusSource {
             lease_ms: Some(self.inner.cfg.lease.as_millis() as u64),
         });
         let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
+        let (answered, renewal) = watch::channel(None);
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            lock(&self.inner.renewals).insert(job, renewal);
+        }
         match self.inner.post(&path, &body).await {
-            Ok(_) => Ok(Lease::Held),
+            Ok(resp) => {
+                if let Ok(r) = resp.json::<RenewResponse>().await {
+                    answered.send_replace(Some((Instant::now(), r.cancel_requested)));
+                }
+                Ok(Lease::Held)
+            }
             Err(f) if matches!(f.status, Some(StatusCode::CONFLICT | StatusCode::NOT_FOUND)) => {
                 warn!(receipt = %receipt, "lease lost");
                 Ok(Lease::Lost)
@@ -396,6 +436,9 @@ impl JobSource for NexusSource {
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
         if self.inner.mode == Mode::Plain {
             return Ok(false);
+        }
+        if let Some(cancelled) = self.renewal_says(job).await {
+            return Ok(cancelled);
         }
         let path = format!("/api/v1/jobs/{}", path_id(job.as_str()));
         let rb = self.inner.client.request(Method::GET, &path);

@@ -3,7 +3,8 @@
 //! shape and the checks shared with the WebSocket are [`super::common`]). The Nexus wire format of docs/wire-format.md#nexus-http (`GET /api/v1/jobs/next`,
 //! `POST /api/v1/jobs/{id}/status`, `GET /api/v1/nodes`) is served exactly; everything else is
 //! citadel's own API, documented in docs/control-plane.md. Every handler that changes state waits for
-//! [`Store::flush`] before it answers. This module must never hold job state of its own or log
+//! [`Store::flush`] before it answers, except where the store says the write survives a crash
+//! without it (a renewal of the same length, a leased worker's non-terminal event). This module must never hold job state of its own or log
 //! the token.
 
 use std::net::SocketAddr;
@@ -21,12 +22,12 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{self, Principal};
 use super::common::{
-    lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body, MAX_BODY,
-    MAX_WAIT,
+    check_event, lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body,
+    MAX_BODY, MAX_WAIT,
 };
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
-    ClaimRequest, RenewRequest, RenewResponse, SettleRequest,
+    ClaimRequest, RenewRequest, RenewResponse, SettleRequest, SETTLE_EVENT_FEATURE,
 };
 
 use super::store::{
@@ -119,7 +120,7 @@ async fn health() -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket"],
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE],
     }))
 }
 
@@ -378,8 +379,10 @@ async fn renew(
     body: Body,
 ) -> ApiResult<Json<RenewResponse>> {
     let b: RenewRequest = parse(body)?;
-    let r = app.store.renew(&id, &b.lease_id, lease_of(b.lease_ms))?;
-    app.store.flush().await?;
+    let (r, durable) = app.store.renew(&id, &b.lease_id, lease_of(b.lease_ms))?;
+    if durable {
+        app.store.flush().await?;
+    }
     Ok(Json(RenewResponse {
         lease_expires_ms: r.lease.as_ref().map(|l| l.expires_ms),
         cancel_requested: r.cancel_requested,
@@ -395,7 +398,12 @@ async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
         b.errors,
         b.outcome.as_deref(),
     )?;
-    let r = app.store.settle(&id, &b.lease_id, how)?;
+    if let Some(ev) = &b.event {
+        check_event(&id, ev)?;
+    }
+    let r = app
+        .store
+        .settle_reporting(&id, &b.lease_id, b.event.as_ref(), how)?;
     app.store.flush().await?;
     Ok(Json(r))
 }
@@ -436,8 +444,9 @@ async fn append_event(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let ev: Value = parse(body)?;
-    record_event(&app.store, &id, q.lease_id.as_deref(), &ev)?;
-    app.store.flush().await?;
+    if record_event(&app.store, &id, q.lease_id.as_deref(), &ev)? {
+        app.store.flush().await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

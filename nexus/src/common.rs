@@ -133,14 +133,8 @@ pub(crate) fn settle_of(
     })
 }
 
-/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed). A
-/// worker names its lease (`lease`): the event is refused (409) unless that lease is current.
-pub(crate) fn record_event(
-    store: &Store,
-    id: &str,
-    lease: Option<&str>,
-    ev: &Value,
-) -> ApiResult<u64> {
+/// Checks that `ev` is a job event (docs/wire-format.md#job-events) about job `id`.
+pub(crate) fn check_event(id: &str, ev: &Value) -> ApiResult<()> {
     if !ev.is_object() {
         return Err(ApiError::bad(
             "an event is a JSON object (docs/wire-format.md#job-events)",
@@ -153,9 +147,30 @@ pub(crate) fn record_event(
             )));
         }
     }
+    Ok(())
+}
+
+/// Checks a job event (docs/wire-format.md#job-events) and records it (not yet flushed). A
+/// worker names its lease (`lease`): the event is refused (409) unless that lease is current.
+/// Returns whether the answer must wait for [`Store::flush`]: not for a leased worker's
+/// non-terminal event (`claimed`, `start`, chunks), which the flush of the attempt's
+/// settlement makes durable (sled writes are ordered; the settlement carries the outcome);
+/// a terminal event, or one reported without a lease, is durable before it is answered.
+pub(crate) fn record_event(
+    store: &Store,
+    id: &str,
+    lease: Option<&str>,
+    ev: &Value,
+) -> ApiResult<bool> {
+    check_event(id, ev)?;
     let by = match lease {
         Some(l) => Reporter::Lease(l),
         None => Reporter::Unleased,
     };
-    Ok(store.append_event(id, by, ev)?)
+    store.append_event(id, by, ev)?;
+    let terminal = ev
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| Outcome::of_event(t).is_some());
+    Ok(lease.is_none() || terminal)
 }

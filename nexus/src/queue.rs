@@ -200,6 +200,7 @@ impl Queue {
                 id: lease_id(),
                 worker: worker.to_string(),
                 expires_ms: now + lease.as_millis() as u64,
+                length_ms: Some(lease.as_millis() as u64),
             });
             r.updated_at = rfc3339_ms(now);
             out.push(r.clone());
@@ -218,6 +219,7 @@ impl Queue {
         let r = self.held(id, lease_id)?;
         if let Some(l) = r.lease.as_mut() {
             l.expires_ms = now + lease.as_millis() as u64;
+            l.length_ms = Some(lease.as_millis() as u64);
         }
         Ok(r.clone())
     }

@@ -3,8 +3,14 @@
 //! method that changes something writes the change into sled before it returns; the API layer
 //! then awaits [`Store::flush`] before it answers, so nothing acknowledged is lost on a crash,
 //! restart or power failure. A request whose writes a finished flush already covered does not
-//! flush again; concurrent flushes share sled's and the kernel's commit ([`DurableDir`]). It must never speak HTTP, decide a job's state
-//! itself, or let a sled type out of the crate.
+//! flush again; concurrent flushes share sled's and the kernel's commit ([`DurableDir`]).
+//!
+//! Two writes are answered without a flush, because what they say survives a crash anyway: a
+//! lease renewal of the same length (not even written: [`Store::open`] gives every persisted
+//! lease its full length again from the restart, so no worker's renewed lease can end early),
+//! and a leased worker's non-terminal event (sled writes are ordered: the flush of the
+//! attempt's settlement, which carries the outcome, makes it durable). It must never speak
+//! HTTP, decide a job's state itself, or let a sled type out of the crate.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +67,19 @@ fn event_key(job: &str, index: u64) -> Vec<u8> {
     k
 }
 
+/// A persisted job as a restarted control plane holds it: a lease gets its full length again
+/// from `now` (it never ends earlier than persisted), so a renewal answered before the restart
+/// but never made durable cannot end early and let a second worker claim the job while the
+/// first still trusts its lease.
+fn restarted(mut r: JobRecord, now: u64) -> JobRecord {
+    if let Some(l) = r.lease.as_mut() {
+        if let Some(length) = l.length_ms {
+            l.expires_ms = l.expires_ms.max(now.saturating_add(length));
+        }
+    }
+    r
+}
+
 /// The persistent state. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -101,7 +120,8 @@ impl Store {
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job record"),
             }
         }
-        let queue = Queue::from_records(loaded);
+        let now = now_ms();
+        let queue = Queue::from_records(loaded.into_iter().map(|r| restarted(r, now)));
         tracing::info!(
             jobs = queue.len(),
             queued = queue.ready_len(),
@@ -237,17 +257,24 @@ impl Store {
         Ok(got)
     }
 
-    /// Restarts the lease; returns the job (its `cancel_requested` included).
+    /// Restarts the lease; returns the job (its `cancel_requested` included) and whether the
+    /// answer must wait for [`Store::flush`]: only when the lease's length changed. A renewal of
+    /// the same length is not written at all: after a restart [`Store::open`] gives the lease
+    /// that length again from the restart, later than any renewal answered before it.
     pub fn renew(
         &self,
         id: &str,
         lease_id: &str,
         lease: Duration,
-    ) -> Result<JobRecord, StoreError> {
+    ) -> Result<(JobRecord, bool), StoreError> {
         let mut q = self.lock();
+        let length = q.get(id)?.lease.as_ref().and_then(|l| l.length_ms);
         let r = q.renew(id, lease_id, lease, now_ms())?;
-        self.put(std::slice::from_ref(&r))?;
-        Ok(r)
+        let durable = length != Some(lease.as_millis() as u64);
+        if durable {
+            self.put(std::slice::from_ref(&r))?;
+        }
+        Ok((r, durable))
     }
 
     /// Applies the current lease's settlement ([`Queue::settle`]).
@@ -257,8 +284,24 @@ impl Store {
         lease_id: &str,
         how: LeaseSettle,
     ) -> Result<JobRecord, StoreError> {
+        self.settle_reporting(id, lease_id, None, how)
+    }
+
+    /// [`Store::settle`], recording the attempt's terminal `event` under the same lease first
+    /// (one write, one flush). A repeat of the settlement that made the job final records
+    /// nothing again and is answered with the job.
+    pub fn settle_reporting(
+        &self,
+        id: &str,
+        lease_id: &str,
+        event: Option<&Value>,
+        how: LeaseSettle,
+    ) -> Result<JobRecord, StoreError> {
         let mut q = self.lock();
         let was_final = q.get(id)?.state.is_final();
+        if let (Some(event), false) = (event, was_final) {
+            self.insert_event(&mut q, id, Reporter::Lease(lease_id), event)?;
+        }
         let r = q.settle(id, lease_id, how, now_ms())?;
         if !was_final {
             self.put(std::slice::from_ref(&r))?;
@@ -285,19 +328,30 @@ impl Store {
         by: Reporter<'_>,
         event: &Value,
     ) -> Result<u64, StoreError> {
+        let mut q = self.lock();
+        let r = self.insert_event(&mut q, id, by, event)?;
+        self.put(std::slice::from_ref(&r))?;
+        Ok(r.events - 1)
+    }
+
+    /// Checks and writes one event; the changed job, not yet written.
+    fn insert_event(
+        &self,
+        q: &mut Queue,
+        id: &str,
+        by: Reporter<'_>,
+        event: &Value,
+    ) -> Result<JobRecord, StoreError> {
         let ty = event
             .get("type")
             .and_then(Value::as_str)
             .ok_or_else(|| StoreError::Invalid("the event has no `type`".into()))?;
         let text = serde_json::to_vec(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut q = self.lock();
         let r = q.event(id, by, ty, event.get("data"))?;
-        let index = r.events - 1;
         self.events
-            .insert(event_key(id, index), text)
+            .insert(event_key(id, r.events - 1), text)
             .map_err(storage)?;
-        self.put(std::slice::from_ref(&r))?;
-        Ok(index)
+        Ok(r)
     }
 
     /// The events of a job with an index of at least `from`.

@@ -7,7 +7,8 @@
 //! jobs still leased to the worker id are sent again (`again`: a push lost with a connection).
 //!
 //! This module owns the socket only: every change goes through the same [`Store`] operations and
-//! checks as the HTTP API (claim, renew, settle, events), answered after [`Store::flush`]. It
+//! checks as the HTTP API (claim, renew, settle, events), answered after [`Store::flush`] where
+//! the HTTP API would wait for one. It
 //! keeps no job state beyond which leases this socket was given. A socket that dies releases
 //! nothing: its leases expire as usual and the jobs go back to the queue (or the DLQ).
 //!
@@ -244,6 +245,15 @@ impl Session {
         }
     }
 
+    /// Answers at once, or once the store is durable when `durable`.
+    fn answer(&self, out: &Out, frame: ServerFrame, durable: bool) {
+        if durable {
+            self.answer_after_flush(out, frame);
+        } else {
+            let _ = out.send(frame);
+        }
+    }
+
     /// Answers `id` once the store is durable.
     fn answer_after_flush(&self, out: &Out, frame: ServerFrame) {
         let (store, out) = (self.app.store.clone(), out.clone());
@@ -371,18 +381,16 @@ impl Session {
                 lease_id,
                 lease_ms,
             } => {
-                let r = self
+                let (r, durable) = self
                     .store()
                     .renew(&job, &lease_id, lease_of(lease_ms))
                     .map_err(|e| (Some(id), e.into()))?;
-                self.answer_after_flush(
-                    out,
-                    ServerFrame::Ok {
-                        id,
-                        lease_expires_ms: r.lease.as_ref().map(|l| l.expires_ms),
-                        cancel_requested: Some(r.cancel_requested),
-                    },
-                );
+                let frame = ServerFrame::Ok {
+                    id,
+                    lease_expires_ms: r.lease.as_ref().map(|l| l.expires_ms),
+                    cancel_requested: Some(r.cancel_requested),
+                };
+                self.answer(out, frame, durable);
             }
             ClientFrame::Event {
                 id,
@@ -393,8 +401,9 @@ impl Session {
                 let lease = lease_id
                     .as_deref()
                     .or_else(|| self.held.get(&job).map(String::as_str));
-                record_event(self.store(), &job, lease, &event).map_err(|e| (Some(id), e))?;
-                self.answer_after_flush(out, ServerFrame::ok(id));
+                let durable =
+                    record_event(self.store(), &job, lease, &event).map_err(|e| (Some(id), e))?;
+                self.answer(out, ServerFrame::ok(id), durable);
             }
         }
         Ok(())

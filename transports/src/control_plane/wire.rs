@@ -66,6 +66,10 @@ pub struct LeaseInfo {
     pub worker: String,
     /// Unix milliseconds.
     pub expires_ms: u64,
+    /// The lease's length as last made durable: after a restart the control plane gives the
+    /// lease this long again from the restart (renewals are not flushed; docs/control-plane.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length_ms: Option<u64>,
 }
 
 /// One job, as stored and as the API shows it.
@@ -281,4 +285,14 @@ pub struct SettleRequest {
     /// when the terminal event itself never arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The attempt's terminal job event (docs/wire-format.md#job-events), recorded under the
+    /// same lease just before the settlement and made durable with it: one request and one
+    /// flush instead of two. Only sent to a control plane whose health lists
+    /// [`SETTLE_EVENT_FEATURE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
 }
+
+/// The `features` entry of `GET /api/v1/health` saying a settlement may carry its terminal
+/// event ([`SettleRequest::event`]).
+pub const SETTLE_EVENT_FEATURE: &str = "settle_event";

@@ -12,6 +12,14 @@
 //! - **Attempts** are the server's delivery count (an expired lease counts one).
 //! - **Plain mode** has no leases, no retries and no events: the terminal event's result is kept
 //!   in memory and sent as the `output` of the status report when the job is acked.
+//! - **Terminal events ride with the settlement** when the server's health lists
+//!   [`SETTLE_EVENT_FEATURE`]: `end`, `error` or `cancelled` of a leased job is kept in memory
+//!   and sent in the settlement's body (one request, one flush on the server); a delivery
+//!   handed back without a settlement drops it (its redelivery publishes it again from the
+//!   worker's journal). Older servers get the event on its own, as before.
+//! - **The cancellation check** reads the `cancel_requested` of the job's lease renewal when one
+//!   is in flight or answered within [`RENEWAL_FRESH`] (the runner checks right after the
+//!   delivery's first renewal began): one request less per job; otherwise it asks.
 
 pub(crate) mod fetch;
 
@@ -22,10 +30,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::control_plane::wire::{RenewRequest, SettleRequest};
+use crate::control_plane::wire::{
+    RenewRequest, RenewResponse, SettleRequest, SETTLE_EVENT_FEATURE,
+};
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{EventData, WireEvent};
@@ -103,6 +114,14 @@ pub(crate) struct Inner {
     leases: Mutex<HashMap<JobId, String>>,
     /// Full mode: each attempt's reported outcome, sent with its `ack`.
     reported: crate::control_plane::Outcomes,
+    /// Full mode: whether a settlement may carry the attempt's terminal event.
+    settle_event: bool,
+    /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
+    /// Keyed by job, with the lease that reported it.
+    terminal: Mutex<HashMap<JobId, (String, Value)>>,
+    /// Full mode: each job's latest lease renewal, in flight (`None`) or answered (when, and
+    /// its `cancel_requested`), read once by the cancellation check.
+    renewals: Mutex<HashMap<JobId, watch::Receiver<Renewal>>>,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -126,8 +145,27 @@ impl Inner {
     }
 }
 
+/// A lease renewal's answer: when it came, and whether the job's cancellation was requested.
+type Renewal = Option<(Instant, bool)>;
+
+/// How old a renewal's answer may be for the cancellation check to use it instead of asking.
+pub const RENEWAL_FRESH: Duration = Duration::from_millis(250);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes `job`'s kept terminal event if lease `lease` reported it.
+fn take_for(
+    kept: &Mutex<HashMap<JobId, (String, Value)>>,
+    job: &JobId,
+    lease: &str,
+) -> Option<Value> {
+    let mut kept = lock(kept);
+    match kept.get(job) {
+        Some((l, _)) if l == lease => kept.remove(job).map(|(_, v)| v),
+        _ => None,
+    }
 }
 
 /// A [`JobSource`] on a Nexus HTTP control plane. Create it with [`NexusSource::connect`].
@@ -154,12 +192,15 @@ impl NexusSource {
     pub async fn connect(cfg: NexusConfig) -> Result<Self, SourceError> {
         let client = Client::new(&cfg.url, cfg.token.clone(), cfg.request_timeout)?;
         let rb = client.request(Method::GET, "/api/v1/health");
-        let mode = match client.send(rb, cfg.request_timeout).await {
-            Ok(_) if !cfg.force_plain => Mode::Full,
-            Ok(_) => Mode::Plain,
-            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Mode::Plain,
+        let (mode, health) = match client.json(rb, cfg.request_timeout).await {
+            Ok(v) if !cfg.force_plain => (Mode::Full, v),
+            Ok(_) => (Mode::Plain, Value::Null),
+            Err(f) if f.status == Some(StatusCode::NOT_FOUND) => (Mode::Plain, Value::Null),
             Err(f) => return Err(f.error),
         };
+        let settle_event = health["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == SETTLE_EVENT_FEATURE));
         info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
         let inner = Arc::new(Inner {
             cfg,
@@ -168,6 +209,9 @@ impl NexusSource {
             inbox: Inbox::default(),
             leases: Mutex::default(),
             reported: Default::default(),
+            settle_event,
+            terminal: Mutex::default(),
+            renewals: Mutex::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
         });
@@ -188,6 +232,19 @@ impl NexusSource {
 
     pub fn config(&self) -> &NexusConfig {
         &self.inner.cfg
+    }
+
+    /// The cancellation flag of `job`'s latest lease renewal, waiting for one in flight, if it
+    /// is answered within [`RENEWAL_FRESH`] of now; read once.
+    async fn renewal_says(&self, job: &JobId) -> Option<bool> {
+        let mut renewal = lock(&self.inner.renewals).remove(job)?;
+        let wait = renewal.wait_for(Option::is_some);
+        let answer = *tokio::time::timeout(self.inner.cfg.request_timeout, wait)
+            .await
+            .ok()?
+            .ok()?;
+        let (at, cancelled) = answer?;
+        (at.elapsed() < RENEWAL_FRESH).then_some(cancelled)
     }
 
     async fn settle_plain(
@@ -293,9 +350,14 @@ impl JobSource for NexusSource {
             return self.settle_plain(receipt, settlement, ctx).await;
         }
         let outcome = self.inner.reported.take(receipt.queue());
-        if let Ok(job) = JobId::new(receipt.queue()) {
-            lock(&self.inner.leases).remove(&job);
+        let job = JobId::new(receipt.queue()).ok();
+        if let Some(job) = &job {
+            lock(&self.inner.leases).remove(job);
+            lock(&self.inner.renewals).remove(job);
         }
+        let event = job
+            .as_ref()
+            .and_then(|job| take_for(&self.inner.terminal, job, receipt.id()));
         let mut body = SettleRequest {
             lease_id: receipt.id().to_string(),
             action: settlement.name().to_string(),
@@ -303,6 +365,7 @@ impl JobSource for NexusSource {
             reason: None,
             errors: Vec::new(),
             outcome: None,
+            event,
         };
         match settlement {
             Settlement::Retry { delay } => {
@@ -316,16 +379,33 @@ impl JobSource for NexusSource {
             Settlement::Ack => body.outcome = outcome.map(str::to_string),
             Settlement::Release => {}
         }
-        let body = json!(body);
         let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
-        match self.inner.post(&path, &body).await {
+        let sent = self
+            .inner
+            .send(self.inner.client.request(Method::POST, &path).json(&body))
+            .await;
+        match sent {
             Ok(_) => Ok(()),
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) if f.status == Some(StatusCode::CONFLICT) => {
                 warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
                 Err(SourceError::LeaseLost(receipt.clone()))
             }
-            Err(f) => Err(f.error),
+            Err(f) => {
+                // The runner tries the settlement again: it must carry the event again.
+                if let (Some(job), Some(ev)) = (job, body.event) {
+                    lock(&self.inner.terminal).insert(job, (body.lease_id, ev));
+                }
+                Err(f.error)
+            }
+        }
+    }
+
+    /// A delivery handed back without a settlement: its kept terminal event is dropped.
+    fn abandon(&self, receipt: &Receipt) {
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            take_for(&self.inner.terminal, &job, receipt.id());
+            lock(&self.inner.renewals).remove(&job);
         }
     }
 
@@ -338,8 +418,17 @@ impl JobSource for NexusSource {
             lease_ms: Some(self.inner.cfg.lease.as_millis() as u64),
         });
         let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
+        let (answered, renewal) = watch::channel(None);
+        if let Ok(job) = JobId::new(receipt.queue()) {
+            lock(&self.inner.renewals).insert(job, renewal);
+        }
         match self.inner.post(&path, &body).await {
-            Ok(_) => Ok(Lease::Held),
+            Ok(resp) => {
+                if let Ok(r) = resp.json::<RenewResponse>().await {
+                    answered.send_replace(Some((Instant::now(), r.cancel_requested)));
+                }
+                Ok(Lease::Held)
+            }
             Err(f) if matches!(f.status, Some(StatusCode::CONFLICT | StatusCode::NOT_FOUND)) => {
                 warn!(receipt = %receipt, "lease lost");
                 Ok(Lease::Lost)
@@ -351,6 +440,9 @@ impl JobSource for NexusSource {
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
         if self.inner.mode == Mode::Plain {
             return Ok(false);
+        }
+        if let Some(cancelled) = self.renewal_says(job).await {
+            return Ok(cancelled);
         }
         let path = format!("/api/v1/jobs/{}", path_id(job.as_str()));
         let rb = self.inner.client.request(Method::GET, &path);
@@ -390,6 +482,13 @@ impl JobSource for NexusSource {
         }
         self.inner.reported.note(event);
         let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
+        if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
+            if event.data.is_terminal() {
+                let v = serde_json::from_str(&event.to_json()).unwrap_or(Value::Null);
+                lock(&self.inner.terminal).insert(event.job_id.clone(), (l.clone(), v));
+                return Ok(());
+            }
+        }
         let mut path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
         if let Some(l) = lease {
             path = format!("{path}?lease_id={}", path_id(&l));

@@ -18,6 +18,8 @@ fn job(id: &str) -> NewJob {
         ray_id: None,
         max_attempts: Some(3),
         org: None,
+        requires: Vec::new(),
+        target_node: None,
     }
 }
 

@@ -179,12 +179,13 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The admin endpoints of retention: `POST /api/v1/dlq/purge` and `GET /api/v1/stats`, for the
-/// admin token only.
+/// The admin endpoints of retention: `POST /api/v1/dlq/purge`, `GET /api/v1/stats` and the
+/// same figures for Prometheus at `GET /metrics`, for the admin token only.
 pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/dlq/purge", post(purge))
         .route("/api/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(app.clone(), admin_only))
         .with_state(app)
 }
@@ -266,6 +267,49 @@ async fn stats(State(app): State<Arc<AppState>>) -> Json<Value> {
         .await
         .unwrap_or_default();
     Json(json!(s))
+}
+
+/// `GET /metrics`: the store's size in the Prometheus text format (a scraper sends the admin
+/// token as its bearer credential).
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let store = app.store.clone();
+    let s = tokio::task::spawn_blocking(move || store.stats())
+        .await
+        .unwrap_or_default();
+    let body = render_metrics(&s);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn render_metrics(s: &super::store::StoreStats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    gauge(
+        "citadel_nexus_store_bytes",
+        "Bytes the control plane's store takes on disk.",
+        &[(String::new(), s.bytes_on_disk)],
+    );
+    gauge(
+        "citadel_nexus_events",
+        "Job events the control plane holds.",
+        &[(String::new(), s.events)],
+    );
+    let by_state: Vec<(String, u64)> = s
+        .by_state
+        .iter()
+        .map(|(state, n)| (format!("{{state=\"{state}\"}}"), *n))
+        .collect();
+    gauge(
+        "citadel_nexus_jobs",
+        "Jobs the control plane holds, by state.",
+        &by_state,
+    );
+    out
 }
 
 #[cfg(test)]

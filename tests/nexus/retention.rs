@@ -249,3 +249,27 @@ fn the_store_folder_shrinks_once_retention_has_removed_many_jobs() {
         "the store took {full} bytes full and {after} after retention"
     );
 }
+
+#[test]
+fn the_store_size_is_on_metrics_for_the_admin_token_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    p.submit(json!({"id": "m1", "type": "t"}));
+    let r = p.call("GET", "/metrics", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bytes: u64 = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_nexus_store_bytes "))
+        .unwrap_or_else(|| panic!("no store size in {}", r.body))
+        .parse()
+        .unwrap();
+    assert!(bytes > 0, "{}", r.body);
+    assert!(
+        r.body.contains("citadel_nexus_jobs{state=\"queued\"} 1"),
+        "{}",
+        r.body
+    );
+    let anon = raw(p.port, "GET", "/metrics", &[], None);
+    assert_eq!(anon.status, 401, "{}", anon.body);
+}

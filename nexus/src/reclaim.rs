@@ -60,7 +60,7 @@ pub fn reclaim(dir: &Path) -> io::Result<Option<(u64, u64)>> {
     if before <= FLOOR {
         return Ok(None);
     }
-    let old = sled::Config::new().path(dir).open().map_err(io_err)?;
+    let old = super::store::open_db(dir).map_err(io_err)?;
     let mut live = 0u64;
     for name in old.tree_names() {
         for kv in old.open_tree(&name).map_err(io_err)?.iter() {
@@ -73,7 +73,7 @@ pub fn reclaim(dir: &Path) -> io::Result<Option<(u64, u64)>> {
     }
     let (new_dir, done) = (sibling(dir, ".new"), sibling(dir, ".new.done"));
     {
-        let new = sled::Config::new().path(&new_dir).open().map_err(io_err)?;
+        let new = super::store::open_db(&new_dir).map_err(io_err)?;
         for name in old.tree_names() {
             let (from, to) = (
                 old.open_tree(&name).map_err(io_err)?,

@@ -59,6 +59,28 @@ fn storage(e: sled::Error) -> StoreError {
     StoreError::Storage(e.into())
 }
 
+/// How long an open waits for sled's lock on a folder this process just closed: sled releases it
+/// from background threads a little after the last handle drops (the journal's store waits the
+/// same way).
+const LOCK_RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Opens the sled database in `dir`, waiting briefly while the lock of a database closed a moment
+/// ago is still held; another process's lock is reported once the grace is over.
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_RELEASE_GRACE =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn event_key(job: &str, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(job.len() + 9);
     k.extend_from_slice(job.as_bytes());
@@ -107,7 +129,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir` and rebuilds the queue from what was persisted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(storage)?;
+        let db = open_db(dir).map_err(storage)?;
         let durable = Arc::new(DurableDir::open(dir).map_err(StoreError::Storage)?);
         let jobs = db.open_tree("jobs").map_err(storage)?;
         let events = db.open_tree("events").map_err(storage)?;

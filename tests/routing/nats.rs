@@ -1,6 +1,7 @@
 //! Routing on NATS with two workers of different capabilities (tags set through their
 //! manifests), as on Redis: a job sent to a tag subject runs only on the node with the tag; a job
-//! sent to one node runs only there, ahead of a backlog on the base subject.
+//! sent to one node runs only there, ahead of a backlog on the base subject; `/metrics` counts
+//! the claims per subject.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use citadel_transports::nats::NatsProducer;
 use citadel_transports::JobId;
 use serde_json::{json, Value};
 
-use super::support::started;
+use super::support::{metrics_of, started};
 use crate::support::worker::Worker;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -89,6 +90,11 @@ async fn a_job_sent_to_a_tag_runs_only_on_the_node_with_that_tag_on_nats() {
     assert!(
         on_b.len() == 3 && on_b.iter().all(|j| j.starts_with("for-b-")),
         "node-b ran {on_b:?}"
+    );
+    let metrics = metrics_of(&a).await;
+    assert!(
+        metrics.contains(r#"citadel_routing_claims_total{stream="jobs.v1.tag.lab-a"} 3"#),
+        "/metrics counts the claims per subject: {metrics}"
     );
 }
 

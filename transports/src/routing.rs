@@ -243,6 +243,13 @@ pub fn tags_of(set: &[(String, u8)]) -> Vec<String> {
         .collect()
 }
 
+/// What a source that reads a stream set reports for `/metrics`: the jobs claimed per stream
+/// (or subject) since it started, also from streams no longer read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    pub claims: std::collections::BTreeMap<String, u64>,
+}
+
 /// The live stream set a fetcher follows: `(stream or subject, priority)`, highest priority
 /// first. Equal when both ends share one channel.
 #[derive(Debug, Clone)]

@@ -338,6 +338,7 @@ async fn admit(
                 }
             }
             debug!(subject = %msg.subject, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
+            inner.known.claimed(msg.subject.as_str());
         }
         Incoming::Malformed(m) => {
             warn!(subject = %msg.subject, reason = %m.reason, attempt, "malformed job message");

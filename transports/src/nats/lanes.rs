@@ -6,7 +6,7 @@
 //!
 //! It owns the set; it must never pull or settle a message.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use async_nats::jetstream::{consumer::PullConsumer, stream};
@@ -31,23 +31,30 @@ pub(crate) struct Lanes {
     pub lanes: Vec<Lane>,
 }
 
-/// Every subject read since the start (receipts from those may still settle).
+/// Every subject read since the start (receipts from those may still settle), and the jobs
+/// claimed from each.
 #[derive(Debug, Default)]
-pub(crate) struct Known(Mutex<HashSet<String>>);
+pub(crate) struct Known(Mutex<(HashSet<String>, BTreeMap<String, u64>)>);
 
 impl Known {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashSet<String>, BTreeMap<String, u64>)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn add(&self, subjects: impl IntoIterator<Item = String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(subjects);
+        self.lock().0.extend(subjects);
     }
 
     pub fn contains(&self, subject: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(subject)
+        self.lock().0.contains(subject)
+    }
+
+    pub fn claimed(&self, subject: &str) {
+        *self.lock().1.entry(subject.to_owned()).or_default() += 1;
+    }
+
+    pub fn claims(&self) -> BTreeMap<String, u64> {
+        self.lock().1.clone()
     }
 }
 

@@ -369,6 +369,12 @@ impl JobSource for NatsSource {
             .map_err(|e| map_err("publishing the heartbeat", e))
     }
 
+    fn route_stats(&self) -> Option<crate::routing::RouteStats> {
+        Some(crate::routing::RouteStats {
+            claims: self.inner.known.claims(),
+        })
+    }
+
     async fn take_buffered(&self) -> Vec<Incoming> {
         self.inner.inbox.take_buffered()
     }

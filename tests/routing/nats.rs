@@ -1,10 +1,11 @@
 //! Routing on NATS with two workers of different capabilities (tags set through their
 //! manifests), as on Redis: a job sent to a tag subject runs only on the node with the tag; a job
 //! sent to one node runs only there, ahead of a backlog on the base subject; `/metrics` counts
-//! the claims per subject.
+//! the claims per subject; an engine that becomes ready brings its subjects without a restart.
 
 use std::time::{Duration, Instant};
 
+use citadel_harness::engine::{EngineScript, FakeEngine};
 use citadel_harness::nats::{types, Server};
 use citadel_transports::nats::NatsProducer;
 use citadel_transports::JobId;
@@ -122,5 +123,39 @@ async fn a_job_for_one_node_runs_only_there_ahead_of_the_base_backlog_on_nats() 
         on_b.first().map(String::as_str),
         Some("for-b"),
         "node-b's own job comes before the base backlog: {on_b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_starts_serving_brings_its_subjects_live_on_nats() {
+    let server = Server::start();
+    jobs_stream(&server).await;
+    let p = server.producer().await;
+    let engine = FakeEngine::start(EngineScript {
+        loading: true,
+        ..EngineScript::default()
+    })
+    .await
+    .unwrap();
+    let spec = format!("vllm={}", engine.url());
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("citadel.yaml"), "").unwrap();
+    let w = Worker::start_on(
+        &["--transport", "nats", "--nats-url", &server.url()],
+        d.path(),
+        &["--engine", &spec, "--routing-probe-interval", "300ms"],
+    );
+    submit(&p, "jobs.v1.tag.engine.vllm", "e1", "echo", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        started(&w).is_empty(),
+        "nothing runs while the engine loads"
+    );
+    engine.script(|s| s.loading = false);
+    wait_end(&p, "e1", &[&w]).await;
+    assert!(
+        w.logs().contains("the job subjects changed"),
+        "{}",
+        w.logs()
     );
 }

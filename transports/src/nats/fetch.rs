@@ -1,7 +1,9 @@
 //! The fetcher: the one background task that pulls messages for this worker, and only as many as
 //! `next()` callers are waiting for (the inbox shared with the Redis and nexus sources). Each
 //! round sends one pull request for exactly the free slots (`batch = want`, `expires = block`)
-//! to one consumer (rotating when several subjects are consumed) and hands every message to the
+//! to one consumer (rotating when several subjects are consumed; subjects of several priorities,
+//! `lanes`, are first asked without waiting, highest first, never for more than the free slots
+//! in all) and hands every message to the
 //! inbox the moment it arrives, so a partly filled request never delays the messages it already
 //! has. The attempt is the message's delivery count less its releases (`release`). It owns the
 //! backoff after failures (the client reconnects by itself) and what a restarted server forgot

@@ -95,6 +95,7 @@ pub async fn run(args: PlatformBench) -> anyhow::Result<()> {
         node_name: "bench",
         uptime_s: 1.0,
         routing: None,
+        claims: None,
     };
     let metrics_bytes = crate::status::prometheus::render(&snapshot).len();
     let render = sample(args.runs, || async {

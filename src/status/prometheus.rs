@@ -114,6 +114,8 @@ pub struct Snapshot<'a> {
     pub uptime_s: f64,
     /// The streams routing derived, when it did.
     pub routing: Option<super::RoutingView>,
+    /// The jobs claimed per stream, when the source reads streams of its own.
+    pub claims: Option<citadel_transports::routing::RouteStats>,
 }
 
 /// Renders the exposition.
@@ -150,6 +152,19 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "citadel_routing_stream",
             "gauge",
             "The job streams this node consumes now, derived from its capabilities (always 1).",
+            &samples,
+        );
+    }
+    if let Some(stats) = &s.claims {
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = stats
+            .claims
+            .iter()
+            .map(|(stream, n)| (vec![("stream", stream.as_str())], *n as f64))
+            .collect();
+        e.labelled(
+            "citadel_routing_claims_total",
+            "counter",
+            "Jobs claimed per stream (NATS: per subject) since the worker started.",
             &samples,
         );
     }

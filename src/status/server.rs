@@ -162,6 +162,7 @@ async fn metrics(State(s): St) -> Response {
         node_name: &s.identity.node_name,
         uptime_s: s.uptime().as_secs_f64(),
         routing: s.routing(),
+        claims: s.source().route_stats(),
     });
     (
         [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],

@@ -2,6 +2,7 @@
 //! its capabilities and settings, with priorities, live as engines come and go (`redis`), and
 //! the producers' side (`submit`).
 
+mod nats;
 mod plane;
 mod redis;
 mod submit;

@@ -108,14 +108,23 @@ impl Target {
     /// The NATS subject: `jobs.v1.{suffix}` with every `.` inside a name turned into `_` (a `.`
     /// separates subject tokens) and `:` into `.` (`jobs.v1.tag.gpu.h100`).
     pub fn nats_subject(&self) -> String {
-        let suffix = self.suffix().replace('.', "_").replace(':', ".");
-        format!("jobs.v1.{suffix}")
+        nats_subject_of(&self.redis_stream())
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.suffix())
+    }
+}
+
+/// The NATS subject of a Redis stream name of this scheme (`jobs:v1:tag:gpu:h100` →
+/// `jobs.v1.tag.gpu.h100`, see [`Target::nats_subject`]); any other name is kept as it is. A
+/// [`RouteFeed`] carries Redis names; the NATS fetcher reads their subjects.
+pub fn nats_subject_of(stream: &str) -> String {
+    match stream.strip_prefix("jobs:v1:") {
+        Some(suffix) => format!("jobs.v1.{}", suffix.replace('.', "_").replace(':', ".")),
+        None => stream.to_owned(),
     }
 }
 
@@ -232,6 +241,13 @@ pub fn tags_of(set: &[(String, u8)]) -> Vec<String> {
     set.iter()
         .filter_map(|(s, _)| s.strip_prefix("jobs:v1:tag:").map(str::to_owned))
         .collect()
+}
+
+/// What a source that reads a stream set reports for `/metrics`: the jobs claimed per stream
+/// (or subject) since it started, also from streams no longer read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    pub claims: std::collections::BTreeMap<String, u64>,
 }
 
 /// The live stream set a fetcher follows: `(stream or subject, priority)`, highest priority
@@ -358,6 +374,11 @@ mod tests {
         };
         assert_eq!(n.redis_stream(), "jobs:v1:shell:org_acme:node:n1");
         assert_eq!(n.nats_subject(), "jobs.v1.shell.org_acme.node.n1");
+        assert_eq!(
+            nats_subject_of("jobs:v1:gpu-general"),
+            "jobs.v1.gpu-general"
+        );
+        assert_eq!(nats_subject_of("custom.x"), "custom.x");
         assert!(valid_tag("gpu:h100"));
         assert!(!valid_tag(":x") && !valid_tag("GPU") && !valid_tag(""));
         assert!(!valid_tag(&"a".repeat(129)) && valid_tag(&"a".repeat(128)));

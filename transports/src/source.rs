@@ -214,6 +214,12 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
         Route::fixed(self.name())
     }
 
+    /// The claims per stream of a source that reads several (Redis, NATS); `None` for one
+    /// that has no streams of its own.
+    fn route_stats(&self) -> Option<crate::routing::RouteStats> {
+        None
+    }
+
     /// Stops tracking a delivery this worker will neither settle nor renew (its settlement could
     /// not be made or sent, or its lease is gone), so that its lease runs out and the broker
     /// delivers it again, here or elsewhere. Never talks to the broker; transports that keep no

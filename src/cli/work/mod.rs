@@ -103,7 +103,8 @@ pub struct WorkArgs {
     /// jobs.v1.> and work-queue retention when missing).
     #[arg(long, env = "CITADEL_NATS_STREAM", value_name = "STREAM")]
     nats_stream: Option<String>,
-    /// Job subject(s) to consume, repeatable or comma separated (default jobs.v1.gpu-general).
+    /// Job subject(s) to consume, repeatable or comma separated (default: derived from the
+    /// node's capabilities, see docs/transports.md#routing).
     #[arg(
         long = "nats-subject",
         env = "CITADEL_NATS_SUBJECTS",

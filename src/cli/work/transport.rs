@@ -61,8 +61,8 @@ pub(super) struct Identity<'a> {
 }
 
 /// Whether a transport takes its streams from routing: Redis is configured (or may be, under
-/// `auto`) and no stream is listed explicitly; or a control plane (nexus, or the embedded one),
-/// whose claims offer the routing tags.
+/// `auto`) and no stream is listed explicitly; NATS likewise without listed subjects; or a
+/// control plane (nexus, or the embedded one), whose claims offer the routing tags.
 pub(super) fn derives_streams(args: &WorkArgs, file: &FileConfig) -> bool {
     let redis_streams = file
         .transports
@@ -71,10 +71,18 @@ pub(super) fn derives_streams(args: &WorkArgs, file: &FileConfig) -> bool {
         .is_some_and(|r| r.streams.is_some());
     let redis =
         configured(TransportName::Redis, args, file) && args.streams.is_empty() && !redis_streams;
+    let nats_subjects = file
+        .transports
+        .nats
+        .as_ref()
+        .is_some_and(|n| n.subjects.is_some());
+    let nats = configured(TransportName::Nats, args, file)
+        && args.nats_subjects.is_empty()
+        && !nats_subjects;
     let none = !TransportName::ALL
         .into_iter()
         .any(|n| configured(n, args, file));
-    redis || configured(TransportName::Nexus, args, file) || none
+    redis || nats || configured(TransportName::Nexus, args, file) || none
 }
 
 /// What `citadel work` takes jobs from.
@@ -131,7 +139,13 @@ fn transport_config(
         }
         TransportName::Nats => {
             let n = t.nats.clone().unwrap_or_default();
-            let mut c = nats_config(args, n, who.consumer.to_string(), who.lease)?;
+            let mut c = nats_config(
+                args,
+                n,
+                who.consumer.to_string(),
+                who.lease,
+                who.routes.clone(),
+            )?;
             limits.apply_nats(&mut c);
             TransportConfig::Nats(c)
         }
@@ -344,12 +358,14 @@ fn auto_config(args: &WorkArgs, a: Option<&AutoSection>) -> anyhow::Result<AutoC
     Ok(cfg)
 }
 
-/// The NATS settings: defaults < `transports.nats` < `CITADEL_NATS_*` < flags.
+/// The NATS settings: defaults < `transports.nats` < `CITADEL_NATS_*` < flags; without
+/// configured subjects, the routed ones.
 fn nats_config(
     args: &WorkArgs,
     file: config::NatsSection,
     worker_id: String,
     lease: Duration,
+    routes: Option<RouteFeed>,
 ) -> anyhow::Result<NatsConfig> {
     let url = args
         .nats_url
@@ -361,6 +377,9 @@ fn nats_config(
         cfg.subjects = args.nats_subjects.clone();
     } else if let Some(s) = file.subjects {
         cfg.subjects = s;
+    } else {
+        // No subjects configured: those derived from the node's capabilities, live.
+        cfg.routes = routes;
     }
     if let Some(s) = args.nats_stream.clone().or(file.stream) {
         cfg.stream = s;

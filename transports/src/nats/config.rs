@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::job::JobId;
+use crate::routing::RouteFeed;
 use crate::source::SourceError;
 
 /// The default job stream.
@@ -42,10 +43,14 @@ pub struct NatsConfig {
     pub stream: String,
     /// The subjects the job stream is created with (only used when it is created).
     pub stream_subjects: Vec<String>,
-    /// The job subjects to consume (at least one).
+    /// The job subjects to consume (at least one); unused when `routes` is set.
     pub subjects: Vec<String>,
-    /// The durable pull consumer; one per subject when several are consumed
-    /// (`{consumer}-{subject}`; see [`NatsConfig::durable_for`]).
+    /// The live subject set derived from the node's capabilities (docs/transports.md#routing):
+    /// `(Redis stream name, priority)` pairs, read as their subjects
+    /// ([`crate::routing::nats_subject_of`]). When set, `subjects` is not used.
+    pub routes: Option<RouteFeed>,
+    /// The durable pull consumer; one per subject when several are consumed (see
+    /// [`NatsConfig::durable_for`]).
     pub consumer: String,
     /// The `worker_id` written into dead letters and statuses, and the connection name.
     pub worker_id: String,
@@ -81,6 +86,7 @@ impl NatsConfig {
             stream: DEFAULT_STREAM.to_owned(),
             stream_subjects: vec![DEFAULT_STREAM_SUBJECTS.to_owned()],
             subjects: vec![DEFAULT_SUBJECT.to_owned()],
+            routes: None,
             consumer: DEFAULT_CONSUMER.to_owned(),
             worker_id: worker_id.into(),
             lease: Duration::from_secs(60),
@@ -142,7 +148,15 @@ impl NatsConfig {
     /// The durable consumer that reads `subject`: the configured name when one subject is
     /// consumed, else `{consumer}-{subject with dots as underscores}`. Every worker of a fleet
     /// must list the same subjects (as every Redis worker must use the same group).
+    ///
+    /// With `routes`, the name depends on the subject alone, so every node reading a subject
+    /// shares its one consumer whatever else it reads: the default subject keeps the configured
+    /// name, any other is `{consumer}-{subject}` with `.` as `_` and every byte outside
+    /// `A-Z a-z 0-9 -` as `=` and its hex (`_` → `=5f`), so two subjects never share a name.
     pub fn durable_for(&self, subject: &str) -> String {
+        if self.routes.is_some() {
+            return routed_durable(&self.consumer, subject);
+        }
         if self.subjects.len() == 1 {
             self.consumer.clone()
         } else {
@@ -179,6 +193,21 @@ impl NatsConfig {
     }
 }
 
+fn routed_durable(consumer: &str, subject: &str) -> String {
+    if subject == DEFAULT_SUBJECT {
+        return consumer.to_owned();
+    }
+    let mut out = format!("{consumer}-");
+    for b in subject.bytes() {
+        match b {
+            b'.' => out.push('_'),
+            b if b.is_ascii_alphanumeric() || b == b'-' => out.push(char::from(b)),
+            b => out.push_str(&format!("={b:02x}")),
+        }
+    }
+    out
+}
+
 /// A job id as a subject token and key-value key: ids made only of `A-Z a-z 0-9 _ -` are used
 /// as they are; any other id becomes `=` followed by the lowercase hex of its UTF-8 bytes
 /// (`a.b` → `=612e62`). `=` never starts a plain id, so two ids never share a token.
@@ -202,7 +231,7 @@ pub(crate) fn token_of(s: &str) -> String {
 }
 
 /// A subject: dot-separated non-empty tokens without whitespace; wildcards only when allowed.
-fn valid_subject(s: &str, wildcards: bool) -> bool {
+pub(crate) fn valid_subject(s: &str, wildcards: bool) -> bool {
     !s.is_empty()
         && s.split('.').enumerate().all(|(i, t)| {
             !t.is_empty()
@@ -243,6 +272,25 @@ mod tests {
             two.durable_for("jobs.v1.cpu-general"),
             "workers-jobs_v1_cpu-general"
         );
+    }
+
+    #[test]
+    fn routed_consumers_are_named_by_their_subject_alone() {
+        let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let mut c = NatsConfig::new("nats://x", "w");
+        c.routes = Some(RouteFeed::new(rx));
+        assert_eq!(c.durable_for(DEFAULT_SUBJECT), "workers");
+        assert_eq!(
+            c.durable_for("jobs.v1.tag.model.llama-3_1-8b"),
+            "workers-jobs_v1_tag_model_llama-3=5f1-8b"
+        );
+        // `tag:a.b` and `tag:a:b` have the subjects `…a_b` and `…a.b`: two names.
+        assert_ne!(
+            c.durable_for("jobs.v1.tag.a_b"),
+            c.durable_for("jobs.v1.tag.a.b")
+        );
+        assert!(valid_name(&c.durable_for("jobs.v1.node.n/1 x")));
+        drop(tx);
     }
 
     #[test]

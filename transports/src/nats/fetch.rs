@@ -1,7 +1,9 @@
 //! The fetcher: the one background task that pulls messages for this worker, and only as many as
 //! `next()` callers are waiting for (the inbox shared with the Redis and nexus sources). Each
 //! round sends one pull request for exactly the free slots (`batch = want`, `expires = block`)
-//! to one consumer (rotating when several subjects are consumed) and hands every message to the
+//! to one consumer (rotating when several subjects are consumed; subjects of several priorities,
+//! `lanes`, are first asked without waiting, highest first, never for more than the free slots
+//! in all) and hands every message to the
 //! inbox the moment it arrives, so a partly filled request never delays the messages it already
 //! has. The attempt is the message's delivery count less its releases (`release`). It owns the
 //! backoff after failures (the client reconnects by itself) and what a restarted server forgot
@@ -17,13 +19,14 @@ use async_nats::jetstream::AckKind;
 use futures_util::StreamExt as _;
 use tracing::{debug, warn};
 
+use super::lanes::{Lane, Lanes};
 use super::message::to_incoming;
 use super::Inner;
 use crate::delivery::Incoming;
 use crate::job::JobId;
 use crate::source::SourceError;
 
-pub(crate) async fn run(inner: Arc<Inner>) {
+pub(crate) async fn run(inner: Arc<Inner>, mut lanes: Lanes) {
     let inbox = &inner.inbox;
     let mut backoff = crate::Backoff::RECONNECT.retrier();
     let mut turn = 0usize;
@@ -38,15 +41,26 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if want == 0 {
             continue;
         }
-        turn = (turn + 1) % inner.consumers.len();
-        suspects.refresh(&inner).await;
-        match round(&inner, turn, want, &suspects).await {
+        let pulled = match lanes.follow(&inner.jobs, &inner.cfg, &inner.known).await {
+            Ok(()) => {
+                turn = (turn + 1) % lanes.lanes.len();
+                suspects.refresh(&inner).await;
+                if lanes.flat() {
+                    let block = wait_per_pull(&inner, lanes.lanes.len());
+                    round(&inner, &lanes.lanes[turn], want, Some(block), &suspects).await
+                } else {
+                    by_priority(&inner, &lanes, turn, want, &suspects).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match pulled {
             Ok(got) => {
                 backoff.reset();
                 // A pull on a deleted consumer just stays empty: look now and then, when idle.
                 if got == 0 && last_check.elapsed() >= CHECK_EVERY {
                     last_check = tokio::time::Instant::now();
-                    recreate_if_missing(&inner).await;
+                    recreate_if_missing(&inner, &lanes.subjects()).await;
                 }
             }
             Err(e) => {
@@ -54,7 +68,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "pulling jobs from nats failed");
                 let text = e.to_string().to_ascii_lowercase();
                 if text.contains("consumer deleted") || text.contains("not found") {
-                    recreate_if_missing(&inner).await;
+                    recreate_if_missing(&inner, &lanes.subjects()).await;
                 }
                 inbox.fail(e);
                 tokio::select! {
@@ -163,14 +177,14 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Creates the stream and consumers again when one is gone (deleted, or a server that lost its
 /// store); the consumer handles keep working since they address consumers by name.
-async fn recreate_if_missing(inner: &Inner) {
-    for (subject, _) in &inner.consumers {
+async fn recreate_if_missing(inner: &Inner, subjects: &[String]) {
+    for subject in subjects {
         let name = inner.cfg.durable_for(subject);
         match inner.jobs.consumer_info(&name).await {
             Ok(_) => continue,
             Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {
                 warn!(consumer = %name, "the consumer is gone; creating it again");
-                if let Err(e) = super::setup::ensure(&inner.js, &inner.cfg).await {
+                if let Err(e) = super::setup::ensure(&inner.js, &inner.cfg, subjects).await {
                     warn!(error = %e, "re-creating the stream and consumers failed");
                 }
                 return;
@@ -183,32 +197,73 @@ async fn recreate_if_missing(inner: &Inner) {
     }
 }
 
-/// One pull request of `want` messages on consumer `turn`; returns how many came.
-async fn round(
+/// How long one pull waits when `n` subjects share the fetcher: short enough that none waits
+/// long.
+fn wait_per_pull(inner: &Inner, n: usize) -> Duration {
+    if n > 1 {
+        (inner.cfg.block / n as u32).max(Duration::from_millis(50))
+    } else {
+        inner.cfg.block
+    }
+}
+
+/// One round over subjects of several priorities: each subject, higher priorities first (in
+/// turn within one), is asked for what it holds now without waiting, never more than `want`
+/// in all; only when none had anything does one subject in turn get a waiting pull.
+async fn by_priority(
     inner: &Inner,
+    lanes: &Lanes,
     turn: usize,
     want: usize,
     suspects: &Suspects,
 ) -> Result<usize, SourceError> {
-    let (subject, consumer) = &inner.consumers[turn];
-    let block = if inner.consumers.len() > 1 {
-        // Several subjects share the fetcher: keep each pull short so none waits long.
-        (inner.cfg.block / inner.consumers.len() as u32).max(Duration::from_millis(50))
-    } else {
-        inner.cfg.block
+    let mut got = 0;
+    for level in lanes.levels() {
+        let n = level.len();
+        for i in 0..n {
+            if got >= want {
+                return Ok(got);
+            }
+            got += round(inner, &level[(turn + i) % n], want - got, None, suspects).await?;
+        }
+    }
+    if got > 0 {
+        return Ok(got);
+    }
+    let n = lanes.lanes.len();
+    let block = wait_per_pull(inner, n);
+    round(inner, &lanes.lanes[turn % n], want, Some(block), suspects).await
+}
+
+/// One pull request of `want` messages on `lane`, waiting up to `block` for them (`None`: only
+/// what the subject holds now); returns how many came.
+async fn round(
+    inner: &Inner,
+    lane: &Lane,
+    want: usize,
+    block: Option<Duration>,
+    suspects: &Suspects,
+) -> Result<usize, SourceError> {
+    let (subject, consumer) = (&lane.subject, &lane.consumer);
+    let request = async {
+        match block {
+            Some(block) => {
+                consumer
+                    .batch()
+                    .max_messages(want)
+                    .expires(block)
+                    .messages()
+                    .await
+            }
+            None => consumer.fetch().max_messages(want).messages().await,
+        }
     };
+    let mut batch = tokio::time::timeout(inner.cfg.command_timeout, request)
+        .await
+        .map_err(|_| SourceError::Unavailable("sending a pull request timed out".into()))?
+        .map_err(|e| super::setup::map_err(&format!("pulling from {subject}"), e))?;
+    let block = block.unwrap_or_default();
     let patience = block + inner.cfg.command_timeout;
-    let mut batch = tokio::time::timeout(
-        inner.cfg.command_timeout,
-        consumer
-            .batch()
-            .max_messages(want)
-            .expires(block)
-            .messages(),
-    )
-    .await
-    .map_err(|_| SourceError::Unavailable("sending a pull request timed out".into()))?
-    .map_err(|e| super::setup::map_err(&format!("pulling from {subject}"), e))?;
     let (mut got, mut handed) = (0usize, 0usize);
     loop {
         let next = match tokio::time::timeout(patience, batch.next()).await {
@@ -285,6 +340,7 @@ async fn admit(
                 }
             }
             debug!(subject = %msg.subject, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
+            inner.known.claimed(msg.subject.as_str());
         }
         Incoming::Malformed(m) => {
             warn!(subject = %msg.subject, reason = %m.reason, attempt, "malformed job message");

@@ -38,11 +38,13 @@
 //!   lease plus 5 s ago is handed back for that long (that worker may still be settling it);
 //!   neither is handed out (`fetch`).
 //! - Server 2.9 consumers filter one subject, so several job subjects mean one durable per
-//!   subject (`{consumer}-{subject}`), pulled in turn.
+//!   subject (`{consumer}-{subject}`), pulled in turn; subjects derived from the node's
+//!   capabilities (`lanes`) are pulled by priority, each by the consumer its subject names.
 
 mod config;
 mod dlq;
 mod fetch;
+mod lanes;
 mod message;
 mod producer;
 mod release;
@@ -51,7 +53,7 @@ mod setup;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_nats::jetstream::{self, kv, stream, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -78,7 +80,8 @@ pub(crate) struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     jobs: stream::Stream,
-    consumers: Vec<(String, consumer::PullConsumer)>,
+    /// Every subject read since the start.
+    known: lanes::Known,
     cancel: kv::Store,
     released: kv::Store,
     status: kv::Store,
@@ -127,21 +130,30 @@ impl NatsSource {
         cfg.validate()?;
         let client = setup::connect(&cfg).await?;
         let js = jetstream::new(client.clone());
-        let objects = setup::ensure(&js, &cfg).await?;
-        info!(stream = %cfg.stream, subjects = ?cfg.subjects, consumer = %cfg.consumer, worker = %cfg.worker_id,
+        let (feed, set) = lanes::first_set(&cfg);
+        let subjects: Vec<String> = set.iter().map(|(s, _)| s.clone()).collect();
+        if subjects.is_empty() {
+            return Err(SourceError::Config("no job subject to read".into()));
+        }
+        let objects = setup::ensure(&js, &cfg, &subjects).await?;
+        info!(stream = %cfg.stream, subjects = ?subjects, routed = cfg.routes.is_some(), consumer = %cfg.consumer, worker = %cfg.worker_id,
             lease_ms = cfg.lease.as_millis() as u64, "nats job source connected");
+        let known = lanes::Known::default();
+        known.add(subjects);
+        let consumers = objects.consumers.into_iter().map(|(_, c)| c).collect();
+        let lanes = lanes::Lanes::new(feed, &set, consumers);
         let inner = Arc::new(Inner {
             cfg,
             client,
             js,
             jobs: objects.jobs,
-            consumers: objects.consumers,
+            known,
             cancel: objects.cancel,
             released: objects.released,
             status: objects.status,
             inbox: Inbox::default(),
         });
-        let fetcher = tokio::spawn(fetch::run(inner.clone()));
+        let fetcher = tokio::spawn(fetch::run(inner.clone(), lanes));
         Ok(Self {
             inner,
             fetcher: Mutex::new(Some(fetcher)),
@@ -153,7 +165,7 @@ impl NatsSource {
     }
 
     fn ack_info(&self, r: &Receipt) -> Result<AckInfo, SourceError> {
-        if !self.inner.cfg.subjects.iter().any(|s| s == r.queue()) {
+        if !self.inner.known.contains(r.queue()) {
             return Err(SourceError::Config(format!(
                 "receipt {r} is not from a subject of this source"
             )));
@@ -355,6 +367,12 @@ impl JobSource for NatsSource {
             .publish(NatsConfig::status_subject(node), status.to_string().into())
             .await
             .map_err(|e| map_err("publishing the heartbeat", e))
+    }
+
+    fn route_stats(&self) -> Option<crate::routing::RouteStats> {
+        Some(crate::routing::RouteStats {
+            claims: self.inner.known.claims(),
+        })
     }
 
     async fn take_buffered(&self) -> Vec<Incoming> {

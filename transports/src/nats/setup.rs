@@ -71,16 +71,18 @@ pub(crate) async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Sour
 /// Every JetStream object of the transport.
 pub(crate) struct Objects {
     pub jobs: stream::Stream,
-    /// One durable pull consumer per job subject, in the order of `cfg.subjects`.
+    /// One durable pull consumer per job subject, in the order asked for.
     pub consumers: Vec<(String, consumer::PullConsumer)>,
     pub cancel: kv::Store,
     pub released: kv::Store,
     pub status: kv::Store,
 }
 
+/// Makes sure every object exists, with one consumer for each of `subjects`.
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     cfg: &NatsConfig,
+    subjects: &[String],
 ) -> Result<Objects, SourceError> {
     let jobs = js
         .get_or_create_stream(stream::Config {
@@ -94,40 +96,9 @@ pub(crate) async fn ensure(
         })
         .await
         .map_err(|e| map_err(&format!("creating the stream {}", cfg.stream), e))?;
-    let mut consumers = Vec::with_capacity(cfg.subjects.len());
-    for subject in &cfg.subjects {
-        let name = cfg.durable_for(subject);
-        let c: consumer::PullConsumer = jobs
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subject.clone(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: cfg.lease,
-                    // No server-side limit: the runner's maxAttempts rule decides, and it
-                    // dead-letters with the reason and history.
-                    max_deliver: -1,
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| match map_err("", &e) {
-                SourceError::Broker(_) => SourceError::Config(format!(
-                    "creating the consumer {name} on {} for {subject} (is the subject in the \
-                     stream's subjects, and is no other consumer of this work-queue stream \
-                     filtering it?): {e}",
-                    cfg.stream
-                )),
-                other => other,
-            })?;
-        let server_wait = c.cached_info().config.ack_wait;
-        if server_wait != cfg.lease {
-            warn!(consumer = %name, server_ack_wait_ms = server_wait.as_millis() as u64, lease_ms = cfg.lease.as_millis() as u64,
-                "the consumer exists with another ack_wait; the server's value decides when a job is redelivered");
-        }
-        consumers.push((subject.clone(), c));
+    let mut consumers = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        consumers.push((subject.clone(), consumer_for(&jobs, cfg, subject).await?));
     }
     for (name, subjects, max_per_subject, max_msgs, max_age) in [
         (
@@ -163,7 +134,7 @@ pub(crate) async fn ensure(
     // Written by plain publishes to its subject (see `publish`); read by the fetcher.
     let status = bucket(js, STATUS_BUCKET, cfg).await?;
     let released = bucket(js, RELEASED_BUCKET, cfg).await?;
-    info!(stream = %cfg.stream, subjects = ?cfg.subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
+    info!(stream = %cfg.stream, subjects = ?subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
     Ok(Objects {
         jobs,
         consumers,
@@ -171,6 +142,55 @@ pub(crate) async fn ensure(
         released,
         status,
     })
+}
+
+/// The durable pull consumer of `subject` ([`NatsConfig::durable_for`]), created when missing.
+/// An existing one that filters another subject is a configuration error: reading it would take
+/// jobs meant for other nodes.
+pub(crate) async fn consumer_for(
+    jobs: &stream::Stream,
+    cfg: &NatsConfig,
+    subject: &str,
+) -> Result<consumer::PullConsumer, SourceError> {
+    let name = cfg.durable_for(subject);
+    let c: consumer::PullConsumer = jobs
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subject.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: cfg.lease,
+                // No server-side limit: the runner's maxAttempts rule decides, and it
+                // dead-letters with the reason and history.
+                max_deliver: -1,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| match map_err("", &e) {
+            SourceError::Broker(_) => SourceError::Config(format!(
+                "creating the consumer {name} on {} for {subject} (is the subject in the \
+                 stream's subjects, and is no other consumer of this work-queue stream \
+                 filtering it?): {e}",
+                cfg.stream
+            )),
+            other => other,
+        })?;
+    let server_wait = c.cached_info().config.ack_wait;
+    if server_wait != cfg.lease {
+        warn!(consumer = %name, server_ack_wait_ms = server_wait.as_millis() as u64, lease_ms = cfg.lease.as_millis() as u64,
+            "the consumer exists with another ack_wait; the server's value decides when a job is redelivered");
+    }
+    let filter = &c.cached_info().config.filter_subject;
+    if filter != subject {
+        return Err(SourceError::Config(format!(
+            "the consumer {name} on {} filters {filter}, not {subject}",
+            cfg.stream
+        )));
+    }
+    Ok(c)
 }
 
 /// Records the `DLQ` stream's fill after a dead letter went in (`dead_letters`): its size, its

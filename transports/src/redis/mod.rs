@@ -498,6 +498,12 @@ impl JobSource for RedisSource {
         }
     }
 
+    fn route_stats(&self) -> Option<crate::routing::RouteStats> {
+        Some(crate::routing::RouteStats {
+            claims: self.stream_stats().claims,
+        })
+    }
+
     async fn take_buffered(&self) -> Vec<Incoming> {
         self.inner.inbox.take_buffered()
     }

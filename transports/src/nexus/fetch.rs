@@ -81,6 +81,10 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
             .routes
             .as_ref()
             .map(|_| inner.cfg.node_name.clone()),
+        // The plane records each job's `claimed` with the claim: `publish` then skips it.
+        claimed: inner
+            .claim_event
+            .then(|| json!({ "agent_version": env!("CARGO_PKG_VERSION") })),
     });
     let rb = inner
         .client

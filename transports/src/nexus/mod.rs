@@ -18,8 +18,9 @@
 //!   handed back without a settlement drops it (its redelivery publishes it again from the
 //!   worker's journal). Older servers get the event on its own, as before.
 //! - **`claimed` rides with the claim** when the server's health lists [`CLAIM_EVENT_FEATURE`]:
-//!   the claim asks the plane to record each handed-out job's `claimed` event (durable with the
-//!   claim's flush), and the worker's own `claimed` of a leased job is not sent.
+//!   once the worker has sent one `claimed` itself, each claim carries its data (meta included)
+//!   and the plane records each handed-out job's `claimed` with it (durable with the claim's
+//!   flush); the worker's own `claimed` of those jobs is not sent.
 //! - **The cancellation check** reads the `cancel_requested` of the job's lease renewal when one
 //!   is in flight or answered within [`RENEWAL_FRESH`] (the runner checks right after the
 //!   delivery's first renewal began): one request less per job; otherwise it asks.
@@ -119,8 +120,13 @@ pub(crate) struct Inner {
     reported: crate::control_plane::Outcomes,
     /// Full mode: whether a settlement may carry the attempt's terminal event.
     settle_event: bool,
-    /// Full mode: whether each claim asks the plane to record the jobs' `claimed` events.
+    /// Full mode: whether claims may ask the plane to record the jobs' `claimed` events.
     pub(crate) claim_event: bool,
+    /// `claim_event`: the data (meta included) of the last `claimed` this worker sent itself;
+    /// once known, each claim carries it.
+    pub(crate) claimed_data: Mutex<Option<Value>>,
+    /// `claim_event`: the jobs whose claim recorded their `claimed`; their own is not sent.
+    pub(crate) announced: Mutex<std::collections::HashSet<JobId>>,
     /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
     /// Keyed by job, with the lease that reported it.
     terminal: Mutex<HashMap<JobId, (String, Value)>>,
@@ -216,6 +222,8 @@ impl NexusSource {
             reported: Default::default(),
             settle_event,
             claim_event,
+            claimed_data: Mutex::default(),
+            announced: Mutex::default(),
             terminal: Mutex::default(),
             renewals: Mutex::default(),
             outcomes: Mutex::default(),
@@ -360,6 +368,7 @@ impl JobSource for NexusSource {
         if let Some(job) = &job {
             lock(&self.inner.leases).remove(job);
             lock(&self.inner.renewals).remove(job);
+            lock(&self.inner.announced).remove(job);
         }
         let event = job
             .as_ref()
@@ -412,6 +421,7 @@ impl JobSource for NexusSource {
         if let Ok(job) = JobId::new(receipt.queue()) {
             take_for(&self.inner.terminal, &job, receipt.id());
             lock(&self.inner.renewals).remove(&job);
+            lock(&self.inner.announced).remove(&job);
         }
     }
 
@@ -488,11 +498,11 @@ impl JobSource for NexusSource {
         }
         self.inner.reported.note(event);
         let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
-        if lease.is_some()
-            && self.inner.claim_event
-            && matches!(event.data, EventData::Claimed { .. })
-        {
-            return Ok(()); // the plane recorded it with the claim
+        if self.inner.claim_event && matches!(event.data, EventData::Claimed { .. }) {
+            if lock(&self.inner.announced).remove(&event.job_id) {
+                return Ok(()); // the plane recorded it with the claim
+            }
+            *lock(&self.inner.claimed_data) = Some(Value::Object(event.data_json()));
         }
         if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
             if event.data.is_terminal() {

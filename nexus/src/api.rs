@@ -27,7 +27,8 @@ use super::common::{
 };
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
-    ClaimRequest, RenewRequest, RenewResponse, SettleRequest, SETTLE_EVENT_FEATURE,
+    ClaimRequest, RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE,
+    SETTLE_EVENT_FEATURE,
 };
 
 use super::store::{
@@ -120,7 +121,7 @@ async fn health() -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE],
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE, CLAIM_EVENT_FEATURE],
     }))
 }
 
@@ -138,7 +139,9 @@ fn wait_of(secs: Option<f64>) -> Duration {
 }
 
 /// Claims up to `max` jobs of `who`'s organization, waiting up to `wait` for one to become ready;
-/// a node whose credential is revoked meanwhile is refused (401) instead of given a job.
+/// a node whose credential is revoked meanwhile is refused (401) instead of given a job. With
+/// `claimed`, each job handed out gets its `claimed` event (that data) in the same write.
+#[allow(clippy::too_many_arguments)]
 async fn claim_wait(
     app: &AppState,
     who: &Principal,
@@ -147,6 +150,7 @@ async fn claim_wait(
     max: usize,
     lease: Duration,
     wait: Duration,
+    claimed: Option<&Value>,
 ) -> ApiResult<Vec<JobRecord>> {
     let store = &app.store;
     let deadline = tokio::time::Instant::now() + wait;
@@ -156,7 +160,7 @@ async fn claim_wait(
         if who.node_id().is_some_and(|n| !app.credentials.is_live(n)) {
             return Err(ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()));
         }
-        let got = store.claim_offered(&who.org, offer, worker, max, lease)?;
+        let got = store.claim_announced(&who.org, offer, worker, max, lease, claimed)?;
         if !got.is_empty() {
             store.flush().await?;
             return Ok(got);
@@ -197,7 +201,7 @@ async fn next_job(
     let worker = format!("poller@{}", peer.ip());
     let wait = wait_of(q.wait);
     let offer = Offer::default();
-    let mut got = claim_wait(&app, &who, &offer, &worker, 1, DEFAULT_LEASE, wait).await?;
+    let mut got = claim_wait(&app, &who, &offer, &worker, 1, DEFAULT_LEASE, wait, None).await?;
     let Some(r) = got.pop() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -369,7 +373,13 @@ async fn claim(
         tags: b.tags,
         node: b.node,
     };
-    let got = claim_wait(&app, &who, &offer, &b.worker, max, lease, wait).await?;
+    if b.claimed.as_ref().is_some_and(|d| !d.is_object()) {
+        return Err(ApiError::bad(
+            "`claimed` is the data object of a `claimed` event",
+        ));
+    }
+    let claimed = b.claimed.as_ref();
+    let got = claim_wait(&app, &who, &offer, &b.worker, max, lease, wait, claimed).await?;
     Ok(Json(json!({ "jobs": got })))
 }
 

@@ -264,9 +264,24 @@ impl Store {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        self.claim_announced(org, offer, worker, max, lease, None)
+    }
+
+    /// [`Store::claim_offered`] that also records, when `claimed` is given, each claimed job's
+    /// `claimed` event with that `data`, under its new lease: written with the claim, so the
+    /// claim's flush makes both durable and the worker sends no `claimed` request of its own.
+    pub fn claim_announced(
+        &self,
+        org: &str,
+        offer: &Offer,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+        claimed: Option<&Value>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         let mut q = self.lock();
         let now = now_ms();
-        let got = q.claim_offered(
+        let mut got = q.claim_offered(
             org,
             offer,
             worker,
@@ -275,6 +290,13 @@ impl Store {
             now,
             super::ids::new_lease_id,
         );
+        if let Some(data) = claimed {
+            for r in &mut got {
+                let ev = claimed_event(r, data);
+                let lease_id = r.lease.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+                *r = self.insert_event(&mut q, &r.id, Reporter::Lease(&lease_id), &ev)?;
+            }
+        }
         self.put(&got)?;
         Ok(got)
     }
@@ -614,6 +636,21 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
 }
 
+/// The `claimed` job event (docs/wire-format.md#job-events) of a job just claimed, stamped now.
+fn claimed_event(r: &JobRecord, data: &Value) -> Value {
+    let mut ev = serde_json::json!({
+        "version": citadel_transports::events::EVENT_VERSION,
+        "type": "claimed",
+        "jobId": r.id,
+        "timestamp": citadel_transports::events::rfc3339(std::time::SystemTime::now()),
+        "data": data,
+    });
+    if let Some(ray) = r.ray_id.as_deref().filter(|s| !s.is_empty()) {
+        ev["rayId"] = Value::String(ray.to_string());
+    }
+    ev
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,5 +703,54 @@ mod tests {
         assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);
         s.requeue(&id).unwrap();
         assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
+    }
+
+    #[test]
+    fn a_claim_that_announces_records_each_jobs_claimed_event_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = serde_json::json!({"agent_version": "9.9"});
+        let (a, b);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            a = s.submit(job("echo")).unwrap().id;
+            b = s.submit(job("echo")).unwrap().id;
+            let got = s
+                .claim_announced(
+                    "default",
+                    &Offer::default(),
+                    "w",
+                    4,
+                    DEFAULT_LEASE,
+                    Some(&data),
+                )
+                .unwrap();
+            assert_eq!(got.len(), 2);
+            assert!(got.iter().all(|r| r.events == 1), "{got:?}");
+            // The claimed job's own lease reports on: the next event is accepted after it.
+            let lease = got[0].lease.clone().unwrap().id;
+            let start = serde_json::json!({"type": "start", "jobId": a, "data": {}});
+            assert_eq!(
+                s.append_event(&a, Reporter::Lease(&lease), &start).unwrap(),
+                1
+            );
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(s.flush())
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        for id in [&a, &b] {
+            let events = s.events_from(id, 0).unwrap();
+            let first: Value = serde_json::from_str(&events[0].1).unwrap();
+            assert_eq!(first["type"], "claimed", "{events:?}");
+            assert_eq!(first["jobId"], id.as_str());
+            assert_eq!(first["data"], data);
+        }
+        assert_eq!(s.events_from(&a, 0).unwrap().len(), 2);
+        // Without the announcement a claim records no event.
+        s.submit(job("echo")).unwrap();
+        let got = s.claim("default", "w", 4, DEFAULT_LEASE).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].events, 0);
     }
 }

@@ -316,6 +316,53 @@ fn long_poll_hands_a_job_over_as_soon_as_it_is_submitted() {
 }
 
 #[test]
+fn a_claim_asking_for_claimed_events_records_them_under_the_new_lease() {
+    let (_tmp, p) = plane();
+    let health = p.json("GET", "/api/v1/health", None);
+    assert!(
+        health["features"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("claim_event")),
+        "{health}"
+    );
+    let id = p.submit(json!({"type": "echo", "rayId": "r-7"}));
+    let bad = json!({"worker": "w", "claimed": "yes"}).to_string();
+    assert_eq!(p.call("POST", "/api/v1/jobs/claim", Some(&bad)).status, 400);
+    let body = json!({"worker": "w", "max": 4, "claimed": {"agent_version": "x"}});
+    let jobs = p.json("POST", "/api/v1/jobs/claim", Some(body))["jobs"].clone();
+    assert_eq!(jobs[0]["id"], id.as_str());
+    let lease = jobs[0]["lease"]["id"].as_str().unwrap().to_string();
+    let start = json!({"version": "1.0", "type": "start", "jobId": id, "timestamp": "2026-01-01T00:00:00Z", "data": {}});
+    let path = format!("/api/v1/jobs/{id}/events?lease_id={lease}");
+    assert_eq!(p.call("POST", &path, Some(&start.to_string())).status, 204);
+    p.call(
+        "POST",
+        &format!("/api/v1/jobs/{id}/status"),
+        Some(r#"{"status":"SUCCESS","output":""}"#),
+    );
+    let auth = format!("Bearer {}", p.token);
+    let r = raw(
+        p.port,
+        "GET",
+        &format!("/api/v1/jobs/{id}/events"),
+        &[("Authorization", &auth)],
+        None,
+    );
+    let kinds: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds, ["claimed", "start"], "{}", r.body);
+    assert!(
+        r.body.contains(r#""agent_version":"x""#) && r.body.contains(r#""rayId":"r-7""#),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
 fn events_stream_as_sse_and_resume_with_last_event_id() {
     let (_tmp, p) = plane();
     let id = p.submit(json!({"type": "echo", "rayId": "r-1"}));

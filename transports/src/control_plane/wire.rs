@@ -237,7 +237,16 @@ pub struct ClaimRequest {
     /// The claiming node's name, for jobs sent to one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The `data` of a `claimed` job event (docs/wire-format.md#job-events) the control plane
+    /// records for each job it hands out, with the claim: the worker then sends no `claimed`
+    /// of its own. Only to a plane whose health lists [`CLAIM_EVENT_FEATURE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed: Option<Value>,
 }
+
+/// The `/api/v1/health` feature saying a claim may ask for the `claimed` events
+/// ([`ClaimRequest::claimed`]).
+pub const CLAIM_EVENT_FEATURE: &str = "claim_event";
 
 fn one() -> usize {
     1

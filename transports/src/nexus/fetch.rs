@@ -81,7 +81,12 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
             .routes
             .as_ref()
             .map(|_| inner.cfg.node_name.clone()),
+        // Once learned, the plane records each job's `claimed` with the claim.
+        claimed: super::lock(&inner.claimed_data)
+            .clone()
+            .filter(|_| inner.claim_event),
     });
+    let announced = body["claimed"].is_object();
     let rb = inner
         .client
         .request(Method::POST, "/api/v1/jobs/claim")
@@ -101,6 +106,14 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         }
     }
     drop(leases);
+    if announced {
+        let mut set = super::lock(&inner.announced);
+        for item in &items {
+            if let Incoming::Job(d) = item {
+                set.insert(d.job.id.clone());
+            }
+        }
+    }
     if !items.is_empty() {
         debug!(count = items.len(), "claimed jobs");
     }

@@ -17,6 +17,10 @@
 //!   and sent in the settlement's body (one request, one flush on the server); a delivery
 //!   handed back without a settlement drops it (its redelivery publishes it again from the
 //!   worker's journal). Older servers get the event on its own, as before.
+//! - **`claimed` rides with the claim** when the server's health lists [`CLAIM_EVENT_FEATURE`]:
+//!   once the worker has sent one `claimed` itself, each claim carries its data (meta included)
+//!   and the plane records each handed-out job's `claimed` with it (durable with the claim's
+//!   flush); the worker's own `claimed` of those jobs is not sent.
 //! - **The cancellation check** reads the `cancel_requested` of the job's lease renewal when one
 //!   is in flight or answered within [`RENEWAL_FRESH`] (the runner checks right after the
 //!   delivery's first renewal began): one request less per job; otherwise it asks.
@@ -35,7 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::control_plane::wire::{
-    RenewRequest, RenewResponse, SettleRequest, SETTLE_EVENT_FEATURE,
+    RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE, SETTLE_EVENT_FEATURE,
 };
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
@@ -116,6 +120,13 @@ pub(crate) struct Inner {
     reported: crate::control_plane::Outcomes,
     /// Full mode: whether a settlement may carry the attempt's terminal event.
     settle_event: bool,
+    /// Full mode: whether claims may ask the plane to record the jobs' `claimed` events.
+    pub(crate) claim_event: bool,
+    /// `claim_event`: the data (meta included) of the last `claimed` this worker sent itself;
+    /// once known, each claim carries it.
+    pub(crate) claimed_data: Mutex<Option<Value>>,
+    /// `claim_event`: the jobs whose claim recorded their `claimed`; their own is not sent.
+    pub(crate) announced: Mutex<std::collections::HashSet<JobId>>,
     /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
     /// Keyed by job, with the lease that reported it.
     terminal: Mutex<HashMap<JobId, (String, Value)>>,
@@ -198,9 +209,9 @@ impl NexusSource {
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => (Mode::Plain, Value::Null),
             Err(f) => return Err(f.error),
         };
-        let settle_event = health["features"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|f| f == SETTLE_EVENT_FEATURE));
+        let features = health["features"].as_array();
+        let has = |name: &str| features.is_some_and(|f| f.iter().any(|f| f == name));
+        let (settle_event, claim_event) = (has(SETTLE_EVENT_FEATURE), has(CLAIM_EVENT_FEATURE));
         info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
         let inner = Arc::new(Inner {
             cfg,
@@ -210,6 +221,9 @@ impl NexusSource {
             leases: Mutex::default(),
             reported: Default::default(),
             settle_event,
+            claim_event,
+            claimed_data: Mutex::default(),
+            announced: Mutex::default(),
             terminal: Mutex::default(),
             renewals: Mutex::default(),
             outcomes: Mutex::default(),
@@ -354,6 +368,7 @@ impl JobSource for NexusSource {
         if let Some(job) = &job {
             lock(&self.inner.leases).remove(job);
             lock(&self.inner.renewals).remove(job);
+            lock(&self.inner.announced).remove(job);
         }
         let event = job
             .as_ref()
@@ -406,6 +421,7 @@ impl JobSource for NexusSource {
         if let Ok(job) = JobId::new(receipt.queue()) {
             take_for(&self.inner.terminal, &job, receipt.id());
             lock(&self.inner.renewals).remove(&job);
+            lock(&self.inner.announced).remove(&job);
         }
     }
 
@@ -482,6 +498,12 @@ impl JobSource for NexusSource {
         }
         self.inner.reported.note(event);
         let lease = lock(&self.inner.leases).get(&event.job_id).cloned();
+        if self.inner.claim_event && matches!(event.data, EventData::Claimed { .. }) {
+            if lock(&self.inner.announced).remove(&event.job_id) {
+                return Ok(()); // the plane recorded it with the claim
+            }
+            *lock(&self.inner.claimed_data) = Some(Value::Object(event.data_json()));
+        }
         if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
             if event.data.is_terminal() {
                 let v = serde_json::from_str(&event.to_json()).unwrap_or(Value::Null);

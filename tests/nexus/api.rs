@@ -341,20 +341,13 @@ fn a_claim_asking_for_claimed_events_records_them_under_the_new_lease() {
         &format!("/api/v1/jobs/{id}/status"),
         Some(r#"{"status":"SUCCESS","output":""}"#),
     );
-    let auth = format!("Bearer {}", p.token);
-    let r = raw(
-        p.port,
-        "GET",
-        &format!("/api/v1/jobs/{id}/events"),
-        &[("Authorization", &auth)],
-        None,
+    let r = p.events(&id, "");
+    assert_eq!(
+        sse_field(&r.body, "event"),
+        ["claimed", "start"],
+        "{}",
+        r.body
     );
-    let kinds: Vec<&str> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
-    assert_eq!(kinds, ["claimed", "start"], "{}", r.body);
     assert!(
         r.body.contains(r#""agent_version":"x""#) && r.body.contains(r#""rayId":"r-7""#),
         "{}",
@@ -401,26 +394,10 @@ fn events_stream_as_sse_and_resume_with_last_event_id() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
-    let ids: Vec<&str> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .collect();
-    assert_eq!(ids, ["1", "2"]);
+    assert_eq!(sse_field(&r.body, "id"), ["1", "2"]);
     assert!(r.body.contains("event: chunk\ndata: {"), "{}", r.body);
-    let r = raw(
-        p.port,
-        "GET",
-        &format!("/api/v1/jobs/{id}/events?after=1"),
-        &[("Authorization", &auth)],
-        None,
-    );
-    let ids: Vec<&str> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .collect();
-    assert_eq!(ids, ["2"]);
+    let r = p.events(&id, "?after=1");
+    assert_eq!(sse_field(&r.body, "id"), ["2"]);
 }
 
 #[test]

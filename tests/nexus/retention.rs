@@ -175,20 +175,13 @@ fn a_finished_jobs_token_events_fold_into_a_few_records_and_the_result_stays() {
     eventually(Duration::from_secs(10), "the events folded", || {
         p.json("GET", "/api/v1/stats", None)["events"].as_u64() == Some(3)
     });
-    let auth = format!("Bearer {}", p.token);
-    let r = raw(
-        p.port,
-        "GET",
-        &format!("/api/v1/jobs/{id}/events"),
-        &[("Authorization", &auth)],
-        None,
+    let r = p.events(&id, "");
+    assert_eq!(
+        sse_field(&r.body, "event"),
+        ["start", "chunk", "end"],
+        "{}",
+        r.body
     );
-    let types: Vec<&str> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
-    assert_eq!(types, ["start", "chunk", "end"], "{}", r.body);
     let chunk: Value = r
         .body
         .lines()

@@ -11,7 +11,7 @@ use citadel_transports::nats::NatsProducer;
 use citadel_transports::JobId;
 use serde_json::{json, Value};
 
-use super::support::{metrics_of, started};
+use super::support::{assert_ran_only, metrics_of, started};
 use crate::support::worker::Worker;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -83,15 +83,8 @@ async fn a_job_sent_to_a_tag_runs_only_on_the_node_with_that_tag_on_nats() {
         let id = format!("for-{}-{i}", if i % 2 == 0 { "a" } else { "b" });
         wait_end(&p, &id, &[&a, &b]).await;
     }
-    let (on_a, on_b) = (started(&a), started(&b));
-    assert!(
-        on_a.len() == 3 && on_a.iter().all(|j| j.starts_with("for-a-")),
-        "node-a ran {on_a:?}"
-    );
-    assert!(
-        on_b.len() == 3 && on_b.iter().all(|j| j.starts_with("for-b-")),
-        "node-b ran {on_b:?}"
-    );
+    assert_ran_only(&a, "node-a", 3, "for-a-");
+    assert_ran_only(&b, "node-b", 3, "for-b-");
     let metrics = metrics_of(&a).await;
     assert!(
         metrics.contains(r#"citadel_routing_claims_total{stream="jobs.v1.tag.lab-a"} 3"#),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::support::started;
+use super::support::assert_ran_only;
 use crate::support::plane::Plane;
 use crate::support::worker::{eventually, Worker};
 
@@ -56,15 +56,8 @@ async fn a_control_plane_hands_jobs_only_to_nodes_that_meet_their_requirements()
             .await;
         }
     }
-    let (on_a, on_b) = (started(&a), started(&b));
-    assert!(
-        on_a.len() == 3 && on_a.iter().all(|j| j.starts_with("needs-a-")),
-        "{on_a:?}"
-    );
-    assert!(
-        on_b.len() == 3 && on_b.iter().all(|j| j.starts_with("for-b-")),
-        "{on_b:?}"
-    );
+    assert_ran_only(&a, "node-a", 3, "needs-a-");
+    assert_ran_only(&b, "node-b", 3, "for-b-");
     assert_eq!(state(&p, "unmet"), "queued");
     let out = Command::new(env!("CARGO_BIN_EXE_citadel"))
         .args(["jobs", "ls", "--nexus", &p.url(), "--token", &p.token])

@@ -11,7 +11,9 @@ use citadel_harness::engine::{EngineScript, FakeEngine};
 use citadel_harness::redis::Server;
 use serde_json::json;
 
-use super::support::{enqueue_on, has_gpu, metrics_of, started, streams_of, worker};
+use super::support::{
+    assert_ran_only, enqueue_on, has_gpu, metrics_of, started, streams_of, worker,
+};
 use crate::support::worker::{eventually, status, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,15 +40,8 @@ async fn a_job_sent_to_a_tag_runs_only_on_the_node_with_that_tag() {
         let id = format!("for-{}-{i}", if i % 2 == 0 { "a" } else { "b" });
         wait_for(&mut c, &id, "end", WAIT).await;
     }
-    let (on_a, on_b) = (started(&a), started(&b));
-    assert!(
-        on_a.len() == 3 && on_a.iter().all(|j| j.starts_with("for-a-")),
-        "node-a ran {on_a:?}"
-    );
-    assert!(
-        on_b.len() == 3 && on_b.iter().all(|j| j.starts_with("for-b-")),
-        "node-b ran {on_b:?}"
-    );
+    assert_ran_only(&a, "node-a", 3, "for-a-");
+    assert_ran_only(&b, "node-b", 3, "for-b-");
 }
 
 #[tokio::test]

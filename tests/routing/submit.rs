@@ -5,7 +5,7 @@ use std::process::Command;
 
 use citadel_harness::redis::Server;
 
-use super::support::{started, worker};
+use super::support::{assert_ran_only, worker};
 
 fn submit(server: &Server, route: &[&str], id: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_citadel"))
@@ -38,13 +38,6 @@ async fn submit_by_tag_or_node_reaches_only_the_matching_node() {
         submit(&server, &["--tag", "lab-a"], &format!("tagged-{i}"));
         submit(&server, &["--node", "node-b"], &format!("for-b-{i}"));
     }
-    let (on_a, on_b) = (started(&a), started(&b));
-    assert!(
-        on_a.len() == 3 && on_a.iter().all(|j| j.starts_with("tagged-")),
-        "{on_a:?}"
-    );
-    assert!(
-        on_b.len() == 3 && on_b.iter().all(|j| j.starts_with("for-b-")),
-        "{on_b:?}"
-    );
+    assert_ran_only(&a, "node-a", 3, "tagged-");
+    assert_ran_only(&b, "node-b", 3, "for-b-");
 }

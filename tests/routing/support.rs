@@ -21,6 +21,16 @@ pub fn worker(server: &Server, data: &Path, node: &str, manifest: &str, extra: &
     Worker::start(server, data, &args)
 }
 
+/// Asserts that `w` (called `node` in the message) started exactly `n` jobs, all with ids
+/// starting with `prefix`.
+pub fn assert_ran_only(w: &Worker, node: &str, n: usize, prefix: &str) {
+    let ran = started(w);
+    assert!(
+        ran.len() == n && ran.iter().all(|j| j.starts_with(prefix)),
+        "{node} ran {ran:?}, expected {n} jobs named {prefix}…"
+    );
+}
+
 /// The jobs this worker started, in the order its journal has them.
 pub fn started(w: &Worker) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_citadel"))

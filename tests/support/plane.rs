@@ -113,6 +113,11 @@ impl Plane {
         serde_json::from_str(&r.body).unwrap_or(Value::Null)
     }
 
+    /// A job's event stream (SSE) as it stands, `query` appended to the path (e.g. `?after=1`).
+    pub fn events(&self, id: &str, query: &str) -> Resp {
+        self.call("GET", &format!("/api/v1/jobs/{id}/events{query}"), None)
+    }
+
     pub fn submit(&self, body: Value) -> String {
         self.json("POST", "/api/v1/jobs", Some(body))["id"]
             .as_str()
@@ -125,6 +130,14 @@ impl Drop for Plane {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The values of one SSE field (`event`, `id`, …) in a stream's body, in order.
+pub fn sse_field<'a>(body: &'a str, field: &str) -> Vec<&'a str> {
+    let prefix = format!("{field}: ");
+    body.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
 }
 
 #[derive(Debug)]

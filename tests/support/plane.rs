@@ -177,7 +177,10 @@ pub fn raw(
     }
     if let Some(b) = body {
         // JSON unless the caller names the body's type (a form, say).
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
             req.push_str("Content-Type: application/json\r\n");
         }
         req.push_str(&format!("Content-Length: {}\r\n", b.len()));

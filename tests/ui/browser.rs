@@ -182,6 +182,15 @@ fn state(p: &Plane, id: &str) -> String {
         .to_string()
 }
 
+/// Waits (bounded) until the job is in state `want`.
+async fn until_state(p: &Plane, id: &str, want: &str) {
+    let started = std::time::Instant::now();
+    while state(p, id) != want {
+        assert!(started.elapsed() < WAIT, "job {id} never became {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_watch_stream_and_cancel_in_a_real_browser() {
     let Some((_driver, c)) = start_browser().await else {
@@ -246,11 +255,7 @@ async fn submit_watch_stream_and_cancel_in_a_real_browser() {
     shot(&c, "jobs").await;
 
     // Cancel the running sleep job from its page.
-    let started = std::time::Instant::now();
-    while state(&p, &id) != "leased" {
-        assert!(started.elapsed() < WAIT, "the sleep job is claimed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_state(&p, &id, "leased").await;
     c.goto(&format!("{}/ui/jobs/{id}", p.url())).await.unwrap();
     c.find(Locator::Css("#cancel"))
         .await
@@ -316,11 +321,7 @@ async fn requeue_a_dead_letter_and_read_a_nodes_gpus_in_a_real_browser() {
         Some(json!({"worker": "w", "node": "elsewhere", "lease_ms": 1})),
     );
     assert_eq!(got["jobs"].as_array().unwrap().len(), 1);
-    let started = std::time::Instant::now();
-    while state(&p, &dead) != "dead" {
-        assert!(started.elapsed() < WAIT, "the job is dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_state(&p, &dead, "dead").await;
     let report = json!({
         "gpu": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_total_bytes": 85_899_345_920u64,
                  "memory_used_bytes": 4_294_967_296u64, "utilization_percent": 37,

@@ -69,6 +69,16 @@ pub async fn logout(
     )
 }
 
+/// Runs one store operation of an action and makes it durable before the answer.
+async fn durably<T>(
+    ui: &Ui,
+    op: impl FnOnce(&crate::store::Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let done = op(&ui.app.store)?;
+    ui.app.store.flush().await?;
+    Ok(done)
+}
+
 /// A store error as the console answers it.
 fn failed(e: StoreError) -> Response {
     let e = ApiError::from(e);
@@ -120,31 +130,30 @@ pub async fn submit(
     if let Some(r) = v.refused() {
         return r;
     }
-    let store = &ui.app.store;
-    let job = new_job(&f).map_err(|e| e.to_string());
-    let done = match job {
-        Ok(job) => store.submit(job).map_err(|e| e.to_string()),
-        Err(e) => Err(e),
+    let job = match new_job(&f) {
+        Ok(job) => job,
+        Err(e) => return form_again(&v, &f, e),
     };
-    match done {
+    match durably(&ui, |s| s.submit(job)).await {
         Ok(r) => {
-            if let Err(e) = store.flush().await {
-                return failed(e);
-            }
             tracing::info!(job_id = %r.id, job_type = %r.job_type, "job submitted from the console");
             see_other(&format!("/ui/jobs/{}", encode(&r.id)))
         }
-        Err(e) => {
-            let page = render(&SubmitPage {
-                frame: Frame::new("Submit", "submit", Some(v.role)),
-                error: Some(e),
-                job_type: f.job_type.clone(),
-                payload: f.payload.clone(),
-                max_attempts: f.max_attempts.clone(),
-            });
-            (StatusCode::BAD_REQUEST, page).into_response()
-        }
+        Err(e) if e.is_retryable() => failed(e),
+        Err(e) => form_again(&v, &f, e.to_string()),
     }
+}
+
+/// The submit form again, as it was filled, with why it was refused (400).
+fn form_again(v: &Viewer, f: &SubmitForm, error: String) -> Response {
+    let page = render(&SubmitPage {
+        frame: Frame::new("Submit", "submit", Some(v.role)),
+        error: Some(error),
+        job_type: f.job_type.clone(),
+        payload: f.payload.clone(),
+        max_attempts: f.max_attempts.clone(),
+    });
+    (StatusCode::BAD_REQUEST, page).into_response()
 }
 
 /// `POST /ui/jobs/{id}/cancel`: 303 back to the job.
@@ -156,11 +165,7 @@ pub async fn cancel(
     if let Some(r) = v.refused() {
         return r;
     }
-    let store = &ui.app.store;
-    if let Err(e) = store.cancel(&id, "cancelled from the console") {
-        return failed(e);
-    }
-    if let Err(e) = store.flush().await {
+    if let Err(e) = durably(&ui, |s| s.cancel(&id, "cancelled from the console")).await {
         return failed(e);
     }
     tracing::info!(job_id = %id, "cancellation requested from the console");
@@ -176,11 +181,7 @@ pub async fn requeue(
     if let Some(r) = v.refused() {
         return r;
     }
-    let store = &ui.app.store;
-    if let Err(e) = store.requeue(&id) {
-        return failed(e);
-    }
-    if let Err(e) = store.flush().await {
+    if let Err(e) = durably(&ui, |s| s.requeue(&id)).await {
         return failed(e);
     }
     tracing::info!(job_id = %id, "dead letter requeued from the console");

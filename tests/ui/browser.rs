@@ -134,6 +134,22 @@ async fn until_text(c: &Client, css: &str, what: &str, check: impl Fn(&str) -> b
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    let el = c.find(Locator::Css(css)).await;
+    el.unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) {
+    let el = c.find(Locator::Css(css)).await;
+    el.unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 async fn sign_in(c: &Client, p: &Plane) {
     c.goto(&format!("{}/ui/jobs", p.url())).await.unwrap();
     let url = c.current_url().await.unwrap();
@@ -142,18 +158,8 @@ async fn sign_in(c: &Client, p: &Plane) {
         "/ui/login",
         "signed out, the console asks to sign in"
     );
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&p.token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "#token", &p.token).await;
+    click(c, "#login").await;
     text(c, "#by-state").await;
 }
 
@@ -212,24 +218,14 @@ async fn submit_watch_stream_and_cancel_in_a_real_browser() {
 
     // Submit through the form: it lands on the new job's page.
     c.goto(&format!("{}/ui/submit", p.url())).await.unwrap();
-    c.find(Locator::Css("#s-type"))
-        .await
-        .unwrap()
-        .send_keys("echo")
-        .await
-        .unwrap();
+    type_into(&c, "#s-type", "echo").await;
     let payload = c.find(Locator::Css("#s-payload")).await.unwrap();
     payload.clear().await.unwrap();
     payload
         .send_keys(r#"{"msg": "from the browser"}"#)
         .await
         .unwrap();
-    c.find(Locator::Css("#submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#submit").await;
     until_text(&c, "#job-state", "the echo job succeeds", |t| {
         t == "succeeded"
     })
@@ -257,12 +253,7 @@ async fn submit_watch_stream_and_cancel_in_a_real_browser() {
     // Cancel the running sleep job from its page.
     until_state(&p, &id, "leased").await;
     c.goto(&format!("{}/ui/jobs/{id}", p.url())).await.unwrap();
-    c.find(Locator::Css("#cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#cancel").await;
     until_text(&c, "#job-state", "the job is cancelled", |t| {
         t == "cancelled"
     })
@@ -338,12 +329,7 @@ async fn requeue_a_dead_letter_and_read_a_nodes_gpus_in_a_real_browser() {
     c.goto(&format!("{}/ui/dlq", p.url())).await.unwrap();
     assert!(text(&c, "#dead").await.contains(&dead));
     shot(&c, "dead-letters").await;
-    c.find(Locator::Css(".requeue"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, ".requeue").await;
     until_text(&c, "#dead", "the dead letter leaves the list", |t| {
         !t.contains(&dead)
     })

@@ -20,5 +20,6 @@ mod power_loss;
 mod routing;
 mod submit;
 mod terminal;
+mod ui;
 mod websocket;
 mod worker;

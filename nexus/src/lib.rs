@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod common;
 pub mod credentials;
+pub mod index;
 pub mod device;
 mod device_api;
 mod ids;
@@ -20,6 +21,7 @@ pub mod retention;
 mod sse;
 pub mod store;
 pub mod terminal_tokens;
+pub mod ui;
 mod ws;
 
 use std::io::Write as _;
@@ -202,7 +204,8 @@ pub async fn start_configured(
     });
     let router = api::router(app.clone())
         .merge(retention::router(app.clone()))
-        .merge(terminal_tokens::router(app)?);
+        .merge(terminal_tokens::router(app.clone())?)
+        .merge(ui::router(app)?);
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

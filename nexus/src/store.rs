@@ -124,6 +124,8 @@ pub struct Store {
     changed: watch::Sender<u64>,
     /// Finished jobs whose events wait to be folded ([`Store::fold_events`]).
     to_fold: Mutex<Vec<String>>,
+    /// The console's indexes by state and time ([`super::index`]): noted on every write.
+    index: super::index::Index,
 }
 
 impl Store {
@@ -142,6 +144,7 @@ impl Store {
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job record"),
             }
         }
+        let index = super::index::Index::of(loaded.iter());
         let now = now_ms();
         let queue = Queue::from_records(loaded.into_iter().map(|r| restarted(r, now)));
         tracing::info!(
@@ -162,6 +165,7 @@ impl Store {
             ready: watch::channel(0).0,
             changed: watch::channel(0).0,
             to_fold: Mutex::new(Vec::new()),
+            index,
         })
     }
 
@@ -175,6 +179,11 @@ impl Store {
     /// Notes a write made to a [`Store::tree`], so the next [`Store::flush`] covers it.
     pub(crate) fn wrote(&self) {
         self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The console's indexes of the jobs ([`super::index::Index`]).
+    pub fn index(&self) -> &super::index::Index {
+        &self.index
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -221,6 +230,7 @@ impl Store {
             self.written.fetch_add(1, Ordering::SeqCst);
             self.changed.send_modify(|n| *n += 1);
             self.note_finished(records);
+            self.index.note(records, now_ms());
         }
         if records.iter().any(|r| r.state == QueueState::Queued) {
             self.ready.send_modify(|n| *n += 1);
@@ -520,6 +530,7 @@ impl Store {
     /// Deletes these jobs' records and events from sled (the queue has already let them go).
     fn remove_jobs(&self, ids: &[String]) -> Result<Removed, StoreError> {
         let mut done = Removed::default();
+        self.index.forget(ids);
         for id in ids {
             let mut batch = sled::Batch::default();
             for kv in self

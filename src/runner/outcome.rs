@@ -3,7 +3,8 @@
 //! exhausted, unknown type, dead-lettered before), a producer's cancellation and a success acked
 //! from the journal. Each journals the terminal event, then settles through the one settle path
 //! ([`super::settle`]), which publishes `end`, `error` or `cancelled` only once the settlement is
-//! journaled. A fenced run is journaled `interrupted` and settles nothing. This module decides
+//! journaled; a success's completion record goes to the transport before the success is
+//! journaled (`record_success`). A fenced run is journaled `interrupted` and settles nothing. This module decides
 //! which settlement follows which outcome; it never talks to a transport except through the
 //! settle path.
 
@@ -59,6 +60,10 @@ impl Shared {
                 self.counters
                     .succeeded
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // The transport records the success before the journal holds it: once
+                // journaled (any other job's flush may make it durable at once), a crash must
+                // not leave another worker free to run the job again.
+                self.record_success(job, &result).await;
                 self.append_quiet(
                     job,
                     delivery_id,

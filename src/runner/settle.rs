@@ -5,7 +5,9 @@
 //! journal refuses the append, the announcement or the settlement keeps failing, the delivery was
 //! fenced) the delivery's [`Hold`] is left unsettled and hands the receipt back to its lease: the
 //! journal already says what was decided, and the redelivery is settled from it (a succeeded job
-//! is acked again without running, a dead letter is moved again).
+//! is acked again without running, a dead letter is moved again). A success is recorded on the
+//! transport (its completion record, for the other workers) before it is journaled at all
+//! ([`Shared::record_success`]).
 
 use std::time::Duration;
 
@@ -102,24 +104,57 @@ impl Shared {
         }
     }
 
+    /// Makes the job's success known to the transport's other workers (its completion record)
+    /// before the success is journaled: a worker killed once its journal holds the success,
+    /// before its `end` went out, otherwise left another worker to take the entry over after
+    /// the lease and run the job again (found by the chaos suite: the buffered `succeeded` is
+    /// made durable by any other job's flush). Retried like the `end`; if the transport stays
+    /// away, the success is journaled all the same (this node's journal still answers a
+    /// redelivery it receives).
+    pub(crate) async fn record_success(&self, job: &Job, result: &serde_json::Value) {
+        let end = EventData::End {
+            result: result.clone(),
+        };
+        let end = WireEvent::for_job(job, self.meta.clone(), end);
+        if !self
+            .patiently(job, "completion record", || {
+                self.source.record_success(&end)
+            })
+            .await
+        {
+            tracing::error!(job_id = %job.id, "the success could not be recorded on the transport before the journal; another worker may run the job again if this one dies before its `end` is published");
+        }
+    }
+
     /// Publishes an event that a settlement depends on (a job's `end`: acking a job whose
     /// result nobody received would lose the result), retrying transient failures for as long
     /// as a settlement is retried. The chaos suite's broker kills found results dropped here.
     async fn publish_patiently(&self, job: &Job, data: EventData) -> bool {
         let event = WireEvent::for_job(job, self.meta.clone(), data);
+        self.patiently(job, event.event_type(), || self.source.publish(&event))
+            .await
+    }
+
+    /// Calls `send` (a publication of `what` for `job`) until it succeeds, retrying transient
+    /// failures for [`SETTLE_PATIENCE`]; false when it gave up.
+    async fn patiently<F, Fut>(&self, job: &Job, what: &str, mut send: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), SourceError>>,
+    {
         let started = std::time::Instant::now();
         let mut retrier = Backoff::RECONNECT.retrier();
         loop {
-            match self.source.publish(&event).await {
+            match send().await {
                 Ok(()) => return true,
                 Err(e) if e.is_retryable() && started.elapsed() < SETTLE_PATIENCE => {
                     let delay = retrier.next_delay();
-                    tracing::warn!(job_id = %job.id, event = event.event_type(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                    tracing::warn!(job_id = %job.id, event = what, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "could not publish the result; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    tracing::error!(job_id = %job.id, event = event.event_type(), error = %e, "could not publish the result");
+                    tracing::error!(job_id = %job.id, event = what, error = %e, "could not publish the result");
                     return false;
                 }
             }

@@ -90,6 +90,18 @@ struct Flaky {
     /// Jobs whose first `claimed` makes the journal skip them, so their `started` is refused.
     refuse_start: Mutex<HashSet<String>>,
     early: Mutex<Vec<String>>,
+    /// The job whose `end` kills this worker: from then on no call reaches Redis (`dead`).
+    die_at_end: Mutex<Option<String>>,
+    dead: CancellationToken,
+}
+
+impl Flaky {
+    /// Never returns once the worker died (a killed process answers nothing).
+    async fn alive(&self) {
+        if self.dead.is_cancelled() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[async_trait]
@@ -101,7 +113,11 @@ impl JobSource for Flaky {
         self.inner.capabilities()
     }
     async fn next(&self, max: usize) -> Result<Vec<Incoming>, SourceError> {
-        self.inner.next(max).await
+        self.alive().await;
+        tokio::select! {
+            got = self.inner.next(max) => got,
+            () = self.dead.cancelled() => std::future::pending().await,
+        }
     }
     async fn settle(
         &self,
@@ -109,19 +125,28 @@ impl JobSource for Flaky {
         settlement: &Settlement,
         ctx: &SettleContext<'_>,
     ) -> Result<(), SourceError> {
+        self.alive().await;
         if self.refuse_settle.lock().unwrap().remove(settlement.name()) {
             return Err(SourceError::Broker("refused by the test".into()));
         }
         self.inner.settle(receipt, settlement, ctx).await
     }
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
+        self.alive().await;
         self.inner.extend_lease(receipt).await
     }
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
+        self.alive().await;
         self.inner.is_cancelled(job).await
     }
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        self.alive().await;
         let ty = event.event_type();
+        if ty == "end" && self.die_at_end.lock().unwrap().as_deref() == Some(event.job_id.as_str())
+        {
+            self.dead.cancel();
+            self.alive().await;
+        }
         if matches!(ty, "error" | "cancelled") {
             let phase = self.journal.state(&event.job_id).and_then(|s| s.phase);
             if !matches!(phase, Some(Phase::Settled(_))) {
@@ -148,6 +173,10 @@ impl JobSource for Flaky {
             return Err(SourceError::Broker("refused by the test".into()));
         }
         self.inner.publish(event).await
+    }
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        self.alive().await;
+        self.inner.record_success(end).await
     }
     async fn health(&self) -> Health {
         self.inner.health().await
@@ -195,6 +224,8 @@ impl Worker {
             refuse_settle: Mutex::default(),
             refuse_start: Mutex::default(),
             early: Mutex::default(),
+            die_at_end: Mutex::default(),
+            dead: CancellationToken::new(),
         });
         let handler = Arc::new(Counting {
             runs: Mutex::default(),
@@ -308,10 +339,19 @@ async fn a_settlement_the_journal_refuses_leaves_the_delivery_to_its_lease() {
     let w = Worker::start(&server.url(), "w1", &tmp.path().join("j"), tmp.path()).await;
     submit(&mut c, "refused", "count", json!({"sabotage": true})).await;
     settled(&mut c, "refused settlement", || {
-        w.phase("refused") == Some(Phase::Settled(citadel_journal::SettledAs::Acked))
+        w.handler.runs("refused") >= 1
     })
     .await;
-    assert_eq!(w.handler.runs("refused"), 2, "the redelivery ran it again");
+    // The success was recorded on Redis before the journal refused it: the redelivery is
+    // acked from the completion record with the result, not run again.
+    assert_eq!(
+        w.handler.runs("refused"),
+        1,
+        "the redelivery did not run it"
+    );
+    let evs = types(&events(&mut c, "refused").await);
+    assert_eq!(evs.iter().filter(|t| *t == "start").count(), 1, "{evs:?}");
+    assert_eq!(evs.last().map(String::as_str), Some("end"), "{evs:?}");
     w.stop().await;
 }
 
@@ -438,6 +478,39 @@ async fn error_and_cancelled_go_out_only_once_their_settlement_is_journaled() {
     let early = w.flaky.early.lock().unwrap().clone();
     assert!(early.is_empty(), "published before journaled: {early:?}");
     w.stop().await;
+}
+
+/// A worker killed once its journal holds a job's success, before it published the `end`: the
+/// other worker takes the entry over after the lease and must ack it without running it (the
+/// chaos suite's `sigkill-lifecycle-points` saw an ordinary job succeed on both nodes this way,
+/// its success flushed with another job's settlement just before that job's crash point).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() {
+    let (server, tmp) = setup().await;
+    let mut c = server.conn().await;
+    let a = Worker::start(&server.url(), "node-a", &tmp.path().join("ja"), tmp.path()).await;
+    *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
+    submit(&mut c, "once", "count", json!({})).await;
+    let begun = Instant::now();
+    while !a.flaky.dead.is_cancelled() {
+        assert!(begun.elapsed() < WAIT, "node-a never reached the job's end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
+    assert_eq!(a.phase("once"), acked, "node-a's journal holds the success");
+    let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
+    settled(&mut c, "the dead worker's entry", || true).await;
+    assert_eq!(
+        (a.handler.runs("once"), b.handler.runs("once")),
+        (1, 0),
+        "ran on node-a only"
+    );
+    assert_eq!(b.phase("once"), None, "node-b never received it");
+    let evs = types(&events(&mut c, "once").await);
+    assert_eq!(evs.iter().filter(|t| *t == "start").count(), 1, "{evs:?}");
+    assert_eq!(evs.last().map(String::as_str), Some("end"), "{evs:?}");
+    b.stop().await;
+    a.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,16 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
     /// Sends a job event (docs/wire-format.md#job-events) to whoever listens, and records the status it implies.
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError>;
 
+    /// Makes a job's success known to every worker of the transport **before** this worker
+    /// journals it: `end` is the event that will announce it once the success is journaled (it
+    /// is not published here). A worker that dies once its journal holds the success then
+    /// leaves no other worker a reason to run the job again. Transports that keep no completion
+    /// record of their own accept it and do nothing; a wrapping source must forward it.
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        let _ = end;
+        Ok(())
+    }
+
     async fn health(&self) -> Health;
 
     /// Reports this node's status (docs/wire-format.md#heartbeat: a JSON status message) where the transport's

@@ -128,6 +128,9 @@ impl JobSource for TimedSource {
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
         self.inner.publish(event).await
     }
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        self.inner.record_success(end).await
+    }
     async fn health(&self) -> Health {
         self.inner.health().await
     }

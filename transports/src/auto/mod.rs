@@ -465,6 +465,10 @@ impl JobSource for AutoSource {
         self.inner.owner_of(&event.job_id)?.publish(event).await
     }
 
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        self.inner.owner_of(&end.job_id)?.record_success(end).await
+    }
+
     async fn health(&self) -> Health {
         let i = self.inner.active();
         match self.inner.source(i) {

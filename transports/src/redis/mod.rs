@@ -31,8 +31,9 @@
 //!   whose lease was taken gets [`SourceError::LeaseLost`] and changes nothing. Settling an entry
 //!   that is no longer pending succeeds (settlements are idempotent; a release sent again after
 //!   its reply was lost changes nothing).
-//! - **Effectively once across nodes**: a job's `end` also writes its completion record
-//!   (`record`), before the runner acks; every claimed batch passes the `gate` (one script): a
+//! - **Effectively once across nodes**: a job's completion record (`record`) is written before
+//!   the runner journals its success (`record_success`), and again with its `end`, before the
+//!   runner acks; every claimed batch passes the `gate` (one script): a
 //!   completed job's entry is acked and its result re-published, never handed out; a copy of a
 //!   job whose owner marker another consumer holds stays pending for a lease; the rest are
 //!   handed out under this consumer's marker, which renewals extend and settlements drop. No
@@ -448,6 +449,20 @@ impl JobSource for RedisSource {
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
         self.inner.publisher.publish(event).await?;
         self.inner.recent_ends.remember(event);
+        Ok(())
+    }
+
+    /// Writes the job's completion record ahead of its `end`: from then on every node's gate
+    /// acks the job's entries with this result instead of handing them out.
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        if !matches!(end.data, crate::events::EventData::End { .. }) {
+            return Err(SourceError::Config(format!(
+                "a completion record holds an `end` event, not `{}`",
+                end.event_type()
+            )));
+        }
+        self.inner.publisher.record(end).await?;
+        self.inner.recent_ends.remember(end);
         Ok(())
     }
 

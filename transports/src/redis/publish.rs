@@ -2,7 +2,8 @@
 //! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a
 //! late subscriber can resume from an index or an entry id; kept `events_grace` after the job's
 //! terminal event), and updates the status hash
-//! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). One [`Publisher`] task sends every event of the source: whatever is
+//! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). The same
+//! task writes the completion record of a success ahead of its `end` (`Publisher::record`). One [`Publisher`] task sends every event of the source: whatever is
 //! queued while a batch is in flight goes out as the next single pipeline (one write, one round
 //! trip), in order; each caller still waits for its own event. This module must never decide
 //! which event is due.
@@ -61,7 +62,14 @@ fn add_event(p: &mut redis::Pipeline, cfg: &RedisConfig, event: &WireEvent) {
 /// The most events sent in one pipeline.
 const MAX_BATCH: usize = 512;
 
-type Request = (WireEvent, oneshot::Sender<Result<(), SourceError>>);
+/// What the sending task writes: a job event, or only the completion record of a coming `end`.
+#[derive(Debug)]
+enum Item {
+    Event(WireEvent),
+    Record(WireEvent),
+}
+
+type Request = (Item, oneshot::Sender<Result<(), SourceError>>);
 
 /// The source's event sender.
 #[derive(Debug)]
@@ -78,9 +86,18 @@ impl Publisher {
 
     /// Sends `event` (batched with whatever else is waiting) and returns once Redis has it.
     pub(crate) async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        self.send(Item::Event(event.clone())).await
+    }
+
+    /// Writes the completion record of `end` (not published) and returns once Redis has it.
+    pub(crate) async fn record(&self, end: &WireEvent) -> Result<(), SourceError> {
+        self.send(Item::Record(end.clone())).await
+    }
+
+    async fn send(&self, item: Item) -> Result<(), SourceError> {
         let (done, result) = oneshot::channel();
         self.tx
-            .send((event.clone(), done))
+            .send((item, done))
             .map_err(|_| SourceError::Closed)?;
         result.await.map_err(|_| SourceError::Closed)?
     }
@@ -94,8 +111,11 @@ async fn run(
     let mut batch: Vec<Request> = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut p = redis::pipe();
-        for (event, _) in &batch {
-            add_event(&mut p, &cfg, event);
+        for (item, _) in &batch {
+            match item {
+                Item::Event(event) => add_event(&mut p, &cfg, event),
+                Item::Record(end) => super::record::add_record(&mut p, &cfg, end, &end.to_json()),
+            }
         }
         let result = p.query_async::<()>(&mut conn).await.map_err(map_err);
         trace!(

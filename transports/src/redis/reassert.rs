@@ -27,6 +27,10 @@ const KEEP: Duration = Duration::from_secs(60);
 /// The most `end` events remembered (the newest kept).
 const MAX: usize = 10_000;
 
+/// How many of the newest remembered events a job's second `end` (its record, then its
+/// publication) is looked for among.
+const SAME_JOB_WITHIN: usize = 64;
+
 /// The `end` events this node published in the last [`KEEP`], newest last.
 #[derive(Debug, Default)]
 pub(crate) struct RecentEnds {
@@ -41,7 +45,17 @@ impl RecentEnds {
         }
         let now = Instant::now();
         let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.push_back((now, event.clone()));
+        // A success is remembered when its record is written and again with its `end`,
+        // moments later: the second replaces the first rather than taking a second place.
+        let again = ends
+            .iter_mut()
+            .rev()
+            .take(SAME_JOB_WITHIN)
+            .find(|(_, e)| e.job_id == event.job_id);
+        match again {
+            Some(slot) => *slot = (now, event.clone()),
+            None => ends.push_back((now, event.clone())),
+        }
         while ends.len() > MAX || ends.front().is_some_and(|(at, _)| now - *at > KEEP) {
             ends.pop_front();
         }
@@ -113,6 +127,25 @@ mod tests {
             format!("j{}", MAX + 4)
         );
         assert_eq!(recent[0].job_id.as_str(), "j5");
+    }
+
+    #[test]
+    fn a_record_and_its_end_take_one_place() {
+        let r = RecentEnds::default();
+        let end = |n: u32| EventData::End {
+            result: serde_json::json!({ "n": n }),
+        };
+        r.remember(&event("a", end(1)));
+        r.remember(&event("b", end(1)));
+        r.remember(&event("a", end(2)));
+        let recent = r.recent();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].job_id.as_str(), "a");
+        assert_eq!(
+            recent[0].data,
+            end(2),
+            "the later event replaces the earlier"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A job's final word on Redis: the status hash `job:{jobId}:status` and the completion record
-//! `job:{jobId}:done` (docs/wire-format.md#job-entries). The record is written with the job's
-//! `end` event, in the same pipeline, so it exists before the runner acks (the runner publishes
-//! `end` only after the success is journaled); it lives `done_ttl`, the status hash `status_ttl`. Once a job is
+//! `job:{jobId}:done` (docs/wire-format.md#job-entries). The record is written first on its own
+//! ([`add_record`], `JobSource::record_success`), before the runner journals the success, so no
+//! worker that dies with the success in its journal leaves the job to run again elsewhere; and
+//! again with the job's `end` event, in the same pipeline (the runner publishes `end` only after
+//! the success is journaled, and before it acks). It lives `done_ttl`, the status hash
+//! `status_ttl`. Once a job is
 //! completed, no later event of another delivery (a `claimed`, an `error`, a `cancelled`) changes
 //! its status: both writes are one Lua script. Every claimed entry is checked against the record
 //! before it is handed out (`gate`). This module owns the status script; it must never decide
@@ -61,6 +64,27 @@ pub(crate) fn add_status(
         .arg(error)
         .arg(cfg.status_ttl.as_millis() as u64)
         .arg(end)
+        .arg(cfg.done_ttl.as_millis() as u64)
+        .ignore();
+}
+
+/// Appends the completion record of a coming `end` (`json`, the event as it will be published)
+/// to `p`, leaving the status hash alone: the job is `completed` once its `end` is published.
+pub(crate) fn add_record(p: &mut redis::Pipeline, cfg: &RedisConfig, end: &WireEvent, json: &str) {
+    let done = RedisConfig::done_key(&end.job_id);
+    p.cmd("HSET")
+        .arg(&done)
+        .arg("outcome")
+        .arg(JobStatus::Completed.as_str())
+        .arg("event")
+        .arg(json)
+        .arg("worker_id")
+        .arg(&cfg.worker_id)
+        .arg("at")
+        .arg(rfc3339(std::time::SystemTime::now()))
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(&done)
         .arg(cfg.done_ttl.as_millis() as u64)
         .ignore();
 }

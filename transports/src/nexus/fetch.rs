@@ -5,9 +5,11 @@
 //! become deliveries through [`crate::control_plane::from_record`]. This module must never settle or run a job.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{Inner, Mode};
@@ -87,6 +89,7 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
             .filter(|_| inner.claim_event),
     });
     let announced = body["claimed"].is_object();
+    let began = Instant::now();
     let rb = inner
         .client
         .request(Method::POST, "/api/v1/jobs/claim")
@@ -106,6 +109,9 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         }
     }
     drop(leases);
+    if began.elapsed() < super::claim_confirms(inner.cfg.lease) {
+        confirm(inner, &answer.jobs, &items, began);
+    }
     if announced {
         let mut set = super::lock(&inner.announced);
         for item in &items {
@@ -118,6 +124,21 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         debug!(count = items.len(), "claimed jobs");
     }
     Ok(items)
+}
+
+/// Notes that the claim round begun at `began` confirms its jobs' leases (the first renewal
+/// is not sent), and gives the cancellation check each job's `cancel_requested` of the claim.
+fn confirm(inner: &Inner, records: &[Value], items: &[Incoming], began: Instant) {
+    let mut fresh = super::lock(&inner.fresh);
+    let mut renewals = super::lock(&inner.renewals);
+    for (v, item) in records.iter().zip(items) {
+        if let Incoming::Job(d) = item {
+            let cancel = v["cancel_requested"].as_bool().unwrap_or(false);
+            let lease = d.receipt.id().to_string();
+            fresh.insert(d.job.id.clone(), (lease, began));
+            renewals.insert(d.job.id.clone(), watch::channel(Some((began, cancel))).1);
+        }
+    }
 }
 
 /// One job of a `POST /api/v1/jobs/claim` answer.

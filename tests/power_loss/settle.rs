@@ -5,7 +5,7 @@
 //! with the result and both events in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use citadel_nexus::store::{QueueState, Store};
@@ -66,12 +66,17 @@ fn round(dir: &std::path::Path, kill_after: Duration) -> Vec<String> {
             })
             .collect();
         std::thread::sleep(kill_after);
-        p.kill9();
+        let pid = p.pid().expect("the plane runs").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        assert!(killed.unwrap().success(), "could not SIGKILL the plane");
         stop.store(true, Ordering::SeqCst);
         for w in workers {
             w.join().unwrap();
         }
     });
+    p.kill9(); // reaps the child
     answered.into_inner().unwrap()
 }
 

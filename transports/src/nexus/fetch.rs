@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{Inner, Mode};
@@ -127,16 +126,14 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
 }
 
 /// Notes that the claim round begun at `began` confirms its jobs' leases (the first renewal
-/// is not sent), and gives the cancellation check each job's `cancel_requested` of the claim.
+/// is not sent, and the cancellation check reads the claim's `cancel_requested` instead).
 fn confirm(inner: &Inner, records: &[Value], items: &[Incoming], began: Instant) {
     let mut fresh = super::lock(&inner.fresh);
-    let mut renewals = super::lock(&inner.renewals);
     for (v, item) in records.iter().zip(items) {
         if let Incoming::Job(d) = item {
             let cancel = v["cancel_requested"].as_bool().unwrap_or(false);
             let lease = d.receipt.id().to_string();
-            fresh.insert(d.job.id.clone(), (lease, began));
-            renewals.insert(d.job.id.clone(), watch::channel(Some((began, cancel))).1);
+            fresh.insert(d.job.id.clone(), (lease, began, cancel));
         }
     }
 }

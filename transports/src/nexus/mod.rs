@@ -141,11 +141,11 @@ pub(crate) struct Inner {
     /// Full mode, `settle_event`: each unsettled job's events waiting for its settlement.
     kept: kept::Kept,
     /// Full mode: the jobs whose claim round began recently enough to confirm their lease: the
-    /// lease and when that round began ([`claim_confirms`]).
-    pub(crate) fresh: Mutex<HashMap<JobId, (String, Instant)>>,
+    /// lease, when that round began ([`claim_confirms`]) and the claim's `cancel_requested`.
+    pub(crate) fresh: Mutex<HashMap<JobId, (String, Instant, bool)>>,
     /// Full mode: each job's latest lease renewal, in flight (`None`) or answered (when, and
     /// its `cancel_requested`), read once by the cancellation check.
-    pub(crate) renewals: Mutex<HashMap<JobId, watch::Receiver<Renewal>>>,
+    renewals: Mutex<HashMap<JobId, watch::Receiver<Renewal>>>,
     /// Plain mode: the outcome each job's terminal event reported (success, output).
     outcomes: Mutex<HashMap<JobId, (bool, String)>>,
     /// When `JobSource::heartbeat` last reached the server: the liveness beat is skipped while
@@ -374,12 +374,18 @@ impl Inner {
     }
 
     /// Whether `job`'s claim under `lease` began recently enough to count as its renewal
-    /// ([`claim_confirms`]); read once.
+    /// ([`claim_confirms`]); read once. If so, the claim's answer stands for the renewal's for
+    /// the cancellation check.
     fn claim_confirmed(&self, job: &JobId, lease: &str) -> bool {
-        let Some((l, at)) = lock(&self.fresh).remove(job) else {
+        let Some((l, at, cancel)) = lock(&self.fresh).remove(job) else {
             return false;
         };
-        l == lease && at.elapsed() < claim_confirms(self.cfg.lease)
+        if l != lease || at.elapsed() >= claim_confirms(self.cfg.lease) {
+            return false;
+        }
+        let answer = watch::channel(Some((at, cancel))).1;
+        lock(&self.renewals).insert(job.clone(), answer);
+        true
     }
 }
 

@@ -28,7 +28,7 @@ use super::common::{
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
     ClaimRequest, RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE,
-    SETTLE_EVENT_FEATURE,
+    SETTLE_EVENTS_FEATURE, SETTLE_EVENT_FEATURE,
 };
 
 use super::store::{
@@ -68,8 +68,8 @@ async fn auth(State(app): St, mut req: Request, next: Next) -> Response {
         return ApiError(StatusCode::FORBIDDEN, denied.0).into_response();
     }
     if let Some(job) = auth::job_of(&path) {
-        match app.store.get(&job) {
-            Ok(r) if !who.may_touch(&r.org) => {
+        match app.store.org_of(&job) {
+            Ok(org) if !who.may_touch(&org) => {
                 return ApiError::from(StoreError::NotFound(job)).into_response()
             }
             _ => {}
@@ -121,7 +121,7 @@ async fn health() -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE, CLAIM_EVENT_FEATURE],
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE, SETTLE_EVENTS_FEATURE, CLAIM_EVENT_FEATURE],
     }))
 }
 
@@ -408,12 +408,11 @@ async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
         b.errors,
         b.outcome.as_deref(),
     )?;
-    if let Some(ev) = &b.event {
+    let events: Vec<&Value> = b.events.iter().chain(&b.event).collect();
+    for ev in &events {
         check_event(&id, ev)?;
     }
-    let r = app
-        .store
-        .settle_reporting(&id, &b.lease_id, b.event.as_ref(), how)?;
+    let r = app.store.settle_recording(&id, &b.lease_id, &events, how)?;
     app.store.flush().await?;
     Ok(Json(r))
 }

@@ -249,6 +249,12 @@ impl Store {
         self.lock().get(id).cloned()
     }
 
+    /// The organization of job `id`, without copying its record (every request about a job
+    /// checks it).
+    pub fn org_of(&self, id: &str) -> Result<String, StoreError> {
+        self.lock().get(id).map(|r| r.org.clone())
+    }
+
     /// Jobs, newest first, optionally of one state.
     pub fn list(&self, state: Option<QueueState>, limit: usize) -> Vec<JobRecord> {
         self.lock().list(state, limit)
@@ -351,9 +357,21 @@ impl Store {
         event: Option<&Value>,
         how: LeaseSettle,
     ) -> Result<JobRecord, StoreError> {
+        self.settle_recording(id, lease_id, event.as_slice(), how)
+    }
+
+    /// [`Store::settle_reporting`] with any number of the attempt's events (its `start`, then
+    /// its terminal event), recorded in order under the lease in the settlement's write.
+    pub fn settle_recording(
+        &self,
+        id: &str,
+        lease_id: &str,
+        events: &[&Value],
+        how: LeaseSettle,
+    ) -> Result<JobRecord, StoreError> {
         let mut q = self.lock();
         let was_final = q.get(id)?.state.is_final();
-        if let (Some(event), false) = (event, was_final) {
+        for event in events.iter().filter(|_| !was_final) {
             self.insert_event(&mut q, id, Reporter::Lease(lease_id), event)?;
         }
         let r = q.settle(id, lease_id, how, now_ms())?;

@@ -4,6 +4,7 @@
 //! per-node credentials and organizations.
 
 mod api;
+mod carried;
 mod credentials;
 mod fenced;
 mod flow;

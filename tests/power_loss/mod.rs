@@ -3,10 +3,11 @@
 //! SIGKILLs it at a varying moment, drops LazyFS's unsynced cache (the power failure), re-mounts
 //! and checks that every answered write is there. One suite per store: the journal
 //! ([`journal`]) and the control plane's store ([`store`]); and end to end, a real worker
-//! ([`worker`]).
+//! ([`worker`]) and a real control plane's settlements ([`settle`]).
 
 mod journal;
 mod lazyfs;
+mod settle;
 mod store;
 mod worker;
 

@@ -300,8 +300,17 @@ pub struct SettleRequest {
     /// [`SETTLE_EVENT_FEATURE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Value>,
+    /// The attempt's earlier job events the worker has not sent yet (its `start`), recorded in
+    /// order under the same lease before [`SettleRequest::event`] and made durable with the
+    /// settlement. Only sent to a control plane whose health lists [`SETTLE_EVENTS_FEATURE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Value>,
 }
 
 /// The `features` entry of `GET /api/v1/health` saying a settlement may carry its terminal
 /// event ([`SettleRequest::event`]).
 pub const SETTLE_EVENT_FEATURE: &str = "settle_event";
+
+/// The `features` entry of `GET /api/v1/health` saying a settlement may also carry the attempt's
+/// earlier events not sent yet ([`SettleRequest::events`]).
+pub const SETTLE_EVENTS_FEATURE: &str = "settle_events";

@@ -5,6 +5,7 @@
 //! become deliveries through [`crate::control_plane::from_record`]. This module must never settle or run a job.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -87,6 +88,7 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
             .filter(|_| inner.claim_event),
     });
     let announced = body["claimed"].is_object();
+    let began = Instant::now();
     let rb = inner
         .client
         .request(Method::POST, "/api/v1/jobs/claim")
@@ -106,6 +108,9 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         }
     }
     drop(leases);
+    if began.elapsed() < super::claim_confirms(inner.cfg.lease) {
+        confirm(inner, &answer.jobs, &items, began);
+    }
     if announced {
         let mut set = super::lock(&inner.announced);
         for item in &items {
@@ -118,6 +123,19 @@ async fn claim(inner: &Inner, want: usize) -> Result<Vec<Incoming>, SourceError>
         debug!(count = items.len(), "claimed jobs");
     }
     Ok(items)
+}
+
+/// Notes that the claim round begun at `began` confirms its jobs' leases (the first renewal
+/// is not sent, and the cancellation check reads the claim's `cancel_requested` instead).
+fn confirm(inner: &Inner, records: &[Value], items: &[Incoming], began: Instant) {
+    let mut fresh = super::lock(&inner.fresh);
+    for (v, item) in records.iter().zip(items) {
+        if let Incoming::Job(d) = item {
+            let cancel = v["cancel_requested"].as_bool().unwrap_or(false);
+            let lease = d.receipt.id().to_string();
+            fresh.insert(d.job.id.clone(), (lease, began, cancel));
+        }
+    }
 }
 
 /// One job of a `POST /api/v1/jobs/claim` answer.

@@ -17,6 +17,13 @@
 //!   and sent in the settlement's body (one request, one flush on the server); a delivery
 //!   handed back without a settlement drops it (its redelivery publishes it again from the
 //!   worker's journal). Older servers get the event on its own, as before.
+//! - **`start` rides with the settlement** when the health also lists [`SETTLE_EVENTS_FEATURE`]:
+//!   a leased job's `start` is kept ([`kept`]) and sent in the settlement's body before the
+//!   terminal event, or on its own once [`kept::LINGER`] passed without a settlement, or before
+//!   any other event of the job (so the plane sees the events in order).
+//! - **A fresh claim confirms the lease**: the first renewal of a job whose claim round began
+//!   within [`claim_confirms`] of now is answered `Held` without a request (the lease runs at
+//!   least from that round's start), and the cancellation check reads the claim's record.
 //! - **`claimed` rides with the claim** when the server's health lists [`CLAIM_EVENT_FEATURE`]:
 //!   once the worker has sent one `claimed` itself, each claim carries its data (meta included)
 //!   and the plane records each handed-out job's `claimed` with it (durable with the claim's
@@ -26,6 +33,7 @@
 //!   delivery's first renewal began): one request less per job; otherwise it asks.
 
 pub(crate) mod fetch;
+pub(crate) mod kept;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,7 +47,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::control_plane::wire::{
-    RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE, SETTLE_EVENT_FEATURE,
+    RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE, SETTLE_EVENTS_FEATURE,
+    SETTLE_EVENT_FEATURE,
 };
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
@@ -120,6 +129,8 @@ pub(crate) struct Inner {
     reported: crate::control_plane::Outcomes,
     /// Full mode: whether a settlement may carry the attempt's terminal event.
     settle_event: bool,
+    /// Full mode: whether a settlement may also carry the attempt's `start`.
+    settle_events: bool,
     /// Full mode: whether claims may ask the plane to record the jobs' `claimed` events.
     pub(crate) claim_event: bool,
     /// `claim_event`: the data (meta included) of the last `claimed` this worker sent itself;
@@ -127,9 +138,11 @@ pub(crate) struct Inner {
     pub(crate) claimed_data: Mutex<Option<Value>>,
     /// `claim_event`: the jobs whose claim recorded their `claimed`; their own is not sent.
     pub(crate) announced: Mutex<std::collections::HashSet<JobId>>,
-    /// Full mode, `settle_event`: each unsettled job's terminal event, waiting for its settlement.
-    /// Keyed by job, with the lease that reported it.
-    terminal: Mutex<HashMap<JobId, (String, Value)>>,
+    /// Full mode, `settle_event`: each unsettled job's events waiting for its settlement.
+    kept: kept::Kept,
+    /// Full mode: the jobs whose claim round began recently enough to confirm their lease: the
+    /// lease, when that round began ([`claim_confirms`]) and the claim's `cancel_requested`.
+    pub(crate) fresh: Mutex<HashMap<JobId, (String, Instant, bool)>>,
     /// Full mode: each job's latest lease renewal, in flight (`None`) or answered (when, and
     /// its `cancel_requested`), read once by the cancellation check.
     renewals: Mutex<HashMap<JobId, watch::Receiver<Renewal>>>,
@@ -149,6 +162,36 @@ impl Inner {
         self.client.send(rb, self.cfg.request_timeout).await
     }
 
+    /// POSTs one job event (JSON text) about `job`, under `lease` when the job has one.
+    async fn post_event(
+        &self,
+        job: &JobId,
+        lease: Option<&str>,
+        body: String,
+    ) -> Result<(), SourceError> {
+        let mut path = format!("/api/v1/jobs/{}/events", path_id(job.as_str()));
+        if let Some(l) = lease {
+            path = format!("{path}?lease_id={}", path_id(l));
+        }
+        let rb = self
+            .client
+            .request(Method::POST, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(rb).await.map(drop).map_err(|f| f.error)
+    }
+
+    /// Sends the early events `job` kept before anything else of it goes out.
+    async fn send_early(&self, job: &JobId) -> Result<(), SourceError> {
+        self.kept.landed(job).await;
+        if let Some((lease, early)) = self.kept.take_early(job) {
+            for ev in early {
+                self.post_event(job, Some(&lease), ev.to_string()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// POSTs `body` as JSON to `path`.
     async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, Failure> {
         self.send(self.client.request(Method::POST, path).json(body))
@@ -162,21 +205,31 @@ type Renewal = Option<(Instant, bool)>;
 /// How old a renewal's answer may be for the cancellation check to use it instead of asking.
 pub const RENEWAL_FRESH: Duration = Duration::from_millis(250);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// How recently a claim round must have begun for its lease to count as a job's first renewal:
+/// [`RENEWAL_FRESH`], and never more than an eighth of the lease (the runner fences a quarter of
+/// the lease before its end, so an answer this much older than "now" still fences in time).
+pub fn claim_confirms(lease: Duration) -> Duration {
+    RENEWAL_FRESH.min(lease / 8)
 }
 
-/// Takes `job`'s kept terminal event if lease `lease` reported it.
-fn take_for(
-    kept: &Mutex<HashMap<JobId, (String, Value)>>,
-    job: &JobId,
-    lease: &str,
-) -> Option<Value> {
-    let mut kept = lock(kept);
-    match kept.get(job) {
-        Some((l, _)) if l == lease => kept.remove(job).map(|(_, v)| v),
-        _ => None,
-    }
+/// Sends `job`'s kept `start` on its own once [`kept::LINGER`] passed without its settlement.
+fn linger(inner: Arc<Inner>, job: JobId, ticket: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(kept::LINGER).await;
+        let Some((lease, early, done)) = inner.kept.take_early_if(&job, ticket) else {
+            return;
+        };
+        for ev in early {
+            if let Err(e) = inner.post_event(&job, Some(&lease), ev.to_string()).await {
+                warn!(job_id = %job, error = %e, "could not publish a job event");
+            }
+        }
+        done.send_replace(true);
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A [`JobSource`] on a Nexus HTTP control plane. Create it with [`NexusSource::connect`].
@@ -212,6 +265,7 @@ impl NexusSource {
         let features = health["features"].as_array();
         let has = |name: &str| features.is_some_and(|f| f.iter().any(|f| f == name));
         let (settle_event, claim_event) = (has(SETTLE_EVENT_FEATURE), has(CLAIM_EVENT_FEATURE));
+        let settle_events = settle_event && has(SETTLE_EVENTS_FEATURE);
         info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
         let inner = Arc::new(Inner {
             cfg,
@@ -221,10 +275,12 @@ impl NexusSource {
             leases: Mutex::default(),
             reported: Default::default(),
             settle_event,
+            settle_events,
             claim_event,
             claimed_data: Mutex::default(),
             announced: Mutex::default(),
-            terminal: Mutex::default(),
+            kept: kept::Kept::default(),
+            fresh: Mutex::default(),
             renewals: Mutex::default(),
             outcomes: Mutex::default(),
             last_report: Mutex::default(),
@@ -302,6 +358,37 @@ impl NexusSource {
     }
 }
 
+/// A job event as JSON.
+fn event_value(event: &WireEvent) -> Value {
+    serde_json::from_str(&event.to_json()).unwrap_or(Value::Null)
+}
+
+impl Inner {
+    /// Forgets what this source noted about `job`'s current attempt (a settlement or a hand-back
+    /// ends it), but its kept events.
+    fn forget(&self, job: &JobId) {
+        lock(&self.leases).remove(job);
+        lock(&self.renewals).remove(job);
+        lock(&self.announced).remove(job);
+        lock(&self.fresh).remove(job);
+    }
+
+    /// Whether `job`'s claim under `lease` began recently enough to count as its renewal
+    /// ([`claim_confirms`]); read once. If so, the claim's answer stands for the renewal's for
+    /// the cancellation check.
+    fn claim_confirmed(&self, job: &JobId, lease: &str) -> bool {
+        let Some((l, at, cancel)) = lock(&self.fresh).remove(job) else {
+            return false;
+        };
+        if l != lease || at.elapsed() >= claim_confirms(self.cfg.lease) {
+            return false;
+        }
+        let answer = watch::channel(Some((at, cancel))).1;
+        lock(&self.renewals).insert(job.clone(), answer);
+        true
+    }
+}
+
 impl Drop for NexusSource {
     fn drop(&mut self) {
         self.inner.inbox.close();
@@ -365,14 +452,12 @@ impl JobSource for NexusSource {
         }
         let outcome = self.inner.reported.take(receipt.queue());
         let job = JobId::new(receipt.queue()).ok();
+        let mut carried = kept::Carried::default();
         if let Some(job) = &job {
-            lock(&self.inner.leases).remove(job);
-            lock(&self.inner.renewals).remove(job);
-            lock(&self.inner.announced).remove(job);
+            self.inner.forget(job);
+            self.inner.kept.landed(job).await;
+            carried = self.inner.kept.take(job, receipt.id());
         }
-        let event = job
-            .as_ref()
-            .and_then(|job| take_for(&self.inner.terminal, job, receipt.id()));
         let mut body = SettleRequest {
             lease_id: receipt.id().to_string(),
             action: settlement.name().to_string(),
@@ -380,7 +465,8 @@ impl JobSource for NexusSource {
             reason: None,
             errors: Vec::new(),
             outcome: None,
-            event,
+            event: carried.terminal,
+            events: carried.early,
         };
         match settlement {
             Settlement::Retry { delay } => {
@@ -400,28 +486,35 @@ impl JobSource for NexusSource {
             .send(self.inner.client.request(Method::POST, &path).json(&body))
             .await;
         match sent {
-            Ok(_) => Ok(()),
+            // Read to the end, so the connection goes back to the pool.
+            Ok(resp) => {
+                let _ = resp.bytes().await;
+                Ok(())
+            }
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) if f.status == Some(StatusCode::CONFLICT) => {
                 warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
                 Err(SourceError::LeaseLost(receipt.clone()))
             }
             Err(f) => {
-                // The runner tries the settlement again: it must carry the event again.
-                if let (Some(job), Some(ev)) = (job, body.event) {
-                    lock(&self.inner.terminal).insert(job, (body.lease_id, ev));
+                // The runner tries the settlement again: it must carry the events again.
+                if let Some(job) = job {
+                    let carried = kept::Carried {
+                        early: body.events,
+                        terminal: body.event,
+                    };
+                    self.inner.kept.put_back(&job, &body.lease_id, carried);
                 }
                 Err(f.error)
             }
         }
     }
 
-    /// A delivery handed back without a settlement: its kept terminal event is dropped.
+    /// A delivery handed back without a settlement: its kept events are dropped.
     fn abandon(&self, receipt: &Receipt) {
         if let Ok(job) = JobId::new(receipt.queue()) {
-            take_for(&self.inner.terminal, &job, receipt.id());
-            lock(&self.inner.renewals).remove(&job);
-            lock(&self.inner.announced).remove(&job);
+            self.inner.kept.take(&job, receipt.id());
+            self.inner.forget(&job);
         }
     }
 
@@ -434,8 +527,15 @@ impl JobSource for NexusSource {
             lease_ms: Some(self.inner.cfg.lease.as_millis() as u64),
         });
         let path = format!("/api/v1/jobs/{}/lease", path_id(receipt.queue()));
+        let job = JobId::new(receipt.queue()).ok();
+        if job
+            .as_ref()
+            .is_some_and(|j| self.inner.claim_confirmed(j, receipt.id()))
+        {
+            return Ok(Lease::Held);
+        }
         let (answered, renewal) = watch::channel(None);
-        if let Ok(job) = JobId::new(receipt.queue()) {
+        if let Some(job) = job {
             lock(&self.inner.renewals).insert(job, renewal);
         }
         match self.inner.post(&path, &body).await {
@@ -504,27 +604,23 @@ impl JobSource for NexusSource {
             }
             *lock(&self.inner.claimed_data) = Some(Value::Object(event.data_json()));
         }
+        let job = &event.job_id;
         if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
             if event.data.is_terminal() {
-                let v = serde_json::from_str(&event.to_json()).unwrap_or(Value::Null);
-                lock(&self.inner.terminal).insert(event.job_id.clone(), (l.clone(), v));
+                self.inner.kept.keep_terminal(job, l, event_value(event));
+                return Ok(());
+            }
+            if self.inner.settle_events && matches!(event.data, EventData::Start { .. }) {
+                if let Some(ticket) = self.inner.kept.keep_early(job, l, event_value(event)) {
+                    linger(self.inner.clone(), job.clone(), ticket);
+                }
                 return Ok(());
             }
         }
-        let mut path = format!("/api/v1/jobs/{}/events", path_id(event.job_id.as_str()));
-        if let Some(l) = lease {
-            path = format!("{path}?lease_id={}", path_id(&l));
-        }
-        let rb = self
-            .inner
-            .client
-            .request(Method::POST, &path)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(event.to_json());
-        match self.inner.send(rb).await {
-            Ok(_) => Ok(()),
-            Err(f) => Err(f.error),
-        }
+        self.inner.send_early(job).await?;
+        self.inner
+            .post_event(job, lease.as_deref(), event.to_json())
+            .await
     }
 
     /// Posts the node's status message to the control plane's node API (full mode; a

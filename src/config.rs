@@ -31,6 +31,16 @@ pub struct FileConfig {
     pub llm: LlmSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub mesh: MeshSection,
+}
+
+/// `mesh:`: whether this node joins its organization's mesh (docs/mesh.md#running-it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Default: on once the node is enrolled with a control plane, off otherwise.
+    pub enabled: Option<bool>,
 }
 
 /// Which job streams the node derives from its capabilities (docs/transports.md#routing), when
@@ -364,6 +374,8 @@ const fn row(
 const HOST_NAME: &str = "(host name)";
 /// The default of `transport`: `auto` over the registry's transports.
 const AUTO: &str = "(auto)";
+/// The default of `mesh.enabled`: on once the node is enrolled with a control plane.
+pub const MESH_WHEN_ENROLLED: &str = "(on when enrolled)";
 
 /// Every setting, in the order `citadel config show` lists them.
 pub const SETTINGS: &[Setting] = &[
@@ -630,6 +642,12 @@ pub const SETTINGS: &[Setting] = &[
     row("permissions.console.tmux", None, None, "auto"),
     row("permissions.console.session_ttl", None, None, "24h"),
     row("permissions.ssh.enabled", None, None, "false"),
+    row(
+        "mesh.enabled",
+        Some("--mesh"),
+        Some("CITADEL_MESH_ENABLED"),
+        MESH_WHEN_ENROLLED,
+    ),
 ];
 
 /// The default of the setting `key` (a key of [`SETTINGS`]).
@@ -705,6 +723,7 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
         "permissions.shell.max_output" => shell.max_output.clone(),
         k if k.starts_with("permissions.console.") => console_value(&file.permissions.console, k),
         "permissions.ssh.enabled" => file.permissions.ssh.enabled.map(|b| b.to_string()),
+        "mesh.enabled" => file.mesh.enabled.map(|b| b.to_string()),
         _ => None,
     }
 }

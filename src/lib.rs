@@ -12,6 +12,7 @@ pub mod node;
 pub mod paths;
 pub mod platform;
 pub mod runner;
+pub mod serve;
 pub mod services;
 pub mod status;
 pub mod terminal;

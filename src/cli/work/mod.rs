@@ -186,6 +186,21 @@ pub struct WorkArgs {
     /// (default 127.0.0.1:7860).
     #[arg(long, env = "CITADEL_TERMINAL_LISTEN", value_name = "ADDR")]
     terminal_listen: Option<String>,
+    /// Join this organization's mesh: serve the terminal and the status server on the node's
+    /// mesh address too, and reach peers by name (default: on once the node is enrolled with a
+    /// control plane; docs/mesh.md#running-it).
+    #[arg(
+        long,
+        env = "CITADEL_MESH_ENABLED",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    mesh: Option<bool>,
+    /// Do not join the mesh (wins over --mesh and CITADEL_MESH_ENABLED).
+    #[arg(long)]
+    no_mesh: bool,
     /// How often the node's status message goes to the transport (default 30s).
     #[arg(long, env = "CITADEL_HEARTBEAT_INTERVAL", value_name = "DURATION")]
     heartbeat_interval: Option<String>,
@@ -368,7 +383,7 @@ async fn work(
     let status =
         Arc::new(NodeStatus::new(identity, source, runner.counters()).with_routing(routing));
     let status_server =
-        crate::status::server::start(settings.status_listen, status.clone()).await?;
+        crate::status::server::start(settings.status_listen, status.clone(), None).await?;
     if let Some(s) = &status_server {
         eprintln!(
             "citadel: status on http://{} (/status, /metrics, /healthz, /readyz)",

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod device;
 mod device_api;
 mod ids;
+pub mod mesh;
 pub mod queue;
 mod reclaim;
 pub mod record;
@@ -202,6 +203,7 @@ pub async fn start_configured(
     });
     let router = api::router(app.clone())
         .merge(retention::router(app.clone()))
+        .merge(mesh::router(app.clone())?)
         .merge(terminal_tokens::router(app)?);
     let stop = CancellationToken::new();
     let task = tokio::spawn({

@@ -8,6 +8,7 @@ pub mod config;
 pub mod format;
 pub mod handlers;
 pub mod manifest;
+pub mod mesh;
 pub mod node;
 pub mod paths;
 pub mod platform;

@@ -60,6 +60,8 @@ pub struct Refused {
     pub spoofed: u64,
     /// Local packets to an address that is no peer of the map.
     pub no_route: u64,
+    /// Handshake initiations dropped because ours, crossing them, wins.
+    pub crossed: u64,
     /// Datagrams the tunnel rejected (bad MAC, wrong key, replay, no session).
     pub rejected: u64,
 }
@@ -67,6 +69,7 @@ pub struct Refused {
 /// The connection core of one node.
 pub struct Core {
     secret: StaticSecret,
+    public: PeerKey,
     own: MapNode,
     peers: HashMap<PeerKey, Peer>,
     by_ip: HashMap<Ipv4Addr, PeerKey>,
@@ -91,6 +94,7 @@ impl Core {
     /// A core for the node holding `secret`, with the peers of `map`.
     pub fn new(secret: StaticSecret, map: &NetworkMap) -> Self {
         let mut core = Core {
+            public: PeerKey::from_secret(&secret),
             secret,
             own: map.self_node.clone(),
             peers: HashMap::new(),
@@ -108,7 +112,7 @@ impl Core {
 
     /// The node's own key.
     pub fn key(&self) -> PeerKey {
-        PeerKey::from_secret(&self.secret)
+        self.public
     }
 
     /// The node's own mesh IP.
@@ -142,6 +146,9 @@ impl Core {
             .filter(|k| !wanted.contains_key(k))
             .copied()
             .collect();
+        // What was queued for or from a removed peer goes with its tunnel.
+        self.datagrams.retain(|(k, _)| wanted.contains_key(k));
+        self.packets.retain(|(k, _)| wanted.contains_key(k));
         for key in gone {
             self.peers.remove(&key);
             tracing::debug!(peer = %key, "mesh peer removed");
@@ -192,6 +199,12 @@ impl Core {
             return;
         };
         let kind = datagram.first().copied().unwrap_or(0);
+        if kind == 1 && peer.awaiting.is_some() && self.public > from {
+            // Both sides initiated: the greater key's initiation wins, so neither side replaces
+            // its handshake with the other's and both end on the same session.
+            self.refused.crossed += 1;
+            return;
+        }
         let own_ip = self.own.mesh_ip;
         match peer.tunn.decapsulate(None, datagram, &mut self.buf) {
             TunnResult::Done => peer.rx_bytes += datagram.len() as u64,

@@ -137,7 +137,7 @@ impl Stack {
         let at = self.at(now);
         loop {
             while let Some((_, packet)) = core.poll_packet() {
-                self.device.rx.push_back(packet);
+                self.push_packet(packet);
             }
             self.iface.poll(at, &mut self.device, &mut self.sockets);
             if self.device.tx.is_empty() {
@@ -148,6 +148,11 @@ impl Stack {
             }
         }
         self.refill_listeners();
+    }
+
+    /// An IP packet for the stack, as the core delivered it.
+    pub fn push_packet(&mut self, packet: Vec<u8>) {
+        self.device.rx.push_back(packet);
     }
 
     /// How long until the stack needs polling again (None: only on new input).

@@ -7,6 +7,7 @@ mod api;
 mod credentials;
 mod fenced;
 mod flow;
+mod mesh;
 mod retention;
 mod terminal_client;
 mod terminal_tokens;

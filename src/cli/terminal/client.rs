@@ -1,5 +1,5 @@
 //! `citadel terminal NODE`: a WebSocket client of a node's terminal service (docs/terminal.md).
-//! NODE is a URL, HOST:PORT, or a peer's name on this node's mesh (then the stream goes through
+//! NODE is a URL, HOST:PORT, or a peer's name (and port) on this node's mesh (then the stream goes through
 //! the local worker's mesh, [`crate::cli::mesh::open_stream`]). It opens
 //! `ws://NODE/terminal?token=…&cols=&rows=`, relays stdin as `input` frames and `output`
 //! frames to stdout, sends `resize` on SIGWINCH, and ends on the detach key (exit 0), on the
@@ -29,7 +29,8 @@ pub const DEFAULT_PORT: u16 = 7860;
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// The node's terminal address: HOST[:PORT] or ws://HOST:PORT (port 7860 by default).
+    /// The node: a peer's name on the mesh of the worker running here (NAME[:PORT]), or its
+    /// terminal address, HOST[:PORT] or ws://HOST:PORT (port 7860 by default).
     #[arg(value_name = "NODE", required = true)]
     node: Option<String>,
     /// The terminal token (from `citadel terminal tokens create`).
@@ -159,15 +160,20 @@ enum End {
     Closed,
 }
 
-/// The peer NODE names on the mesh: a bare name (no scheme, no port, not an address, not
-/// `localhost`); `None` for the URL and HOST:PORT forms.
-pub fn mesh_peer(node: &str) -> Option<&str> {
+/// The peer and port NODE names on the mesh: NAME or NAME:PORT where NAME is neither an
+/// address nor `localhost` (no scheme); `None` for URLs and addresses. A name that is no peer of
+/// the local worker's mesh is tried as a host name.
+pub fn mesh_peer(node: &str) -> Option<(&str, u16)> {
     let n = node.trim();
-    let plain = !n.is_empty()
-        && n != "localhost"
-        && n.parse::<std::net::IpAddr>().is_err()
-        && !n.contains(['/', ':', '[', '@', '?']);
-    plain.then_some(n)
+    let (name, port) = match n.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (n, DEFAULT_PORT),
+    };
+    let plain = !name.is_empty()
+        && name != "localhost"
+        && name.parse::<std::net::IpAddr>().is_err()
+        && !name.contains(['/', ':', '[', ']', '@', '?']);
+    plain.then_some((name, port))
 }
 
 /// Opens the WebSocket: over the local worker's mesh when NODE is a peer's name there, else
@@ -177,8 +183,8 @@ async fn open(
     req: tungstenite::handshake::client::Request,
     data_dir: &Path,
 ) -> Result<Ws, tungstenite::Error> {
-    if let Some(peer) = mesh_peer(node) {
-        match over_mesh(peer, data_dir).await {
+    if let Some((peer, port)) = mesh_peer(node) {
+        match over_mesh(peer, port, data_dir).await {
             Ok(stream) => {
                 let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
                 return tokio_tungstenite::client_async(req, plain)
@@ -193,10 +199,14 @@ async fn open(
         .map(|(ws, _)| ws)
 }
 
-/// A stream to `peer`'s terminal port through the local worker's mesh.
-async fn over_mesh(peer: &str, data_dir: &Path) -> anyhow::Result<tokio::net::TcpStream> {
+/// A stream to `peer`'s terminal `port` through the local worker's mesh.
+async fn over_mesh(
+    peer: &str,
+    port: u16,
+    data_dir: &Path,
+) -> anyhow::Result<tokio::net::TcpStream> {
     let addr = crate::cli::status::worker_addr(None, data_dir)?;
-    let stream = crate::cli::mesh::open_stream(&addr, peer, DEFAULT_PORT).await?;
+    let stream = crate::cli::mesh::open_stream(&addr, peer, port).await?;
     eprintln!("citadel: reaching {peer} over the mesh");
     Ok(stream)
 }
@@ -362,17 +372,20 @@ mod tests {
     }
 
     #[test]
-    fn only_bare_names_go_over_the_mesh() {
-        assert_eq!(mesh_peer("gpu-b"), Some("gpu-b"));
-        assert_eq!(mesh_peer(" gpu-b.lab "), Some("gpu-b.lab"));
+    fn only_names_go_over_the_mesh() {
+        assert_eq!(mesh_peer("gpu-b"), Some(("gpu-b", DEFAULT_PORT)));
+        assert_eq!(mesh_peer(" gpu-b.lab "), Some(("gpu-b.lab", DEFAULT_PORT)));
+        assert_eq!(mesh_peer("gpu-b:7000"), Some(("gpu-b", 7000)));
         for direct in [
-            "gpu-b:7860",
             "ws://gpu-b:1/",
+            "gpu-b:port",
             "127.0.0.1",
+            "127.0.0.1:7860",
             "100.64.0.2",
             "::1",
             "[::1]:7000",
             "localhost",
+            "localhost:7860",
             "",
         ] {
             assert_eq!(mesh_peer(direct), None, "{direct}");

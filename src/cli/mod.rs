@@ -8,13 +8,13 @@ mod journal;
 mod mesh;
 mod nexus;
 mod nodes;
-mod remote;
+pub(crate) mod remote;
 mod services;
 mod settings;
 mod status;
 mod submit;
 mod terminal;
-mod work;
+pub(crate) mod work;
 
 use std::path::PathBuf;
 

@@ -12,21 +12,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use citadel_mesh::{Mesh, MeshError, MeshListener, MeshStream, NetworkMap, PeerKey};
-use citadel_transports::control_plane::mesh_wire;
+use citadel_mesh::{Mesh, MeshError, MeshListener, MeshStream, NetworkMap};
 use citadel_transports::Backoff;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::terminal::Plane;
-use crate::mesh::coord::Coordinator;
 use crate::status::mesh::{MeshControl, MeshFailure, MeshIo};
 
-/// Datagrams queued between the relay link and the data plane, each way.
-const QUEUE: usize = 1024;
+pub(crate) mod join;
 
 /// Whether the mesh runs: `--no-mesh` wins, then `--mesh`/`CITADEL_MESH_ENABLED`, then the
 /// manifest's `mesh.enabled`, else on exactly when the node is enrolled.
@@ -218,36 +214,16 @@ async fn run_once(node: &MeshNode, plane: &Plane, data_dir: &Path) -> String {
         Ok(k) => k,
         Err(e) => return format!("the node's mesh key: {e:#}"),
     };
-    let coord = match Coordinator::new(&plane.url, &plane.credential, key.public()) {
-        Ok(c) => c,
-        Err(e) => return format!("{e:#}"),
+    let mut joined = match join::join(&plane.url, &plane.credential, &key).await {
+        Ok(j) => j,
+        Err(why) => return why,
     };
-    let mut watching = match coord.start().await {
-        Ok(w) => w,
-        Err(e) => return e.to_string(),
-    };
-    let (map_tx, map) = watch::channel(convert_map(&watching.map.borrow()));
-    let (relay_in_tx, relay_in_rx) = mpsc::channel(QUEUE);
-    let (relay_out_tx, relay_out_rx) = mpsc::channel(QUEUE);
-    let (in_tx, in_rx) = mpsc::channel(QUEUE);
-    let (out_tx, out_rx) = mpsc::channel(QUEUE);
-    let mut relay =
-        match crate::mesh::relay::spawn(&plane.url, &plane.credential, relay_in_tx, relay_out_rx) {
-            Ok(r) => r,
-            Err(e) => return format!("{e:#}"),
-        };
-    let bridges = [
-        tokio::spawn(forward(relay_in_rx, in_tx, PeerKey)),
-        tokio::spawn(forward(out_rx, relay_out_tx, |k: PeerKey| k.0)),
-        tokio::spawn(follow_map(watching.map.clone(), map_tx)),
-    ];
-    let mesh = Arc::new(Mesh::start(
-        key.secret().clone(),
-        map.clone(),
-        in_rx,
-        out_tx,
-    ));
-    announce(&mesh, &map);
+    let (mesh, map) = (joined.mesh.clone(), joined.map.clone());
+    eprintln!(
+        "citadel: mesh {} ({} peers)",
+        mesh.mesh_ip(),
+        map.borrow().peers.len()
+    );
     node.set(State::Up(Up {
         mesh: mesh.clone(),
         map,
@@ -255,74 +231,9 @@ async fn run_once(node: &MeshNode, plane: &Plane, data_dir: &Path) -> String {
     for (port, handle) in node.services.lock().expect("services").iter() {
         listen(&mesh, *port, handle);
     }
-    let why = tokio::select! {
-        end = &mut watching.task => format!("the map watch ended: {}", ended(end)),
-        end = &mut relay => format!("the relay link ended: {}", ended(end)),
-    };
-    for b in bridges {
-        b.abort();
-    }
-    relay.abort();
-    watching.task.abort();
+    let why = joined.ended().await;
     node.set(State::Starting(why.clone()));
-    drop(mesh);
     why
-}
-
-fn ended<E: std::fmt::Display>(end: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match end {
-        Ok(Ok(())) => "closed".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn announce(mesh: &Mesh, map: &watch::Receiver<NetworkMap>) {
-    let peers = map.borrow().peers.len();
-    eprintln!("citadel: mesh {} ({peers} peers)", mesh.mesh_ip());
-}
-
-/// Moves datagrams between the relay's channels and the data plane's, converting the key.
-async fn forward<A, B>(
-    mut from: mpsc::Receiver<(A, Bytes)>,
-    to: mpsc::Sender<(B, Bytes)>,
-    key: impl Fn(A) -> B,
-) {
-    while let Some((k, d)) = from.recv().await {
-        if to.send((key(k), d)).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The control plane's maps as the data plane reads them.
-async fn follow_map(
-    mut from: watch::Receiver<mesh_wire::NetworkMap>,
-    to: watch::Sender<NetworkMap>,
-) {
-    while from.changed().await.is_ok() {
-        let map = convert_map(&from.borrow_and_update());
-        if to.send(map).is_err() {
-            return;
-        }
-    }
-}
-
-fn convert_node(n: &mesh_wire::MapNode) -> citadel_mesh::MapNode {
-    citadel_mesh::MapNode {
-        node_id: n.node_id.clone(),
-        name: n.name.clone(),
-        public_key: PeerKey(n.public_key.0),
-        mesh_ip: n.mesh_ip,
-    }
-}
-
-fn convert_map(m: &mesh_wire::NetworkMap) -> NetworkMap {
-    NetworkMap {
-        version: m.version,
-        self_node: convert_node(&m.me),
-        peers: m.peers.iter().map(convert_node).collect(),
-    }
 }
 
 fn failure(e: MeshError) -> MeshFailure {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 mod handlers;
 mod journal;
-mod mesh;
+pub(crate) mod mesh;
 mod routing;
 mod settings;
 mod terminal;

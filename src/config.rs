@@ -918,6 +918,29 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_section_parses_and_shows_where_it_came_from() {
+        let c = FileConfig::parse("mesh:\n  enabled: false\n").unwrap();
+        assert_eq!(c.mesh.enabled, Some(false));
+        assert!(FileConfig::parse("mesh:\n  enable: false\n").is_err());
+        let row = |c: &FileConfig, env: &dyn Fn(&str) -> Option<String>| {
+            let rows = effective(c, env);
+            let r = rows.into_iter().find(|r| r.key == "mesh.enabled").unwrap();
+            (r.value, r.source)
+        };
+        let none = |_: &str| None;
+        assert_eq!(row(&c, &none), ("false".into(), Source::Manifest));
+        let on = |k: &str| (k == "CITADEL_MESH_ENABLED").then(|| "true".to_string());
+        assert_eq!(
+            row(&c, &on),
+            ("true".into(), Source::Env("CITADEL_MESH_ENABLED"))
+        );
+        assert_eq!(
+            row(&FileConfig::default(), &none),
+            (MESH_WHEN_ENROLLED.into(), Source::Default)
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = FileConfig::parse("worker:\n  concurency: 4\n").unwrap_err();
         let msg = format!("{err:#}");

@@ -86,16 +86,19 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The mesh, when it is on and the client is on this machine; else the refusal.
-fn admit(mesh: Mesh, client: SocketAddr) -> Result<Arc<dyn MeshControl>, Response> {
+fn admit(
+    mesh: Mesh,
+    client: SocketAddr,
+) -> Result<Arc<dyn MeshControl>, (StatusCode, &'static str)> {
     if !client.ip().is_loopback() {
         let msg = "the mesh routes answer clients on this machine only";
-        return Err(error(StatusCode::FORBIDDEN, msg));
+        return Err((StatusCode::FORBIDDEN, msg));
     }
-    mesh.ok_or_else(|| {
-        let msg = "the mesh is off on this node (mesh.enabled, --mesh; it is on by default \
-                   once the node is enrolled with a control plane)";
-        error(StatusCode::SERVICE_UNAVAILABLE, msg)
-    })
+    mesh.ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the mesh is off on this node (mesh.enabled, --mesh; it is on by default once the node \
+         is enrolled with a control plane)",
+    ))
 }
 
 fn failure(e: &MeshFailure) -> Response {
@@ -108,7 +111,7 @@ async fn status(
 ) -> Response {
     match admit(mesh, client) {
         Ok(m) => Json(m.status()).into_response(),
-        Err(r) => r,
+        Err((s, m)) => error(s, m),
     }
 }
 
@@ -126,7 +129,7 @@ async fn ping(
 ) -> Response {
     let m = match admit(mesh, client) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err((s, m)) => return error(s, m),
     };
     let timeout = q.timeout_ms.map_or(PING_TIMEOUT, Duration::from_millis);
     match m.ping(&q.peer, timeout).await {
@@ -155,7 +158,7 @@ async fn connect(
 ) -> Response {
     let m = match admit(mesh, client) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err((s, m)) => return error(s, m),
     };
     let asked = req
         .headers()

@@ -47,12 +47,15 @@ impl Handle {
         Self { router, stop, what }
     }
 
-    /// Serves `listener` too, until the service stops.
-    pub fn serve<L>(&self, listener: L) -> JoinHandle<()>
+    /// Serves `listener` too, until the service stops or the returned token is cancelled (the
+    /// listener's network went away).
+    pub fn serve<L>(&self, listener: L) -> CancellationToken
     where
         L: Listener<Addr = SocketAddr>,
     {
-        spawn(listener, self.router.clone(), self.stop.clone(), self.what)
+        let stop = self.stop.child_token();
+        spawn(listener, self.router.clone(), stop.clone(), self.what);
+        stop
     }
 
     /// The service's name, for the logs.

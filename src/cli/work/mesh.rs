@@ -89,6 +89,8 @@ pub(super) struct MeshNode {
     state: Mutex<State>,
     /// The services to serve on the mesh address, by port, whenever the mesh is up.
     services: Mutex<Vec<(u16, crate::serve::Handle)>>,
+    /// What stops the listeners of the mesh that is up now.
+    listening: Mutex<Vec<CancellationToken>>,
 }
 
 #[derive(Debug)]
@@ -114,9 +116,39 @@ impl MeshNode {
     /// each time it comes up again.
     pub fn add_service(&self, port: u16, handle: crate::serve::Handle) {
         if let Some(up) = self.up() {
-            listen(&up.mesh, port, &handle);
+            self.listen(&up.mesh, port, &handle);
         }
         self.services.lock().expect("services").push((port, handle));
+    }
+
+    /// One service's listener on the mesh address.
+    fn listen(&self, mesh: &Mesh, port: u16, handle: &crate::serve::Handle) {
+        match mesh.listen(port) {
+            Ok(l) => {
+                let addr = SocketAddr::from((mesh.mesh_ip(), port));
+                let stop = handle.serve(Acceptor { inner: l, addr });
+                self.listening.lock().expect("listening").push(stop);
+                tracing::info!(service = handle.name(), %addr, "serving on the mesh");
+            }
+            Err(e) => {
+                tracing::error!(service = handle.name(), port, error = %e, "cannot serve on the mesh")
+            }
+        }
+    }
+
+    /// The mesh is up: serve every service on it.
+    fn serve_all(&self, mesh: &Mesh) {
+        let services = self.services.lock().expect("services").clone();
+        for (port, handle) in &services {
+            self.listen(mesh, *port, handle);
+        }
+    }
+
+    /// The mesh went down: stop its listeners.
+    fn stop_listening(&self) {
+        for stop in self.listening.lock().expect("listening").drain(..) {
+            stop.cancel();
+        }
     }
 
     fn up(&self) -> Option<Up> {
@@ -134,20 +166,6 @@ impl MeshNode {
         match &*self.state.lock().expect("mesh state") {
             State::Up(up) => Ok(up.mesh.clone()),
             State::Starting(why) => Err(MeshFailure::Starting(why.clone())),
-        }
-    }
-}
-
-/// One service's listener on the mesh address.
-fn listen(mesh: &Mesh, port: u16, handle: &crate::serve::Handle) {
-    match mesh.listen(port) {
-        Ok(l) => {
-            let addr = SocketAddr::from((mesh.mesh_ip(), port));
-            handle.serve(Acceptor { inner: l, addr });
-            tracing::info!(service = handle.name(), %addr, "serving on the mesh");
-        }
-        Err(e) => {
-            tracing::error!(service = handle.name(), port, error = %e, "cannot serve on the mesh")
         }
     }
 }
@@ -192,10 +210,14 @@ async fn keep_up(
 ) {
     let mut retrier = Backoff::RECONNECT.retrier();
     loop {
-        let why = tokio::select! {
-            why = run_once(&node, &plane, &data_dir) => why,
+        let (why, was_up) = tokio::select! {
+            end = run_once(&node, &plane, &data_dir) => end,
             () = stop.cancelled() => break,
         };
+        node.stop_listening();
+        if was_up {
+            retrier.reset();
+        }
         let delay = retrier.next_delay();
         tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "the mesh is down; retrying");
         node.set(State::Starting(why));
@@ -205,18 +227,19 @@ async fn keep_up(
         }
     }
     // The data plane shuts down when its last handle goes.
+    node.stop_listening();
     node.set(State::Starting("the worker is stopping".into()));
 }
 
-/// One life of the mesh: up until a link ends; returns why it ended.
-async fn run_once(node: &MeshNode, plane: &Plane, data_dir: &Path) -> String {
+/// One life of the mesh: up until a link ends; returns why it ended, and whether it was up.
+async fn run_once(node: &MeshNode, plane: &Plane, data_dir: &Path) -> (String, bool) {
     let key = match crate::mesh::key::load_or_create(data_dir) {
         Ok(k) => k,
-        Err(e) => return format!("the node's mesh key: {e:#}"),
+        Err(e) => return (format!("the node's mesh key: {e:#}"), false),
     };
     let mut joined = match join::join(&plane.url, &plane.credential, &key).await {
         Ok(j) => j,
-        Err(why) => return why,
+        Err(why) => return (why, false),
     };
     let (mesh, map) = (joined.mesh.clone(), joined.map.clone());
     eprintln!(
@@ -228,12 +251,10 @@ async fn run_once(node: &MeshNode, plane: &Plane, data_dir: &Path) -> String {
         mesh: mesh.clone(),
         map,
     }));
-    for (port, handle) in node.services.lock().expect("services").iter() {
-        listen(&mesh, *port, handle);
-    }
+    node.serve_all(&mesh);
     let why = joined.ended().await;
     node.set(State::Starting(why.clone()));
-    why
+    (why, true)
 }
 
 fn failure(e: MeshError) -> MeshFailure {

@@ -167,7 +167,7 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> std::io::Result<u6
     tokio::io::copy(&mut r, &mut w).await
 }
 
-async fn measure<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+pub async fn measure<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     s: S,
     bytes: usize,
 ) -> std::io::Result<Figures> {

@@ -5,14 +5,13 @@
 //! mesh's own ping), beside plain loopback TCP in the same run: the ratio is the figure. It
 //! measures and prints; it asserts nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::percentile;
 use crate::cli::remote::Plane;
@@ -26,9 +25,9 @@ pub struct MeshBench {
     /// Bytes sent through the echo service for the throughput figure.
     #[arg(long, default_value_t = 64 << 20)]
     bytes: usize,
-    /// Round trips timed.
+    /// Pings timed through the tunnel.
     #[arg(long, default_value_t = 500)]
-    round_trips: usize,
+    pings: usize,
     #[arg(long)]
     json: bool,
 }
@@ -37,14 +36,23 @@ pub struct MeshBench {
 #[derive(Debug, Serialize)]
 struct Figures {
     mb_per_s: f64,
+    /// The median of 200 one-byte round trips through the echo.
     rtt_p50_us: f64,
-    rtt_p99_us: f64,
+}
+
+impl From<citadel_mesh::bench::Figures> for Figures {
+    fn from(f: citadel_mesh::bench::Figures) -> Self {
+        Self {
+            mb_per_s: f.megabytes_per_s,
+            rtt_p50_us: f.round_trip.as_secs_f64() * 1e6,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     bytes: usize,
-    round_trips: usize,
+    pings: usize,
     mesh: Figures,
     loopback: Figures,
     /// The mesh's own ping (ICMP echo through the tunnel).
@@ -92,9 +100,9 @@ async fn measure(args: &MeshBench, url: &str, admin: &str) -> anyhow::Result<Rep
         }
     });
     let stream = b.mesh.dial("bench-a", ECHO_PORT).await?;
-    let mesh = figures(stream, args).await?;
-    let mut pings = Vec::with_capacity(args.round_trips);
-    for _ in 0..args.round_trips {
+    let mesh = Figures::from(citadel_mesh::bench::measure(stream, args.bytes).await?);
+    let mut pings = Vec::with_capacity(args.pings);
+    for _ in 0..args.pings {
         let rtt = b.mesh.ping("bench-a", Duration::from_secs(5)).await?;
         pings.push(rtt.as_secs_f64() * 1e6);
     }
@@ -102,7 +110,7 @@ async fn measure(args: &MeshBench, url: &str, admin: &str) -> anyhow::Result<Rep
     let loopback = loopback(args).await?;
     Ok(Report {
         bytes: args.bytes,
-        round_trips: args.round_trips,
+        pings: args.pings,
         throughput_ratio: mesh.mb_per_s / loopback.mb_per_s,
         ping_p50_us: percentile(&pings, 0.5),
         mesh,
@@ -148,50 +156,7 @@ async fn loopback(args: &MeshBench) -> anyhow::Result<Figures> {
     });
     let s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    figures(s, args).await
-}
-
-/// 1-byte round trips, then `bytes` through the echo (written and read back concurrently).
-async fn figures<S>(s: S, args: &MeshBench) -> anyhow::Result<Figures>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut r, mut w) = tokio::io::split(s);
-    let mut rtts = Vec::with_capacity(args.round_trips);
-    let mut one = [0u8; 1];
-    for _ in 0..args.round_trips {
-        let t = Instant::now();
-        w.write_all(b"x").await?;
-        r.read_exact(&mut one).await?;
-        rtts.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    rtts.sort_by(f64::total_cmp);
-    let bytes = args.bytes;
-    let started = Instant::now();
-    let writer = tokio::spawn(async move {
-        let chunk = vec![0x5a_u8; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            w.write_all(&chunk[..n]).await?;
-            left -= n;
-        }
-        Ok::<_, std::io::Error>(w)
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0;
-    while got < bytes {
-        let n = r.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "the echo ended after {got} of {bytes} bytes");
-        got += n;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    writer.await??;
-    Ok(Figures {
-        mb_per_s: bytes as f64 / 1e6 / secs,
-        rtt_p50_us: percentile(&rtts, 0.5),
-        rtt_p99_us: percentile(&rtts, 0.99),
-    })
+    Ok(citadel_mesh::bench::measure(s, args.bytes).await?.into())
 }
 
 fn print(r: &Report) {
@@ -200,23 +165,23 @@ fn print(r: &Report) {
             name.to_string(),
             format!("{:.1}", f.mb_per_s),
             format!("{:.0}", f.rtt_p50_us),
-            format!("{:.0}", f.rtt_p99_us),
         ]
     };
     println!(
-        "{} bytes through a TCP echo, {} round trips of 1 byte",
-        r.bytes, r.round_trips
+        "{} bytes through a TCP echo, 200 one-byte round trips",
+        r.bytes
     );
     crate::format::table(
-        &["PATH", "MB/s", "RTT p50 µs", "RTT p99 µs"],
+        &["PATH", "MB/s", "RTT p50 µs"],
         &[
             row("mesh (relay)", &r.mesh),
             row("loopback TCP", &r.loopback),
         ],
     );
     println!(
-        "mesh ping p50 {:.0} µs; mesh throughput {:.1}% of loopback",
+        "mesh ping p50 {:.0} µs ({} pings); mesh throughput {:.1}% of loopback",
         r.ping_p50_us,
+        r.pings,
         r.throughput_ratio * 100.0
     );
 }

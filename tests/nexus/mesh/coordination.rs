@@ -100,7 +100,7 @@ fn a_map_shows_its_own_organization_only_and_a_long_poll_wakes_on_changes() {
     assert_eq!(m["self"]["node_id"], a1.id.as_str());
     assert_eq!(m["self"]["public_key"], a1.public());
     assert_eq!(m["self"]["name"], "a1");
-    assert_eq!(peers(&m), [a2.id.clone()]);
+    assert_eq!(peers(&m), [a2.id.as_str()]);
     assert_eq!(m["peers"][0]["public_key"], a2.public());
     let mb = b1.map(&p, None, 0.0);
     assert!(peers(&mb).is_empty(), "{mb}");

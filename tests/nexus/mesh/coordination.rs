@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{revoke, Node};
+use super::{acme_pair, revoke, Node};
 use crate::support::plane::{raw, Plane};
 
 fn peers(map: &Value) -> Vec<String> {
@@ -135,10 +135,7 @@ fn a_map_shows_its_own_organization_only_and_a_long_poll_wakes_on_changes() {
 fn a_node_approved_into_another_organization_leaves_the_old_ones_map() {
     let tmp = tempfile::tempdir().unwrap();
     let p = Plane::start(&tmp.path().join("plane"));
-    let a1 = Node::enrol(&p, "a1", "acme");
-    let a2 = Node::enrol(&p, "a2", "acme");
-    a1.register(&p);
-    a2.register(&p);
+    let (a1, a2) = acme_pair(&p);
     let before = a1.map(&p, None, 0.0);
     assert_eq!(peers(&before), [a2.id.as_str()]);
     // The same machine approved again, into another organization: same node, new credential.

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::PublicKey;
 
-use super::{metric, metric_reaching, revoke, Node};
+use super::{acme_pair, metric, metric_reaching, revoke, Node};
 use crate::support::plane::Plane;
 
 type Ws =
@@ -61,6 +61,13 @@ async fn send(ws: &mut Ws, to: &Node, datagram: &[u8]) {
     let mut f = to.key.public().0.to_vec();
     f.extend_from_slice(datagram);
     ws.send(Message::Binary(f.into())).await.unwrap();
+}
+
+/// Sends `datagram` from `me` to itself and waits for it: the frames `ws` sent before were
+/// handled by then (one socket's frames are routed in order).
+async fn handled(ws: &mut Ws, me: &Node, datagram: &[u8]) {
+    send(ws, me, datagram).await;
+    assert_eq!(&next_frame(ws).await[32..], datagram);
 }
 
 fn tunnel(me: &Node, peer: &Node, index: u32) -> Tunn {
@@ -192,24 +199,12 @@ async fn the_relay_forwards_wireguard_within_an_org_and_drops_the_rest() {
 
     // A revoked node's socket is closed at once, and it cannot open another.
     revoke(&p, &a2.id);
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match w2.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("the revoked node's relay stayed open");
-    assert_eq!(closed, Some(1008));
+    assert_eq!(closed(&mut w2).await, Some(1008));
     assert_eq!(open(&p, Some(&a2.token)).await.err(), Some(401));
     // Frames to it are now offline.
     let offline = before("offline");
     send(&mut w1, &a2, &keepalive).await;
-    send(&mut w1, &a1, &keepalive).await; // to itself: forwarded, so the one before was handled
-    next_frame(&mut w1).await;
+    handled(&mut w1, &a1, &keepalive).await;
     assert_eq!(before("offline"), offline + 1);
 }
 
@@ -232,10 +227,7 @@ async fn closed(ws: &mut Ws) -> Option<u16> {
 async fn a_node_approved_into_another_organization_loses_its_old_relay() {
     let tmp = tempfile::tempdir().unwrap();
     let p = Plane::start(&tmp.path().join("plane"));
-    let a1 = Node::enrol(&p, "a1", "acme");
-    let a2 = Node::enrol(&p, "a2", "acme");
-    a1.register(&p);
-    a2.register(&p);
+    let (a1, a2) = acme_pair(&p);
     let mut w1 = open(&p, Some(&a1.token)).await.unwrap();
     let mut w2 = open(&p, Some(&a2.token)).await.unwrap();
     let mut t = tunnel(&a1, &a2, 1);
@@ -253,16 +245,14 @@ async fn a_node_approved_into_another_organization_loses_its_old_relay() {
     let mut wm = open(&p, Some(&moved.token)).await.unwrap();
     let offline = metric(&p, "citadel_mesh_relay_frames_total{result=\"offline\"}");
     send(&mut w1, &a2, &init).await;
-    send(&mut w1, &a1, &init).await; // to itself: handled after the one before
-    next_frame(&mut w1).await;
+    handled(&mut w1, &a1, &init).await;
     assert_eq!(
         metric(&p, "citadel_mesh_relay_frames_total{result=\"offline\"}"),
         offline + 1
     );
     let foreign = metric(&p, "citadel_mesh_relay_frames_total{result=\"foreign\"}");
     send(&mut w1, &moved, &init).await;
-    send(&mut w1, &a1, &init).await;
-    next_frame(&mut w1).await;
+    handled(&mut w1, &a1, &init).await;
     let now = metric(&p, "citadel_mesh_relay_frames_total{result=\"foreign\"}");
     assert_eq!(
         now,

@@ -184,14 +184,16 @@ impl Registry {
         Ok(ip)
     }
 
-    /// Takes revocations (and re-approvals) into the maps: a registered node whose liveness
-    /// changed since the last look bumps its organization's version.
-    pub fn reconcile(&self, live: impl Fn(&str) -> bool) {
+    /// Takes revocations and re-approvals into the maps. `live(node, org)` says whether the
+    /// node holds a live credential of that organization (a node approved again into another
+    /// organization no longer does); a registered node whose answer changed since the last look
+    /// bumps its organization's version.
+    pub fn reconcile(&self, live: impl Fn(&str, &str) -> bool) {
         let mut inner = self.lock();
         let flipped: Vec<(String, String)> = inner
             .nodes
             .iter()
-            .filter(|(id, _)| live(id) == inner.dead.contains(*id))
+            .filter(|(id, n)| live(id, &n.org) == inner.dead.contains(*id))
             .map(|(id, n)| (id.clone(), n.org.clone()))
             .collect();
         for (id, org) in flipped {
@@ -295,10 +297,10 @@ mod tests {
         assert_eq!(r.map_for("a1", "acme").unwrap().version, 2_001);
         assert_eq!(r.holder(&k2.0), Some(("a2".into(), "acme".into())));
         // A revoked node leaves its organization's map, and the version moves.
-        r.reconcile(|n| n != "a2");
+        r.reconcile(|n, _| n != "a2");
         let m = r.map_for("a1", "acme").unwrap();
         assert!(m.peers.is_empty() && m.version == 2_002, "{m:?}");
-        r.reconcile(|n| n != "a2");
+        r.reconcile(|n, org| n != "a2" && org == "acme");
         assert_eq!(r.map_for("a1", "acme").unwrap().version, 2_002);
         // A new key replaces the node's current one; the old one is no longer held.
         let k4 = MeshKey([4; 32]);

@@ -12,6 +12,7 @@ mod map;
 pub mod metrics;
 mod relay;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use citadel_transports::control_plane::mesh_wire::{
 use serde::Deserialize;
 
 use super::api::{principal, REVOKED};
+use super::auth::Principal;
 use super::common::{parse, ApiError, ApiResult, AppState, Body};
 use super::store::{now_ms, StoreError};
 use map::{RegisterError, Registry};
@@ -63,14 +65,20 @@ pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
-/// The node that made a request: (node id, organization); 401 without a live credential, 403
-/// for the admin token.
-fn node_caller(app: &AppState, headers: &HeaderMap) -> ApiResult<(String, String)> {
-    let who = headers
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| principal(app, t.trim()))
+        .map(str::trim)
+}
+
+/// The node that made a request: (node id, organization); 401 without a live credential, 403
+/// for the admin token.
+fn node_caller(app: &AppState, headers: &HeaderMap) -> ApiResult<(String, String)> {
+    let who = bearer(headers)
+        .and_then(|t| principal(app, t))
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()))?;
     match who.node_id() {
         Some(id) => Ok((id.to_string(), who.org.clone())),
@@ -138,7 +146,12 @@ async fn map(
     let mut changed = s.registry.subscribe();
     let mut revoked = s.app.credentials.subscribe_revocations();
     loop {
-        s.registry.reconcile(|n| s.app.credentials.is_live(n));
+        let live: HashMap<String, String> = (s.app.credentials.list().into_iter())
+            .filter(|c| !c.is_revoked())
+            .map(|c| (c.node_id, c.org))
+            .collect();
+        s.registry
+            .reconcile(|n, org| live.get(n).is_some_and(|o| o == org));
         let map = s.registry.map_for(&node, &org).ok_or_else(|| {
             ApiError::not_found(
                 "this node has no mesh key registered: POST /api/fabric/mesh/register first",
@@ -171,10 +184,11 @@ async fn relay(
         )
         .into_response();
     }
+    let token = bearer(&headers).unwrap_or_default().to_string();
     match ws {
         Ok(ws) => ws
             .max_message_size(MAX_FRAME)
-            .on_upgrade(move |socket| relay::session(s, node, org, socket)),
+            .on_upgrade(move |socket| relay::session(s, Principal::node(node, org), token, socket)),
         Err(e) => e.into_response(),
     }
 }

@@ -5,11 +5,14 @@
 //! with a socket open; everything else is dropped and counted ([`super::metrics`]). Each socket
 //! has a bounded queue: a full one drops the datagram (UDP semantics), so a slow receiver never
 //! holds up the relay or the sender. A node's newer socket replaces its older one; a revoked
-//! node's socket is closed at once. It never reads or keeps what the datagrams carry.
+//! node's socket is closed at once, and one whose credential was replaced (the node approved
+//! again, perhaps into another organization) within a second. It never reads or keeps what the
+//! datagrams carry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -17,6 +20,8 @@ use citadel_transports::control_plane::mesh_wire::{encode_frame, split_frame, Wg
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::super::api::principal;
+use super::super::auth::Principal;
 use super::metrics::{count, Fate};
 use super::MeshState;
 
@@ -47,34 +52,45 @@ pub(crate) fn decide<'a>(
     }
 }
 
-/// The open sockets, by node id: each one's queue.
+/// One node's open socket.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    /// The organization it was opened for.
+    org: String,
+    queue: mpsc::Sender<Bytes>,
+}
+
+/// The open sockets, by node id.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
-    conns: RwLock<HashMap<String, (u64, mpsc::Sender<Bytes>)>>,
+    conns: RwLock<HashMap<String, Conn>>,
     next: AtomicU64,
 }
 
 impl Hub {
     /// Registers a node's socket (replacing an older one, whose queue then ends); its id.
-    fn attach(&self, node: &str, tx: mpsc::Sender<Bytes>) -> u64 {
+    fn attach(&self, node: &str, org: &str, tx: mpsc::Sender<Bytes>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.conns.write().unwrap_or_else(PoisonError::into_inner);
-        conns.insert(node.to_string(), (id, tx));
+        let org = org.to_string();
+        conns.insert(node.to_string(), Conn { id, org, queue: tx });
         id
     }
 
     /// Forgets a node's socket, unless a newer one replaced it.
     fn detach(&self, node: &str, id: u64) {
         let mut conns = self.conns.write().unwrap_or_else(PoisonError::into_inner);
-        if conns.get(node).is_some_and(|(i, _)| *i == id) {
+        if conns.get(node).is_some_and(|c| c.id == id) {
             conns.remove(node);
         }
     }
 
-    /// Queues a frame for a node's socket without waiting.
-    fn offer(&self, node: &str, frame: Bytes) -> Result<(), Fate> {
+    /// Queues a frame for a node's socket opened for `org`, without waiting.
+    fn offer(&self, node: &str, org: &str, frame: Bytes) -> Result<(), Fate> {
         let conns = self.conns.read().unwrap_or_else(PoisonError::into_inner);
-        match conns.get(node).map(|(_, tx)| tx.try_send(frame)) {
+        let conn = conns.get(node).filter(|c| c.org == org);
+        match conn.map(|c| c.queue.try_send(frame)) {
             Some(Ok(())) => Ok(()),
             Some(Err(TrySendError::Full(_))) => Err(Fate::QueueFull),
             None | Some(Err(TrySendError::Closed(_))) => Err(Fate::Offline),
@@ -108,19 +124,34 @@ fn route(s: &MeshState, node: &str, org: &str, frame: &[u8]) -> Fate {
         return Fate::Offline;
     };
     let out = Bytes::from(encode_frame(&src.0, datagram));
-    match s.hub.offer(to, out) {
+    match s.hub.offer(to, org, out) {
         Ok(()) => Fate::Forwarded(ty),
         Err(f) => f,
     }
 }
 
-/// Serves one node's socket until it closes, is replaced, or its node is revoked.
-pub(crate) async fn session(s: Arc<MeshState>, node: String, org: String, mut socket: WebSocket) {
+/// How often a socket checks that its credential still stands for the node and organization it
+/// was opened for (a revocation is seen at once; a node approved again gets a new credential).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Serves the socket of `who` (opened with `token`) until it closes, is replaced, or the token
+/// no longer stands for `who`.
+pub(crate) async fn session(
+    s: Arc<MeshState>,
+    who: Principal,
+    token: String,
+    mut socket: WebSocket,
+) {
+    let (node, org) = (
+        who.node_id().unwrap_or_default().to_string(),
+        who.org.clone(),
+    );
     let (tx, mut queued) = mpsc::channel::<Bytes>(QUEUE);
-    let id = s.hub.attach(&node, tx);
+    let id = s.hub.attach(&node, &org, tx);
     let mut revoked = s.app.credentials.subscribe_revocations();
     // A revocation between the request's check and this subscription is not missed.
     revoked.mark_changed();
+    let mut recheck = tokio::time::interval(RECHECK);
     tracing::info!(node_id = %node, %org, "mesh relay connected");
     let close = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {
@@ -154,10 +185,10 @@ pub(crate) async fn session(s: Arc<MeshState>, node: String, org: String, mut so
                     break "replaced by a newer connection";
                 }
             },
-            _ = revoked.changed() => {
-                if !s.app.credentials.is_live(&node) {
-                    let _ = socket.send(close(1008, "this node's credential was revoked")).await;
-                    break "revoked";
+            _ = async { tokio::select! { _ = revoked.changed() => {}, _ = recheck.tick() => {} } } => {
+                if principal(&s.app, &token).as_ref() != Some(&who) {
+                    let _ = socket.send(close(1008, "this node's credential was revoked or replaced")).await;
+                    break "revoked or replaced";
                 }
             }
         }
@@ -205,24 +236,29 @@ mod tests {
     async fn a_full_queue_drops_instead_of_waiting() {
         let hub = Hub::default();
         let (tx, mut rx) = mpsc::channel(2);
-        let id = hub.attach("a2", tx);
-        assert_eq!(hub.offer("a2", Bytes::from_static(b"1")), Ok(()));
-        assert_eq!(hub.offer("a2", Bytes::from_static(b"2")), Ok(()));
+        let id = hub.attach("a2", "acme", tx);
+        assert_eq!(hub.offer("a2", "acme", Bytes::from_static(b"1")), Ok(()));
+        assert_eq!(hub.offer("a2", "acme", Bytes::from_static(b"2")), Ok(()));
         assert_eq!(
-            hub.offer("a2", Bytes::from_static(b"3")),
+            hub.offer("a2", "acme", Bytes::from_static(b"3")),
             Err(Fate::QueueFull)
+        );
+        // A socket opened for another organization is not this one's destination.
+        assert_eq!(
+            hub.offer("a2", "beta", Bytes::from_static(b"x")),
+            Err(Fate::Offline)
         );
         assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"1"));
         // A newer socket replaces the older: the old queue ends, detaching the old keeps the new.
         let (tx2, _rx2) = mpsc::channel(2);
-        let id2 = hub.attach("a2", tx2);
+        let id2 = hub.attach("a2", "acme", tx2);
         hub.detach("a2", id);
-        assert_eq!(hub.offer("a2", Bytes::from_static(b"4")), Ok(()));
+        assert_eq!(hub.offer("a2", "acme", Bytes::from_static(b"4")), Ok(()));
         assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"2"));
         assert_eq!(rx.recv().await, None);
         hub.detach("a2", id2);
         assert_eq!(
-            hub.offer("a2", Bytes::from_static(b"5")),
+            hub.offer("a2", "acme", Bytes::from_static(b"5")),
             Err(Fate::Offline)
         );
     }

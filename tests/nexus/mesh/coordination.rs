@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{revoke, Node};
+use super::{acme_pair, revoke, Node};
 use crate::support::plane::{raw, Plane};
 
 fn peers(map: &Value) -> Vec<String> {
@@ -100,7 +100,7 @@ fn a_map_shows_its_own_organization_only_and_a_long_poll_wakes_on_changes() {
     assert_eq!(m["self"]["node_id"], a1.id.as_str());
     assert_eq!(m["self"]["public_key"], a1.public());
     assert_eq!(m["self"]["name"], "a1");
-    assert_eq!(peers(&m), [a2.id.clone()]);
+    assert_eq!(peers(&m), [a2.id.as_str()]);
     assert_eq!(m["peers"][0]["public_key"], a2.public());
     let mb = b1.map(&p, None, 0.0);
     assert!(peers(&mb).is_empty(), "{mb}");
@@ -129,4 +129,26 @@ fn a_map_shows_its_own_organization_only_and_a_long_poll_wakes_on_changes() {
     let after = a1.map(&p, Some(v), 25.0);
     assert_ne!(after["version"], v);
     assert_eq!(peers(&after), [a3]);
+}
+
+#[test]
+fn a_node_approved_into_another_organization_leaves_the_old_ones_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let (a1, a2) = acme_pair(&p);
+    let before = a1.map(&p, None, 0.0);
+    assert_eq!(peers(&before), [a2.id.as_str()]);
+    // The same machine approved again, into another organization: same node, new credential.
+    let moved = Node::enrol(&p, "a2", "beta");
+    assert_eq!(moved.id, a2.id);
+    let v = before["version"].as_u64().unwrap();
+    let after = a1.map(&p, Some(v), 25.0);
+    assert!(peers(&after).is_empty(), "{after}");
+    // Its old key stays acme's; a new key makes it a node of beta, unseen by acme.
+    let old = json!({"public_key": a2.public()});
+    let r = moved.call(&p, "POST", "/api/fabric/mesh/register", Some(old));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(moved.register(&p)["org_id"], "beta");
+    assert!(peers(&moved.map(&p, None, 0.0)).is_empty());
+    assert!(peers(&a1.map(&p, None, 0.0)).is_empty());
 }

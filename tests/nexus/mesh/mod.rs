@@ -67,6 +67,15 @@ impl Node {
     }
 }
 
+/// Two nodes of organization `acme`, enrolled and registered.
+pub(crate) fn acme_pair(p: &Plane) -> (Node, Node) {
+    let a1 = Node::enrol(p, "a1", "acme");
+    let a2 = Node::enrol(p, "a2", "acme");
+    a1.register(p);
+    a2.register(p);
+    (a1, a2)
+}
+
 /// Revokes a node's credential with the admin token.
 pub(crate) fn revoke(p: &Plane, node: &str) {
     p.json("POST", &format!("/api/v1/credentials/{node}/revoke"), None);

@@ -8,13 +8,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::PublicKey;
 
-use super::{metric, metric_reaching, revoke, Node};
+use super::{acme_pair, metric, metric_reaching, revoke, Node};
 use crate::support::plane::Plane;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens a relay socket with `token`; the refusal's status when there is one.
+/// Opens a relay socket with `token`, once the plane's session serves it; the refusal's status
+/// when there is one.
 async fn open(p: &Plane, token: Option<&str>) -> Result<Ws, u16> {
     let mut req = format!("ws://127.0.0.1:{}/api/fabric/mesh/relay", p.port)
         .into_client_request()
@@ -24,7 +25,19 @@ async fn open(p: &Plane, token: Option<&str>) -> Result<Ws, u16> {
             .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
+        Ok((mut ws, _)) => {
+            // The pong comes from the plane's relay session, so it is attached: frames to this
+            // node are forwarded from now on.
+            ws.send(Message::Ping("attached?".into())).await.unwrap();
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(20), ws.next()).await;
+                match msg.expect("no pong within 20 s") {
+                    Some(Ok(Message::Pong(_))) => return Ok(ws),
+                    Some(Ok(_)) => {}
+                    other => panic!("the relay closed: {other:?}"),
+                }
+            }
+        }
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
         Err(e) => panic!("{e}"),
     }
@@ -48,6 +61,13 @@ async fn send(ws: &mut Ws, to: &Node, datagram: &[u8]) {
     let mut f = to.key.public().0.to_vec();
     f.extend_from_slice(datagram);
     ws.send(Message::Binary(f.into())).await.unwrap();
+}
+
+/// Sends `datagram` from `me` to itself and waits for it: the frames `ws` sent before were
+/// handled by then (one socket's frames are routed in order).
+async fn handled(ws: &mut Ws, me: &Node, datagram: &[u8]) {
+    send(ws, me, datagram).await;
+    assert_eq!(&next_frame(ws).await[32..], datagram);
 }
 
 fn tunnel(me: &Node, peer: &Node, index: u32) -> Tunn {
@@ -179,9 +199,20 @@ async fn the_relay_forwards_wireguard_within_an_org_and_drops_the_rest() {
 
     // A revoked node's socket is closed at once, and it cannot open another.
     revoke(&p, &a2.id);
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+    assert_eq!(closed(&mut w2).await, Some(1008));
+    assert_eq!(open(&p, Some(&a2.token)).await.err(), Some(401));
+    // Frames to it are now offline.
+    let offline = before("offline");
+    send(&mut w1, &a2, &keepalive).await;
+    handled(&mut w1, &a1, &keepalive).await;
+    assert_eq!(before("offline"), offline + 1);
+}
+
+/// Waits for `ws` to be closed by the plane: the close code, if one came.
+async fn closed(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match w2.next().await {
+            match ws.next().await {
                 Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
                 None | Some(Err(_)) => return None,
                 Some(Ok(_)) => {}
@@ -189,13 +220,44 @@ async fn the_relay_forwards_wireguard_within_an_org_and_drops_the_rest() {
         }
     })
     .await
-    .expect("the revoked node's relay stayed open");
-    assert_eq!(closed, Some(1008));
+    .expect("the relay socket stayed open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_approved_into_another_organization_loses_its_old_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let (a1, a2) = acme_pair(&p);
+    let mut w1 = open(&p, Some(&a1.token)).await.unwrap();
+    let mut w2 = open(&p, Some(&a2.token)).await.unwrap();
+    let mut t = tunnel(&a1, &a2, 1);
+    let mut buf = vec![0u8; 2048];
+    let init = written(t.format_handshake_initiation(&mut buf, false));
+    send(&mut w1, &a2, &init).await;
+    assert_eq!(&next_frame(&mut w2).await[32..], &init[..]);
+    // Approved again into beta: the socket opened as a node of acme is closed.
+    let moved = Node::enrol(&p, "a2", "beta");
+    assert_eq!(moved.id, a2.id);
+    assert_eq!(closed(&mut w2).await, Some(1008));
     assert_eq!(open(&p, Some(&a2.token)).await.err(), Some(401));
-    // Frames to it are now offline.
-    let offline = before("offline");
-    send(&mut w1, &a2, &keepalive).await;
-    send(&mut w1, &a1, &keepalive).await; // to itself: forwarded, so the one before was handled
-    next_frame(&mut w1).await;
-    assert_eq!(before("offline"), offline + 1);
+    // Reconnected as a node of beta with a new key: acme's frames to its old key go nowhere.
+    moved.register(&p);
+    let mut wm = open(&p, Some(&moved.token)).await.unwrap();
+    let offline = metric(&p, "citadel_mesh_relay_frames_total{result=\"offline\"}");
+    send(&mut w1, &a2, &init).await;
+    handled(&mut w1, &a1, &init).await;
+    assert_eq!(
+        metric(&p, "citadel_mesh_relay_frames_total{result=\"offline\"}"),
+        offline + 1
+    );
+    let foreign = metric(&p, "citadel_mesh_relay_frames_total{result=\"foreign\"}");
+    send(&mut w1, &moved, &init).await;
+    handled(&mut w1, &a1, &init).await;
+    let now = metric(&p, "citadel_mesh_relay_frames_total{result=\"foreign\"}");
+    assert_eq!(
+        now,
+        foreign + 1,
+        "a frame to beta's key was not dropped as foreign"
+    );
+    drop(wm.close(None).await);
 }

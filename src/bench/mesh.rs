@@ -59,6 +59,20 @@ struct Report {
     ping_p50_us: f64,
     /// Mesh throughput as a share of loopback's.
     throughput_ratio: f64,
+    /// Datagrams the relay forwarded, and dropped because a node's queue was full (the
+    /// tunnel's TCP then retransmits).
+    relay_forwarded: u64,
+    relay_queue_full: u64,
+}
+
+/// A count of the relay's frames (`citadel_mesh_relay_frames_total`) in this process.
+fn relay_frames(result: &str) -> u64 {
+    let sample = format!("citadel_mesh_relay_frames_total{{result=\"{result}\"}} ");
+    citadel_nexus::mesh::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub async fn run(args: MeshBench) -> anyhow::Result<()> {
@@ -113,6 +127,8 @@ async fn measure(args: &MeshBench, url: &str, admin: &str) -> anyhow::Result<Rep
         pings: args.pings,
         throughput_ratio: mesh.mb_per_s / loopback.mb_per_s,
         ping_p50_us: percentile(&pings, 0.5),
+        relay_forwarded: relay_frames("forwarded"),
+        relay_queue_full: relay_frames("queue_full"),
         mesh,
         loopback,
     })
@@ -183,5 +199,9 @@ fn print(r: &Report) {
         r.ping_p50_us,
         r.pings,
         r.throughput_ratio * 100.0
+    );
+    println!(
+        "relay: {} datagrams forwarded, {} dropped on a full queue",
+        r.relay_forwarded, r.relay_queue_full
     );
 }

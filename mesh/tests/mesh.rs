@@ -105,12 +105,11 @@ async fn dial_by_name_ping_and_status_counts() {
     );
     assert!(alpha.last_handshake_ago.is_some());
 
-    let err = b.dial("gamma", 8080).await.err().expect("no such peer");
+    let err = b.dial("gamma", 8080).await.expect_err("no such peer");
     assert!(matches!(err, MeshError::UnknownPeer(_)) && !err.retryable());
     let err = bounded(b.dial("alpha", 9))
         .await
-        .err()
-        .expect("nothing listens on 9");
+        .expect_err("nothing listens on 9");
     assert!(matches!(err, MeshError::Refused { .. }), "{err}");
 }
 
@@ -130,8 +129,7 @@ async fn a_node_outside_the_map_cannot_dial() {
     mesh_c.set_dial_timeout(Duration::from_secs(3));
     let err = bounded(mesh_c.dial("alpha", 7))
         .await
-        .err()
-        .expect("alpha does not know gamma");
+        .expect_err("alpha does not know gamma");
     assert!(
         matches!(err, MeshError::Timeout { .. }) && err.retryable(),
         "{err}"
@@ -174,8 +172,7 @@ async fn a_peer_removed_from_the_map_can_no_longer_connect() {
     b.set_dial_timeout(Duration::from_secs(3));
     let err = bounded(b.dial("alpha", 7))
         .await
-        .err()
-        .expect("alpha dropped beta");
+        .expect_err("alpha dropped beta");
     assert!(err.retryable(), "{err}");
 }
 

@@ -150,7 +150,7 @@ async fn a_node_outside_the_map_cannot_dial() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_removed_from_the_map_can_no_longer_connect() {
+async fn a_peer_removed_from_the_map_can_no_longer_connect_until_added_again() {
     let relay = MemoryRelay::default();
     let (a, mut b, maps) = pair(&relay);
     serve_echo(&a, 7);
@@ -159,7 +159,8 @@ async fn a_peer_removed_from_the_map_can_no_longer_connect() {
         .expect("dial while in the map");
     assert!(bounded(round(s, pattern(1000))).await == pattern(1000));
 
-    let mut without_b = maps[0].borrow().clone();
+    let with_b = maps[0].borrow().clone();
+    let mut without_b = with_b.clone();
     without_b.version += 1;
     without_b.peers.clear();
     maps[0].send(without_b).expect("map receiver alive");
@@ -174,6 +175,19 @@ async fn a_peer_removed_from_the_map_can_no_longer_connect() {
         .await
         .expect_err("alpha dropped beta");
     assert!(err.retryable(), "{err}");
+
+    // Added again, alpha has a fresh tunnel while beta still holds the old session: the first
+    // datagram on that session makes alpha start a handshake, well before WireGuard's own
+    // 15 s timeout would make beta start one.
+    let mut again = with_b;
+    again.version += 2;
+    maps[0].send(again).expect("map receiver alive");
+    // A SYN that reaches alpha before its map does is dropped, and TCP backs off (1 s, 2 s, …).
+    b.set_dial_timeout(citadel_mesh::DIAL_TIMEOUT);
+    let s = bounded(b.dial("alpha", 7))
+        .await
+        .expect("dial once added again");
+    assert!(bounded(round(s, pattern(1000))).await == pattern(1000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

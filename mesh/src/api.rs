@@ -56,6 +56,15 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The state, unless the mesh is shut down.
+    fn open(&self) -> Result<MutexGuard<'_, State>, MeshError> {
+        let st = self.lock();
+        if st.closed {
+            return Err(MeshError::Shutdown);
+        }
+        Ok(st)
+    }
 }
 
 /// One peer's line of `Mesh::status`.
@@ -141,10 +150,7 @@ impl Mesh {
 
     /// Opens `port` on the node's mesh IP for peers.
     pub fn listen(&self, port: u16) -> Result<MeshListener, MeshError> {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return Err(MeshError::Shutdown);
-        }
+        let mut st = self.shared.open()?;
         if port == 0 || st.stack.listeners.contains_key(&port) {
             return Err(MeshError::PortInUse(port));
         }
@@ -166,10 +172,7 @@ impl Mesh {
     pub async fn dial(&self, target: &str, port: u16) -> Result<MeshStream, MeshError> {
         let ip = self.resolve(target)?;
         let handle = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err(MeshError::Shutdown);
-            }
+            let mut st = self.shared.open()?;
             st.stack
                 .connect(ip, port)
                 .map_err(|_| MeshError::UnknownPeer(target.to_string()))?
@@ -207,10 +210,7 @@ impl Mesh {
     pub async fn ping(&self, target: &str, timeout: Duration) -> Result<Duration, MeshError> {
         let ip = self.resolve(target)?;
         let rx = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err(MeshError::Shutdown);
-            }
+            let mut st = self.shared.open()?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             st.next_seq = st.next_seq.wrapping_add(1);
             let seq = st.next_seq;

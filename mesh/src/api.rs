@@ -42,6 +42,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub wake: Notify,
+    /// Datagrams dropped because the relay channel stayed full.
+    pub dropped: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for State {
@@ -87,6 +89,8 @@ pub struct MeshStatus {
     pub mesh_ip: Ipv4Addr,
     pub public_key: PeerKey,
     pub peers: Vec<PeerStatus>,
+    /// Datagrams dropped because the relay channel stayed full (TCP sent them again).
+    pub relay_dropped: u64,
 }
 
 /// A running mesh node.
@@ -121,6 +125,7 @@ impl Mesh {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             wake: Notify::new(),
+            dropped: Default::default(),
         });
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(crate::driver::run(
@@ -253,6 +258,10 @@ impl Mesh {
             mesh_ip: st.core.mesh_ip(),
             public_key: st.core.key(),
             peers,
+            relay_dropped: self
+                .shared
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -343,6 +352,14 @@ impl State {
     /// A new network map.
     pub(crate) fn set_map(&mut self, map: NetworkMap) {
         self.core.update_map(&map);
+        for gone in self
+            .map
+            .peers
+            .iter()
+            .filter(|p| map.find_key(&p.public_key).is_none())
+        {
+            self.stack.abort_connections(gone.mesh_ip);
+        }
         if map.self_node.mesh_ip != self.map.self_node.mesh_ip {
             self.stack.set_ip(map.self_node.mesh_ip);
         }

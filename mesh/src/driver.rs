@@ -2,6 +2,7 @@
 //! stack and the timers, and hands the core's datagrams to the relay channel. It holds the shared
 //! lock only for synchronous work, never across an await.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::map::{NetworkMap, PeerKey};
 /// Datagrams taken from the relay channel per lock.
 const BATCH: usize = 256;
 /// How long one round waits for room in the relay channel before it drops datagrams.
-const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -26,7 +27,6 @@ pub(crate) async fn run(
     let mut out = Vec::new();
     let (mut inbound_open, mut map_open) = (true, true);
     let mut batch = Vec::with_capacity(BATCH);
-    let mut dropped: u64 = 0;
     loop {
         let delay = {
             let mut st = shared.lock();
@@ -37,8 +37,11 @@ pub(crate) async fn run(
             }
             st.delay(now)
         };
-        if send_all(&outbound, &mut out, &mut dropped).await.is_err() {
-            tracing::warn!(dropped, "mesh relay channel closed; the mesh stops");
+        if send_all(&outbound, &mut out, &shared.dropped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("mesh relay channel closed; the mesh stops");
             shared.lock().close();
             return;
         }
@@ -74,7 +77,7 @@ pub(crate) async fn run(
 async fn send_all(
     outbound: &mpsc::Sender<(PeerKey, Bytes)>,
     out: &mut Vec<(PeerKey, Bytes)>,
-    dropped: &mut u64,
+    dropped: &AtomicU64,
 ) -> Result<(), ()> {
     let mut waited = false;
     for d in out.drain(..) {
@@ -86,10 +89,14 @@ async fn send_all(
                 match tokio::time::timeout(RELAY_WAIT, outbound.send(d)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(()),
-                    Err(_) => *dropped += 1,
+                    Err(_) => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => *dropped += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     Ok(())

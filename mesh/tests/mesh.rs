@@ -63,6 +63,11 @@ async fn one_mebibyte_echoes_byte_exact_through_the_relay() {
     let data = pattern(1 << 20);
     let back = bounded(round(s, data.clone())).await;
     assert!(back == data, "the echo differs from what was sent");
+    eprintln!(
+        "datagrams dropped at a full relay channel: {} and {}",
+        a.status().relay_dropped,
+        b.status().relay_dropped
+    );
     assert_eq!(
         relay.counts.malformed.load(Ordering::Relaxed),
         0,
@@ -158,6 +163,11 @@ async fn a_peer_removed_from_the_map_can_no_longer_connect_until_added_again() {
         .await
         .expect("dial while in the map");
     assert!(bounded(round(s, pattern(1000))).await == pattern(1000));
+    let held = a.listen(9).expect("listen");
+    let _open = bounded(b.dial("alpha", 9))
+        .await
+        .expect("dial while in the map");
+    let (mut held, _) = bounded(held.accept()).await.expect("accept");
 
     let with_b = maps[0].borrow().clone();
     let mut without_b = with_b.clone();
@@ -170,6 +180,12 @@ async fn a_peer_removed_from_the_map_can_no_longer_connect_until_added_again() {
         }
     })
     .await;
+    let mut buf = [0u8; 8];
+    let end = bounded(held.read(&mut buf)).await;
+    assert!(
+        matches!(end, Ok(0) | Err(_)),
+        "alpha's connection from beta ends: {end:?}"
+    );
     b.set_dial_timeout(Duration::from_secs(3));
     let err = bounded(b.dial("alpha", 7))
         .await

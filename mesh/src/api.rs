@@ -42,6 +42,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub wake: Notify,
+    /// Datagrams dropped because the relay channel stayed full.
+    pub dropped: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for State {
@@ -55,6 +57,15 @@ impl std::fmt::Debug for State {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state, unless the mesh is shut down.
+    fn open(&self) -> Result<MutexGuard<'_, State>, MeshError> {
+        let st = self.lock();
+        if st.closed {
+            return Err(MeshError::Shutdown);
+        }
+        Ok(st)
     }
 }
 
@@ -78,6 +89,8 @@ pub struct MeshStatus {
     pub mesh_ip: Ipv4Addr,
     pub public_key: PeerKey,
     pub peers: Vec<PeerStatus>,
+    /// Datagrams dropped because the relay channel stayed full (TCP sent them again).
+    pub relay_dropped: u64,
 }
 
 /// A running mesh node.
@@ -112,6 +125,7 @@ impl Mesh {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             wake: Notify::new(),
+            dropped: Default::default(),
         });
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(crate::driver::run(
@@ -141,10 +155,7 @@ impl Mesh {
 
     /// Opens `port` on the node's mesh IP for peers.
     pub fn listen(&self, port: u16) -> Result<MeshListener, MeshError> {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return Err(MeshError::Shutdown);
-        }
+        let mut st = self.shared.open()?;
         if port == 0 || st.stack.listeners.contains_key(&port) {
             return Err(MeshError::PortInUse(port));
         }
@@ -166,10 +177,7 @@ impl Mesh {
     pub async fn dial(&self, target: &str, port: u16) -> Result<MeshStream, MeshError> {
         let ip = self.resolve(target)?;
         let handle = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err(MeshError::Shutdown);
-            }
+            let mut st = self.shared.open()?;
             st.stack
                 .connect(ip, port)
                 .map_err(|_| MeshError::UnknownPeer(target.to_string()))?
@@ -207,10 +215,7 @@ impl Mesh {
     pub async fn ping(&self, target: &str, timeout: Duration) -> Result<Duration, MeshError> {
         let ip = self.resolve(target)?;
         let rx = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err(MeshError::Shutdown);
-            }
+            let mut st = self.shared.open()?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             st.next_seq = st.next_seq.wrapping_add(1);
             let seq = st.next_seq;
@@ -253,6 +258,10 @@ impl Mesh {
             mesh_ip: st.core.mesh_ip(),
             public_key: st.core.key(),
             peers,
+            relay_dropped: self
+                .shared
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -343,6 +352,14 @@ impl State {
     /// A new network map.
     pub(crate) fn set_map(&mut self, map: NetworkMap) {
         self.core.update_map(&map);
+        for gone in self
+            .map
+            .peers
+            .iter()
+            .filter(|p| map.find_key(&p.public_key).is_none())
+        {
+            self.stack.abort_connections(gone.mesh_ip);
+        }
         if map.self_node.mesh_ip != self.map.self_node.mesh_ip {
             self.stack.set_ip(map.self_node.mesh_ip);
         }

@@ -72,10 +72,13 @@ impl TestNode {
     }
 }
 
+/// Where the relay delivers datagrams for each key.
+type Routes = HashMap<PeerKey, mpsc::Sender<(PeerKey, Bytes)>>;
+
 /// An in-memory relay: each attached node gets channels as the control plane's relay would.
 #[derive(Debug, Default)]
 pub struct MemoryRelay {
-    routes: Arc<std::sync::Mutex<HashMap<PeerKey, mpsc::Sender<(PeerKey, Bytes)>>>>,
+    routes: Arc<std::sync::Mutex<Routes>>,
     pub counts: Arc<RelayCounts>,
 }
 

@@ -2,6 +2,7 @@
 //! stack and the timers, and hands the core's datagrams to the relay channel. It holds the shared
 //! lock only for synchronous work, never across an await.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use crate::map::{NetworkMap, PeerKey};
 
 /// Datagrams taken from the relay channel per lock.
 const BATCH: usize = 256;
+/// How long one round waits for room in the relay channel before it drops datagrams.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -34,12 +37,13 @@ pub(crate) async fn run(
             }
             st.delay(now)
         };
-        for d in out.drain(..) {
-            if outbound.send(d).await.is_err() {
-                tracing::warn!("mesh relay channel closed; the mesh stops");
-                shared.lock().close();
-                return;
-            }
+        if send_all(&outbound, &mut out, &shared.dropped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("mesh relay channel closed; the mesh stops");
+            shared.lock().close();
+            return;
         }
         tokio::select! {
             biased;
@@ -65,4 +69,35 @@ pub(crate) async fn run(
     }
     let mut st = shared.lock();
     st.close();
+}
+
+/// Hands datagrams to the relay channel. The channel pushes back, but only for a moment: past
+/// `RELAY_WAIT` in one round datagrams drop as on a network (TCP retransmits), so two nodes never
+/// wait on each other's channels forever. Err: the relay channel is closed.
+async fn send_all(
+    outbound: &mpsc::Sender<(PeerKey, Bytes)>,
+    out: &mut Vec<(PeerKey, Bytes)>,
+    dropped: &AtomicU64,
+) -> Result<(), ()> {
+    let mut waited = false;
+    for d in out.drain(..) {
+        match outbound.try_send(d) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+            Err(mpsc::error::TrySendError::Full(d)) if !waited => {
+                waited = true;
+                match tokio::time::timeout(RELAY_WAIT, outbound.send(d)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(()),
+                    Err(_) => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
 }

@@ -91,6 +91,11 @@ impl NetworkMap {
             .iter()
             .find(|p| Some(p.mesh_ip) == ip || p.name == target)
     }
+
+    /// The peer with this key.
+    pub fn find_key(&self, key: &PeerKey) -> Option<&MapNode> {
+        self.peers.iter().find(|p| p.public_key == *key)
+    }
 }
 
 #[cfg(test)]

@@ -258,6 +258,19 @@ impl Stack {
         self.listeners.get_mut(&port)?.ready.pop_front()
     }
 
+    /// Resets every connection with `ip`: its peer left the map, so nothing will arrive.
+    pub fn abort_connections(&mut self, ip: Ipv4Addr) {
+        for (_, socket) in self.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(s) = socket {
+                if s.remote_endpoint()
+                    .is_some_and(|e| e.addr == IpAddress::Ipv4(ip))
+                {
+                    s.abort();
+                }
+            }
+        }
+    }
+
     /// Removes a socket.
     pub fn remove(&mut self, h: SocketHandle) {
         self.sockets.remove(h);

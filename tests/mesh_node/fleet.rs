@@ -62,6 +62,17 @@ async fn nodes_of_one_organization_meet_on_the_mesh_and_no_one_else() {
     assert_eq!(hex(&sha2::Sha256::digest(&bytes)), digest);
     drop(t);
 
+    // A's status server answers on the mesh too, but never its mesh routes (no hop through A).
+    let status_port: u16 = a.status_addr().rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        http_over_mesh(&b, "node-a", status_port, "/healthz").await,
+        200
+    );
+    assert_eq!(
+        http_over_mesh(&b, "node-a", status_port, "/mesh/status").await,
+        404
+    );
+
     // The stranger cannot reach A: not by name, not by address.
     let out = c.cli(&["mesh", "ping", &ip_a, "-c", "1", "--timeout", "2s"]);
     assert!(!out.status.success());
@@ -123,6 +134,23 @@ fn terminal_by_name(b: &Node, a: &Node, token: &str) -> String {
         .unwrap();
     assert!(stderr.contains("over the mesh"), "{stderr}");
     stdout
+}
+
+/// The status code of `GET path` on `peer`'s `port`, over `via`'s mesh.
+async fn http_over_mesh(via: &Node, peer: &str, port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = connect(via, peer, port)
+        .await
+        .unwrap_or_else(|s| panic!("/mesh/connect answered {s}"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
 fn hex(bytes: &[u8]) -> String {

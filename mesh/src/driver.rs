@@ -1,7 +1,9 @@
 //! The mesh task: the one loop that feeds relay datagrams and map updates into the core, runs the
 //! stack and the timers, and hands the core's datagrams to the relay channel. It holds the shared
-//! lock only for synchronous work, never across an await.
+//! lock only for synchronous work, never across an await, and it never stops reading the relay
+//! while it waits for room to write to it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +16,8 @@ use crate::map::{NetworkMap, PeerKey};
 
 /// Datagrams taken from the relay channel per lock.
 const BATCH: usize = 256;
-/// How long one round waits for room in the relay channel before it drops datagrams.
-const RELAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Datagrams held while the relay channel is full; past this the oldest drop, as on a network.
+const PENDING: usize = 8192;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -24,7 +26,7 @@ pub(crate) async fn run(
     mut inbound: mpsc::Receiver<(PeerKey, Bytes)>,
     outbound: mpsc::Sender<(PeerKey, Bytes)>,
 ) {
-    let mut out = Vec::new();
+    let mut pending = VecDeque::new();
     let (mut inbound_open, mut map_open) = (true, true);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -33,21 +35,22 @@ pub(crate) async fn run(
             let now = Instant::now();
             st.drive(now);
             while let Some(d) = st.core.poll_datagram() {
-                out.push(d);
+                pending.push_back(d);
             }
             st.delay(now)
         };
-        if send_all(&outbound, &mut out, &shared.dropped)
-            .await
-            .is_err()
-        {
-            tracing::warn!("mesh relay channel closed; the mesh stops");
-            shared.lock().close();
-            return;
+        if flush(&outbound, &mut pending, &shared.dropped).is_err() {
+            break;
         }
+        // Waiting for room must not stop the reading: a peer whose task waits on us would wait
+        // on a relay that waits on us, and neither would move.
         tokio::select! {
             biased;
             _ = stop.notified() => break,
+            permit = outbound.reserve(), if !pending.is_empty() => match permit {
+                Ok(permit) => permit.send(pending.pop_front().expect("pending is not empty")),
+                Err(_) => break,
+            },
             n = inbound.recv_many(&mut batch, BATCH), if inbound_open => {
                 inbound_open = n > 0;
                 let mut st = shared.lock();
@@ -67,37 +70,33 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    let mut st = shared.lock();
-    st.close();
+    if outbound.is_closed() {
+        tracing::warn!("mesh relay channel closed; the mesh stops");
+    }
+    shared.lock().close();
 }
 
-/// Hands datagrams to the relay channel. The channel pushes back, but only for a moment: past
-/// `RELAY_WAIT` in one round datagrams drop as on a network (TCP retransmits), so two nodes never
-/// wait on each other's channels forever. Err: the relay channel is closed.
-async fn send_all(
+/// Hands what fits to the relay channel without waiting, and drops the oldest datagrams past
+/// `PENDING` (TCP sends them again). Err: the relay channel is closed.
+fn flush(
     outbound: &mpsc::Sender<(PeerKey, Bytes)>,
-    out: &mut Vec<(PeerKey, Bytes)>,
+    pending: &mut VecDeque<(PeerKey, Bytes)>,
     dropped: &AtomicU64,
 ) -> Result<(), ()> {
-    let mut waited = false;
-    for d in out.drain(..) {
+    while let Some(d) = pending.pop_front() {
         match outbound.try_send(d) {
             Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(d)) => {
+                pending.push_front(d);
+                break;
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
-            Err(mpsc::error::TrySendError::Full(d)) if !waited => {
-                waited = true;
-                match tokio::time::timeout(RELAY_WAIT, outbound.send(d)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(()),
-                    Err(_) => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
         }
+    }
+    let excess = pending.len().saturating_sub(PENDING);
+    if excess > 0 {
+        pending.drain(..excess);
+        dropped.fetch_add(excess as u64, Ordering::Relaxed);
     }
     Ok(())
 }

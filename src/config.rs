@@ -31,6 +31,16 @@ pub struct FileConfig {
     pub llm: LlmSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub mesh: MeshSection,
+}
+
+/// `mesh:`: whether this node joins its organization's mesh (docs/mesh.md#running-it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Default: on once the node is enrolled with a control plane, off otherwise.
+    pub enabled: Option<bool>,
 }
 
 /// Which job streams the node derives from its capabilities (docs/transports.md#routing), when
@@ -364,6 +374,8 @@ const fn row(
 const HOST_NAME: &str = "(host name)";
 /// The default of `transport`: `auto` over the registry's transports.
 const AUTO: &str = "(auto)";
+/// The default of `mesh.enabled`: on once the node is enrolled with a control plane.
+pub const MESH_WHEN_ENROLLED: &str = "(on when enrolled)";
 
 /// Every setting, in the order `citadel config show` lists them.
 pub const SETTINGS: &[Setting] = &[
@@ -630,6 +642,12 @@ pub const SETTINGS: &[Setting] = &[
     row("permissions.console.tmux", None, None, "auto"),
     row("permissions.console.session_ttl", None, None, "24h"),
     row("permissions.ssh.enabled", None, None, "false"),
+    row(
+        "mesh.enabled",
+        Some("--mesh"),
+        Some("CITADEL_MESH_ENABLED"),
+        MESH_WHEN_ENROLLED,
+    ),
 ];
 
 /// The default of the setting `key` (a key of [`SETTINGS`]).
@@ -705,6 +723,7 @@ fn file_value(file: &FileConfig, key: &str) -> Option<String> {
         "permissions.shell.max_output" => shell.max_output.clone(),
         k if k.starts_with("permissions.console.") => console_value(&file.permissions.console, k),
         "permissions.ssh.enabled" => file.permissions.ssh.enabled.map(|b| b.to_string()),
+        "mesh.enabled" => file.mesh.enabled.map(|b| b.to_string()),
         _ => None,
     }
 }
@@ -896,6 +915,29 @@ mod tests {
         )
         .is_err());
         assert!(FileConfig::parse("permissions:\n  console:\n    enabld: true\n").is_err());
+    }
+
+    #[test]
+    fn the_mesh_section_parses_and_shows_where_it_came_from() {
+        let c = FileConfig::parse("mesh:\n  enabled: false\n").unwrap();
+        assert_eq!(c.mesh.enabled, Some(false));
+        assert!(FileConfig::parse("mesh:\n  enable: false\n").is_err());
+        let row = |c: &FileConfig, env: &dyn Fn(&str) -> Option<String>| {
+            let rows = effective(c, env);
+            let r = rows.into_iter().find(|r| r.key == "mesh.enabled").unwrap();
+            (r.value, r.source)
+        };
+        let none = |_: &str| None;
+        assert_eq!(row(&c, &none), ("false".into(), Source::Manifest));
+        let on = |k: &str| (k == "CITADEL_MESH_ENABLED").then(|| "true".to_string());
+        assert_eq!(
+            row(&c, &on),
+            ("true".into(), Source::Env("CITADEL_MESH_ENABLED"))
+        );
+        assert_eq!(
+            row(&FileConfig::default(), &none),
+            (MESH_WHEN_ENROLLED.into(), Source::Default)
+        );
     }
 
     #[test]

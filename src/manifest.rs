@@ -49,6 +49,8 @@ pub fn initial(name: &str, tags: &[String], plane: Option<&Enrolment>) -> String
     out.push_str(
         "permissions:\n  shell:\n    enabled: false      # shell_command jobs are remote code execution\n\
          \x20 console:\n    enabled: false      # the terminal service (a remote shell)\n\n\
+         # mesh:                   # on once the node is enrolled with a control plane\n\
+         #   enabled: false\n\n\
          worker:\n  concurrency: 1\n  drain_timeout: 30s\n  journal:\n    retention: 7d\n",
     );
     out

@@ -13,6 +13,7 @@ mod broken_pipe;
 mod conformance;
 mod disk_full;
 mod journal_cli;
+mod mesh_node;
 mod nexus;
 mod node;
 mod platform;

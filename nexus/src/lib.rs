@@ -14,6 +14,7 @@ pub mod index;
 pub mod device;
 mod device_api;
 mod ids;
+pub mod mesh;
 pub mod queue;
 mod reclaim;
 pub mod record;
@@ -204,6 +205,7 @@ pub async fn start_configured(
     });
     let router = api::router(app.clone())
         .merge(retention::router(app.clone()))
+        .merge(mesh::router(app.clone())?)
         .merge(terminal_tokens::router(app.clone())?)
         .merge(ui::router(app)?);
     let stop = CancellationToken::new();

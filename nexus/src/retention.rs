@@ -276,7 +276,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let s = tokio::task::spawn_blocking(move || store.stats())
         .await
         .unwrap_or_default();
-    let body = render_metrics(&s);
+    let body = render_metrics(&s) + &super::mesh::metrics::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -4,6 +4,7 @@
 mod jobs;
 mod journal;
 mod llm;
+mod mesh;
 mod platform;
 mod terminal;
 
@@ -33,6 +34,9 @@ pub enum BenchCommand {
     /// The terminal service over loopback: keystroke round trip (input frame → echoed output
     /// frame) p50/p99 and output throughput in MB/s.
     Terminal(terminal::TerminalBench),
+    /// The mesh between two nodes through a control plane's relay in this process: TCP
+    /// throughput (MB/s) and round trips beside plain loopback TCP in the same run.
+    Mesh(mesh::MeshBench),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -45,6 +49,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Platform(args) => platform::run(args).await,
         BenchCommand::Llm(args) => llm::run(args).await,
         BenchCommand::Terminal(args) => terminal::run(args).await,
+        BenchCommand::Mesh(args) => mesh::run(args).await,
     }
 }
 

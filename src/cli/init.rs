@@ -1,7 +1,8 @@
 //! `citadel init`: enrols this node. With a control plane it runs the device authorization of
 //! docs/wire-format.md#device-authorization (start → show the user code and URL → poll, honouring `slow_down` and expiry), then
 //! writes the node's credentials (`DATA_DIR/node-token`, mode 0600), its identity
-//! (`DATA_DIR/identity.json`, 0600: node id, name, organization, control plane) and the manifest; `--offline` writes an identity and a
+//! (`DATA_DIR/identity.json`, 0600: node id, name, organization, control plane), a fresh mesh key
+//! (`DATA_DIR/mesh.key`, 0600, docs/mesh.md) and the manifest; `--offline` writes an identity and a
 //! manifest with no control plane. It refuses to replace an existing manifest or identity
 //! without `--force`, and never prints the token.
 
@@ -103,6 +104,8 @@ pub async fn run(args: InitArgs, data_dir: &Path) -> anyhow::Result<()> {
     crate::config::write_manifest(&manifest_path, &text)?;
     let pretty = serde_json::to_string_pretty(&identity)? + "\n";
     crate::paths::write_private(&identity_path, pretty.as_bytes())?;
+    // A new identity, a new mesh key (the plane binds a key to the node that registered it).
+    crate::mesh::key::create(data_dir).context("creating the mesh key")?;
     println!(
         "node {name} initialised ({}): manifest {}, identity {}",
         identity["node_id"].as_str().unwrap_or(""),

@@ -5,15 +5,16 @@ mod engines;
 mod init;
 mod jobs;
 mod journal;
+mod mesh;
 mod nexus;
 mod nodes;
-mod remote;
+pub(crate) mod remote;
 mod services;
 mod settings;
 mod status;
 mod submit;
 mod terminal;
-mod work;
+pub(crate) mod work;
 
 use std::path::PathBuf;
 
@@ -86,6 +87,9 @@ pub enum Command {
     /// Open a node's terminal here (`citadel terminal HOST:PORT --token T`), or manage the
     /// terminal tokens of a control plane (`citadel terminal tokens create | ls | revoke`).
     Terminal(terminal::TerminalArgs),
+    /// This node's mesh: `citadel mesh status` (address, peers, path, bytes, handshakes) and
+    /// `citadel mesh ping NODE` (round trips through the tunnel), from the running worker.
+    Mesh(mesh::MeshArgs),
 }
 
 /// Parses the process arguments and runs the command.
@@ -125,6 +129,7 @@ pub fn run() -> anyhow::Result<()> {
             Command::Status(args) => status::status(args, &data_dir).await,
             Command::Platform(args) => status::platform(args, &data_dir).await,
             Command::Terminal(args) => terminal::run(args, &data_dir).await,
+            Command::Mesh(args) => mesh::run(args, &data_dir).await,
         }
     })
 }

@@ -40,12 +40,13 @@ pub async fn platform(args: PlatformArgs, data_dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-pub async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
+/// The running worker's status server: `explicit`, else the address in DATA_DIR/status.addr.
+pub(super) fn worker_addr(explicit: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
     let file = crate::status::server::addr_file(data_dir);
-    let addr = match args.addr {
-        Some(a) => a,
+    match explicit {
+        Some(a) => Ok(a),
         None => match std::fs::read_to_string(&file) {
-            Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
+            Ok(a) if !a.trim().is_empty() => Ok(a.trim().to_string()),
             _ => bail!(
                 "no citadel worker is running on {} (no {}); start one with `citadel work`, \
                  or pass --data-dir / --addr",
@@ -53,7 +54,12 @@ pub async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
                 file.display()
             ),
         },
-    };
+    }
+}
+
+pub async fn status(args: StatusArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let file = crate::status::server::addr_file(data_dir);
+    let addr = worker_addr(args.addr, data_dir)?;
     let http =
         crate::handlers::http_client(Duration::from_secs(2)).context("building the HTTP client")?;
     let url = format!("http://{addr}/status");

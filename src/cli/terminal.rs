@@ -72,7 +72,7 @@ pub enum TokensCommand {
 pub async fn run(args: TerminalArgs, data_dir: &Path) -> anyhow::Result<()> {
     match args.command {
         Some(TerminalCommand::Tokens(t)) => tokens(t, data_dir).await,
-        None => client::run(args.connect).await,
+        None => client::run(args.connect, data_dir).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! must never change the runner or the transport.
 
 pub mod heartbeat;
+pub mod mesh;
 pub mod prometheus;
 pub mod server;
 

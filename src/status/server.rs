@@ -1,9 +1,11 @@
 //! The status server: a small read-only HTTP server, on loopback unless configured otherwise,
 //! serving `/healthz` (the process answers), `/readyz` (the transport is healthy and the worker
 //! is consuming: 200, else 503 with the reasons), `/status` (the status message as JSON) and
-//! `/metrics` (Prometheus text). Its address goes to `DATA_DIR/status.addr` for `citadel
-//! status`. It has no endpoint that changes anything, so it needs no token; it must never serve
-//! a secret.
+//! `/metrics` (Prometheus text), and to clients on this machine the mesh routes of [`super::mesh`]
+//! (`citadel mesh`, `citadel terminal NODE`). Its address goes to `DATA_DIR/status.addr` for
+//! `citadel status`. The read-only routes are also served on the node's mesh address
+//! ([`Running::handle`]). It has no endpoint that changes anything, so it needs no token; it must
+//! never serve a secret.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,9 +65,17 @@ pub struct Running {
     file: PathBuf,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    status: Arc<NodeStatus>,
 }
 
 impl Running {
+    /// What serves the read-only routes on more listeners (the node's mesh address) until the
+    /// server stops; the mesh routes stay on loopback.
+    pub fn handle(&self) -> crate::serve::Handle {
+        let router = router(self.status.clone());
+        crate::serve::Handle::new(router, self.stop.clone(), "status")
+    }
+
     /// Stops serving and removes the address file.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -74,10 +84,12 @@ impl Running {
     }
 }
 
-/// Binds as `listen` says and serves `status`; `None` when off (or `auto` found no free port).
+/// Binds as `listen` says and serves `status`, and the routes of the node's `mesh` (for the
+/// CLI on this machine); `None` when off (or `auto` found no free port).
 pub async fn start(
     listen: StatusListen,
     status: Arc<NodeStatus>,
+    mesh: super::mesh::Mesh,
 ) -> anyhow::Result<Option<Running>> {
     let bind = match listen {
         StatusListen::Off => return Ok(None),
@@ -101,24 +113,15 @@ pub async fn start(
     std::fs::write(&file, format!("{addr}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
     let stop = CancellationToken::new();
-    let router = router(status);
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the status server failed");
-            }
-        }
-    });
+    let routes = router(status.clone()).merge(super::mesh::router(mesh));
+    let task = crate::serve::spawn(listener, routes, stop.clone(), "status");
     tracing::info!(%addr, "status server listening");
     Ok(Some(Running {
         addr,
         file,
         stop,
         task,
+        status,
     }))
 }
 

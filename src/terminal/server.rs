@@ -59,6 +59,18 @@ pub struct Running {
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl Running {
+    /// What serves the terminal on more listeners (the node's mesh address), with the same
+    /// admission, limits and sessions, until the service stops.
+    pub fn handle(&self) -> crate::serve::Handle {
+        let router = router(self.service.clone());
+        crate::serve::Handle::new(router, self.stop.clone(), "terminal")
+    }
+
+    /// The port of the loopback listener (the mesh listener uses the same).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// Stops listening, ends every session (returning once their shells are ended, or after
     /// 5 s) and the background tasks.
     pub async fn stop(self) {
@@ -115,18 +127,12 @@ pub async fn start(config: TerminalConfig, tokens: Arc<TokenCache>) -> anyhow::R
     if service.tmux.is_some() {
         tasks.push(tokio::spawn(reap_sessions(service.clone())));
     }
-    let app = router(service.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    tasks.push(tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the terminal service failed");
-            }
-        }
-    }));
+    tasks.push(crate::serve::spawn(
+        listener,
+        router(service.clone()),
+        stop.clone(),
+        "terminal",
+    ));
     tracing::info!(%addr, tmux = service.tmux.is_some(), "terminal service listening");
     Ok(Running {
         addr,

@@ -8,6 +8,7 @@ mod carried;
 mod credentials;
 mod fenced;
 mod flow;
+mod mesh;
 mod retention;
 mod terminal_client;
 mod terminal_tokens;

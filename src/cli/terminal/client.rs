@@ -1,11 +1,14 @@
 //! `citadel terminal NODE`: a WebSocket client of a node's terminal service (docs/terminal.md).
-//! It opens `ws://NODE/terminal?token=…&cols=&rows=`, relays stdin as `input` frames and `output`
+//! NODE is a URL, HOST:PORT, or a peer's name (and port) on this node's mesh (then the stream goes through
+//! the local worker's mesh, [`crate::cli::mesh::open_stream`]). It opens
+//! `ws://NODE/terminal?token=…&cols=&rows=`, relays stdin as `input` frames and `output`
 //! frames to stdout, sends `resize` on SIGWINCH, and ends on the detach key (exit 0), on the
 //! node's clean close (exit 0) or with the node's refusal or close reason (non-zero). On a
 //! terminal it switches to raw mode for the session; with stdin piped it sends what it reads and
 //! prints the output until the node closes. It must never print or log the token.
 
 use std::io::{Read as _, Write as _};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -26,7 +29,8 @@ pub const DEFAULT_PORT: u16 = 7860;
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// The node's terminal address: HOST[:PORT] or ws://HOST:PORT (port 7860 by default).
+    /// The node: a peer's name on the mesh of the worker running here (NAME[:PORT]), or its
+    /// terminal address, HOST[:PORT] or ws://HOST:PORT (port 7860 by default).
     #[arg(value_name = "NODE", required = true)]
     node: Option<String>,
     /// The terminal token (from `citadel terminal tokens create`).
@@ -156,7 +160,58 @@ enum End {
     Closed,
 }
 
-pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+/// The peer and port NODE names on the mesh: NAME or NAME:PORT where NAME is neither an
+/// address nor `localhost` (no scheme); `None` for URLs and addresses. A name that is no peer of
+/// the local worker's mesh is tried as a host name.
+pub fn mesh_peer(node: &str) -> Option<(&str, u16)> {
+    let n = node.trim();
+    let (name, port) = match n.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (n, DEFAULT_PORT),
+    };
+    let plain = !name.is_empty()
+        && name != "localhost"
+        && name.parse::<std::net::IpAddr>().is_err()
+        && !name.contains(['/', ':', '[', ']', '@', '?']);
+    plain.then_some((name, port))
+}
+
+/// Opens the WebSocket: over the local worker's mesh when NODE is a peer's name there, else
+/// straight to NODE.
+async fn open(
+    node: &str,
+    req: tungstenite::handshake::client::Request,
+    data_dir: &Path,
+) -> Result<Ws, tungstenite::Error> {
+    if let Some((peer, port)) = mesh_peer(node) {
+        match over_mesh(peer, port, data_dir).await {
+            Ok(stream) => {
+                let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+                return tokio_tungstenite::client_async(req, plain)
+                    .await
+                    .map(|(ws, _)| ws);
+            }
+            Err(e) => tracing::debug!(%peer, error = %format!("{e:#}"), "not over the mesh"),
+        }
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A stream to `peer`'s terminal `port` through the local worker's mesh.
+async fn over_mesh(
+    peer: &str,
+    port: u16,
+    data_dir: &Path,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let addr = crate::cli::status::worker_addr(None, data_dir)?;
+    let stream = crate::cli::mesh::open_stream(&addr, peer, port).await?;
+    eprintln!("citadel: reaching {peer} over the mesh");
+    Ok(stream)
+}
+
+pub async fn run(args: ConnectArgs, data_dir: &Path) -> anyhow::Result<()> {
     let node = args.node.context("NODE is required")?;
     let token = args
         .terminal_token
@@ -180,13 +235,10 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
                 .context("the passcode is not a valid header value")?,
         );
     }
-    let connect = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio_tungstenite::connect_async(req),
-    );
+    let connect = tokio::time::timeout(Duration::from_secs(15), open(&node, req, data_dir));
     let ws = match connect.await {
         Err(_) => bail!("no answer from the node at {shown} within 15 s"),
-        Ok(Ok((ws, _))) => ws,
+        Ok(Ok(ws)) => ws,
         Ok(Err(tungstenite::Error::Http(resp))) => {
             bail!("{}", refusal(&shown, resp.status(), resp.body().as_deref()))
         }
@@ -317,6 +369,27 @@ mod tests {
         assert!(terminal_url(" ", "t", None).is_err());
         // The URL shown never carries the token.
         assert!(!url("h:1").1.contains("t%2Fk"));
+    }
+
+    #[test]
+    fn only_names_go_over_the_mesh() {
+        assert_eq!(mesh_peer("gpu-b"), Some(("gpu-b", DEFAULT_PORT)));
+        assert_eq!(mesh_peer(" gpu-b.lab "), Some(("gpu-b.lab", DEFAULT_PORT)));
+        assert_eq!(mesh_peer("gpu-b:7000"), Some(("gpu-b", 7000)));
+        for direct in [
+            "ws://gpu-b:1/",
+            "gpu-b:port",
+            "127.0.0.1",
+            "127.0.0.1:7860",
+            "100.64.0.2",
+            "::1",
+            "[::1]:7000",
+            "localhost",
+            "localhost:7860",
+            "",
+        ] {
+            assert_eq!(mesh_peer(direct), None, "{direct}");
+        }
     }
 
     #[test]

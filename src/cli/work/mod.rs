@@ -3,8 +3,9 @@
 //! (refusing to start when another worker holds the same data directory) and keep it trimmed
 //! ([`journal`]), serve it to `citadel journal`, build the job handlers ([`handlers`]), connect
 //! the transport(s) of the registry ([`transport`], retrying with backoff while they are away),
-//! start the terminal service when the manifest enables the console ([`terminal`]), then run the
-//! [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second signal exits
+//! start the terminal service when the manifest enables the console ([`terminal`]), join the
+//! mesh when it is enabled ([`mesh`]: the terminal and the status server also on the node's mesh
+//! address), then run the [`Runner`] with the status server and heartbeat until SIGTERM or SIGINT (a second signal exits
 //! at once); everything stops in the reverse order. This module owns that order and
 //! the flags; it must never run a job itself.
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 mod handlers;
 mod journal;
+pub(crate) mod mesh;
 mod routing;
 mod settings;
 mod terminal;
@@ -186,6 +188,21 @@ pub struct WorkArgs {
     /// (default 127.0.0.1:7860).
     #[arg(long, env = "CITADEL_TERMINAL_LISTEN", value_name = "ADDR")]
     terminal_listen: Option<String>,
+    /// Join this organization's mesh: serve the terminal and the status server on the node's
+    /// mesh address too, and reach peers by name (default: on once the node is enrolled with a
+    /// control plane; docs/mesh.md#running-it).
+    #[arg(
+        long,
+        env = "CITADEL_MESH_ENABLED",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    mesh: Option<bool>,
+    /// Do not join the mesh (wins over --mesh and CITADEL_MESH_ENABLED).
+    #[arg(long)]
+    no_mesh: bool,
     /// How often the node's status message goes to the transport (default 30s).
     #[arg(long, env = "CITADEL_HEARTBEAT_INTERVAL", value_name = "DURATION")]
     heartbeat_interval: Option<String>,
@@ -253,6 +270,10 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         credential: p.token.clone(),
     });
     let console = terminal::start(&args, &file, data_dir, local_plane).await?;
+    let mesh = mesh::start(&args, &file, data_dir)?;
+    if let (Some(m), Some(c)) = (&mesh, &console) {
+        m.node.add_service(c.port(), c.handle());
+    }
 
     let result = work(
         settings,
@@ -262,9 +283,13 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         handlers,
         &config_path,
         data_dir,
+        mesh.as_ref().map(|m| m.node.clone()),
     )
     .await;
 
+    if let Some(m) = mesh {
+        m.stop().await;
+    }
     if let Some(console) = console {
         console.stop().await;
     }
@@ -343,8 +368,9 @@ async fn start_embedded(data_dir: &Path) -> anyhow::Result<citadel_nexus::Runnin
     Ok(running)
 }
 
-/// Runs the worker until a signal: the runner, then the status server and the heartbeat
-/// around it; stops them in the reverse order.
+/// Runs the worker until a signal: the runner, then the status server (also on the mesh, when
+/// it runs) and the heartbeat around it; stops them in the reverse order.
+#[allow(clippy::too_many_arguments)]
 async fn work(
     settings: Settings,
     source: Arc<dyn JobSource>,
@@ -353,6 +379,7 @@ async fn work(
     handlers: Registry,
     config_path: &Path,
     data_dir: &Path,
+    mesh: Option<Arc<mesh::MeshNode>>,
 ) -> anyhow::Result<()> {
     let identity = crate::status::Identity {
         node_id: settings.runner.node_id.clone(),
@@ -367,13 +394,19 @@ async fn work(
     let runner = Runner::new(source.clone(), journal, handlers, settings.runner);
     let status =
         Arc::new(NodeStatus::new(identity, source, runner.counters()).with_routing(routing));
+    let control = mesh
+        .clone()
+        .map(|m| m as Arc<dyn crate::status::mesh::MeshControl>);
     let status_server =
-        crate::status::server::start(settings.status_listen, status.clone()).await?;
+        crate::status::server::start(settings.status_listen, status.clone(), control).await?;
     if let Some(s) = &status_server {
         eprintln!(
             "citadel: status on http://{} (/status, /metrics, /healthz, /readyz)",
             s.addr
         );
+        if let Some(m) = &mesh {
+            m.add_service(s.addr.port(), s.handle());
+        }
     }
     let beats = CancellationToken::new();
     let heartbeat = tokio::spawn(crate::status::heartbeat::run(

@@ -67,15 +67,26 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
-/// The enrolled control plane (identity.json + DATA_DIR/node-token), else `transports.nexus`.
-fn plane(file: &FileConfig, data_dir: &Path) -> anyhow::Result<Option<Plane>> {
+/// The control plane this node was enrolled with (identity.json's `control_plane`) and the
+/// node's credential for it (DATA_DIR/node-token); `None` when it was not enrolled.
+pub(super) fn enrolled_plane(data_dir: &Path) -> anyhow::Result<Option<Plane>> {
     let enrolled = std::fs::read(data_dir.join("identity.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["control_plane"].as_str().map(str::to_string));
-    if let Some(url) = enrolled.filter(|u| !u.is_empty()) {
-        let credential = read_secret(&data_dir.join("node-token"))?;
-        return Ok(Some(Plane { url, credential }));
+    match enrolled.filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let credential = read_secret(&data_dir.join("node-token"))?;
+            Ok(Some(Plane { url, credential }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The enrolled control plane, else `transports.nexus`.
+fn plane(file: &FileConfig, data_dir: &Path) -> anyhow::Result<Option<Plane>> {
+    if let Some(p) = enrolled_plane(data_dir)? {
+        return Ok(Some(p));
     }
     let Some(nexus) = file.transports.nexus.as_ref() else {
         return Ok(None);

@@ -7,6 +7,7 @@
 pub(crate) mod client;
 mod outcome;
 mod record;
+pub mod mesh_wire;
 pub mod wire;
 
 pub(crate) use client::{Client, Failure};

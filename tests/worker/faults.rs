@@ -271,6 +271,21 @@ impl Worker {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Waits until this worker died at the `end` of `id` (`die_at_end`), its journal holding
+    /// the job's success.
+    async fn died_holding_success(&self, id: &str) {
+        let begun = Instant::now();
+        while !self.flaky.dead.is_cancelled() {
+            assert!(
+                begun.elapsed() < WAIT,
+                "{id}: the worker never reached its end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
+        assert_eq!(self.phase(id), acked, "{id}: the journal holds the success");
+    }
+
     fn phase(&self, id: &str) -> Option<Phase> {
         self.journal
             .state(&JobId::new(id).unwrap())
@@ -498,13 +513,7 @@ async fn a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() 
     let a = Worker::start(&server.url(), "node-a", &tmp.path().join("ja"), tmp.path()).await;
     *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
     submit(&mut c, "once", "count", json!({})).await;
-    let begun = Instant::now();
-    while !a.flaky.dead.is_cancelled() {
-        assert!(begun.elapsed() < WAIT, "node-a never reached the job's end");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
-    assert_eq!(a.phase("once"), acked, "node-a's journal holds the success");
+    a.died_holding_success("once").await;
     let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
     settled(&mut c, "the dead worker's entry", || true).await;
     assert_eq!(
@@ -545,13 +554,7 @@ async fn on_nats_a_success_journaled_by_a_worker_that_died_is_not_run_again_else
     *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
     let body = json!({"jobId": "once", "type": "count", "payload": {}});
     p.enqueue(SUBJECT, &body).await.unwrap();
-    let begun = Instant::now();
-    while !a.flaky.dead.is_cancelled() {
-        assert!(begun.elapsed() < WAIT, "node-a never reached the job's end");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
-    assert_eq!(a.phase("once"), acked, "node-a's journal holds the success");
+    a.died_holding_success("once").await;
     let b = Worker::start_on(b_src, "node-b", &tmp.path().join("jb"), tmp.path());
     let begun = Instant::now();
     loop {

@@ -337,7 +337,7 @@ async fn settle_seen(inner: &Inner, d: Redelivery<'_>, seen: Seen) {
         }
         Seen::Completed => {
             warn!(%subject, job_id = %job, attempt,
-                "a completed job was delivered again (the server forgot its ack); acking it again instead of running it");
+                "a completed job was delivered again (an ack lost or forgotten by a restarted server); acking it again instead of running it");
             inner.ack(reply, AckKind::Ack).await
         }
         Seen::Elsewhere(hold) => {

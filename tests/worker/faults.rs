@@ -1,8 +1,9 @@
 //! Faults under which a delivery used to stick or a job ran twice (docs/faults.md), each injected
 //! into a runner working a real redis-server in this process: the same `jobId` enqueued twice, a
 //! journal that refuses a settlement, an `end` or a settlement the transport refuses, a dead
-//! letter that did not reach the transport, and a worker cut off from Redis for twice its lease
-//! while a shell command runs. Every test ends with nothing pending and each job run as often as
+//! letter that did not reach the transport, a worker cut off from Redis for twice its lease
+//! while a shell command runs, and a worker that dies holding a journaled success (on Redis and
+//! on a real nats-server). Every test ends with nothing pending and each job run as often as
 //! its outcome allows.
 
 use std::collections::{HashMap, HashSet};
@@ -210,13 +211,19 @@ impl Worker {
         shell: &Path,
         command_timeout: Duration,
     ) -> Self {
-        let (journal, _) = Journal::open(dir, JournalOptions::default()).unwrap();
         let mut cfg = citadel_transports::RedisConfig::new(redis_url.to_string(), consumer);
         cfg.block = Duration::from_millis(200);
         cfg.lease = Duration::from_secs(2);
         cfg.reclaim_interval = Duration::from_millis(50);
         cfg.command_timeout = command_timeout;
         let inner = Arc::new(citadel_transports::RedisSource::connect(cfg).await.unwrap());
+        Self::start_on(inner, consumer, dir, shell)
+    }
+
+    /// A worker named `consumer` on `inner`, a connected source of any transport with a 2 s
+    /// lease, journaling in `dir`.
+    fn start_on(inner: Arc<dyn JobSource>, consumer: &str, dir: &Path, shell: &Path) -> Self {
+        let (journal, _) = Journal::open(dir, JournalOptions::default()).unwrap();
         let flaky = Arc::new(Flaky {
             inner,
             journal: journal.clone(),
@@ -262,6 +269,21 @@ impl Worker {
     async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
+    }
+
+    /// Waits until this worker died at the `end` of `id` (`die_at_end`), its journal holding
+    /// the job's success.
+    async fn died_holding_success(&self, id: &str) {
+        let begun = Instant::now();
+        while !self.flaky.dead.is_cancelled() {
+            assert!(
+                begun.elapsed() < WAIT,
+                "{id}: the worker never reached its end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
+        assert_eq!(self.phase(id), acked, "{id}: the journal holds the success");
     }
 
     fn phase(&self, id: &str) -> Option<Phase> {
@@ -491,13 +513,7 @@ async fn a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() 
     let a = Worker::start(&server.url(), "node-a", &tmp.path().join("ja"), tmp.path()).await;
     *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
     submit(&mut c, "once", "count", json!({})).await;
-    let begun = Instant::now();
-    while !a.flaky.dead.is_cancelled() {
-        assert!(begun.elapsed() < WAIT, "node-a never reached the job's end");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let acked = Some(Phase::Settled(citadel_journal::SettledAs::Acked));
-    assert_eq!(a.phase("once"), acked, "node-a's journal holds the success");
+    a.died_holding_success("once").await;
     let b = Worker::start(&server.url(), "node-b", &tmp.path().join("jb"), tmp.path()).await;
     settled(&mut c, "the dead worker's entry", || true).await;
     assert_eq!(
@@ -509,6 +525,65 @@ async fn a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() 
     let evs = types(&events(&mut c, "once").await);
     assert_eq!(evs.iter().filter(|t| *t == "start").count(), 1, "{evs:?}");
     assert_eq!(evs.last().map(String::as_str), Some("end"), "{evs:?}");
+    b.stop().await;
+    a.task.abort();
+}
+
+/// The same on NATS: node-a dies when it goes to publish the job's `end`, its journal holding
+/// the success; the server redelivers the message after the lease (`ack_wait`) to node-b. Its
+/// fetcher pulled before the job was stored, so this is an ordinary redelivery, not one of the
+/// deliveries looked up after a reconnection: node-b must ack it with the recorded result
+/// without running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() {
+    use citadel_harness::nats::{ctx, enqueue_job, one, Server as Nats, SUBJECT};
+    use citadel_transports::nats::{DEFAULT_CONSUMER, DEFAULT_STREAM};
+    let server = Nats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let b_src = Arc::new(server.source("node-b").await);
+    let p = server.producer().await;
+    // node-b's fetcher reads the job stream's last sequence at its first pull, before `once`.
+    enqueue_job(&p, "warm-up", "noop").await;
+    let warm = one(b_src.as_ref()).await;
+    b_src
+        .settle(warm.receipt(), &Settlement::Ack, &ctx())
+        .await
+        .unwrap();
+    let a_src = Arc::new(server.source("node-a").await);
+    let a = Worker::start_on(a_src, "node-a", &tmp.path().join("ja"), tmp.path());
+    *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
+    let body = json!({"jobId": "once", "type": "count", "payload": {}});
+    p.enqueue(SUBJECT, &body).await.unwrap();
+    a.died_holding_success("once").await;
+    let b = Worker::start_on(b_src, "node-b", &tmp.path().join("jb"), tmp.path());
+    let begun = Instant::now();
+    loop {
+        let unsettled = p.unsettled(DEFAULT_STREAM, DEFAULT_CONSUMER).await.unwrap();
+        if unsettled == 0 {
+            break;
+        }
+        assert!(begun.elapsed() < WAIT, "{unsettled} jobs still unsettled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (a.handler.runs("once"), b.handler.runs("once")),
+        (1, 0),
+        "ran on node-a only"
+    );
+    assert_eq!(b.phase("once"), None, "node-b never received it");
+    let evs = p.events(&JobId::new("once").unwrap()).await.unwrap();
+    let kinds = citadel_harness::nats::types(&evs);
+    assert_eq!(
+        kinds.iter().filter(|t| *t == "start").count(),
+        1,
+        "{kinds:?}"
+    );
+    let last = evs.last().unwrap();
+    assert_eq!(
+        (last["type"].clone(), last["data"]["result"].clone()),
+        (json!("end"), json!({"run": 1})),
+        "{evs:?}"
+    );
     b.stop().await;
     a.task.abort();
 }

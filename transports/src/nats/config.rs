@@ -28,6 +28,9 @@ pub const CANCEL_BUCKET: &str = "citadel-cancel";
 pub const STATUS_BUCKET: &str = "citadel-status";
 /// The key-value bucket counting releases per message (see `release`).
 pub const RELEASED_BUCKET: &str = "citadel-released";
+/// The key-value bucket of completion records: a job's success, written before the worker
+/// journals it (see `record`).
+pub const DONE_BUCKET: &str = "citadel-done";
 /// The default message size limit: 16 MiB (nats-server's own limit is usually 1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
@@ -65,7 +68,7 @@ pub struct NatsConfig {
     pub events_max_per_job: i64,
     /// How long the events stream keeps an event.
     pub events_ttl: Duration,
-    /// How long a status or a cancellation is kept in its bucket.
+    /// How long a status, a completion record or a cancellation is kept in its bucket.
     pub status_ttl: Duration,
     /// The most dead letters the `DLQ` stream keeps when this worker creates it (`max_msgs`,
     /// discard old: the oldest go first).

@@ -6,14 +6,15 @@
 //! in all) and hands every message to the
 //! inbox the moment it arrives, so a partly filled request never delays the messages it already
 //! has. The attempt is the message's delivery count less its releases (`release`). It owns the
-//! backoff after failures (the client reconnects by itself) and what a restarted server forgot
-//! ([`Suspects`]: a delivery of a completed job is acked again, one another worker claimed
-//! lately is handed back for a while, neither handed out); it must never settle a message
-//! otherwise.
+//! backoff after failures (the client reconnects by itself) and which deliveries are looked up
+//! before they are handed out (`recheck`): every redelivery, and what a restarted server may
+//! have forgot ([`Suspects`]). A job whose success is recorded is acked with its recorded
+//! result, a completed one acked again, a suspect another worker claimed lately handed back for
+//! a while, none handed out; it must never settle a message otherwise.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use futures_util::StreamExt as _;
@@ -21,8 +22,10 @@ use tracing::{debug, warn};
 
 use super::lanes::{Lane, Lanes};
 use super::message::to_incoming;
+use super::recheck::{self, Seen};
 use super::Inner;
 use crate::delivery::Incoming;
+use crate::events::JobStatus;
 use crate::job::JobId;
 use crate::source::SourceError;
 
@@ -88,11 +91,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut lanes: Lanes) {
 /// second time; the chaos suite's nats-kill scenario saw it). It also delivers at once jobs
 /// whose delivery it forgot, and a worker that finished one may still be retrying its `end` and
 /// its ack against the restarted server. Any message the stream held when this source last
-/// (re)connected may be such a delivery, so it is looked up in the status bucket first
-/// ([`seen`]): `completed` (written with the job's `end`, which the runner publishes once the
-/// success is journaled and before it acks) is acked again; a recent claim by another worker
-/// is handed back (uncounted, like a release) until that worker could settle it. Messages
-/// stored later cost no lookup.
+/// (re)connected may be such a delivery, so it is looked up like a redelivery
+/// (`recheck::seen`: a recorded or `completed` job is acked again), and a recent claim by
+/// another worker is handed back (uncounted, like a release) until that worker could settle
+/// it. First deliveries of messages stored later cost no lookup.
 #[derive(Debug, Default)]
 struct Suspects {
     /// The client's connection count when `upto` was read (0: never).
@@ -126,49 +128,6 @@ impl Suspects {
     fn cover(&self, inner: &Inner, seq: u64) -> bool {
         seq <= self.upto
             || inner.client.statistics().connects.load(Ordering::Relaxed) != self.connects
-    }
-}
-
-/// What the status bucket says of a suspect delivery's job.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    /// Its success was journaled and announced: the ack was forgotten.
-    Completed,
-    /// Another worker claimed it lately and may still be announcing its result (its `end` and
-    /// ack wait on the server that was down): handed back for this long.
-    Elsewhere(Duration),
-    /// Nothing that stops it from running here (also when the lookup failed: at least once).
-    Free,
-}
-
-/// Looks up a suspect delivery's job. A claim by another worker counts for the lease plus 5 s
-/// after it (the status's `updated_at`), as a Redis fetcher that saw Redis fail takes over no
-/// lease for that long: the other worker's settlement is retried meanwhile.
-async fn seen(inner: &Inner, job: &JobId) -> Seen {
-    let status = match inner.status.get(super::token(job)).await {
-        Ok(Some(v)) => serde_json::from_slice::<serde_json::Value>(&v).unwrap_or_default(),
-        Ok(None) => return Seen::Free,
-        Err(e) => {
-            debug!(job_id = %job, error = %e, "looking up the job's status failed");
-            return Seen::Free;
-        }
-    };
-    match status["status"].as_str() {
-        Some("completed") => Seen::Completed,
-        Some("processing") if status["worker_id"] != inner.cfg.worker_id.as_str() => {
-            let hold = inner.cfg.lease + Duration::from_secs(5);
-            let claimed = status["updated_at"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            let left = claimed
-                .and_then(|at| (at + hold).duration_since(SystemTime::now()).ok())
-                .map(|left| left.min(hold));
-            match left {
-                Some(left) if !left.is_zero() => Seen::Elsewhere(left),
-                _ => Seen::Free,
-            }
-        }
-        _ => Seen::Free,
     }
 }
 
@@ -285,8 +244,10 @@ async fn round(
     Ok(got)
 }
 
-/// Turns a delivered message into what `next()` returns; `None` for a forgotten ack (acked
-/// again here, see [`Suspects`]).
+/// Turns a delivered message into what `next()` returns; `None` for a delivery settled here
+/// instead (`recheck`): a redelivery or a suspect whose job is recorded or completed is acked
+/// (a recorded `end` published again first), a suspect another worker claimed lately is handed
+/// back. The release count and those lookups go out together: one round trip.
 async fn admit(
     inner: &Inner,
     msg: async_nats::jetstream::Message,
@@ -298,53 +259,103 @@ async fn admit(
         .map(|r| r.to_string())
         .unwrap_or_default();
     let info = super::message::ack_info(&reply);
-    let attempt = match info {
-        Some(info) => super::release::attempt(&inner.released, &inner.cfg.stream, info).await,
-        None => 1,
+    let max = inner.cfg.max_payload_bytes;
+    let mut item = to_incoming(&msg.payload, msg.subject.as_str(), &reply, 1, max);
+    let suspect = info.is_some_and(|i| suspects.cover(inner, i.stream_sequence));
+    let recheck = match &item {
+        Incoming::Job(d) if suspect || info.is_some_and(|i| i.delivered > 1) => Some(&d.job.id),
+        _ => None,
     };
-    let item = to_incoming(
-        &msg.payload,
-        msg.subject.as_str(),
-        &reply,
-        attempt,
-        inner.cfg.max_payload_bytes,
+    let (attempt, seen) = tokio::join!(
+        async {
+            match info {
+                Some(i) => super::release::attempt(&inner.released, &inner.cfg.stream, i).await,
+                None => 1,
+            }
+        },
+        async {
+            match recheck {
+                Some(job) => recheck::seen(inner, job, suspect).await,
+                None => Seen::Free,
+            }
+        },
     );
-    match &item {
+    match &mut item {
         Incoming::Job(d) => {
-            let suspect = info.filter(|i| suspects.cover(inner, i.stream_sequence));
-            if let Some(info) = suspect {
-                // Not acked or handed back now: it comes back after the lease, looked up again.
-                match seen(inner, &d.job.id).await {
-                    Seen::Completed => {
-                        warn!(subject = %msg.subject, job_id = %d.job.id, attempt,
-                            "a completed job was delivered again (the server forgot its ack); acking it again instead of running it");
-                        if let Err(e) = inner.ack(&reply, AckKind::Ack).await {
-                            warn!(job_id = %d.job.id, error = %e, "acking it again failed");
-                        }
-                        return None;
-                    }
-                    Seen::Elsewhere(hold) => {
-                        warn!(subject = %msg.subject, job_id = %d.job.id, attempt, hold_ms = hold.as_millis() as u64,
-                            "a job another worker claimed lately was delivered again after a server restart; handing it back until that worker could settle it");
-                        let (released, stream) = (&inner.released, &inner.cfg.stream);
-                        let back = async {
-                            super::release::record(released, stream, info.stream_sequence).await?;
-                            inner.ack(&reply, AckKind::Nak(Some(hold))).await
-                        };
-                        if let Err(e) = back.await {
-                            warn!(job_id = %d.job.id, error = %e, "handing it back failed");
-                        }
-                        return None;
-                    }
-                    Seen::Free => {}
-                }
+            d.job.attempt = attempt;
+            if seen != Seen::Free {
+                let delivery = Redelivery {
+                    subject: &msg.subject,
+                    reply: &reply,
+                    info,
+                    job: &d.job.id,
+                    attempt,
+                };
+                settle_seen(inner, delivery, seen).await;
+                return None;
             }
             debug!(subject = %msg.subject, job_id = %d.job.id, job_type = %d.job.job_type, attempt, "claimed job");
             inner.known.claimed(msg.subject.as_str());
         }
         Incoming::Malformed(m) => {
+            m.attempt = attempt;
             warn!(subject = %msg.subject, reason = %m.reason, attempt, "malformed job message");
         }
     }
     Some(item)
+}
+
+/// A delivery that is not handed out.
+struct Redelivery<'a> {
+    subject: &'a async_nats::Subject,
+    reply: &'a str,
+    info: Option<super::message::AckInfo>,
+    job: &'a JobId,
+    attempt: u32,
+}
+
+/// Settles a delivery its job's record or status stops from running. A failure leaves it to
+/// its ack wait: it comes back after the lease and is looked up again.
+async fn settle_seen(inner: &Inner, d: Redelivery<'_>, seen: Seen) {
+    let Redelivery {
+        subject,
+        reply,
+        info,
+        job,
+        attempt,
+    } = d;
+    let settled = match seen {
+        Seen::Free => return,
+        Seen::Recorded(end) => {
+            warn!(%subject, job_id = %job, attempt,
+                "a job whose success is recorded was delivered again; acking it with the recorded result instead of running it");
+            let announced = inner.announce(job, Some((JobStatus::Completed, None)), end);
+            match announced.await {
+                Ok(()) => inner.ack(reply, AckKind::Ack).await,
+                Err(e) => Err(e),
+            }
+        }
+        Seen::Completed => {
+            warn!(%subject, job_id = %job, attempt,
+                "a completed job was delivered again (an ack lost or forgotten by a restarted server); acking it again instead of running it");
+            inner.ack(reply, AckKind::Ack).await
+        }
+        Seen::Elsewhere(hold) => {
+            warn!(%subject, job_id = %job, attempt, hold_ms = hold.as_millis() as u64,
+                "a job another worker claimed lately was delivered again after a server restart; handing it back until that worker could settle it");
+            match info {
+                Some(info) => {
+                    let (released, stream) = (&inner.released, &inner.cfg.stream);
+                    match super::release::record(released, stream, info.stream_sequence).await {
+                        Ok(()) => inner.ack(reply, AckKind::Nak(Some(hold))).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = settled {
+        warn!(job_id = %job, error = %e, "settling it failed; it comes back after the lease");
+    }
 }

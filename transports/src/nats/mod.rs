@@ -30,13 +30,18 @@
 //!   worker (its `ack_wait` ran out). Such a late `+ACK` still acks the message, and
 //!   `extend_lease` reports [`Lease::Lost`] only once the message is gone; settle never returns
 //!   [`SourceError::LeaseLost`]. Extend leases well within `ack_wait` (the runner does).
+//! - **Effectively once across workers**: the runner has a job's completion record written to
+//!   the bucket `citadel-done` (`record_success`, awaited) before it journals the success, so a
+//!   worker that dies with the success in its journal, before its `end` or ack, leaves a record.
+//!   Every redelivery (delivery count above 1, whichever worker had it) is looked up in that
+//!   bucket and the status bucket at once (`recheck`) before it is handed out: a recorded job is
+//!   acked with its recorded `end` published again, a `completed` one acked again; neither runs.
 //! - **Forgotten acks and deliveries**: nats-server 2.9 keeps an applied ack or a delivery in
 //!   memory for a while; killed before it wrote it, it delivers the job again after its
-//!   restart, to any worker. The fetcher looks up deliveries of messages stored before its
-//!   latest (re)connection in the status bucket: a job whose status is `completed` (its success
-//!   was journaled before the ack) is acked again, one another worker claimed less than the
-//!   lease plus 5 s ago is handed back for that long (that worker may still be settling it);
-//!   neither is handed out (`fetch`).
+//!   restart, to any worker, possibly as a first delivery. The fetcher looks up deliveries of
+//!   messages stored before its latest (re)connection the same way, and also hands back one
+//!   another worker claimed less than the lease plus 5 s ago for that long (that worker may
+//!   still be settling it; `fetch`).
 //! - Server 2.9 consumers filter one subject, so several job subjects mean one durable per
 //!   subject (`{consumer}-{subject}`), pulled in turn; subjects derived from the node's
 //!   capabilities (`lanes`) are pulled by priority, each by the consumer its subject names.
@@ -47,6 +52,8 @@ mod fetch;
 mod lanes;
 mod message;
 mod producer;
+mod recheck;
+mod record;
 mod release;
 mod setup;
 
@@ -61,13 +68,13 @@ use tracing::{debug, info, warn};
 
 pub use config::{
     token, NatsConfig, CANCEL_BUCKET, DEFAULT_CONSUMER, DEFAULT_MAX_PAYLOAD, DEFAULT_STREAM,
-    DEFAULT_SUBJECT, DLQ_STREAM, EVENTS_STREAM, STATUS_BUCKET,
+    DEFAULT_SUBJECT, DLQ_STREAM, DONE_BUCKET, EVENTS_STREAM, STATUS_BUCKET,
 };
 pub use message::{ack_info, AckInfo};
 pub use producer::NatsProducer;
 
 use crate::delivery::{Incoming, Receipt};
-use crate::events::{rfc3339, WireEvent};
+use crate::events::{rfc3339, JobStatus, WireEvent};
 use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
@@ -85,6 +92,8 @@ pub(crate) struct Inner {
     cancel: kv::Store,
     released: kv::Store,
     status: kv::Store,
+    /// Completion records (`record`).
+    done: kv::Store,
     inbox: Inbox,
 }
 
@@ -114,6 +123,43 @@ impl Inner {
             }
             Err(e) => Err(map_err(&format!("acknowledging {reply}"), e)),
         }
+    }
+
+    /// Publishes a job event (`json`, its wire JSON) and the status it implies: the status is
+    /// advisory, a plain publish to the bucket's subject without waiting for the store's ack
+    /// (waiting cost 10-20 % of throughput in `citadel bench nats`); it goes first on this
+    /// connection, so the server has it when the event's ack comes back. One JetStream publish
+    /// reaches the core subscribers of the subject and the EVENTS stream; awaiting its ack
+    /// keeps a job's events in order.
+    async fn announce(
+        &self,
+        job: &JobId,
+        status: Option<(JobStatus, Option<&str>)>,
+        json: Bytes,
+    ) -> Result<(), SourceError> {
+        if let Some((status, error)) = status {
+            let mut v = serde_json::json!({
+                "status": status.as_str(),
+                "worker_id": self.cfg.worker_id,
+                "updated_at": rfc3339(SystemTime::now()),
+            });
+            if let Some(error) = error {
+                v["error"] = error.into();
+            }
+            let subject = format!("$KV.{STATUS_BUCKET}.{}", token(job));
+            self.client
+                .publish(subject, v.to_string().into())
+                .await
+                .map_err(|e| map_err("writing the job status", e))?;
+        }
+        let what = "publishing a job event";
+        self.js
+            .publish(NatsConfig::events_subject(job), json)
+            .await
+            .map_err(|e| map_err(what, e))?
+            .await
+            .map_err(|e| map_err(what, e))?;
+        Ok(())
     }
 }
 
@@ -151,6 +197,7 @@ impl NatsSource {
             cancel: objects.cancel,
             released: objects.released,
             status: objects.status,
+            done: objects.done,
             inbox: Inbox::default(),
         });
         let fetcher = tokio::spawn(fetch::run(inner.clone(), lanes));
@@ -310,40 +357,17 @@ impl JobSource for NatsSource {
     }
 
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
-        if let Some((status, error)) = event.status() {
-            let mut v = serde_json::json!({
-                "status": status.as_str(),
-                "worker_id": self.inner.cfg.worker_id,
-                "updated_at": rfc3339(SystemTime::now()),
-            });
-            if let Some(error) = error {
-                v["error"] = error.into();
-            }
-            // The status is advisory: a plain publish to the bucket's subject without waiting
-            // for the store's ack (waiting cost 10-20 % of throughput in `citadel bench nats`).
-            // It goes first on this connection, so the server has it when the event's ack
-            // comes back.
-            let subject = format!("$KV.{STATUS_BUCKET}.{}", token(&event.job_id));
-            self.inner
-                .client
-                .publish(subject, v.to_string().into())
-                .await
-                .map_err(|e| map_err("writing the job status", e))?;
-        }
-        // One JetStream publish reaches the core subscribers of the subject and the EVENTS
-        // stream; awaiting its ack keeps a job's events in order.
-        let what = "publishing a job event";
+        let json = Bytes::from(event.to_json());
         self.inner
-            .js
-            .publish(
-                NatsConfig::events_subject(&event.job_id),
-                event.to_json().into(),
-            )
+            .announce(&event.job_id, event.status(), json)
             .await
-            .map_err(|e| map_err(what, e))?
-            .await
-            .map_err(|e| map_err(what, e))?;
-        Ok(())
+    }
+
+    /// Writes the job's completion record (`record`) and returns once the bucket stored it:
+    /// from then on every worker acks a redelivery of the job with this result instead of
+    /// handing it out (`recheck`).
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        record::write(&self.inner.done, end, &self.inner.cfg.worker_id).await
     }
 
     async fn health(&self) -> Health {

@@ -1,17 +1,17 @@
 //! Connecting to NATS and making sure the JetStream objects the transport uses exist: the job
 //! stream (work-queue retention), one durable pull consumer per job subject (explicit ack,
 //! `ack_wait` = the lease, no server-side `max_deliver`), the `DLQ` stream (capped: `max_msgs`,
-//! `max_age`, discard old) and the `EVENTS` stream and the
-//! cancellation and status buckets. Existing objects are used as they are (never rewritten), so
-//! an operator's own limits stay. It also owns how async-nats errors map onto [`SourceError`].
+//! `max_age`, discard old), the `EVENTS` stream and the cancellation, status, release and
+//! completion buckets. Existing objects are used as they are (never rewritten), so an
+//! operator's own limits stay. It also owns how async-nats errors map onto [`SourceError`].
 //! It must never fetch or settle a job.
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use tracing::{info, warn};
 
 use super::config::{
-    NatsConfig, CANCEL_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EVENTS_SUBJECTS,
-    RELEASED_BUCKET, STATUS_BUCKET,
+    NatsConfig, CANCEL_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, DONE_BUCKET, EVENTS_STREAM,
+    EVENTS_SUBJECTS, RELEASED_BUCKET, STATUS_BUCKET,
 };
 use crate::dead_letters::{self, Notice};
 use crate::source::SourceError;
@@ -76,6 +76,7 @@ pub(crate) struct Objects {
     pub cancel: kv::Store,
     pub released: kv::Store,
     pub status: kv::Store,
+    pub done: kv::Store,
 }
 
 /// Makes sure every object exists, with one consumer for each of `subjects`.
@@ -134,6 +135,8 @@ pub(crate) async fn ensure(
     // Written by plain publishes to its subject (see `publish`); read by the fetcher.
     let status = bucket(js, STATUS_BUCKET, cfg).await?;
     let released = bucket(js, RELEASED_BUCKET, cfg).await?;
+    // Written (and awaited) before a worker journals a success; read for redeliveries.
+    let done = bucket(js, DONE_BUCKET, cfg).await?;
     info!(stream = %cfg.stream, subjects = ?subjects, consumer = %cfg.consumer, "nats jetstream objects ready");
     Ok(Objects {
         jobs,
@@ -141,6 +144,7 @@ pub(crate) async fn ensure(
         cancel,
         released,
         status,
+        done,
     })
 }
 

@@ -33,3 +33,34 @@ impl Outcomes {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// The attempts whose `end` already reached the control plane as their recorded success
+/// (`JobSource::record_success`), by job and lease: that `end` is not sent a second time.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded(Mutex<HashMap<String, String>>);
+
+impl Recorded {
+    /// Notes that `job`'s `end` under `lease` reached the plane.
+    pub(crate) fn insert(&self, job: &str, lease: &str) {
+        self.lock().insert(job.to_string(), lease.to_string());
+    }
+
+    /// Whether `job`'s `end` under `lease` already reached the plane; forgotten once asked.
+    pub(crate) fn take(&self, job: &str, lease: &str) -> bool {
+        let mut m = self.lock();
+        let hit = m.get(job).is_some_and(|l| l == lease);
+        if hit {
+            m.remove(job);
+        }
+        hit
+    }
+
+    /// Forgets `job`'s attempt (it is settled or handed back).
+    pub(crate) fn forget(&self, job: &str) {
+        self.lock().remove(job);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -755,6 +755,10 @@ where
         (json!("succeeded"), json!({"run": 1}), json!(1)),
         "{job}"
     );
+    let body = p.events("once", "").body;
+    let evs = crate::support::plane::sse_field(&body, "event");
+    let count = |t: &str| evs.iter().filter(|e| **e == t).count();
+    assert_eq!((count("start"), count("end")), (1, 1), "{evs:?}");
     b.stop().await;
     a.task.abort();
 }

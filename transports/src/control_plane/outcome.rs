@@ -64,3 +64,20 @@ impl Recorded {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Recorded;
+
+    #[test]
+    fn a_recorded_end_is_skipped_once_and_only_under_its_lease() {
+        let r = Recorded::default();
+        r.insert("j", "L1");
+        assert!(!r.take("j", "L2"), "another lease's end goes out");
+        assert!(r.take("j", "L1"));
+        assert!(!r.take("j", "L1"), "asked once");
+        r.insert("j", "L3");
+        r.forget("j");
+        assert!(!r.take("j", "L3"), "forgotten with its attempt");
+    }
+}

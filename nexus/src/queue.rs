@@ -395,8 +395,11 @@ impl Queue {
         Ok(self.jobs[id].clone())
     }
 
-    /// Expired leases: the job goes back to the queue (the attempt counted at the claim stays
-    /// counted), or to the dead-letter list once it has had all its attempts. The changed jobs.
+    /// Expired leases: a job whose expiring lease reported its `end` (the success a worker
+    /// records before its journal holds it) has succeeded with that result, settled by that
+    /// lease (its late settlement is answered as a repeat), and is never run again; any other
+    /// goes back to the queue (the attempt counted at the claim stays counted), or to the
+    /// dead-letter list once it has had all its attempts. The changed jobs.
     pub fn expire(&mut self, now: u64) -> Vec<JobRecord> {
         let mut expired: Vec<String> = self
             .jobs
@@ -413,8 +416,16 @@ impl Queue {
             let Some(r) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            let worker = r.lease.take().map(|l| l.worker).unwrap_or_default();
+            let (lease, worker) = r.lease.take().map(|l| (l.id, l.worker)).unwrap_or_default();
             r.updated_at = rfc3339_ms(now);
+            if r.outcome_of(&lease) == Some(Outcome::End) {
+                // The attempt recorded its success before its worker journaled it: done.
+                r.state = QueueState::Succeeded;
+                r.settled_by = Some(lease);
+                tracing::info!(job_id = %id, attempts = r.attempts, %worker, "lease expired after its recorded success; succeeded");
+                out.push(r.clone());
+                continue;
+            }
             r.errors.push(format!(
                 "attempt {}: the lease of worker {worker} expired",
                 r.attempts

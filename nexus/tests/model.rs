@@ -3,7 +3,8 @@
 //! with the time moving on. The model keeps, per job, who holds it (one owner at a time), the
 //! claims made, each lease's own outcome and whether it is final; the queue must agree with it
 //! after every step: a stale or foreign lease is refused, attempts are counted once per claim, an
-//! expired lease dead-letters a job after exactly its max attempts, and an acknowledged job ends
+//! expired lease dead-letters a job after exactly its max attempts unless that lease reported
+//! its `end` (then the job has succeeded, settled by that lease), and an acknowledged job ends
 //! in the state its settling lease reported.
 
 use std::collections::HashMap;
@@ -158,16 +159,26 @@ fn expire(q: &mut Queue, m: &mut Model) -> Result<(), TestCaseError> {
     let changed = q.expire(m.now);
     let mut want = 0;
     for (id, mj) in m.jobs.iter_mut() {
-        let Some((_, _, exp)) = &mj.owner else {
+        let Some((_, lease, exp)) = &mj.owner else {
             continue;
         };
         if *exp > m.now || mj.final_state.is_some() {
             continue;
         }
         want += 1;
+        let lease = lease.clone();
         mj.owner = None;
         let r = q.get(id).unwrap();
-        if mj.attempts >= mj.max {
+        if mj.reported.get(&lease) == Some(&Outcome::End) {
+            prop_assert_eq!(
+                r.state,
+                QueueState::Succeeded,
+                "its recorded success stands"
+            );
+            prop_assert_eq!(r.attempts, mj.attempts, "no attempt added");
+            mj.final_state = Some(QueueState::Succeeded);
+            mj.settled_by = Some(lease);
+        } else if mj.attempts >= mj.max {
             prop_assert_eq!(r.state, QueueState::Dead, "dead after exactly max attempts");
             mj.final_state = Some(QueueState::Dead);
         } else {

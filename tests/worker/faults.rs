@@ -675,3 +675,90 @@ fn url_port(url: &str) -> u16 {
         .parse()
         .unwrap()
 }
+
+/// The same on the control plane (nexus transport): node-a dies when it goes to publish the
+/// job's `end`, its journal holding the success; its lease expires on the plane, which must
+/// finish the job with the success node-a recorded under that lease instead of handing it to
+/// node-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nexus_a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() {
+    use citadel_transports::{NexusConfig, NexusSource};
+    plane_twin(|p, node| {
+        let mut cfg = NexusConfig::new(p.url(), node);
+        cfg.token = Some(p.token.clone());
+        cfg.lease = Duration::from_secs(2);
+        async move { Arc::new(NexusSource::connect(cfg).await.unwrap()) as Arc<dyn JobSource> }
+    })
+    .await;
+}
+
+/// The same over the control plane's WebSocket push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_websocket_a_success_journaled_by_a_worker_that_died_is_not_run_again_elsewhere() {
+    use citadel_transports::websocket::ws_url;
+    use citadel_transports::{WebSocketConfig, WebSocketSource};
+    plane_twin(|p, node| {
+        let mut cfg = WebSocketConfig::new(ws_url(&p.url()).unwrap(), node);
+        cfg.token = Some(p.token.clone());
+        cfg.lease = Duration::from_secs(2);
+        async move { Arc::new(WebSocketSource::connect(cfg).await.unwrap()) as Arc<dyn JobSource> }
+    })
+    .await;
+}
+
+/// node-a on `connect(plane, "node-a")` dies holding the success of `once`; node-b starts
+/// after it: the plane ends the job with node-a's result and node-b never runs it.
+async fn plane_twin<F, Fut>(connect: F)
+where
+    F: Fn(&crate::support::plane::Plane, &str) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn JobSource>>,
+{
+    use crate::support::plane::Plane;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Plane::start(&tmp.path().join("plane"));
+    let a = Worker::start_on(
+        connect(&p, "node-a").await,
+        "node-a",
+        &tmp.path().join("ja"),
+        tmp.path(),
+    );
+    *a.flaky.die_at_end.lock().unwrap() = Some("once".into());
+    p.submit(json!({"id": "once", "type": "count", "payload": {}}));
+    a.died_holding_success("once").await;
+    let b = Worker::start_on(
+        connect(&p, "node-b").await,
+        "node-b",
+        &tmp.path().join("jb"),
+        tmp.path(),
+    );
+    let begun = Instant::now();
+    let job = loop {
+        let job = p.json("GET", "/api/v1/jobs/once", None);
+        if !matches!(job["state"].as_str(), Some("queued" | "leased")) {
+            break job;
+        }
+        assert!(begun.elapsed() < WAIT, "still unsettled: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (a.handler.runs("once"), b.handler.runs("once")),
+        (1, 0),
+        "ran on node-a only: {job}"
+    );
+    assert_eq!(b.phase("once"), None, "node-b never received it");
+    assert_eq!(
+        (
+            job["state"].clone(),
+            job["result"].clone(),
+            job["attempts"].clone()
+        ),
+        (json!("succeeded"), json!({"run": 1}), json!(1)),
+        "{job}"
+    );
+    let body = p.events("once", "").body;
+    let evs = crate::support::plane::sse_field(&body, "event");
+    let count = |t: &str| evs.iter().filter(|e| **e == t).count();
+    assert_eq!((count("start"), count("end")), (1, 1), "{evs:?}");
+    b.stop().await;
+    a.task.abort();
+}

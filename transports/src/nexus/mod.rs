@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     leases: Mutex<HashMap<JobId, String>>,
     /// Full mode: each attempt's reported outcome, sent with its `ack`.
     reported: crate::control_plane::Outcomes,
+    /// Full mode: the attempts whose `end` went out early as their recorded success.
+    recorded: crate::control_plane::Recorded,
     /// Full mode: whether a settlement may carry the attempt's terminal event.
     settle_event: bool,
     /// Full mode: whether a settlement may also carry the attempt's `start`.
@@ -274,6 +276,7 @@ impl NexusSource {
             inbox: Inbox::default(),
             leases: Mutex::default(),
             reported: Default::default(),
+            recorded: Default::default(),
             settle_event,
             settle_events,
             claim_event,
@@ -368,6 +371,7 @@ impl Inner {
     /// ends it), but its kept events.
     fn forget(&self, job: &JobId) {
         lock(&self.leases).remove(job);
+        self.recorded.forget(job.as_str());
         lock(&self.renewals).remove(job);
         lock(&self.announced).remove(job);
         lock(&self.fresh).remove(job);
@@ -605,6 +609,11 @@ impl JobSource for NexusSource {
             *lock(&self.inner.claimed_data) = Some(Value::Object(event.data_json()));
         }
         let job = &event.job_id;
+        if let (Some(l), EventData::End { .. }) = (&lease, &event.data) {
+            if self.inner.recorded.take(job.as_str(), l) {
+                return Ok(()); // it went out as the recorded success
+            }
+        }
         if let Some(l) = lease.as_ref().filter(|_| self.inner.settle_event) {
             if event.data.is_terminal() {
                 self.inner.kept.keep_terminal(job, l, event_value(event));
@@ -621,6 +630,24 @@ impl JobSource for NexusSource {
         self.inner
             .post_event(job, lease.as_deref(), event.to_json())
             .await
+    }
+
+    /// Posts the job's `end` under its lease (after any kept `start`); the plane answers once
+    /// it is durable. From then on the plane finishes the job with this result even if the
+    /// lease expires (`Queue::expire`) and never hands it out again; the `end` the runner
+    /// publishes next is not sent a second time, and the settlement no longer carries it.
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        let job = &end.job_id;
+        let lease = lock(&self.inner.leases).get(job).cloned();
+        let Some(lease) = lease.filter(|_| self.inner.mode == Mode::Full) else {
+            return Ok(()); // plain mode: no lease to record it under
+        };
+        self.inner.send_early(job).await?;
+        self.inner
+            .post_event(job, Some(&lease), end.to_json())
+            .await?;
+        self.inner.recorded.insert(job.as_str(), &lease);
+        Ok(())
     }
 
     /// Posts the node's status message to the control plane's node API (full mode; a

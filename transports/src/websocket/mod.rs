@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::control_plane::Client;
 use crate::delivery::{Incoming, Receipt};
-use crate::events::WireEvent;
+use crate::events::{EventData, WireEvent};
 use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     delivered: Mutex<HashSet<Receipt>>,
     /// Each attempt's reported outcome, sent with its `ack`.
     reported: crate::control_plane::Outcomes,
+    /// The attempts whose `end` went out early as their recorded success.
+    recorded: crate::control_plane::Recorded,
     /// Connections made, the first one included.
     connections: AtomicU64,
 }
@@ -240,6 +242,7 @@ impl WebSocketSource {
             cancelled: Mutex::default(),
             delivered: Mutex::default(),
             reported: Default::default(),
+            recorded: Default::default(),
             connections: AtomicU64::new(0),
         });
         let ws = conn::open(&inner).await?;
@@ -301,6 +304,7 @@ impl JobSource for WebSocketSource {
             Settlement::Ack | Settlement::Release => (0, None, Vec::new()),
         };
         let outcome = self.inner.reported.take(receipt.queue());
+        self.inner.recorded.forget(receipt.queue());
         let outcome = outcome.filter(|_| matches!(settlement, Settlement::Ack));
         let answer = self
             .inner
@@ -375,6 +379,11 @@ impl JobSource for WebSocketSource {
             .iter()
             .find(|r| r.queue() == job)
             .map(|r| r.id().to_string());
+        if let (Some(l), EventData::End { .. }) = (&lease_id, &event.data) {
+            if self.inner.recorded.take(&job, l) {
+                return Ok(()); // it went out as the recorded success
+            }
+        }
         let answer = self
             .inner
             .request(|id| ClientFrame::Event {
@@ -389,6 +398,23 @@ impl JobSource for WebSocketSource {
             ServerFrame::Error { status, error, .. } => Err(refused(status, error)),
             other => Err(SourceError::Broker(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// Sends the job's `end` under its lease; the plane answers once it is durable. From then
+    /// on the plane finishes the job with this result even if the lease expires and never
+    /// pushes it again; the `end` the runner publishes next is not sent a second time.
+    async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
+        let job = end.job_id.as_str();
+        let lease = lock(&self.inner.delivered)
+            .iter()
+            .find(|r| r.queue() == job)
+            .map(|r| r.id().to_string());
+        let Some(lease) = lease else {
+            return Ok(()); // no lease to record it under
+        };
+        self.publish(end).await?;
+        self.inner.recorded.insert(job, &lease);
+        Ok(())
     }
 
     async fn health(&self) -> Health {

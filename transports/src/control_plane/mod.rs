@@ -5,9 +5,9 @@
 //! transports do that with these parts.
 
 pub(crate) mod client;
+pub mod mesh_wire;
 mod outcome;
 mod record;
-pub mod mesh_wire;
 pub mod wire;
 
 pub(crate) use client::{Client, Failure};

@@ -89,19 +89,11 @@ impl Node {
 
     /// `citadel work` on this node, taking jobs from `p`.
     pub fn work(&self, p: &Plane, extra: &[&str]) -> Worker {
-        let url = p.url();
-        let transport = [
-            "--transport",
-            "nexus",
-            "--nexus-url",
-            &url,
-            "--nexus-token",
-            &self.jobs_token,
-        ];
+        let transport = p.work_flags(&self.jobs_token);
         let listen = format!("127.0.0.1:{}", self.terminal_port);
         let mut args = vec!["--node-name", &self.name, "--terminal-listen", &listen];
         args.extend(extra);
-        Worker::start_on(&transport, &self.data, &args)
+        Worker::start_on(&transport.each_ref().map(String::as_str), &self.data, &args)
     }
 
     /// `citadel ARGS` on this node's data directory.

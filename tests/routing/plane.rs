@@ -14,16 +14,12 @@ use crate::support::worker::{eventually, Worker};
 fn worker(p: &Plane, data: &std::path::Path, node: &str, manifest: &str) -> Worker {
     std::fs::create_dir_all(data).unwrap();
     std::fs::write(data.join("citadel.yaml"), manifest).unwrap();
-    let url = p.url();
-    let transport = [
-        "--transport",
-        "nexus",
-        "--nexus-url",
-        &url,
-        "--nexus-token",
-        &p.token,
-    ];
-    Worker::start_on(&transport, data, &["--node-name", node])
+    let transport = p.work_flags(&p.token);
+    Worker::start_on(
+        &transport.each_ref().map(String::as_str),
+        data,
+        &["--node-name", node],
+    )
 }
 
 fn state(p: &Plane, id: &str) -> String {

@@ -82,6 +82,20 @@ impl Plane {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `citadel work`'s flags for this plane's nexus transport with `token` (the plane's own,
+    /// or a node's credential).
+    pub fn work_flags(&self, token: &str) -> [String; 6] {
+        [
+            "--transport",
+            "nexus",
+            "--nexus-url",
+            &self.url(),
+            "--nexus-token",
+            token,
+        ]
+        .map(str::to_string)
+    }
+
     /// The process id, while it runs (the websocket tests stop and resume the process).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -164,18 +164,10 @@ async fn sign_in(c: &Client, p: &Plane) {
 }
 
 fn worker(p: &Plane, data: &Path, engine: &FakeEngine) -> Worker {
-    let url = p.url();
     let engine = format!("vllm={}", engine.url());
-    let transport = [
-        "--transport",
-        "nexus",
-        "--nexus-url",
-        &url,
-        "--nexus-token",
-        &p.token,
-    ];
+    let transport = p.work_flags(&p.token);
     Worker::start_on(
-        &transport,
+        &transport.each_ref().map(String::as_str),
         data,
         &["--engine", &engine, "--concurrency", "4"],
     )

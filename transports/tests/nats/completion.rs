@@ -86,55 +86,20 @@ async fn a_success_recorded_before_its_end_is_acked_not_run_by_another_worker() 
 /// `cargo test -p citadel-transports --test tests -- nats::completion::the_record --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_before_the_journal_is_measured() {
-    const JOBS: usize = 400;
-    const AT_ONCE: usize = 8;
     let server = Server::start();
     let src = std::sync::Arc::new(server.source("node-a").await);
-    let meta = EventMeta::new("node-a", "node-a");
-    let mut spans = Vec::with_capacity(JOBS);
-    for round in 0..JOBS / AT_ONCE {
-        let mut tasks = Vec::new();
-        for i in 0..AT_ONCE {
-            let (src, meta) = (src.clone(), meta.clone());
-            let id = JobId::new(format!("w-{round}-{i}")).unwrap();
-            tasks.push(tokio::spawn(async move {
-                let before = [
-                    EventData::Claimed {
-                        agent_version: "0.1.0".into(),
-                    },
-                    EventData::Start {
-                        message: "go".into(),
-                    },
-                    EventData::Chunk {
-                        content: "tok".into(),
-                        index: 0,
-                    },
-                ];
-                for data in before {
-                    let ev = WireEvent::new(id.clone(), meta.clone(), data);
-                    src.publish(&ev).await.unwrap();
-                }
-                let end = EventData::End {
-                    result: json!({"output": "x".repeat(256)}),
-                };
-                let ev = WireEvent::new(id.clone(), meta, end);
-                let asked = Instant::now();
-                src.record_success(&ev).await.unwrap();
-                let span = asked.elapsed();
-                src.publish(&ev).await.unwrap();
-                span
-            }));
+    let p = server.producer().await;
+    let done = p.jetstream().get_key_value(DONE_BUCKET).await.unwrap();
+    let spans = crate::record_cost::record_successes(src, |id| {
+        let done = done.clone();
+        async move {
+            let record = done.get(id.as_str()).await.unwrap();
+            assert!(
+                record.is_some(),
+                "{id}: no completion record once it returned"
+            );
         }
-        for t in tasks {
-            spans.push(t.await.unwrap());
-        }
-    }
-    spans.sort();
-    let at = |q: f64| spans[((spans.len() - 1) as f64 * q) as usize];
-    println!(
-        "nats completion record ahead of the journal, over {JOBS} jobs ({AT_ONCE} at once): p50 {:?}, p99 {:?}, max {:?}",
-        at(0.5),
-        at(0.99),
-        spans[spans.len() - 1]
-    );
+    })
+    .await;
+    crate::record_cost::report("nats", spans);
 }

@@ -324,62 +324,20 @@ async fn a_late_claimed_never_overwrites_completed() {
 /// `cargo test -p citadel-transports --test tests -- redis::completion::the_record --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_before_the_journal_is_measured() {
-    const JOBS: usize = 400;
-    const AT_ONCE: usize = 8;
     let server = Server::start().await;
     let src = std::sync::Arc::new(server.source("node-a").await);
-    let mut c = server.conn().await;
-    let mut spans = Vec::with_capacity(JOBS);
-    for round in 0..JOBS / AT_ONCE {
-        let mut tasks = Vec::new();
-        for i in 0..AT_ONCE {
-            let src = src.clone();
-            let id = JobId::new(format!("w-{round}-{i}")).unwrap();
-            tasks.push(tokio::spawn(async move {
-                let before = [
-                    EventData::Claimed {
-                        agent_version: "0.1.0".into(),
-                    },
-                    EventData::Start {
-                        message: "go".into(),
-                    },
-                    EventData::Chunk {
-                        content: "tok".into(),
-                        index: 0,
-                    },
-                ];
-                for data in before {
-                    let ev = WireEvent::new(id.clone(), meta("node-a"), data);
-                    src.publish(&ev).await.unwrap();
-                }
-                let end = EventData::End {
-                    result: json!({"output": "x".repeat(256)}),
-                };
-                let ev = WireEvent::new(id.clone(), meta("node-a"), end);
-                let asked = Instant::now();
-                src.record_success(&ev).await.unwrap();
-                let span = asked.elapsed();
-                src.publish(&ev).await.unwrap();
-                (id, span)
-            }));
-        }
-        for t in tasks {
-            let (id, span) = t.await.unwrap();
+    let c = server.conn().await;
+    let spans = crate::record_cost::record_successes(src, |id| {
+        let mut c = c.clone();
+        async move {
             let recorded: bool = redis::cmd("EXISTS")
                 .arg(format!("job:{id}:done"))
                 .query_async(&mut c)
                 .await
                 .unwrap();
             assert!(recorded, "{id}: no completion record once it returned");
-            spans.push(span);
         }
-    }
-    spans.sort();
-    let at = |q: f64| spans[((spans.len() - 1) as f64 * q) as usize];
-    println!(
-        "completion record ahead of the journal, over {JOBS} jobs ({AT_ONCE} at once): p50 {:?}, p99 {:?}, max {:?}",
-        at(0.5),
-        at(0.99),
-        spans[spans.len() - 1]
-    );
+    })
+    .await;
+    crate::record_cost::report("redis", spans);
 }

@@ -203,11 +203,12 @@ pub async fn start_configured(
         credentials,
         device: device::DeviceAuth::new(device),
     });
+    let mesh = mesh::MeshPlane::open(app.clone(), dir)?;
     let router = api::router(app.clone())
         .merge(retention::router(app.clone()))
-        .merge(mesh::router(app.clone())?)
+        .merge(mesh.router())
         .merge(terminal_tokens::router(app.clone())?)
-        .merge(ui::router(app)?);
+        .merge(ui::router(app, mesh)?);
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -120,6 +120,13 @@ fn storage(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Tokens {
+    fn of(app: &AppState) -> ApiResult<Self> {
+        Ok(Self {
+            tree: app.store.tree("terminal_tokens")?,
+            revoking: std::sync::Mutex::new(()),
+        })
+    }
+
     fn put(&self, t: &TerminalToken) -> ApiResult<()> {
         let bytes = serde_json::to_vec(t).map_err(storage)?;
         self.tree.insert(t.id.as_bytes(), bytes).map_err(storage)?;
@@ -158,14 +165,8 @@ type St = State<Arc<TermState>>;
 
 /// The terminal-token routes, merged beside the API of [`super::api::router`].
 pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
-    let tree = app.store.tree("terminal_tokens")?;
-    let state = Arc::new(TermState {
-        app,
-        tokens: Tokens {
-            tree,
-            revoking: std::sync::Mutex::new(()),
-        },
-    });
+    let tokens = Tokens::of(&app).map_err(|e| anyhow::anyhow!("{}", e.1))?;
+    let state = Arc::new(TermState { app, tokens });
     Ok(Router::new()
         .route("/api/v1/terminal/tokens", post(create).get(list))
         .route("/api/v1/terminal/tokens/{id}/revoke", post(revoke))
@@ -276,26 +277,56 @@ async fn revoke(
 ) -> ApiResult<Json<Value>> {
     admin(&s.app, &headers)?;
     let now = now_ms();
+    let t = revoke_kept(&s.app, &s.tokens, &id, now).await?;
+    Ok(Json(t.view(now)))
+}
+
+/// Revokes token `id` durably (the first revocation's time is kept).
+async fn revoke_kept(
+    app: &AppState,
+    tokens: &Tokens,
+    id: &str,
+    now: u64,
+) -> ApiResult<TerminalToken> {
     let t = {
-        let _one = s
-            .tokens
-            .revoking
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut t = s
-            .tokens
-            .get(&id)?
+        let _one = (tokens.revoking.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = tokens
+            .get(id)?
             .ok_or_else(|| ApiError::not_found(format!("no terminal token {id}")))?;
         if t.revoked_ms.is_none() {
             t.revoked_ms = Some(now);
-            s.tokens.put(&t)?;
-            s.app.store.wrote();
+            tokens.put(&t)?;
+            app.store.wrote();
         }
         t
     };
-    s.app.store.flush().await?;
+    app.store.flush().await?;
     tracing::info!(id = %t.id, org = %t.org_id, "terminal token revoked");
-    Ok(Json(t.view(now)))
+    Ok(t)
+}
+
+/// A token the plane mints for itself (the console's terminal): kept like the admin's, durable
+/// on return; the plain token and the token's id.
+pub(crate) async fn issue(
+    app: &AppState,
+    user: &str,
+    org: &str,
+    lifetime_s: u64,
+) -> ApiResult<(String, String)> {
+    let tokens = Tokens::of(app)?;
+    let (token, record) = mint(user, org, now_ms(), Some(lifetime_s));
+    tokens.put(&record)?;
+    app.store.wrote();
+    app.store.flush().await?;
+    tracing::info!(id = %record.id, user_id = %user, %org, "terminal token minted for the console");
+    Ok((token, record.id))
+}
+
+/// Revokes a token [`issue`] minted, durably.
+pub(crate) async fn withdraw(app: &AppState, id: &str) -> ApiResult<()> {
+    revoke_kept(app, &Tokens::of(app)?, id, now_ms())
+        .await
+        .map(drop)
 }
 
 /// `GET /api/fabric/terminal/tokens/{org}/hashes`: the live tokens' hashes of `org`, for a node

@@ -51,6 +51,8 @@ pub struct Identity {
     pub data_dir: PathBuf,
     /// The manifest whose `services` the status reports (compose state and readiness).
     pub manifest: PathBuf,
+    /// The port of the node's terminal service (on loopback and on the mesh); `None`: off.
+    pub terminal_port: Option<u16>,
 }
 
 /// What a running worker knows about itself.
@@ -228,6 +230,7 @@ impl NodeStatus {
             },
             "gpu": p.gpu.gpus,
             "services": self.services().await,
+            "terminal": id.terminal_port.map(|port| json!({ "port": port })),
             "capabilities": {
                 "gpus": p.gpu.gpus.len(),
                 "engines": p.engines,

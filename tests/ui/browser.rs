@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 use crate::support::plane::{free_port, Plane};
 use crate::support::worker::Worker;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
 /// chromedriver on a free loopback port, killed on drop.
-struct Driver {
+pub(super) struct Driver {
     child: Child,
     port: u16,
 }
@@ -61,7 +61,7 @@ fn browser_parts() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-async fn start_browser() -> Option<(Driver, Client)> {
+pub(super) async fn start_browser() -> Option<(Driver, Client)> {
     let (chromium, driver) = browser_parts()?;
     let port = free_port();
     let child = Command::new(driver)
@@ -99,13 +99,13 @@ fn shots() -> PathBuf {
     dir
 }
 
-async fn shot(c: &Client, name: &str) {
+pub(super) async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.expect("a screenshot");
     std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
 }
 
 /// The text of the first element `css` finds, waiting for it (bounded).
-async fn text(c: &Client, css: &str) -> String {
+pub(super) async fn text(c: &Client, css: &str) -> String {
     let el = c
         .wait()
         .at_most(WAIT)
@@ -116,7 +116,12 @@ async fn text(c: &Client, css: &str) -> String {
 }
 
 /// Waits (bounded) until `check` holds for the text of `css`.
-async fn until_text(c: &Client, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+pub(super) async fn until_text(
+    c: &Client,
+    css: &str,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
     let started = std::time::Instant::now();
     loop {
         let t = match c.find(Locator::Css(css)).await {
@@ -134,7 +139,7 @@ async fn until_text(c: &Client, css: &str, what: &str, check: impl Fn(&str) -> b
     }
 }
 
-async fn click(c: &Client, css: &str) {
+pub(super) async fn click(c: &Client, css: &str) {
     let el = c.find(Locator::Css(css)).await;
     el.unwrap_or_else(|e| panic!("{css}: {e}"))
         .click()
@@ -142,7 +147,7 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
-async fn type_into(c: &Client, css: &str, text: &str) {
+pub(super) async fn type_into(c: &Client, css: &str, text: &str) {
     let el = c.find(Locator::Css(css)).await;
     el.unwrap_or_else(|e| panic!("{css}: {e}"))
         .send_keys(text)
@@ -150,7 +155,7 @@ async fn type_into(c: &Client, css: &str, text: &str) {
         .unwrap();
 }
 
-async fn sign_in(c: &Client, p: &Plane) {
+pub(super) async fn sign_in(c: &Client, p: &Plane) {
     c.goto(&format!("{}/ui/jobs", p.url())).await.unwrap();
     let url = c.current_url().await.unwrap();
     assert_eq!(

@@ -4,15 +4,18 @@
 //! receives WireGuard datagrams through the relay (`GET /api/fabric/mesh/relay`). Only a node's
 //! own credential may call them (the admin token is not a node: 403), and a node sees and reaches
 //! only its own organization. This module owns the routes and who may call them; the records
-//! are [`map`], the addresses [`ipam`], the forwarding [`relay`]. It must never show one
+//! are [`map`], the addresses [`ipam`], the forwarding [`relay`], the plane's own membership of
+//! each organization's mesh [`member`] (what the console's terminal dials through). It must never show one
 //! organization's nodes to another, and never log a credential.
 
 pub mod ipam;
 mod map;
+pub mod member;
 pub mod metrics;
 mod relay;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,28 +44,64 @@ pub(crate) struct MeshState {
     app: Arc<AppState>,
     registry: Registry,
     hub: relay::Hub,
+    members: member::Members,
 }
 
 type St = State<Arc<MeshState>>;
 
-/// The mesh routes, merged beside the API of [`super::api::router`].
-pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
-    let registry = Registry::open(
-        app.store.tree("mesh_keys")?,
-        app.store.tree("mesh_nodes")?,
-        now_ms(),
-    )
-    .map_err(|e| anyhow::anyhow!("loading the mesh registry: {e}"))?;
-    let state = Arc::new(MeshState {
-        app,
-        registry,
-        hub: relay::Hub::default(),
-    });
-    Ok(Router::new()
-        .route("/api/fabric/mesh/register", post(register))
-        .route("/api/fabric/mesh/map", get(map))
-        .route("/api/fabric/mesh/relay", get(relay))
-        .with_state(state))
+/// The mesh of a control plane: its routes, and its members for the console's terminal.
+#[derive(Debug, Clone)]
+pub struct MeshPlane(Arc<MeshState>);
+
+impl MeshPlane {
+    /// Loads the registry from the store; member keys live in `dir/mesh`.
+    pub fn open(app: Arc<AppState>, dir: &Path) -> anyhow::Result<Self> {
+        let registry = Registry::open(
+            app.store.tree("mesh_keys")?,
+            app.store.tree("mesh_nodes")?,
+            now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("loading the mesh registry: {e}"))?;
+        let state = Arc::new(MeshState {
+            app,
+            registry,
+            hub: relay::Hub::default(),
+            members: member::Members::new(dir.join("mesh")),
+        });
+        Ok(Self(state))
+    }
+
+    /// The mesh routes, merged beside the API of [`super::api::router`].
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/fabric/mesh/register", post(register))
+            .route("/api/fabric/mesh/map", get(map))
+            .route("/api/fabric/mesh/relay", get(relay))
+            .with_state(self.0.clone())
+    }
+
+    /// The plane's member of `org`, started (and its registration durable) if it was not.
+    pub async fn member(&self, org: &str) -> Result<Arc<member::Member>, String> {
+        let (m, fresh) = member::ensure(&self.0, org)?;
+        self.0.app.store.flush().await.map_err(|e| e.to_string())?;
+        if fresh {
+            // The nodes' map long-polls wake on the change; a handshake sent before a node has
+            // the new map is dropped there and tried again only after WireGuard's 5 s.
+            tokio::time::sleep(member::SETTLE).await;
+        }
+        Ok(m)
+    }
+}
+
+/// Takes revocations and re-approvals into the maps: a node stays while it holds a live
+/// credential of its organization; the plane's members always do.
+fn reconcile(s: &MeshState) {
+    let live: HashMap<String, String> = (s.app.credentials.list().into_iter())
+        .filter(|c| !c.is_revoked())
+        .map(|c| (c.node_id, c.org))
+        .collect();
+    s.registry
+        .reconcile(|n, org| member::is_member(n) || live.get(n).is_some_and(|o| o == org));
 }
 
 /// The bearer token of a request.
@@ -146,12 +185,7 @@ async fn map(
     let mut changed = s.registry.subscribe();
     let mut revoked = s.app.credentials.subscribe_revocations();
     loop {
-        let live: HashMap<String, String> = (s.app.credentials.list().into_iter())
-            .filter(|c| !c.is_revoked())
-            .map(|c| (c.node_id, c.org))
-            .collect();
-        s.registry
-            .reconcile(|n, org| live.get(n).is_some_and(|o| o == org));
+        reconcile(&s);
         let map = s.registry.map_for(&node, &org).ok_or_else(|| {
             ApiError::not_found(
                 "this node has no mesh key registered: POST /api/fabric/mesh/register first",

@@ -70,7 +70,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// Registers a node's socket (replacing an older one, whose queue then ends); its id.
-    fn attach(&self, node: &str, org: &str, tx: mpsc::Sender<Bytes>) -> u64 {
+    pub(super) fn attach(&self, node: &str, org: &str, tx: mpsc::Sender<Bytes>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.conns.write().unwrap_or_else(PoisonError::into_inner);
         let org = org.to_string();
@@ -106,12 +106,12 @@ fn dest_of(s: &MeshState, key: &[u8; KEY_LEN]) -> Dest {
             .registry
             .holder(key)
             .map(|(node, _)| node)
-            .filter(|n| s.app.credentials.is_live(n)),
+            .filter(|n| super::member::is_member(n) || s.app.credentials.is_live(n)),
     }
 }
 
 /// Routes one frame from `node` of `org`; what became of it.
-fn route(s: &MeshState, node: &str, org: &str, frame: &[u8]) -> Fate {
+pub(super) fn route(s: &MeshState, node: &str, org: &str, frame: &[u8]) -> Fate {
     let Some((key, datagram)) = split_frame(frame) else {
         return Fate::NotWireguard;
     };

@@ -1,4 +1,5 @@
-//! The console's stylesheet and script, embedded in the binary (`include_str!`) and served with
+//! The console's stylesheets and scripts (its own, and the vendored xterm.js of the terminal
+//! page, `assets/vendor/xterm/`, MIT, its license beside it), embedded in the binary (`include_str!`) and served with
 //! a strong ETag (the content's SHA-256) so a browser revalidates and gets 304 while they are
 //! unchanged. No session is needed for them: they hold nothing of the store. This module must
 //! never serve anything but these embedded files.
@@ -11,16 +12,25 @@ use axum::response::{IntoResponse, Response};
 
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
+const TERMINAL_JS: &str = include_str!("../../assets/terminal.js");
+const XTERM_JS: &str = include_str!("../../assets/vendor/xterm/xterm.js");
+const XTERM_CSS: &str = include_str!("../../assets/vendor/xterm/xterm.css");
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// The embedded files: name, content type, body.
-const FILES: [(&str, &str, &str); 2] = [
-    ("app.js", "text/javascript; charset=utf-8", APP_JS),
-    ("app.css", "text/css; charset=utf-8", APP_CSS),
+const FILES: [(&str, &str, &str); 5] = [
+    ("app.js", JS, APP_JS),
+    ("app.css", CSS, APP_CSS),
+    ("terminal.js", JS, TERMINAL_JS),
+    ("xterm.js", JS, XTERM_JS),
+    ("xterm.css", CSS, XTERM_CSS),
 ];
 
 /// Each file's ETag, computed once.
-fn etags() -> &'static [String; 2] {
-    static TAGS: OnceLock<[String; 2]> = OnceLock::new();
+fn etags() -> &'static [String; 5] {
+    static TAGS: OnceLock<[String; 5]> = OnceLock::new();
     TAGS.get_or_init(|| {
         FILES.map(|(_, _, body)| format!("\"{}\"", &crate::credentials::sha256_hex(body)[..32]))
     })

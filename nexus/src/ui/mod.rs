@@ -11,6 +11,7 @@ mod actions;
 mod assets;
 mod pages;
 pub mod session;
+mod terminal;
 mod tokens;
 mod views;
 
@@ -41,7 +42,7 @@ type St = State<Arc<Ui>>;
 pub const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'";
 
 /// The console's routes (`/ui/…`) and the console-token API, merged beside the API.
-pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
+pub fn router(app: Arc<AppState>, mesh: crate::mesh::MeshPlane) -> anyhow::Result<Router> {
     let tokens = Arc::new(tokens::ConsoleTokens::open(&app)?);
     let ui = Arc::new(Ui {
         app: app.clone(),
@@ -72,6 +73,7 @@ pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
         .route("/ui/assets/{name}", get(assets::serve));
     Ok(signed_in
         .merge(open)
+        .merge(terminal::router(ui.clone(), mesh))
         .layer(middleware::from_fn(guard))
         .with_state(ui)
         .merge(tokens::router(app, tokens)))

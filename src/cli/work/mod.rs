@@ -284,6 +284,7 @@ pub async fn run(args: WorkArgs, data_dir: &Path) -> anyhow::Result<()> {
         &config_path,
         data_dir,
         mesh.as_ref().map(|m| m.node.clone()),
+        console.as_ref().map(|c| c.port()),
     )
     .await;
 
@@ -380,6 +381,7 @@ async fn work(
     config_path: &Path,
     data_dir: &Path,
     mesh: Option<Arc<mesh::MeshNode>>,
+    terminal_port: Option<u16>,
 ) -> anyhow::Result<()> {
     let identity = crate::status::Identity {
         node_id: settings.runner.node_id.clone(),
@@ -388,6 +390,7 @@ async fn work(
         concurrency: settings.runner.concurrency,
         data_dir: data_dir.to_path_buf(),
         manifest: config_path.to_path_buf(),
+        terminal_port,
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone(), journal.clone())?;

@@ -1,9 +1,11 @@
 //! The web console (docs/console.md) against the real `citadel nexus serve`: its HTTP rules
-//! (`http.rs`: sessions, cookies, Origin, CSP, escaping, filters, ETags, the read-only role) and
-//! a real headless Chromium driven through WebDriver (`browser.rs`).
+//! (`http.rs`: sessions, cookies, Origin, CSP, escaping, filters, ETags, the read-only role),
+//! a real headless Chromium driven through WebDriver (`browser.rs`), and the console tokens and
+//! sessions kept across a restart (`tokens.rs`).
 
 mod browser;
 mod http;
+mod tokens;
 
 use crate::support::plane::{raw, Plane, Resp};
 

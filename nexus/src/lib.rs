@@ -14,6 +14,7 @@ pub mod device;
 mod device_api;
 mod ids;
 pub mod index;
+pub(crate) mod kept_tokens;
 pub mod mesh;
 pub mod queue;
 mod reclaim;

@@ -11,20 +11,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::api::{principal, REVOKED};
-use super::auth::{authorize, valid_org, Need, Principal, DEFAULT_ORG};
+use super::auth::{valid_org, DEFAULT_ORG};
 use super::common::{parse, ApiError, ApiResult, AppState, Body};
 use super::credentials::sha256_hex;
-use super::store::{now_ms, rfc3339_ms, StoreError};
-
-/// The longest a token may live (ten years): a bound, so no expiry overflows.
-pub const MAX_LIFETIME_S: u64 = 10 * 366 * 24 * 3600;
+pub use super::kept_tokens::MAX_LIFETIME_S;
+use super::kept_tokens::{admin, caller, check_lifetime, expiry, kept, Kept, KeptTokens};
+use super::store::{now_ms, rfc3339_ms};
 /// The longest user id accepted.
 const MAX_USER: usize = 128;
 
@@ -51,15 +49,6 @@ impl TerminalToken {
         self.org_id == org
             && self.revoked_ms.is_none()
             && self.expires_ms.is_none_or(|e| now_ms < e)
-    }
-
-    /// `active`, `revoked` or `expired` at `now_ms`.
-    pub fn state(&self, now_ms: u64) -> &'static str {
-        match (self.revoked_ms, self.expires_ms) {
-            (Some(_), _) => "revoked",
-            (None, Some(e)) if now_ms >= e => "expired",
-            _ => "active",
-        }
     }
 
     /// As the admin's list shows it (no hash, no token).
@@ -99,101 +88,32 @@ pub fn mint(
         user_id: user.to_string(),
         org_id: org.to_string(),
         created_ms: now_ms,
-        expires_ms: lifetime_s.map(|s| now_ms.saturating_add(s.saturating_mul(1000))),
+        expires_ms: expiry(now_ms, lifetime_s),
         revoked_ms: None,
         hash: sha256_hex(&token),
     };
     (token, record)
 }
 
-/// The tokens, in the store's `terminal_tokens` tree (by id). The caller makes a change durable
-/// with the store's flush before it answers.
-#[derive(Debug)]
-struct Tokens {
-    tree: sled::Tree,
-    /// Held across a revocation's read and write, so concurrent revocations keep the first time.
-    revoking: std::sync::Mutex<()>,
-}
-
-fn storage(e: impl std::fmt::Display) -> ApiError {
-    ApiError::from(StoreError::Storage(std::io::Error::other(e.to_string())))
-}
-
-impl Tokens {
-    fn of(app: &AppState) -> ApiResult<Self> {
-        Ok(Self {
-            tree: app.store.tree("terminal_tokens")?,
-            revoking: std::sync::Mutex::new(()),
-        })
-    }
-
-    fn put(&self, t: &TerminalToken) -> ApiResult<()> {
-        let bytes = serde_json::to_vec(t).map_err(storage)?;
-        self.tree.insert(t.id.as_bytes(), bytes).map_err(storage)?;
-        Ok(())
-    }
-
-    fn get(&self, id: &str) -> ApiResult<Option<TerminalToken>> {
-        let Some(v) = self.tree.get(id.as_bytes()).map_err(storage)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&v).map(Some).map_err(storage)
-    }
-
-    /// Every token kept, oldest first.
-    fn all(&self) -> ApiResult<Vec<TerminalToken>> {
-        let mut out = Vec::new();
-        for kv in self.tree.iter() {
-            let (_, v) = kv.map_err(storage)?;
-            match serde_json::from_slice::<TerminalToken>(&v) {
-                Ok(t) => out.push(t),
-                Err(e) => tracing::error!(error = %e, "skipping an unreadable terminal token"),
-            }
-        }
-        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(out)
-    }
-}
+kept!(TerminalToken, "terminal token");
 
 #[derive(Debug)]
 struct TermState {
     app: Arc<AppState>,
-    tokens: Tokens,
+    tokens: KeptTokens<TerminalToken>,
 }
 
 type St = State<Arc<TermState>>;
 
 /// The terminal-token routes, merged beside the API of [`super::api::router`].
 pub fn router(app: Arc<AppState>) -> anyhow::Result<Router> {
-    let tokens = Tokens::of(&app).map_err(|e| anyhow::anyhow!("{}", e.1))?;
+    let tokens = KeptTokens::open(&app.store, "terminal_tokens")?;
     let state = Arc::new(TermState { app, tokens });
     Ok(Router::new()
         .route("/api/v1/terminal/tokens", post(create).get(list))
         .route("/api/v1/terminal/tokens/{id}/revoke", post(revoke))
         .route("/api/fabric/terminal/tokens/{org}/hashes", get(hashes))
         .with_state(state))
-}
-
-/// The caller of a request, or 401.
-fn caller(app: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| principal(app, t.trim()))
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, REVOKED.into()))
-}
-
-/// The admin token, or 401/403.
-fn admin(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let who = caller(app, headers)?;
-    authorize(&who, Need::Admin).map_err(|d| {
-        tracing::info!(
-            node_id = who.node_id(),
-            "a node credential was refused the terminal-token admin API"
-        );
-        ApiError(StatusCode::FORBIDDEN, d.0)
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,12 +137,8 @@ fn check(b: &CreateBody) -> Result<String, String> {
     }
     let org = b.org_id.clone().unwrap_or_else(|| DEFAULT_ORG.to_string());
     valid_org(&org)?;
-    match b.expires_in_s {
-        Some(s) if s == 0 || s > MAX_LIFETIME_S => Err(format!(
-            "`expires_in_s` must be 1 to {MAX_LIFETIME_S} seconds (or absent: until revoked)"
-        )),
-        _ => Ok(org),
-    }
+    check_lifetime(b.expires_in_s)?;
+    Ok(org)
 }
 
 /// `POST /api/v1/terminal/tokens`: 201 with the plain token, shown this once.
@@ -236,8 +152,7 @@ async fn create(
     let org = check(&b).map_err(ApiError::bad)?;
     let now = now_ms();
     let (token, record) = mint(b.user_id.trim(), &org, now, b.expires_in_s);
-    s.tokens.put(&record)?;
-    s.app.store.wrote();
+    s.tokens.put(&s.app.store, &record)?;
     s.app.store.flush().await?;
     tracing::info!(id = %record.id, user_id = %record.user_id, org = %record.org_id, "terminal token created");
     let mut v = record.view(now);
@@ -277,56 +192,13 @@ async fn revoke(
 ) -> ApiResult<Json<Value>> {
     admin(&s.app, &headers)?;
     let now = now_ms();
-    let t = revoke_kept(&s.app, &s.tokens, &id, now).await?;
-    Ok(Json(t.view(now)))
-}
-
-/// Revokes token `id` durably (the first revocation's time is kept).
-async fn revoke_kept(
-    app: &AppState,
-    tokens: &Tokens,
-    id: &str,
-    now: u64,
-) -> ApiResult<TerminalToken> {
-    let t = {
-        let _one = (tokens.revoking.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut t = tokens
-            .get(id)?
-            .ok_or_else(|| ApiError::not_found(format!("no terminal token {id}")))?;
-        if t.revoked_ms.is_none() {
-            t.revoked_ms = Some(now);
-            tokens.put(&t)?;
-            app.store.wrote();
-        }
-        t
-    };
-    app.store.flush().await?;
+    let t = s
+        .tokens
+        .revoke(&s.app.store, &id, now)?
+        .ok_or_else(|| ApiError::not_found(format!("no terminal token {id}")))?;
+    s.app.store.flush().await?;
     tracing::info!(id = %t.id, org = %t.org_id, "terminal token revoked");
-    Ok(t)
-}
-
-/// A token the plane mints for itself (the console's terminal): kept like the admin's, durable
-/// on return; the plain token and the token's id.
-pub(crate) async fn issue(
-    app: &AppState,
-    user: &str,
-    org: &str,
-    lifetime_s: u64,
-) -> ApiResult<(String, String)> {
-    let tokens = Tokens::of(app)?;
-    let (token, record) = mint(user, org, now_ms(), Some(lifetime_s));
-    tokens.put(&record)?;
-    app.store.wrote();
-    app.store.flush().await?;
-    tracing::info!(id = %record.id, user_id = %user, %org, "terminal token minted for the console");
-    Ok((token, record.id))
-}
-
-/// Revokes a token [`issue`] minted, durably.
-pub(crate) async fn withdraw(app: &AppState, id: &str) -> ApiResult<()> {
-    revoke_kept(app, &Tokens::of(app)?, id, now_ms())
-        .await
-        .map(drop)
+    Ok(Json(t.view(now)))
 }
 
 /// `GET /api/fabric/terminal/tokens/{org}/hashes`: the live tokens' hashes of `org`, for a node
@@ -357,6 +229,30 @@ async fn hashes(
         .map(TerminalToken::hash_view)
         .collect();
     Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// A token the plane mints for itself (the console's terminal): kept like the admin's, durable
+/// on return; the plain token and the token's id.
+pub(crate) async fn issue(
+    app: &AppState,
+    user: &str,
+    org: &str,
+    lifetime_s: u64,
+) -> ApiResult<(String, String)> {
+    let tokens = KeptTokens::<TerminalToken>::open(&app.store, "terminal_tokens")?;
+    let (token, record) = mint(user, org, now_ms(), Some(lifetime_s));
+    tokens.put(&app.store, &record)?;
+    app.store.flush().await?;
+    tracing::info!(id = %record.id, user_id = %user, %org, "terminal token minted for the console");
+    Ok((token, record.id))
+}
+
+/// Revokes a token [`issue`] minted, durably.
+pub(crate) async fn withdraw(app: &AppState, id: &str) -> ApiResult<()> {
+    let tokens = KeptTokens::<TerminalToken>::open(&app.store, "terminal_tokens")?;
+    tokens.revoke(&app.store, id, now_ms())?;
+    app.store.flush().await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,3 +319,4 @@ mod tests {
         }
     }
 }
+

@@ -1,6 +1,7 @@
 //! The command line: one clap tree, one `run` that dispatches. Commands live in their own modules;
 //! this module owns only the shared flags (data directory, logging) and the dispatch.
 
+mod console;
 mod engines;
 mod init;
 mod jobs;
@@ -87,6 +88,9 @@ pub enum Command {
     /// Open a node's terminal here (`citadel terminal HOST:PORT --token T`), or manage the
     /// terminal tokens of a control plane (`citadel terminal tokens create | ls | revoke`).
     Terminal(terminal::TerminalArgs),
+    /// The web console's read-only tokens on a control plane (`citadel console tokens create |
+    /// ls | revoke`).
+    Console(console::ConsoleArgs),
     /// This node's mesh: `citadel mesh status` (address, peers, path, bytes, handshakes) and
     /// `citadel mesh ping NODE` (round trips through the tunnel), from the running worker.
     Mesh(mesh::MeshArgs),
@@ -129,6 +133,7 @@ pub fn run() -> anyhow::Result<()> {
             Command::Status(args) => status::status(args, &data_dir).await,
             Command::Platform(args) => status::platform(args, &data_dir).await,
             Command::Terminal(args) => terminal::run(args, &data_dir).await,
+            Command::Console(args) => console::run(args, &data_dir).await,
             Command::Mesh(args) => mesh::run(args, &data_dir).await,
         }
     })

@@ -77,7 +77,7 @@ pub async fn run(args: TerminalArgs, data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `--expires 30d` as seconds.
-fn lifetime_s(expires: Option<&str>) -> anyhow::Result<Option<u64>> {
+pub(super) fn lifetime_s(expires: Option<&str>) -> anyhow::Result<Option<u64>> {
     let Some(e) = expires else { return Ok(None) };
     let d = crate::format::parse_duration(e)?;
     if d.as_secs() == 0 {
@@ -136,48 +136,62 @@ async fn tokens(args: TokensArgs, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     v.as_str().unwrap_or("").to_string()
 }
 
 fn print_created(v: &Value) -> anyhow::Result<()> {
-    let token = v["token"]
-        .as_str()
-        .context("the control plane created the token but sent it back empty")?;
     let expires = v["expires_at"].as_str().unwrap_or("never (until revoked)");
-    println!(
+    let heading = format!(
         "created terminal token {} for user {} in organization {}, expires {expires}",
         s(&v["id"]),
         s(&v["user_id"]),
         s(&v["org_id"]),
     );
-    println!("token (shown only now; give it to the user, keep it secret):");
+    print_token(v, &heading, "user")
+}
+
+/// A created token's heading, then its plain token (shown only this once) for `who`.
+pub(super) fn print_token(v: &Value, heading: &str, who: &str) -> anyhow::Result<()> {
+    let token = v["token"]
+        .as_str()
+        .context("the control plane created the token but sent it back empty")?;
+    println!("{heading}");
+    println!("token (shown only now; give it to the {who}, keep it secret):");
     println!("{token}");
     Ok(())
 }
 
 fn print_list(v: &Value) {
+    print_tokens(
+        v,
+        &[("ID", "id"), ("USER", "user_id"), ("ORG", "org_id")],
+        "terminal",
+    );
+}
+
+/// A token list's `columns` (heading, field), then state, created and expires; `kind` names
+/// the tokens when there is none.
+pub(super) fn print_tokens(v: &Value, columns: &[(&str, &str)], kind: &str) {
     let rows: Vec<Vec<String>> = v["tokens"]
         .as_array()
         .map(|a| a.as_slice())
         .unwrap_or_default()
         .iter()
         .map(|t| {
-            let exp = t["expires_at"].as_str().unwrap_or("never");
-            vec![
-                s(&t["id"]),
-                s(&t["user_id"]),
-                s(&t["org_id"]),
-                s(&t["state"]),
-                s(&t["created_at"]),
-                exp.to_string(),
-            ]
+            let mut row: Vec<String> = columns.iter().map(|(_, f)| s(&t[*f])).collect();
+            row.push(s(&t["state"]));
+            row.push(s(&t["created_at"]));
+            row.push(t["expires_at"].as_str().unwrap_or("never").to_string());
+            row
         })
         .collect();
     if rows.is_empty() {
-        println!("no terminal token was created on this control plane");
+        println!("no {kind} token was created on this control plane");
     } else {
-        crate::format::table(&["ID", "USER", "ORG", "STATE", "CREATED", "EXPIRES"], &rows);
+        let mut heads: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+        heads.extend(["STATE", "CREATED", "EXPIRES"]);
+        crate::format::table(&heads, &rows);
     }
 }
 

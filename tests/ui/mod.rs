@@ -1,13 +1,14 @@
 //! The web console (docs/console.md) against the real `citadel nexus serve`: its HTTP rules
-//! (`http.rs`: sessions, cookies, Origin, CSP, escaping, filters, ETags, the read-only role) and
-//! a real headless Chromium driven through WebDriver (`browser.rs`), and the node terminal page
-//! against real nodes on the real mesh (`terminal.rs` on the wire, `terminal_browser.rs` in
-//! Chromium).
+//! (`http.rs`: sessions, cookies, Origin, CSP, escaping, filters, ETags, the read-only role),
+//! a real headless Chromium driven through WebDriver (`browser.rs`), the console tokens and
+//! sessions kept across a restart (`tokens.rs`), and the node terminal page against real nodes on
+//! the real mesh (`terminal.rs` on the wire, `terminal_browser.rs` in Chromium).
 
 mod browser;
 mod http;
 mod terminal;
 mod terminal_browser;
+mod tokens;
 
 use crate::support::plane::{raw, Plane, Resp};
 

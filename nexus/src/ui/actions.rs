@@ -1,8 +1,9 @@
 //! The console's actions: sign in and out, and the forms that change jobs (submit, cancel,
 //! requeue, purge), each answered with a 303 to the page that shows the result, plus the job's
-//! live event stream for a signed-in session. The Origin check ran before these (in
-//! [`super::guard`]); each action checks the role itself and changes jobs only through the
-//! store's operations, made durable before the answer. It must never log or echo a token.
+//! live event stream for a signed-in session. The gates of [`super`] run around these: the
+//! Origin check, the read-only refusal, and the flush that makes what an action wrote durable
+//! before its answer; so an action only does its work, and changes jobs only through the
+//! store's operations. It must never log or echo a token.
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ impl std::fmt::Debug for LoginForm {
 
 /// `POST /ui/login`: the token for a session cookie, or the login page again (401).
 pub async fn login(State(ui): St, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
-    let Some(role) = ui.tokens.role_of(&ui.app, form.token.trim()) else {
+    let now = now_ms();
+    let Some((role, token_id)) = ui.tokens.role_of(&ui.app, form.token.trim(), now) else {
         tracing::info!("console sign-in refused: unknown token");
         let page = render(&LoginPage {
             frame: Frame::new("Sign in", "login", None),
@@ -41,7 +43,7 @@ pub async fn login(State(ui): St, headers: HeaderMap, Form(form): Form<LoginForm
         });
         return (StatusCode::UNAUTHORIZED, page).into_response();
     };
-    let id = ui.sessions.open(role, now_ms());
+    let id = ui.sessions.open(role, token_id, now);
     tracing::info!(role = ?role, sessions = ui.sessions.len(), "console session opened");
     with_cookie(
         see_other("/ui/"),
@@ -69,18 +71,8 @@ pub async fn logout(
     )
 }
 
-/// Runs one store operation of an action and makes it durable before the answer.
-async fn durably<T>(
-    ui: &Ui,
-    op: impl FnOnce(&crate::store::Store) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let done = op(&ui.app.store)?;
-    ui.app.store.flush().await?;
-    Ok(done)
-}
-
 /// A store error as the console answers it.
-fn failed(e: StoreError) -> Response {
+pub(super) fn failed(e: StoreError) -> Response {
     let e = ApiError::from(e);
     (e.0, e.1).into_response()
 }
@@ -127,14 +119,11 @@ pub async fn submit(
     Extension(v): Extension<Viewer>,
     Form(f): Form<SubmitForm>,
 ) -> Response {
-    if let Some(r) = v.refused() {
-        return r;
-    }
     let job = match new_job(&f) {
         Ok(job) => job,
         Err(e) => return form_again(&v, &f, e),
     };
-    match durably(&ui, |s| s.submit(job)).await {
+    match ui.app.store.submit(job) {
         Ok(r) => {
             tracing::info!(job_id = %r.id, job_type = %r.job_type, "job submitted from the console");
             see_other(&format!("/ui/jobs/{}", encode(&r.id)))
@@ -157,15 +146,8 @@ fn form_again(v: &Viewer, f: &SubmitForm, error: String) -> Response {
 }
 
 /// `POST /ui/jobs/{id}/cancel`: 303 back to the job.
-pub async fn cancel(
-    State(ui): St,
-    Extension(v): Extension<Viewer>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = v.refused() {
-        return r;
-    }
-    if let Err(e) = durably(&ui, |s| s.cancel(&id, "cancelled from the console")).await {
+pub async fn cancel(State(ui): St, Path(id): Path<String>) -> Response {
+    if let Err(e) = ui.app.store.cancel(&id, "cancelled from the console") {
         return failed(e);
     }
     tracing::info!(job_id = %id, "cancellation requested from the console");
@@ -173,15 +155,8 @@ pub async fn cancel(
 }
 
 /// `POST /ui/dlq/{id}/requeue`: 303 back to the dead letters.
-pub async fn requeue(
-    State(ui): St,
-    Extension(v): Extension<Viewer>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = v.refused() {
-        return r;
-    }
-    if let Err(e) = durably(&ui, |s| s.requeue(&id)).await {
+pub async fn requeue(State(ui): St, Path(id): Path<String>) -> Response {
+    if let Err(e) = ui.app.store.requeue(&id) {
         return failed(e);
     }
     tracing::info!(job_id = %id, "dead letter requeued from the console");
@@ -189,33 +164,19 @@ pub async fn requeue(
 }
 
 /// `POST /ui/dlq/{id}/purge`: 303 back to the dead letters.
-pub async fn purge_one(
-    State(ui): St,
-    Extension(v): Extension<Viewer>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = v.refused() {
-        return r;
-    }
-    purge(&ui, &[id]).await
+pub async fn purge_one(State(ui): St, Path(id): Path<String>) -> Response {
+    purge(&ui, &[id])
 }
 
 /// `POST /ui/dlq/purge` (from the confirmation page): every dead letter the filter admits.
-pub async fn purge_all(
-    State(ui): St,
-    Extension(v): Extension<Viewer>,
-    Form(form): Form<FilterForm>,
-) -> Response {
-    if let Some(r) = v.refused() {
-        return r;
-    }
+pub async fn purge_all(State(ui): St, Form(form): Form<FilterForm>) -> Response {
     match super::pages::dead_matching(&ui, &form) {
-        Ok(list) => purge(&ui, &list.into_iter().map(|r| r.id).collect::<Vec<_>>()).await,
+        Ok(list) => purge(&ui, &list.into_iter().map(|r| r.id).collect::<Vec<_>>()),
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
 }
 
-async fn purge(ui: &Ui, ids: &[String]) -> Response {
+fn purge(ui: &Ui, ids: &[String]) -> Response {
     let store = &ui.app.store;
     let mut purged = 0;
     for id in ids {
@@ -225,9 +186,6 @@ async fn purge(ui: &Ui, ids: &[String]) -> Response {
             Err(StoreError::Invalid(_) | StoreError::NotFound(_)) => {}
             Err(e) => return failed(e),
         }
-    }
-    if let Err(e) = store.flush().await {
-        return failed(e);
     }
     tracing::info!(purged, "dead letters purged from the console");
     see_other("/ui/dlq")

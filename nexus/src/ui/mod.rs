@@ -1,17 +1,20 @@
 //! The web console under `/ui` (docs/console.md): server-rendered pages (askama templates in
 //! `nexus/templates/`, every value escaped), one embedded script and stylesheet, forms that POST
 //! and redirect (303) so everything works without JavaScript. This module owns the routes and
-//! the gates every request passes: a session cookie (else a redirect to the login page), the
+//! the gates every request passes, so no handler repeats them: a live session (else a redirect
+//! to the login page; a session whose console token was revoked or expired ends there), the
 //! `Origin` check on every state-changing request (403 when foreign or missing), the read-only
-//! role (403 on actions), and the security headers (`Content-Security-Policy: default-src
-//! 'self'`) on every answer. It must never put a token in a page or a log, and never change a
-//! job except through the store's own operations.
+//! role (403 on every action, in one layer over the action routes), every state-changing
+//! request made durable before its answer (one flush, after the handler), and the security
+//! headers (`Content-Security-Policy: default-src 'self'`) on every answer. It must never put a
+//! token in a page or a log, and never change a job except through the store's own operations.
 
 mod actions;
 mod assets;
 mod pages;
 pub mod session;
 mod terminal;
+mod token_page;
 mod tokens;
 mod views;
 
@@ -46,10 +49,11 @@ pub fn router(app: Arc<AppState>, mesh: crate::mesh::MeshPlane) -> anyhow::Resul
     let tokens = Arc::new(tokens::ConsoleTokens::open(&app)?);
     let ui = Arc::new(Ui {
         app: app.clone(),
-        sessions: Sessions::default(),
+        sessions: Sessions::load(app.store.clone(), now_ms())?,
         tokens: tokens.clone(),
     });
-    let signed_in = Router::new()
+    // Every route here but logout: a read-only session's state-changing request is refused.
+    let acting = Router::new()
         .route("/ui", get(pages::overview))
         .route("/ui/", get(pages::overview))
         .route("/ui/jobs", get(pages::jobs).post(actions::submit))
@@ -66,6 +70,10 @@ pub fn router(app: Arc<AppState>, mesh: crate::mesh::MeshPlane) -> anyhow::Resul
         )
         .route("/ui/nodes", get(pages::nodes))
         .route("/ui/nodes/{id}", get(pages::node))
+        .route("/ui/tokens", get(token_page::list).post(token_page::create))
+        .route("/ui/tokens/{id}/revoke", post(token_page::revoke))
+        .layer(middleware::from_fn(read_only));
+    let signed_in = acting
         .route("/ui/logout", post(actions::logout))
         .layer(middleware::from_fn_with_state(ui.clone(), gate));
     let open = Router::new()
@@ -74,20 +82,29 @@ pub fn router(app: Arc<AppState>, mesh: crate::mesh::MeshPlane) -> anyhow::Resul
     Ok(signed_in
         .merge(open)
         .merge(terminal::router(ui.clone(), mesh))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(ui.clone(), guard))
         .with_state(ui)
         .merge(tokens::router(app, tokens)))
 }
 
-/// The session a request carries: its id and role.
+/// The live session a request carries: its id and role. A session whose console token was
+/// revoked or has expired is ended here.
 fn session_of(ui: &Ui, headers: &HeaderMap) -> Option<(String, Role)> {
     let id = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(session::from_cookie_header)?;
-    let role = ui.sessions.check(id, now_ms())?;
-    Some((id.to_string(), role))
+    let now = now_ms();
+    let live = ui.sessions.check(id, now)?;
+    if let Some(token) = &live.token_id {
+        if !ui.tokens.live(token, now) {
+            ui.sessions.end(id);
+            tracing::info!(token_id = %token, "console session ended: its token is revoked or expired");
+            return None;
+        }
+    }
+    Some((id.to_string(), live.role))
 }
 
 /// Lets through only requests with a live session (redirected to the login page otherwise), and
@@ -100,6 +117,23 @@ async fn gate(State(ui): St, mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Whether a request may change state (anything but GET and HEAD).
+fn changes(req: &Request) -> bool {
+    !matches!(*req.method(), Method::GET | Method::HEAD)
+}
+
+/// Refuses a read-only session every state-changing request (403), after [`gate`].
+async fn read_only(req: Request, next: Next) -> Response {
+    let refused = req.extensions().get::<Viewer>().and_then(Viewer::refused);
+    match refused {
+        Some(r) if changes(&req) => {
+            tracing::info!(path = %req.uri().path(), "a read-only console session was refused an action");
+            r
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// Who is looking: their role and session id.
 #[derive(Debug, Clone)]
 pub struct Viewer {
@@ -108,7 +142,8 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// The 403 answer when this viewer may not change things.
+    /// The 403 answer when this viewer may not change things (every action, by [`read_only`];
+    /// the pages only the admin sees).
     fn refused(&self) -> Option<Response> {
         (!self.role.may_act()).then(|| denied("a read-only console session cannot change anything"))
     }
@@ -141,15 +176,20 @@ fn over_tls(headers: &HeaderMap) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
-/// Refuses a state-changing request from another origin (403) and puts the security headers on
-/// every answer.
-async fn guard(req: Request, next: Next) -> Response {
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    let mut resp = if !safe && !same_origin(req.headers()) {
+/// Refuses a state-changing request from another origin (403), makes what a state-changing
+/// request wrote durable before its answer, and puts the security headers on every answer.
+async fn guard(State(ui): St, req: Request, next: Next) -> Response {
+    let mut resp = if !changes(&req) {
+        next.run(req).await
+    } else if !same_origin(req.headers()) {
         tracing::info!(path = %req.uri().path(), "console request from a foreign or missing origin refused");
         denied("this request did not come from the console's own page (Origin)")
     } else {
-        next.run(req).await
+        let resp = next.run(req).await;
+        match ui.app.store.flush().await {
+            Ok(()) => resp,
+            Err(e) => actions::failed(e),
+        }
     };
     let h = resp.headers_mut();
     h.insert(

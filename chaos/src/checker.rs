@@ -15,7 +15,10 @@
 //!   the second run's `start` was lost); a job counts the larger of the two;
 //! - **lost**: sent, but neither completed (`end`) nor dead-lettered when the scenario's time is
 //!   up; the broker must also hold no unsettled job (Redis: no pending entry in the group;
-//!   NATS: nothing the workers' consumer has still to deliver or to see acked);
+//!   NATS: nothing the workers' consumer has still to deliver or to see acked; when it holds
+//!   some, the violation names its sequences and counts, the sequences after its ack floor
+//!   gone from the stream and each job the stream still holds there, with what the workers'
+//!   journals say of it);
 //! - **stuck**: the broker's unsettled jobs, plus every job a worker's journal left `running`
 //!   (an attempt started and never ended) at the end;
 //! - **one terminal state**: never both completed and dead-lettered, never two dead letters;
@@ -31,6 +34,8 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
+
+use citadel_transports::nats::UnsettledReport;
 
 use crate::history::History;
 use crate::journals::Journals;
@@ -155,7 +160,10 @@ pub fn check(history: &History, faults: &[Fault], journals: &Journals) -> Figure
         }
     }
     if f.pending > 0 {
-        let line = format!("{} jobs are still unsettled on the broker", f.pending);
+        let mut line = format!("{} jobs are still unsettled on the broker", f.pending);
+        if let Some(report) = &history.unsettled {
+            line += &explain(report, journals);
+        }
         violate(&mut f, line);
     }
     f.stuck = usize::try_from(f.pending).unwrap_or(usize::MAX);
@@ -175,6 +183,56 @@ pub fn check(history: &History, faults: &[Fault], journals: &Journals) -> Figure
         .filter_map(|fault| recovery(history, fault))
         .max();
     f
+}
+
+/// What the broker's report of its unsettled jobs shows: its figures, the sequences after the
+/// ack floor that are gone from the stream, and each one it still holds with what the workers'
+/// journals say of that job.
+fn explain(report: &UnsettledReport, journals: &Journals) -> String {
+    let gone: Vec<u64> = report
+        .after_floor
+        .iter()
+        .filter(|(_, job)| job.is_none())
+        .map(|(seq, _)| *seq)
+        .collect();
+    let mut out = format!(
+        " ({report}; after the ack floor, {} sequences gone from the stream",
+        gone.len()
+    );
+    if !gone.is_empty() {
+        let first: Vec<String> = gone.iter().take(10).map(u64::to_string).collect();
+        out += &format!(" (first: {})", first.join(", "));
+    }
+    for (seq, job) in &report.after_floor {
+        if let Some(id) = job {
+            out += &format!(
+                "; seq {seq} held: job {id}, journals: {}",
+                story(journals, id)
+            );
+        }
+    }
+    out + ")"
+}
+
+/// What each worker's journal holds of job `id`, in order (`w1: received started succeeded
+/// acked`), or that none names it.
+fn story(journals: &Journals, id: &str) -> String {
+    let mut parts = Vec::new();
+    for n in &journals.nodes {
+        let kinds: Vec<&str> = n
+            .entries
+            .iter()
+            .filter(|e| e.job == id)
+            .map(|e| e.kind.as_str())
+            .collect();
+        if !kinds.is_empty() {
+            parts.push(format!("{}: {}", n.node, kinds.join(" ")));
+        }
+    }
+    if parts.is_empty() {
+        return "none names it".into();
+    }
+    parts.join(", ")
 }
 
 /// Records a broken obligation (the first 20 are kept).
@@ -342,6 +400,7 @@ mod tests {
             .dead
             .push([("reason".to_owned(), "x".to_owned())].into());
         let history = History {
+            unsettled: None,
             jobs: vec![
                 redelivered_from_journal,
                 interrupted,
@@ -367,6 +426,7 @@ mod tests {
     #[test]
     fn recovery_runs_from_the_end_of_the_fault() {
         let history = History {
+            unsettled: None,
             jobs: vec![job("a", vec![ev("start", 100), ev("end", 5_000)])],
             pending: 0,
         };
@@ -386,6 +446,7 @@ mod tests {
     #[test]
     fn counts_duplicates_across_journals_and_stuck_jobs() {
         let history = History {
+            unsettled: None,
             jobs: vec![
                 job("twice", vec![ev("start", 10), ev("end", 20)]),
                 job("once", vec![ev("start", 10), ev("end", 20)]),
@@ -414,5 +475,42 @@ mod tests {
             .violations
             .iter()
             .any(|v| v.contains("once is left running in w2")));
+    }
+
+    /// A consumer left waiting for an ack of a message the stream no longer holds, and one job
+    /// the stream still holds: the violation says which sequences and what the journals hold.
+    #[test]
+    fn unsettled_jobs_are_explained_by_sequence_and_journal() {
+        let history = History {
+            unsettled: Some(UnsettledReport {
+                delivered: 14,
+                ack_floor: 11,
+                num_ack_pending: 2,
+                first: 3,
+                last: 14,
+                messages: 2,
+                after_floor: vec![(12, None), (13, Some("kept".into())), (14, None)],
+                ..UnsettledReport::default()
+            }),
+            jobs: vec![job("kept", vec![ev("start", 10), ev("end", 20)])],
+            pending: 2,
+        };
+        let line = |k: &str| format!(r#"{{"at_ms":1,"job_id":"kept","event":{{"type":"{k}"}}}}"#);
+        let w1 = [line("received"), line("succeeded"), line("acked")].join("\n");
+        let journals = Journals::from_exports(&[("w1".into(), w1)]).unwrap();
+        let f = check(&history, &[], &journals);
+        let v = &f.violations[0];
+        assert!(
+            v.starts_with("2 jobs are still unsettled on the broker ("),
+            "{v}"
+        );
+        for part in [
+            "delivered up to seq 14, ack floor seq 11, 0 pending, 2 ack-pending",
+            "seqs 3..=14, 2 messages",
+            "2 sequences gone from the stream (first: 12, 14)",
+            "seq 13 held: job kept, journals: w1: received succeeded acked",
+        ] {
+            assert!(v.contains(part), "{part} is not in: {v}");
+        }
     }
 }

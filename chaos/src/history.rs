@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use citadel_transports::nats::{NatsProducer, DEFAULT_CONSUMER, DEFAULT_STREAM, DEFAULT_SUBJECT};
+use citadel_transports::nats::{
+    NatsProducer, UnsettledReport, DEFAULT_CONSUMER, DEFAULT_STREAM, DEFAULT_SUBJECT,
+};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
@@ -70,6 +72,9 @@ pub struct History {
     /// Jobs the broker holds unsettled: entries delivered to a worker and not settled yet
     /// (Redis); messages the workers' consumer has still to deliver or to see acked (NATS).
     pub pending: u64,
+    /// NATS, when the last reading found jobs unsettled: the consumer's and the stream's
+    /// sequences and counts, and what the stream holds after the ack floor.
+    pub unsettled: Option<UnsettledReport>,
 }
 
 /// What a broker holds about the jobs, before it is matched with what was sent.
@@ -113,6 +118,7 @@ impl History {
         Ok(Self {
             jobs,
             pending: raw.pending,
+            unsettled: None,
         })
     }
 
@@ -133,12 +139,26 @@ impl History {
             };
             if (h.pending == 0 && h.jobs.iter().all(JobHistory::terminal)) || Instant::now() > until
             {
-                return Ok(h);
+                return Ok(h.explained(&conn).await);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }
+
+impl History {
+    /// With, on NATS, the report of what the consumer holds unsettled (none when nothing is).
+    async fn explained(mut self, conn: &Connection) -> Self {
+        if let (Connection::Nats(nats), true) = (conn, self.pending > 0) {
+            let report = nats.unsettled_report(DEFAULT_STREAM, DEFAULT_CONSUMER, REPORT_MOST);
+            self.unsettled = report.await.ok();
+        }
+        self
+    }
+}
+
+/// The most sequences after the ack floor a report looks up.
+const REPORT_MOST: u64 = 2_000;
 
 /// Redis: the dead-letter stream, the group's pending entries, then each sent job's event stream.
 async fn read_redis(

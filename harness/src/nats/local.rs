@@ -89,6 +89,17 @@ impl LocalNats {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM): it writes what it holds in memory to
+    /// the store first.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.stop();

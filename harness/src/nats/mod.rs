@@ -33,6 +33,11 @@ impl Server {
         self.nats.stop();
     }
 
+    /// Stops the server with SIGTERM: it writes its state to the store first.
+    pub fn terminate(&mut self) {
+        self.nats.terminate();
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.nats.restart().expect("restart nats-server");
@@ -40,6 +45,11 @@ impl Server {
 
     pub fn url(&self) -> String {
         self.nats.url()
+    }
+
+    /// The JetStream store directory (kept across `stop`/`restart`).
+    pub fn store(&self) -> &std::path::Path {
+        self.nats.store()
     }
 
     /// Settings for tests: a 2 s lease (ack_wait) and short pulls.

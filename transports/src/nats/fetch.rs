@@ -8,7 +8,8 @@
 //! has. The attempt is the message's delivery count less its releases (`release`). It owns the
 //! backoff after failures (the client reconnects by itself) and which deliveries are looked up
 //! before they are handed out (`recheck`): every redelivery, and what a restarted server may
-//! have forgot ([`Suspects`]). A job whose success is recorded is acked with its recorded
+//! have forgot ([`Suspects`]), and, when idle, acks of messages a restarted server lost
+//! (`ghosts`). A job whose success is recorded is acked with its recorded
 //! result, a completed one acked again, a suspect another worker claimed lately handed back for
 //! a while, none handed out; it must never settle a message otherwise.
 
@@ -60,10 +61,12 @@ pub(crate) async fn run(inner: Arc<Inner>, mut lanes: Lanes) {
         match pulled {
             Ok(got) => {
                 backoff.reset();
-                // A pull on a deleted consumer just stays empty: look now and then, when idle.
+                // A pull on a deleted consumer just stays empty, and one a restarted server
+                // left waiting for a message it lost never moves: look now and then, when idle.
                 if got == 0 && last_check.elapsed() >= CHECK_EVERY {
                     last_check = tokio::time::Instant::now();
                     recreate_if_missing(&inner, &lanes.subjects()).await;
+                    clear_ghosts(&inner, &mut lanes).await;
                 }
             }
             Err(e) => {
@@ -152,6 +155,15 @@ async fn recreate_if_missing(inner: &Inner, subjects: &[String]) {
                 debug!(error = %e, "checking the consumer failed");
                 return;
             }
+        }
+    }
+}
+
+/// Acks what each consumer waits for of messages the stream no longer holds (`ghosts`).
+async fn clear_ghosts(inner: &Inner, lanes: &mut Lanes) {
+    for lane in &mut lanes.lanes {
+        if let Err(e) = super::ghosts::clear(inner, &mut lane.consumer).await {
+            debug!(subject = %lane.subject, error = %e, "looking for acks of lost messages failed");
         }
     }
 }

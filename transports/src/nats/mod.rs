@@ -42,6 +42,10 @@
 //!   messages stored before its latest (re)connection the same way, and also hands back one
 //!   another worker claimed less than the lease plus 5 s ago for that long (that worker may
 //!   still be settling it; `fetch`).
+//! - **Acks waited for, of messages gone**: killed between removing an acked message from the
+//!   stream and writing the consumer's state, nats-server 2.9 comes back counting the message
+//!   ack-pending, undeliverable, for as long as an older message stays in the stream. An idle
+//!   fetcher acks such sequences by their stream sequence (`ghosts`).
 //! - Server 2.9 consumers filter one subject, so several job subjects mean one durable per
 //!   subject (`{consumer}-{subject}`), pulled in turn; subjects derived from the node's
 //!   capabilities (`lanes`) are pulled by priority, each by the consumer its subject names.
@@ -49,6 +53,7 @@
 mod config;
 mod dlq;
 mod fetch;
+mod ghosts;
 mod lanes;
 mod message;
 mod producer;
@@ -71,7 +76,7 @@ pub use config::{
     DEFAULT_SUBJECT, DLQ_STREAM, DONE_BUCKET, EVENTS_STREAM, STATUS_BUCKET,
 };
 pub use message::{ack_info, AckInfo};
-pub use producer::NatsProducer;
+pub use producer::{NatsProducer, UnsettledReport};
 
 use crate::delivery::{Incoming, Receipt};
 use crate::events::{rfc3339, JobStatus, WireEvent};

@@ -192,6 +192,59 @@ impl NatsProducer {
         Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
+    /// Why durable consumer `consumer` of `stream` holds jobs unsettled, for a report: its
+    /// sequences and counts, the stream's, and each sequence after its ack floor up to its last
+    /// delivery (at most `most`), with the job of the message when the stream still holds it.
+    pub async fn unsettled_report(
+        &self,
+        stream: &str,
+        consumer: &str,
+        most: u64,
+    ) -> Result<UnsettledReport, SourceError> {
+        let what = format!("reading the consumer {consumer} of {stream}");
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| map_err(&what, e))?;
+        let mut c: consumer::PullConsumer = s
+            .get_consumer(consumer)
+            .await
+            .map_err(|e| map_err(&what, e))?;
+        let info = c.info().await.map_err(|e| map_err(&what, e))?.clone();
+        let state = s.info().await.map_err(|e| map_err(&what, e))?.state.clone();
+        let floor = info.ack_floor.stream_sequence;
+        let top = info
+            .delivered
+            .stream_sequence
+            .min(floor.saturating_add(most));
+        let mut after_floor = Vec::new();
+        for seq in floor + 1..=top {
+            let job = match s.get_raw_message(seq).await {
+                Ok(m) => Some(
+                    serde_json::from_slice::<Value>(&m.payload)
+                        .ok()
+                        .and_then(|v| v["jobId"].as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                ),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => None,
+                Err(e) => return Err(map_err(&what, e)),
+            };
+            after_floor.push((seq, job));
+        }
+        Ok(UnsettledReport {
+            delivered: info.delivered.stream_sequence,
+            ack_floor: floor,
+            num_pending: info.num_pending,
+            num_ack_pending: info.num_ack_pending as u64,
+            num_redelivered: info.num_redelivered as u64,
+            first: state.first_sequence,
+            last: state.last_sequence,
+            messages: state.messages,
+            after_floor,
+        })
+    }
+
     /// Every event the events stream holds, of every job, in stream order (each names its
     /// `jobId`).
     pub async fn all_events(&self) -> Result<Vec<Value>, SourceError> {
@@ -237,5 +290,35 @@ impl NatsProducer {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// A consumer's unsettled jobs as [`NatsProducer::unsettled_report`] reads them.
+#[derive(Debug, Clone, Default)]
+pub struct UnsettledReport {
+    /// The stream sequence of the consumer's last delivery.
+    pub delivered: u64,
+    /// The stream sequence below which every delivery is acked.
+    pub ack_floor: u64,
+    pub num_pending: u64,
+    pub num_ack_pending: u64,
+    pub num_redelivered: u64,
+    /// The stream's first and last sequence and how many messages it holds.
+    pub first: u64,
+    pub last: u64,
+    pub messages: u64,
+    /// Each sequence after the ack floor up to the last delivery: the job of the message the
+    /// stream still holds there (empty when its body names none), `None` when it is gone.
+    pub after_floor: Vec<(u64, Option<String>)>,
+}
+
+impl std::fmt::Display for UnsettledReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "consumer: delivered up to seq {}, ack floor seq {}, {} pending, {} ack-pending, {} redelivered; stream: seqs {}..={}, {} messages",
+            self.delivered, self.ack_floor, self.num_pending, self.num_ack_pending,
+            self.num_redelivered, self.first, self.last, self.messages
+        )
     }
 }

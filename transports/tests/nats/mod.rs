@@ -5,4 +5,5 @@ mod completion;
 mod delivery;
 mod events;
 mod leases;
+mod restart;
 mod settle;

@@ -1,0 +1,122 @@
+//! Restarts of nats-server (SIGKILL) around an ack: what a server that wrote only part of its
+//! state leaves on the consumer, and how the workers converge from it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use citadel_transports::nats::{NatsProducer, DEFAULT_CONSUMER, DEFAULT_STREAM};
+use citadel_transports::{Incoming, JobSource, Settlement};
+
+use citadel_harness::nats::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The workers' consumer's folder in the server's store (its delivered and ack state).
+fn consumer_dir(server: &Server) -> PathBuf {
+    server
+        .store()
+        .join("jetstream/$G/streams")
+        .join(DEFAULT_STREAM)
+        .join("obs")
+        .join(DEFAULT_CONSUMER)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The consumer's pending plus ack-pending messages, and the messages the stream holds.
+async fn counts(p: &NatsProducer) -> (u64, u64) {
+    let s = p.jetstream().get_stream(DEFAULT_STREAM).await.unwrap();
+    let mut c: PullConsumer = s.get_consumer(DEFAULT_CONSUMER).await.unwrap();
+    let info = c.info().await.unwrap().clone();
+    let held = s.cached_info().state.messages;
+    (info.num_pending + info.num_ack_pending as u64, held)
+}
+
+/// Collects `n` deliveries from `src`.
+async fn take(src: &impl JobSource, n: usize) -> Vec<Incoming> {
+    let mut got = Vec::new();
+    let begun = Instant::now();
+    while got.len() < n {
+        got.extend(next_within(src, n - got.len(), Duration::from_secs(1)).await);
+        assert!(
+            begun.elapsed() < WAIT,
+            "only {} of {n} deliveries",
+            got.len()
+        );
+    }
+    got
+}
+
+/// A server killed after it removed an acked message from the stream but before it wrote the
+/// consumer's state comes back with the message ack-pending on the consumer and gone from the
+/// stream: a delivery it can never make again. While an older message stays in the stream (a
+/// job still running), the server never drops that entry by itself. The server's two writes
+/// are made apart here: it is stopped cleanly (everything written) and the consumer's state is
+/// put back as it was before the ack. The workers clear the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_pending_entry_whose_message_is_gone_is_cleared() {
+    let mut server = Server::start();
+    let p = server.producer().await;
+    let a = server.source("node-a").await;
+    let mut seqs = Vec::new();
+    for id in ["running", "acked", "after"] {
+        seqs.push(enqueue_job(&p, id, "noop").await);
+    }
+    let got = take(&a, 3).await;
+    let by_id = |id: &str| got.iter().find(|i| job(i).id.as_str() == id).unwrap();
+    a.settle(by_id("after").receipt(), &Settlement::Ack, &ctx())
+        .await
+        .unwrap();
+    server.terminate();
+    let snapshot = server.store().join("consumer-before-the-ack");
+    copy_dir(&consumer_dir(&server), &snapshot);
+    server.restart();
+    let begun = Instant::now();
+    while let Err(e) = a
+        .settle(by_id("acked").receipt(), &Settlement::Ack, &ctx())
+        .await
+    {
+        assert!(begun.elapsed() < WAIT, "the ack never went through: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(a);
+    server.terminate();
+    copy_dir(&snapshot, &consumer_dir(&server));
+    server.restart();
+    let p = server.producer().await;
+    let stream = p.jetstream().get_stream(DEFAULT_STREAM).await.unwrap();
+    assert!(
+        stream.get_raw_message(seqs[1]).await.is_err(),
+        "the acked message is gone from the stream"
+    );
+    assert_eq!(
+        counts(&p).await,
+        (2, 1),
+        "the consumer waits for acks of `running` and of `acked`, gone"
+    );
+    let b = server.source("node-b").await;
+    let begun = Instant::now();
+    loop {
+        // `running` comes back after each lease and is never settled: a long job elsewhere.
+        let _ = next_within(&b, 1, Duration::from_millis(300)).await;
+        let (unsettled, held) = counts(&p).await;
+        if unsettled == held {
+            break;
+        }
+        assert!(
+            begun.elapsed() < WAIT,
+            "still {unsettled} unsettled on the consumer while the stream holds {held}"
+        );
+    }
+    assert!(
+        stream.get_raw_message(seqs[0]).await.is_ok(),
+        "`running` is still there"
+    );
+}

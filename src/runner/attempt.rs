@@ -8,7 +8,8 @@
 //! another node is skipped, and a job past its attempts or of an unknown type is dead-lettered
 //! without running. An admitted job the producer cancelled is not started, nor one whose lease
 //! cannot be confirmed. Otherwise the handler runs under supervision ([`super::supervise`]:
-//! cancellation, deadline, fence, drain, chunks); its outcome is journaled and settled through
+//! cancellation, deadline, fence, drain, chunks); once it returned the delivery's run slot is
+//! traded for a settlement place ([`super::slot`]) so the next job starts meanwhile; its outcome is journaled and settled through
 //! [`super::outcome`] and the one settle path. This module must never settle before journaling.
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use super::admission::{self, Admission, Facts, Verdict};
 use super::hold::Hold;
 use super::outcome::Ran;
 use super::settle::SettleTarget;
+use super::slot::Slot;
 use super::Shared;
 use crate::chaos::Point;
 use crate::handlers::Handler;
@@ -84,7 +86,12 @@ impl Shared {
     /// a delivery of a job in flight here waits for that one to end and is decided again; a
     /// duplicate of a job the journal shows running is handed back unjournaled; anything else is
     /// journaled as received first.
-    pub(crate) async fn deliver(self: &Arc<Self>, d: Delivery, drain: CancellationToken) {
+    pub(crate) async fn deliver(
+        self: &Arc<Self>,
+        d: Delivery,
+        drain: CancellationToken,
+        mut slot: Slot,
+    ) {
         let Delivery { mut job, receipt } = d;
         crate::chaos::point(Point::AfterClaim, &job);
         let delivery_id = receipt.id().to_string();
@@ -166,7 +173,10 @@ impl Shared {
             Verdict::Run {
                 max_attempts,
                 handler,
-            } => self.start(&s, handler, max_attempts, drain).await,
+            } => {
+                self.start(&s, handler, max_attempts, drain, &mut slot)
+                    .await
+            }
         }
     }
 
@@ -231,6 +241,7 @@ impl Shared {
         handler: Arc<dyn Handler>,
         max_attempts: u32,
         drain: CancellationToken,
+        slot: &mut Slot,
     ) {
         let job = s.job;
         let claimed = EventData::Claimed {
@@ -284,6 +295,8 @@ impl Shared {
             .run_handler(job, s.hold.fence(), s.delivery_id, handler, timeout, drain)
             .await;
         self.counters.jobs.duration(&job.job_type, begun.elapsed());
+        // The next job may be claimed now; this one's settlement goes on beside it.
+        slot.handler_returned().await;
         let ran = Ran {
             timeout,
             elapsed_ms: begun.elapsed().as_millis() as u64,

@@ -2,7 +2,7 @@
 //! each delivery to its settlement ([`attempt`], holding it in [`hold`], one per job id through
 //! [`gate`], deciding its admission in [`admission`], supervising its handler in [`supervise`]
 //! and choosing the settlement in [`outcome`]), settles through the one path that journals
-//! first ([`settle`]), backs off when the transport goes away, and drains on shutdown (ARCHITECTURE.md):
+//! first ([`settle`]) while the next job already runs ([`slot`]), backs off when the transport goes away, and drains on shutdown (ARCHITECTURE.md):
 //! stop fetching, hand back claimed-but-unstarted work at once, let running jobs finish (their
 //! leases kept alive) up to the drain timeout, then interrupt and release what is left, and make
 //! the journal durable. This module decides *when* things run; it never talks to a broker except
@@ -16,6 +16,7 @@ mod hold;
 pub mod metrics;
 mod outcome;
 mod settle;
+mod slot;
 mod supervise;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +38,8 @@ use crate::handlers::Registry;
 /// `citadel work`.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Jobs run at once; also the most deliveries claimed at once.
+    /// Handlers run at once. A job's slot frees once its handler returned; its settlement goes
+    /// on beside the next job, at most `concurrency` settlements at once (`slot.rs`).
     pub concurrency: usize,
     /// How long running jobs get to finish after SIGTERM before they are interrupted.
     pub drain_timeout: Duration,
@@ -163,6 +165,7 @@ impl Runner {
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = &self.shared;
         let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+        let settling = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
         let drain = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut retrier = Backoff::RECONNECT.retrier();
@@ -204,15 +207,15 @@ impl Runner {
                             continue;
                         };
                         let (shared, drain) = (shared.clone(), drain.clone());
+                        let slot = slot::Slot::new(permit, settling.clone());
                         shared.counters.received.fetch_add(1, Ordering::Relaxed);
                         tasks.spawn(async move {
                             shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
                             match item {
-                                Incoming::Job(d) => shared.deliver(d, drain).await,
+                                Incoming::Job(d) => shared.deliver(d, drain, slot).await,
                                 Incoming::Malformed(m) => shared.malformed(m).await,
                             }
                             shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                            drop(permit);
                         });
                     }
                 }

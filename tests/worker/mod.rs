@@ -6,4 +6,5 @@ mod faults;
 mod lifecycle;
 mod llm;
 mod nats;
+mod overlap;
 mod recovery;

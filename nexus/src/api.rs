@@ -27,8 +27,9 @@ use super::common::{
 };
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
-    ClaimRequest, RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE,
-    SETTLE_EVENTS_FEATURE, SETTLE_EVENT_FEATURE,
+    BatchOp, BatchRequest, BatchResponse, BatchResult, ClaimRequest, RenewRequest, RenewResponse,
+    SettleRequest, BATCH_FEATURE, CLAIM_EVENT_FEATURE, MAX_BATCH, SETTLE_EVENTS_FEATURE,
+    SETTLE_EVENT_FEATURE,
 };
 
 use super::store::{
@@ -91,6 +92,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/jobs", post(submit).get(list_jobs))
         .route("/jobs/next", get(next_job))
         .route("/jobs/claim", post(claim))
+        .route("/jobs/batch", post(batch))
         .route("/jobs/{id}", get(show_job))
         .route("/jobs/{id}/status", post(report_status))
         .route("/jobs/{id}/lease", post(renew))
@@ -121,7 +123,7 @@ async fn health() -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE, SETTLE_EVENTS_FEATURE, CLAIM_EVENT_FEATURE],
+        "features": ["claim", "long_poll", "leases", "events", "cancel", "dlq", "websocket", SETTLE_EVENT_FEATURE, SETTLE_EVENTS_FEATURE, CLAIM_EVENT_FEATURE, BATCH_FEATURE],
     }))
 }
 
@@ -400,7 +402,13 @@ async fn renew(
 }
 
 async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult<Json<JobRecord>> {
-    let b: SettleRequest = parse(body)?;
+    let r = settle_one(&app, &id, parse(body)?)?;
+    app.store.flush().await?;
+    Ok(Json(r))
+}
+
+/// Applies one settlement with the events it carries (not yet flushed).
+fn settle_one(app: &AppState, id: &str, b: SettleRequest) -> ApiResult<JobRecord> {
     let how = settle_of(
         &b.action,
         b.delay_ms,
@@ -410,11 +418,69 @@ async fn settle(State(app): St, Path(id): Path<String>, body: Body) -> ApiResult
     )?;
     let events: Vec<&Value> = b.events.iter().chain(&b.event).collect();
     for ev in &events {
-        check_event(&id, ev)?;
+        check_event(id, ev)?;
     }
-    let r = app.store.settle_recording(&id, &b.lease_id, &events, how)?;
-    app.store.flush().await?;
-    Ok(Json(r))
+    Ok(app.store.settle_recording(id, &b.lease_id, &events, how)?)
+}
+
+/// `POST /api/v1/jobs/batch`: each operation as its own endpoint would apply it, then one flush
+/// covering them all before the answer; one result per operation. Another organization's job
+/// is answered 404, as on its own endpoint.
+async fn batch(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    body: Body,
+) -> ApiResult<Json<BatchResponse>> {
+    let b: BatchRequest = parse(body)?;
+    if b.ops.len() > MAX_BATCH {
+        return Err(ApiError::bad(format!(
+            "a batch carries at most {MAX_BATCH} operations"
+        )));
+    }
+    let mut flush = false;
+    let results = b
+        .ops
+        .into_iter()
+        .map(|op| match batch_op(&app, &who, op) {
+            Ok(durable) => {
+                flush |= durable;
+                BatchResult {
+                    status: 200,
+                    error: None,
+                }
+            }
+            Err(ApiError(status, msg)) => BatchResult {
+                status: status.as_u16(),
+                error: Some(msg),
+            },
+        })
+        .collect();
+    if flush {
+        app.store.flush().await?;
+    }
+    Ok(Json(BatchResponse { results }))
+}
+
+/// Applies one batch operation (not yet flushed); whether its answer must wait for the flush.
+fn batch_op(app: &AppState, who: &Principal, op: BatchOp) -> ApiResult<bool> {
+    let job = match &op {
+        BatchOp::Events { job, .. } | BatchOp::Settle { job, .. } => job.clone(),
+    };
+    if !who.may_touch(&app.store.org_of(&job)?) {
+        return Err(StoreError::NotFound(job).into());
+    }
+    match op {
+        BatchOp::Settle { settle, .. } => settle_one(app, &job, settle).map(|_| true),
+        BatchOp::Events {
+            lease_id, events, ..
+        } => {
+            let mut durable = false;
+            for ev in &events {
+                durable |= record_event(&app.store, &job, Some(&lease_id), ev)?;
+            }
+            Ok(durable)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -66,7 +66,7 @@ impl Principal {
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// What a worker does: claim, renew, settle, events, status, heartbeat, the job feed, the
+    /// What a worker does: claim, renew, settle, events, batches of those, status, heartbeat, the job feed, the
     /// job it holds (its cancellation flag). A node credential may, for its organization.
     Worker,
     /// Everything else: the admin token alone.
@@ -77,10 +77,10 @@ pub enum Need {
 /// Anything not listed as a worker's needs the admin token.
 pub fn need(method: &str, path: &str) -> Need {
     let segs = segments(path);
-    let job = |id: &str| !matches!(id, "next" | "claim" | "");
+    let job = |id: &str| !matches!(id, "next" | "claim" | "batch" | "");
     let worker = match (method, segs.as_slice()) {
         ("GET", ["health"] | ["ws"] | ["jobs", "next"]) => true,
-        ("POST", ["jobs", "claim"] | ["nodes", "heartbeat"]) => true,
+        ("POST", ["jobs", "claim" | "batch"] | ["nodes", "heartbeat"]) => true,
         ("GET", ["jobs", id]) => job(id),
         ("POST", ["jobs", id, "lease" | "settle" | "events" | "status"]) => job(id),
         _ => false,
@@ -95,7 +95,9 @@ pub fn need(method: &str, path: &str) -> Need {
 /// The job a worker endpoint is about (percent-decoded), if any: `/jobs/{id}[/…]`.
 pub fn job_of(path: &str) -> Option<String> {
     match segments(path).as_slice() {
-        ["jobs", id, ..] if !matches!(*id, "next" | "claim" | "") => Some(percent_decode(id)),
+        ["jobs", id, ..] if !matches!(*id, "next" | "claim" | "batch" | "") => {
+            Some(percent_decode(id))
+        }
         _ => None,
     }
 }
@@ -173,6 +175,7 @@ mod tests {
         ("GET", "/ws"),
         ("GET", "/jobs/next"),
         ("POST", "/jobs/claim"),
+        ("POST", "/jobs/batch"),
         ("GET", "/jobs/j1"),
         ("POST", "/jobs/j1/lease"),
         ("POST", "/jobs/j1/settle"),
@@ -241,7 +244,7 @@ mod tests {
             let node = Principal::node("n", "o");
             // The model: the path with its job id written `j1`, looked up in the worker's list.
             let generic: Vec<&str> = segs.iter().enumerate().map(|(i, s)| {
-                let id = i == 1 && segs[0] == "jobs" && !matches!(s.as_str(), "next" | "claim" | "");
+                let id = i == 1 && segs[0] == "jobs" && !matches!(s.as_str(), "next" | "claim" | "batch" | "");
                 if id { "j1" } else { s.as_str() }
             }).collect();
             let generic = format!("/{}", generic.join("/"));

@@ -268,6 +268,55 @@ fn leases_expire_count_attempts_and_end_in_the_dead_letter_list() {
 }
 
 #[test]
+fn a_batch_applies_each_operation_on_its_own_and_answers_each_in_order() {
+    let (_tmp, p) = plane();
+    let health = p.json("GET", "/api/v1/health", None);
+    assert!(health["features"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("batch")));
+    for id in ["A", "B"] {
+        p.submit(json!({"id": id, "type": "echo", "payload": {}}));
+    }
+    let got = claim(&p, "w1", 60_000, 0);
+    let lease = |id: &str| {
+        let j = got.iter().find(|j| j["id"] == id).unwrap();
+        j["lease"]["id"].as_str().unwrap().to_string()
+    };
+    let ev = |ty: &str, id: &str, data: Value| json!({"type": ty, "jobId": id, "data": data});
+    let ops = json!({"ops": [
+        {"op": "events", "job": "A", "lease_id": lease("A"),
+         "events": [ev("start", "A", json!({})), ev("end", "A", json!({"result": {"ok": 1}}))]},
+        {"op": "settle", "job": "B", "settle": {"lease_id": "stale", "action": "ack"}},
+        {"op": "settle", "job": "A", "settle": {"lease_id": lease("A"), "action": "ack"}},
+        {"op": "events", "job": "nope", "lease_id": "x", "events": []},
+        {"op": "settle", "job": "B", "settle": {"lease_id": lease("B"), "action": "launch"}},
+    ]});
+    let r = p.json("POST", "/api/v1/jobs/batch", Some(ops));
+    let statuses: Vec<u64> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 409, 200, 404, 400], "{r}");
+    assert!(r["results"][1]["error"].as_str().unwrap().contains("lease"));
+    let a = p.json("GET", "/api/v1/jobs/A", None);
+    assert_eq!(
+        (a["state"].as_str(), &a["result"], a["events"].as_u64()),
+        (Some("succeeded"), &json!({"ok": 1}), Some(2))
+    );
+    assert_eq!(p.json("GET", "/api/v1/jobs/B", None)["state"], "leased");
+    // Too many operations: the whole batch is refused, nothing applied.
+    let op =
+        json!({"op": "settle", "job": "B", "settle": {"lease_id": lease("B"), "action": "ack"}});
+    let many = json!({"ops": vec![op; 257]}).to_string();
+    let r = p.call("POST", "/api/v1/jobs/batch", Some(&many));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(p.json("GET", "/api/v1/jobs/B", None)["state"], "leased");
+}
+
+#[test]
 fn long_poll_hands_a_job_over_as_soon_as_it_is_submitted() {
     let (_tmp, p) = plane();
     let port = p.port;

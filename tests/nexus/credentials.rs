@@ -356,6 +356,20 @@ fn a_node_never_gets_sees_or_touches_another_organizations_job() {
         let r = as_node(&p, &beta, method, &path, body);
         assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
     }
+    // In a batch, likewise, operation by operation.
+    let ops = json!({"ops": [
+        {"op": "events", "job": a, "lease_id": "x", "events": [{"type": "error", "jobId": a}]},
+        {"op": "settle", "job": a, "settle": {"lease_id": "x", "action": "ack"}},
+    ]});
+    let r = as_node(&p, &beta, "POST", "/api/v1/jobs/batch", Some(ops));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let statuses: Vec<u64> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [404, 404], "{}", r.body);
     let job_a = p.json("GET", &format!("/api/v1/jobs/{a}"), None);
     assert_eq!(
         (job_a["state"].as_str(), job_a["events"].as_u64()),

@@ -79,19 +79,7 @@ impl Client {
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(text);
-        let error = match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Config(format!(
-                "the control plane refused the token ({status}): {msg}"
-            )),
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                SourceError::Busy(format!("control plane answered {status}: {msg}"))
-            }
-            _ => SourceError::Broker(format!("control plane answered {status}: {msg}")),
-        };
-        Err(Failure {
-            status: Some(status),
-            error,
-        })
+        Err(failure(status, &msg))
     }
 
     /// Sends and decodes a JSON answer.
@@ -104,6 +92,24 @@ impl Client {
                 without_url(&e)
             )),
         })
+    }
+}
+
+/// The [`Failure`] of a non-2xx `status` with the server's message `msg` (a whole answer's, or
+/// one batch operation's).
+pub(crate) fn failure(status: StatusCode, msg: &str) -> Failure {
+    let error = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Config(format!(
+            "the control plane refused the token ({status}): {msg}"
+        )),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            SourceError::Busy(format!("control plane answered {status}: {msg}"))
+        }
+        _ => SourceError::Broker(format!("control plane answered {status}: {msg}")),
+    };
+    Failure {
+        status: Some(status),
+        error,
     }
 }
 

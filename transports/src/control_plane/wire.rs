@@ -314,3 +314,47 @@ pub const SETTLE_EVENT_FEATURE: &str = "settle_event";
 /// The `features` entry of `GET /api/v1/health` saying a settlement may also carry the attempt's
 /// earlier events not sent yet ([`SettleRequest::events`]).
 pub const SETTLE_EVENTS_FEATURE: &str = "settle_events";
+
+/// The `features` entry of `GET /api/v1/health` saying the plane takes several jobs' events and
+/// settlements in one request ([`BatchRequest`], `POST /api/v1/jobs/batch`).
+pub const BATCH_FEATURE: &str = "batch";
+
+/// The most operations one [`BatchRequest`] may carry.
+pub const MAX_BATCH: usize = 256;
+
+/// `POST /api/v1/jobs/batch`: operations on several jobs, applied in order and made durable by
+/// one flush before the answer. Each succeeds or fails on its own ([`BatchResponse`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub ops: Vec<BatchOp>,
+}
+
+/// One operation of a [`BatchRequest`]: what `POST /api/v1/jobs/{job}/events?lease_id=` (each
+/// event in order) or `POST /api/v1/jobs/{job}/settle` does on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BatchOp {
+    /// Job events (docs/wire-format.md#job-events) recorded in order under the job's lease.
+    Events {
+        job: String,
+        lease_id: String,
+        events: Vec<Value>,
+    },
+    /// The job's settlement, with the events it carries.
+    Settle { job: String, settle: SettleRequest },
+}
+
+/// The answer to a [`BatchRequest`]: one result per operation, in the same order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// How one operation went: the HTTP status it would have had on its own, and its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -28,10 +28,14 @@
 //!   once the worker has sent one `claimed` itself, each claim carries its data (meta included)
 //!   and the plane records each handed-out job's `claimed` with it (durable with the claim's
 //!   flush); the worker's own `claimed` of those jobs is not sent.
+//! - **Batches** ([`batch`]) when the server's health lists [`BATCH_FEATURE`]: the recorded
+//!   successes and the settlements of jobs finishing close together travel in one request, and
+//!   the plane makes them durable with one flush before it answers each.
 //! - **The cancellation check** reads the `cancel_requested` of the job's lease renewal when one
 //!   is in flight or answered within [`RENEWAL_FRESH`] (the runner checks right after the
 //!   delivery's first renewal began): one request less per job; otherwise it asks.
 
+pub(crate) mod batch;
 pub(crate) mod fetch;
 pub(crate) mod kept;
 
@@ -47,8 +51,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::control_plane::wire::{
-    RenewRequest, RenewResponse, SettleRequest, CLAIM_EVENT_FEATURE, SETTLE_EVENTS_FEATURE,
-    SETTLE_EVENT_FEATURE,
+    BatchOp, RenewRequest, RenewResponse, SettleRequest, BATCH_FEATURE, CLAIM_EVENT_FEATURE,
+    SETTLE_EVENTS_FEATURE, SETTLE_EVENT_FEATURE,
 };
 use crate::control_plane::{Client, Failure};
 use crate::delivery::{Incoming, Receipt};
@@ -135,6 +139,8 @@ pub(crate) struct Inner {
     settle_events: bool,
     /// Full mode: whether claims may ask the plane to record the jobs' `claimed` events.
     pub(crate) claim_event: bool,
+    /// Full mode, [`BATCH_FEATURE`]: sends recorded successes and settlements in batches.
+    batch: Option<batch::Batcher>,
     /// `claim_event`: the data (meta included) of the last `claimed` this worker sent itself;
     /// once known, each claim carries it.
     pub(crate) claimed_data: Mutex<Option<Value>>,
@@ -191,6 +197,55 @@ impl Inner {
                 self.post_event(job, Some(&lease), ev.to_string()).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends `job`'s settlement `body`, in a batch when the plane takes them.
+    async fn send_settle(&self, job: &str, body: &SettleRequest) -> Result<(), Failure> {
+        if let Some(b) = &self.batch {
+            let (job, settle) = (job.to_string(), body.clone());
+            return b.call(BatchOp::Settle { job, settle }).await;
+        }
+        let path = format!("/api/v1/jobs/{}/settle", path_id(job));
+        let resp = self
+            .send(self.client.request(Method::POST, &path).json(body))
+            .await?;
+        // Read to the end, so the connection goes back to the pool.
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+
+    /// Sends `job`'s `end` under `lease`, after any kept early event, as one batch operation.
+    async fn record_batched(
+        &self,
+        b: &batch::Batcher,
+        end: &WireEvent,
+        lease: String,
+    ) -> Result<(), SourceError> {
+        let job = &end.job_id;
+        self.kept.landed(job).await;
+        let mut events = Vec::new();
+        if let Some((kept_lease, early)) = self.kept.take_early(job) {
+            if kept_lease == lease {
+                events = early;
+            } else {
+                let (job, lease_id) = (job.to_string(), kept_lease);
+                let op = BatchOp::Events {
+                    job,
+                    lease_id,
+                    events: early,
+                };
+                b.call(op).await?;
+            }
+        }
+        events.push(event_value(end));
+        let (job, lease_id) = (job.to_string(), lease);
+        b.call(BatchOp::Events {
+            job,
+            lease_id,
+            events,
+        })
+        .await?;
         Ok(())
     }
 
@@ -268,6 +323,8 @@ impl NexusSource {
         let has = |name: &str| features.is_some_and(|f| f.iter().any(|f| f == name));
         let (settle_event, claim_event) = (has(SETTLE_EVENT_FEATURE), has(CLAIM_EVENT_FEATURE));
         let settle_events = settle_event && has(SETTLE_EVENTS_FEATURE);
+        let batch = (mode == Mode::Full && settle_events && has(BATCH_FEATURE))
+            .then(|| batch::Batcher::start(client.clone(), cfg.request_timeout));
         info!(url = %cfg.url, mode = ?mode, worker = %cfg.worker_id, lease_ms = cfg.lease.as_millis() as u64, "nexus job source connected");
         let inner = Arc::new(Inner {
             cfg,
@@ -280,6 +337,7 @@ impl NexusSource {
             settle_event,
             settle_events,
             claim_event,
+            batch,
             claimed_data: Mutex::default(),
             announced: Mutex::default(),
             kept: kept::Kept::default(),
@@ -484,17 +542,8 @@ impl JobSource for NexusSource {
             Settlement::Ack => body.outcome = outcome.map(str::to_string),
             Settlement::Release => {}
         }
-        let path = format!("/api/v1/jobs/{}/settle", path_id(receipt.queue()));
-        let sent = self
-            .inner
-            .send(self.inner.client.request(Method::POST, &path).json(&body))
-            .await;
-        match sent {
-            // Read to the end, so the connection goes back to the pool.
-            Ok(resp) => {
-                let _ = resp.bytes().await;
-                Ok(())
-            }
+        match self.inner.send_settle(receipt.queue(), &body).await {
+            Ok(()) => Ok(()),
             Err(f) if f.status == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(f) if f.status == Some(StatusCode::CONFLICT) => {
                 warn!(receipt = %receipt, settlement = settlement.name(), "not settled: the lease is lost");
@@ -642,10 +691,14 @@ impl JobSource for NexusSource {
         let Some(lease) = lease.filter(|_| self.inner.mode == Mode::Full) else {
             return Ok(()); // plain mode: no lease to record it under
         };
-        self.inner.send_early(job).await?;
-        self.inner
-            .post_event(job, Some(&lease), end.to_json())
-            .await?;
+        if let Some(b) = &self.inner.batch {
+            self.inner.record_batched(b, end, lease.clone()).await?;
+        } else {
+            self.inner.send_early(job).await?;
+            self.inner
+                .post_event(job, Some(&lease), end.to_json())
+                .await?;
+        }
         self.inner.recorded.insert(job.as_str(), &lease);
         Ok(())
     }

@@ -39,7 +39,7 @@ use crate::handlers::Registry;
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Handlers run at once. A job's slot frees once its handler returned; its settlement goes
-    /// on beside the next job, at most `concurrency` settlements at once (`slot.rs`).
+    /// on beside the next job, at most `max(concurrency, 32)` settlements at once (`slot.rs`).
     pub concurrency: usize,
     /// How long running jobs get to finish after SIGTERM before they are interrupted.
     pub drain_timeout: Duration,
@@ -165,7 +165,9 @@ impl Runner {
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = &self.shared;
         let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
-        let settling = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+        let settling = Arc::new(Semaphore::new(slot::settle_places(
+            shared.config.concurrency,
+        )));
         let drain = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut retrier = Backoff::RECONNECT.retrier();

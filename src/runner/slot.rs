@@ -1,14 +1,24 @@
 //! A delivery's place in the runner's bounds ([`Slot`]): it holds one of the `concurrency` run
 //! slots from its claim until its handler returned, then trades it for one of the settlement
 //! places, so the next job is claimed while this one's settlement (completion record, journal,
-//! `end`, ack) goes on beside it. At most `concurrency` settlements are in flight: a handler that
-//! returns while they are all taken keeps its run slot until one frees, so the worker never
-//! holds more than twice `concurrency` deliveries. It only counts; it never decides, journals or
-//! talks to a transport.
+//! `end`, ack) goes on beside it. At most [`settle_places`] settlements are in flight: a handler
+//! that returns while they are all taken keeps its run slot until one frees, so the worker never
+//! holds more than `concurrency` + [`settle_places`] deliveries. It only counts; it never
+//! decides, journals or talks to a transport.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The fewest settlements in flight at once, whatever the concurrency: at concurrency 1 a
+/// handful of finished jobs share one journal fsync and one round trip to the transport instead
+/// of waiting for each other's, while the run slots alone bound what is claimed.
+const MIN_SETTLE_PLACES: usize = 32;
+
+/// How many settlements may be in flight at `concurrency`.
+pub(crate) fn settle_places(concurrency: usize) -> usize {
+    concurrency.max(MIN_SETTLE_PLACES)
+}
 
 /// One delivery's run slot, then its settlement place; both end when it is dropped.
 #[derive(Debug)]
@@ -42,6 +52,12 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_low_concurrency_still_settles_side_by_side() {
+        assert_eq!(settle_places(1), MIN_SETTLE_PLACES);
+        assert_eq!(settle_places(64), 64);
+    }
 
     #[tokio::test]
     async fn the_run_slot_frees_only_once_a_settlement_place_is_taken() {

@@ -53,14 +53,30 @@ impl Handler for Finished {
     }
 }
 
-/// Real Redis that dies when the `end` of `first` goes out, once `second` started (or after
-/// [`WAIT`] without it: then `overlapped` stays false).
+/// Real Redis that holds the `end` of `first` until the job `last` started (or [`WAIT`] passed:
+/// then `overlapped` stays false), then dies if `dies` (no call reaches Redis any more) or lets
+/// it go.
 #[derive(Debug)]
 struct DiesBehind {
     inner: Arc<dyn JobSource>,
-    second_started: Notify,
+    last: &'static str,
+    dies: bool,
+    last_started: Notify,
     overlapped: Mutex<bool>,
     dead: CancellationToken,
+}
+
+impl DiesBehind {
+    fn new(inner: Arc<dyn JobSource>, last: &'static str, dies: bool) -> Self {
+        Self {
+            inner,
+            last,
+            dies,
+            last_started: Notify::new(),
+            overlapped: Mutex::new(false),
+            dead: CancellationToken::new(),
+        }
+    }
 }
 
 impl DiesBehind {
@@ -107,14 +123,16 @@ impl JobSource for DiesBehind {
         self.alive().await;
         let (ty, id) = (event.event_type(), event.job_id.as_str());
         if ty == "end" && id == "first" {
-            let started = tokio::time::timeout(WAIT, self.second_started.notified()).await;
+            let started = tokio::time::timeout(WAIT, self.last_started.notified()).await;
             *self.overlapped.lock().unwrap() = started.is_ok();
-            self.dead.cancel();
+            if self.dies {
+                self.dead.cancel();
+            }
             self.alive().await;
         }
         let published = self.inner.publish(event).await;
-        if ty == "start" && id == "second" {
-            self.second_started.notify_one();
+        if ty == "start" && id == self.last {
+            self.last_started.notify_one();
         }
         published
     }
@@ -171,12 +189,11 @@ async fn a_worker_killed_with_a_settlement_in_flight_behind_a_new_job_loses_and_
     let mut c = server.conn().await;
     submit(&mut c, "first", "finish", json!({})).await;
     submit(&mut c, "second", "finish", json!({})).await;
-    let dies = Arc::new(DiesBehind {
-        inner: redis_source(&server.url(), "node-a").await,
-        second_started: Notify::new(),
-        overlapped: Mutex::new(false),
-        dead: CancellationToken::new(),
-    });
+    let dies = Arc::new(DiesBehind::new(
+        redis_source(&server.url(), "node-a").await,
+        "second",
+        true,
+    ));
     let (a, a_task) = start(dies.clone(), "node-a", &tmp.path().join("ja"), true);
     tokio::time::timeout(WAIT + WAIT, dies.dead.cancelled())
         .await
@@ -222,4 +239,45 @@ async fn a_worker_killed_with_a_settlement_in_flight_behind_a_new_job_loses_and_
         );
     }
     b_task.abort();
+}
+
+/// At concurrency 1 the settlements of several finished jobs are in flight together (they share
+/// the journal's fsync and the round trips to Redis): with the first job's `end` held back, the
+/// second job settles and the third one starts. Each still ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_concurrency_one_a_held_settlement_does_not_stop_the_jobs_behind_it() {
+    let server = Server::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = server.conn().await;
+    let ids = ["first", "second", "third"];
+    for id in ids {
+        submit(&mut c, id, "finish", json!({})).await;
+    }
+    let holds = Arc::new(DiesBehind::new(
+        redis_source(&server.url(), "node-a").await,
+        "third",
+        false,
+    ));
+    let (a, a_task) = start(holds.clone(), "node-a", &tmp.path().join("ja"), false);
+    let begun = Instant::now();
+    while !(harness::pending(&mut c).await.is_empty() && ids.iter().all(|id| a.of(id) == 1)) {
+        assert!(
+            begun.elapsed() < WAIT + WAIT,
+            "the three jobs did not all finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        *holds.overlapped.lock().unwrap(),
+        "the third job did not start while the first one's settlement was held"
+    );
+    for id in ids {
+        let evs = types(&events(&mut c, id).await);
+        assert_eq!(
+            evs.iter().filter(|t| *t == "end").count(),
+            1,
+            "{id}: {evs:?}"
+        );
+    }
+    a_task.abort();
 }

@@ -262,12 +262,7 @@ type Renewal = Option<(Instant, bool)>;
 /// How old a renewal's answer may be for the cancellation check to use it instead of asking.
 pub const RENEWAL_FRESH: Duration = Duration::from_millis(250);
 
-/// How recently a claim round must have begun for its lease to count as a job's first renewal:
-/// [`RENEWAL_FRESH`], and never more than an eighth of the lease (the runner fences a quarter of
-/// the lease before its end, so an answer this much older than "now" still fences in time).
-pub fn claim_confirms(lease: Duration) -> Duration {
-    RENEWAL_FRESH.min(lease / 8)
-}
+pub use crate::source::claim_confirms;
 
 /// Sends `job`'s kept `start` on its own once [`kept::LINGER`] passed without its settlement.
 fn linger(inner: Arc<Inner>, job: JobId, ticket: u64) {

@@ -44,6 +44,7 @@ use super::gate::{Ask, Gate, Verdict};
 use super::lanes::Lanes;
 use super::reassert;
 use super::reply::{self, RawEntry};
+use super::Claim;
 use super::Inner;
 use crate::delivery::{Incoming, Receipt};
 use crate::source::SourceError;
@@ -234,7 +235,7 @@ impl Fetcher {
             .zip(counts)
             .map(|(e, count)| (stream.clone(), e, count))
             .collect();
-        let out = self.admit(batch).await?;
+        let out = self.admit(batch, None).await?;
         for item in &out {
             info!(stream = %stream, entry_id = %item.receipt().id(), attempt = item.attempt(), "recovered own pending entry");
         }
@@ -308,6 +309,7 @@ impl Fetcher {
                     .take(want - out.len())
                     .collect();
                 if !candidates.is_empty() {
+                    let claimed_at = Instant::now();
                     let mut cmd = redis::cmd("XCLAIM");
                     cmd.arg(stream)
                         .arg(&cfg.group)
@@ -325,7 +327,7 @@ impl Fetcher {
                         info!(stream = %stream, entry_id = %p.id, from = %p.consumer, idle_ms = p.idle_ms, "claimed an entry whose lease ran out");
                         batch.push((stream.clone(), entry, p.deliveries.saturating_add(1)));
                     }
-                    out.extend(self.admit(batch).await?);
+                    out.extend(self.admit(batch, Some(claimed_at)).await?);
                 }
                 if !full_page {
                     break;
@@ -342,12 +344,13 @@ impl Fetcher {
         block: Duration,
     ) -> Result<Vec<Incoming>, SourceError> {
         let cfg = &self.inner.cfg;
+        let asked = Instant::now();
         if !self.lanes.flat() {
             let batch = self
                 .lanes
                 .read_by_priority(&mut self.conn, cfg, want, block)
                 .await?;
-            return self.admit(batch).await;
+            return self.admit(batch, Some(asked)).await;
         }
         let all = self.lanes.streams();
         let n = all.len();
@@ -379,15 +382,18 @@ impl Fetcher {
             .into_iter()
             .flat_map(|(stream, entries)| entries.into_iter().map(move |e| (stream.clone(), e, 1)))
             .collect();
-        self.admit(batch).await
+        self.admit(batch, Some(asked)).await
     }
 
     /// Turns claimed entries (stream, entry, delivery count) into what `next()` returns,
     /// passing the jobs through the gate in one call, and marks what is handed out as running
-    /// here; an entry deleted from the stream while pending is acked away.
+    /// here, with when their claim was asked (`claimed_at`: none for a re-read, which leaves
+    /// the lease as it was) and the gate's answer on their cancellation; an entry deleted from
+    /// the stream while pending is acked away.
     async fn admit(
         &mut self,
         batch: Vec<(String, RawEntry, u32)>,
+        claimed_at: Option<Instant>,
     ) -> Result<Vec<Incoming>, SourceError> {
         let mut items = Vec::with_capacity(batch.len());
         for (stream, entry, attempt) in batch {
@@ -423,21 +429,25 @@ impl Fetcher {
             .into_iter();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            let job = match &item {
+            let mut claim = Claim {
+                job: None,
+                at: claimed_at,
+            };
+            match &item {
                 Incoming::Job(d) => {
                     let verdict = verdicts.next().unwrap_or(Verdict::Held);
                     if !self.passes(&item, verdict) {
                         continue;
                     }
-                    Some(d.job.id.clone())
+                    let cancelled = matches!(verdict, Verdict::Run { cancelled: true });
+                    claim.job = Some((d.job.id.clone(), cancelled));
                 }
                 Incoming::Malformed(m) => {
                     warn!(receipt = %m.receipt, reason = %m.reason, "malformed job entry");
-                    None
                 }
-            };
+            }
             self.inner.claimed(item.receipt().queue());
-            self.inner.track(item.receipt().clone(), job);
+            self.inner.track(item.receipt().clone(), claim);
             out.push(item);
         }
         Ok(out)
@@ -448,7 +458,7 @@ impl Fetcher {
         let Incoming::Job(d) = item else { return true };
         let (receipt, job_id, attempt) = (&d.receipt, &d.job.id, d.job.attempt);
         match verdict {
-            Verdict::Run => {
+            Verdict::Run { .. } => {
                 debug!(receipt = %receipt, job_id = %job_id, job_type = %d.job.job_type, attempt, "claimed job");
                 true
             }

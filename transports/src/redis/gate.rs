@@ -15,6 +15,10 @@
 //!   by the settlement of the entry it names (`scripts`); a node that dies lets it expire with
 //!   its lease.
 //!
+//! For each entry handed out the gate also reads the job's cancellation flag
+//! (`job:cancelled:{jobId}`): the runner's check before the start uses that answer instead of
+//! asking again moments later.
+//!
 //! This module owns the script and the meaning of its answers; it must never settle an entry
 //! it hands out nor decide anything about a job but whether this copy may run now.
 
@@ -26,13 +30,15 @@ use super::conn::map_err;
 use crate::job::JobId;
 use crate::source::SourceError;
 
-/// KEYS, four per entry: job stream, completion record, event stream, owner marker. ARGV:
-/// group, consumer, lease ms, event stream cap, event stream grace ms (a completed job's), delete
-/// (`1`: an acked entry leaves the stream), then two per entry: entry id, event channel. Returns one code per entry: 0 hand out, 1 completed, 2 held.
+/// KEYS, five per entry: job stream, completion record, event stream, owner marker,
+/// cancellation flag. ARGV: group, consumer, lease ms, event stream cap, event stream grace ms (a
+/// completed job's), delete (`1`: an acked entry leaves the stream), then two per entry: entry
+/// id, event channel. Returns one code per entry: 0 hand out, 1 completed, 2 held, 3 hand out
+/// (its cancellation was requested).
 const GATE: &str = r"
 local out = {}
-for i = 0, #KEYS / 4 - 1 do
-  local s, done, events, owner = KEYS[i*4+1], KEYS[i*4+2], KEYS[i*4+3], KEYS[i*4+4]
+for i = 0, #KEYS / 5 - 1 do
+  local s, done, events, owner = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4]
   local id, channel = ARGV[7+i*2], ARGV[8+i*2]
   local ev = redis.call('HGET', done, 'event')
   local holder = redis.call('GET', owner)
@@ -57,7 +63,7 @@ for i = 0, #KEYS / 4 - 1 do
     if not holder or holder == value then
       redis.call('SET', owner, value, 'PX', ARGV[3])
     end
-    out[#out + 1] = 0
+    out[#out + 1] = redis.call('EXISTS', KEYS[i*5+5]) * 3
   end
 end
 return out
@@ -66,8 +72,9 @@ return out
 /// What the gate decided for one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Hand it out: this consumer owns the job's marker now.
-    Run,
+    /// Hand it out: this consumer owns the job's marker now; `cancelled`: the producer asked
+    /// for its cancellation.
+    Run { cancelled: bool },
     /// The job is completed: acked and its result re-published.
     Completed,
     /// Another consumer runs this job: left pending for the lease.
@@ -111,7 +118,8 @@ impl Gate {
             inv.key(a.stream)
                 .key(RedisConfig::done_key(a.job))
                 .key(RedisConfig::events_stream(a.job))
-                .key(RedisConfig::owner_key(a.job));
+                .key(RedisConfig::owner_key(a.job))
+                .key(RedisConfig::cancel_key(a.job));
             inv.arg(a.id).arg(RedisConfig::events_channel(a.job));
         }
         let v: Value = inv.invoke_async(conn).await.map_err(map_err)?;
@@ -130,7 +138,8 @@ fn verdicts(v: &Value, n: usize) -> Result<Vec<Verdict>, SourceError> {
     codes
         .iter()
         .map(|c| match c {
-            Value::Int(0) => Ok(Verdict::Run),
+            Value::Int(0) => Ok(Verdict::Run { cancelled: false }),
+            Value::Int(3) => Ok(Verdict::Run { cancelled: true }),
             Value::Int(1) => Ok(Verdict::Completed),
             Value::Int(2) => Ok(Verdict::Held),
             _ => Err(bad()),
@@ -144,12 +153,22 @@ mod tests {
 
     #[test]
     fn codes_map_to_verdicts_one_per_entry() {
-        let v = Value::Array(vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+        let v = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(1),
+            Value::Int(2),
+            Value::Int(3),
+        ]);
         assert_eq!(
-            verdicts(&v, 3).unwrap(),
-            vec![Verdict::Run, Verdict::Completed, Verdict::Held]
+            verdicts(&v, 4).unwrap(),
+            vec![
+                Verdict::Run { cancelled: false },
+                Verdict::Completed,
+                Verdict::Held,
+                Verdict::Run { cancelled: true }
+            ]
         );
-        assert!(verdicts(&v, 2).is_err(), "a reply of another length");
+        assert!(verdicts(&v, 3).is_err(), "a reply of another length");
         assert!(verdicts(&Value::Array(vec![Value::Int(7)]), 1).is_err());
         assert!(verdicts(&Value::Int(0), 1).is_err());
     }

@@ -9,7 +9,9 @@
 //!   pending entries (`XREADGROUP … 0`; the consumer name is stable across restarts).
 //! - **Attempts** are Redis's delivery counts: 1 for a new entry, +1 for every re-read or claim.
 //! - **Leases** are the entries' idle times. `extend_lease` claims the entry to itself again
-//!   (`XCLAIM … IDLE 0 JUSTID`, after checking ownership, in one script); a worker with free
+//!   (`XCLAIM … IDLE 0 JUSTID`, after checking ownership, in one script), except the first
+//!   renewal of an entry claimed within `claim_confirms` of now, which the claim itself stands
+//!   for (its idle time runs from the claim); a worker with free
 //!   slots takes entries idle longer than `lease` from anyone (`XPENDING … IDLE` + `XCLAIM`, every
 //!   `reclaim_interval`), except the entries it is itself running: claimed, renewed or settled
 //!   here within the lease. (`XAUTOCLAIM` cannot skip those, so a worker that missed one renewal
@@ -90,7 +92,9 @@ use crate::events::WireEvent;
 use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
-use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
+use crate::source::{
+    claim_confirms, Capabilities, Health, JobSource, Lease, SettleContext, SourceError,
+};
 use park::Parked;
 use scripts::{ClaimMode, DeadLetterTo, Owned, Scripts, Target};
 
@@ -129,6 +133,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Held {
     at: Instant,
     job: Option<JobId>,
+    /// When its claim was asked, until the first renewal reads it (`extend_lease`).
+    claimed: Option<Instant>,
+    /// The gate's answer on its cancellation and when it came, until `is_cancelled` reads it.
+    cancelled: Option<(Instant, bool)>,
+}
+
+/// What the fetcher knows of an entry it hands out: its job and whether the gate found its
+/// cancellation requested (none if malformed), and when its claim was asked (none for a
+/// re-read of this consumer's own pending entry, which leaves its lease as it was).
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub job: Option<(JobId, bool)>,
+    pub at: Option<Instant>,
 }
 
 impl Inner {
@@ -146,12 +163,36 @@ impl Inner {
         }
     }
 
-    fn track(&self, r: Receipt, job: Option<JobId>) {
+    fn track(&self, r: Receipt, claim: Claim) {
+        let now = Instant::now();
+        let (job, cancelled) = claim.job.unzip();
         let held = Held {
-            at: Instant::now(),
+            at: now,
             job,
+            claimed: claim.at,
+            cancelled: cancelled.map(|c| (now, c)),
         };
         lock(&self.outstanding).insert(r, held);
+    }
+
+    /// Whether `r` was claimed recently enough for its claim to stand for its first renewal
+    /// ([`claim_confirms`]); read once.
+    fn claim_confirms(&self, r: &Receipt) -> bool {
+        lock(&self.outstanding)
+            .get_mut(r)
+            .and_then(|h| h.claimed.take())
+            .is_some_and(|at| at.elapsed() < claim_confirms(self.cfg.lease))
+    }
+
+    /// The gate's answer on `job`'s cancellation, if it came within [`claim_confirms`]; read
+    /// once.
+    fn fresh_cancellation(&self, job: &JobId) -> Option<bool> {
+        let mut all = lock(&self.outstanding);
+        let held = all
+            .values_mut()
+            .find(|h| h.cancelled.is_some() && h.job.as_ref() == Some(job))?;
+        let (at, cancelled) = held.cancelled.take()?;
+        (at.elapsed() < claim_confirms(self.cfg.lease)).then_some(cancelled)
     }
 
     /// Notes that the runner still works on `r` (a renewal or a settlement is being tried).
@@ -412,6 +453,10 @@ impl JobSource for RedisSource {
 
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
         self.check_receipt(receipt)?;
+        // A fresh claim's lease runs from when it was asked: it stands for the first renewal.
+        if self.inner.claim_confirms(receipt) {
+            return Ok(Lease::Held);
+        }
         self.inner.touch(receipt);
         let mut conn = self.inner.ctl.clone();
         let t = self.inner.target(receipt, None);
@@ -437,6 +482,10 @@ impl JobSource for RedisSource {
     }
 
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
+        // The gate read the flag when it handed the job out, moments ago.
+        if let Some(cancelled) = self.inner.fresh_cancellation(job) {
+            return Ok(cancelled);
+        }
         let mut conn = self.inner.ctl.clone();
         let n: i64 = redis::cmd("EXISTS")
             .arg(RedisConfig::cancel_key(job))

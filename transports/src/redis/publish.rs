@@ -1,9 +1,10 @@
-//! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on `stream:v1:{jobId}`, is appended
-//! to the capped, expiring stream `stream:v1:{jobId}:events` (fields `type` and `event`, so a
-//! late subscriber can resume from an index or an entry id; kept `events_grace` after the job's
-//! terminal event), and updates the status hash
-//! `job:{jobId}:status` (and writes the completion record of an `end`, see `record`). The same
-//! task writes the completion record of a success ahead of its `end` (`Publisher::record`). One [`Publisher`] task sends every event of the source: whatever is
+//! Job events on Redis (docs/wire-format.md#job-events): each event `PUBLISH`es on
+//! `stream:v1:{jobId}`, is appended to the capped, expiring stream `stream:v1:{jobId}:events`
+//! (fields `type` and `event`, so a late subscriber can resume from an index or an entry id;
+//! kept `events_grace` after the job's terminal event), and updates the status hash
+//! `job:{jobId}:status` (and writes the completion record of an `end`), all in one script call
+//! (`record`). The same task writes the completion record of a success ahead of its `end`
+//! (`Publisher::record`). One [`Publisher`] task sends every event of the source: whatever is
 //! queued while a batch is in flight goes out as the next single pipeline (one write, one round
 //! trip), in order; each caller still waits for its own event. This module must never decide
 //! which event is due.
@@ -14,50 +15,9 @@ use tokio::task::JoinHandle;
 use tracing::trace;
 
 use super::config::RedisConfig;
-use super::conn::map_err;
-use crate::events::{EventData, WireEvent};
+use super::record::{self, Write};
+use crate::events::WireEvent;
 use crate::source::SourceError;
-
-/// Appends the commands of one event to `p`.
-fn add_event(p: &mut redis::Pipeline, cfg: &RedisConfig, event: &WireEvent) {
-    let json = event.to_json();
-    let id = &event.job_id;
-    let events = RedisConfig::events_stream(id);
-    p.cmd("PUBLISH")
-        .arg(RedisConfig::events_channel(id))
-        .arg(&json)
-        .ignore();
-    p.cmd("XADD")
-        .arg(&events)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(cfg.events_maxlen)
-        .arg("*")
-        .arg("type")
-        .arg(event.event_type())
-        .arg("event")
-        .arg(&json)
-        .ignore();
-    // While the job runs, the stream's time to live runs from the last refresh: at the claim,
-    // at a retryable error, and every 100 chunks of a long stream (refreshing on every event
-    // costs a command per token). Its terminal event gives it the short grace, once.
-    let ttl = match &event.data {
-        EventData::Chunk { index, .. } if index % 100 == 0 => Some(cfg.events_ttl),
-        EventData::Chunk { .. } | EventData::Start { .. } => None,
-        EventData::Error {
-            recoverable: true, ..
-        } => Some(cfg.events_ttl),
-        d if d.is_terminal() => Some(cfg.events_grace),
-        _ => Some(cfg.events_ttl),
-    };
-    if let Some(ttl) = ttl {
-        p.cmd("PEXPIRE")
-            .arg(&events)
-            .arg(ttl.as_millis() as u64)
-            .ignore();
-    }
-    super::record::add_status(p, cfg, event, &json);
-}
 
 /// The most events sent in one pipeline.
 const MAX_BATCH: usize = 512;
@@ -113,11 +73,11 @@ async fn run(
         let mut p = redis::pipe();
         for (item, _) in &batch {
             match item {
-                Item::Event(event) => add_event(&mut p, &cfg, event),
-                Item::Record(end) => super::record::add_record(&mut p, &cfg, end, &end.to_json()),
+                Item::Event(event) => record::add(&mut p, &cfg, Write::Event, event),
+                Item::Record(end) => record::add(&mut p, &cfg, Write::Record, end),
             }
         }
-        let result = p.query_async::<()>(&mut conn).await.map_err(map_err);
+        let result = record::query(&mut conn, &p).await;
         trace!(
             events = batch.len(),
             ok = result.is_ok(),

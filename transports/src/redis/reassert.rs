@@ -16,7 +16,6 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::config::RedisConfig;
-use super::conn::map_err;
 use crate::events::{EventData, WireEvent};
 use crate::source::SourceError;
 
@@ -83,9 +82,9 @@ pub(crate) async fn rewrite(
     }
     let mut p = redis::pipe();
     for end in ends {
-        super::record::add_status(&mut p, cfg, end, &end.to_json());
+        super::record::add(&mut p, cfg, super::record::Write::Status, end);
     }
-    p.query_async::<()>(conn).await.map_err(map_err)
+    super::record::query(conn, &p).await
 }
 
 /// How long after an outage a fetcher hands out no new entry: long enough for every node's

@@ -1,90 +1,148 @@
-//! A job's final word on Redis: the status hash `job:{jobId}:status` and the completion record
-//! `job:{jobId}:done` (docs/wire-format.md#job-entries). The record is written first on its own
-//! ([`add_record`], `JobSource::record_success`), before the runner journals the success, so no
-//! worker that dies with the success in its journal leaves the job to run again elsewhere; and
-//! again with the job's `end` event, in the same pipeline (the runner publishes `end` only after
-//! the success is journaled, and before it acks). It lives `done_ttl`, the status hash
-//! `status_ttl`. Once a job is
-//! completed, no later event of another delivery (a `claimed`, an `error`, a `cancelled`) changes
-//! its status: both writes are one Lua script. Every claimed entry is checked against the record
-//! before it is handed out (`gate`). This module owns the status script; it must never decide
-//! which delivery runs.
+//! A job's events and final word on Redis, in one script per event ([`EVENT`]): the event is
+//! `PUBLISH`ed on `stream:v1:{jobId}` and appended to its capped, expiring stream (fields
+//! `type` and `event`, the JSON sent once for both), and its status goes to the hash
+//! `job:{jobId}:status`, with the completion record `job:{jobId}:done` of an `end`
+//! (docs/wire-format.md#job-entries). The record is first written on its own ([`Write::Record`],
+//! `JobSource::record_success`), before the runner journals the success, so no worker that dies
+//! with the success in its journal leaves the job to run again elsewhere; the job's `end` writes
+//! it only if it is missing (the success could not be recorded before, or Redis lost it). It
+//! lives `done_ttl`, the status hash `status_ttl`. Once a job is completed, no later event of
+//! another delivery (a `claimed`, an `error`, a `cancelled`) changes its status. Every claimed
+//! entry is checked against the record before it is handed out (`gate`). The script is called
+//! by its SHA inside pipelines; a Redis that forgot it (restarted) gets it again and the
+//! pipeline is sent once more ([`query`]: nothing of a refused `EVALSHA` ran). This module owns
+//! the script; it must never decide which delivery runs or which event is due.
+
+use redis::aio::ConnectionManager;
 
 use super::config::RedisConfig;
+use super::conn::map_err;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
+use crate::source::SourceError;
 
-/// KEYS: status hash, completion record. ARGV: status, worker id, updated at, error ('' for
-/// none), status ttl ms, the `end` event's JSON ('' unless the event is an `end`), completion
-/// record ttl ms.
-const STATUS: &str = r"
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[2], 'outcome', ARGV[1], 'event', ARGV[6], 'worker_id', ARGV[2], 'at', ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
-elseif redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HGET', KEYS[1], 'status') == 'completed' then
+/// KEYS: event stream, status hash, completion record. ARGV: what to write (`event`: publish,
+/// append, status; `status`: the status and the record of an `end` only; `record`: the
+/// completion record only, unconditionally), the event's JSON, its type, its channel, the
+/// stream's cap, the stream's new time to live in ms ('' leaves it), the status ('' none),
+/// worker id, at, error ('' none), status ttl ms, record ttl ms.
+const EVENT: &str = r"
+local what, json, ty = ARGV[1], ARGV[2], ARGV[3]
+local function record()
+  redis.call('HSET', KEYS[3], 'outcome', 'completed', 'event', json, 'worker_id', ARGV[8], 'at', ARGV[9])
+  redis.call('PEXPIRE', KEYS[3], ARGV[12])
+end
+if what == 'record' then
+  record()
+  return 1
+end
+if what == 'event' then
+  redis.call('PUBLISH', ARGV[4], json)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'type', ty, 'event', json)
+  if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+end
+if ARGV[7] == '' then return 1 end
+if ty == 'end' then
+  if redis.call('EXISTS', KEYS[3]) == 0 then record() end
+elseif redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HGET', KEYS[2], 'status') == 'completed' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'worker_id', ARGV[2], 'updated_at', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'error', ARGV[4])
+redis.call('HSET', KEYS[2], 'status', ARGV[7], 'worker_id', ARGV[8], 'updated_at', ARGV[9])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[2], 'error', ARGV[10])
 else
-  redis.call('HDEL', KEYS[1], 'error')
+  redis.call('HDEL', KEYS[2], 'error')
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[11])
 return 1
 ";
 
-/// Appends the status update of `event` (and the completion record of an `end`, holding `json`,
-/// the event as published) to `p`, as one `EVAL` (a handful of status events per job; the
-/// script text travels with it, so a restarted Redis needs no reload).
-pub(crate) fn add_status(
-    p: &mut redis::Pipeline,
-    cfg: &RedisConfig,
-    event: &WireEvent,
-    json: &str,
-) {
-    let Some((status, error)) = event.status() else {
-        return;
+/// What one call of the script writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// The event published and appended, its status (and the record of an `end`).
+    Event,
+    /// Only the status and the record of an `end` (written again after an outage).
+    Status,
+    /// Only the completion record of a coming `end`, whatever is there.
+    Record,
+}
+
+impl Write {
+    fn as_str(self) -> &'static str {
+        match self {
+            Write::Event => "event",
+            Write::Status => "status",
+            Write::Record => "record",
+        }
+    }
+}
+
+fn script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(EVENT))
+}
+
+/// Appends one call of the script for `event` to `p`.
+pub(crate) fn add(p: &mut redis::Pipeline, cfg: &RedisConfig, write: Write, event: &WireEvent) {
+    let (status, error) = match (write, event.status()) {
+        (Write::Record, _) | (_, None) => ("", ""),
+        (_, Some((JobStatus::Failed, Some(error)))) => (JobStatus::Failed.as_str(), error),
+        (_, Some((status, _))) => (status.as_str(), ""),
     };
-    let error = match (status, error) {
-        (JobStatus::Failed, Some(error)) => error,
-        _ => "",
-    };
-    let end = match &event.data {
-        EventData::End { .. } => json,
-        _ => "",
-    };
-    p.cmd("EVAL")
-        .arg(STATUS)
-        .arg(2)
-        .arg(RedisConfig::status_key(&event.job_id))
-        .arg(RedisConfig::done_key(&event.job_id))
-        .arg(status.as_str())
+    let id = &event.job_id;
+    p.cmd("EVALSHA")
+        .arg(script().get_hash())
+        .arg(3)
+        .arg(RedisConfig::events_stream(id))
+        .arg(RedisConfig::status_key(id))
+        .arg(RedisConfig::done_key(id))
+        .arg(write.as_str())
+        .arg(event.to_json())
+        .arg(event.event_type())
+        .arg(RedisConfig::events_channel(id))
+        .arg(cfg.events_maxlen)
+        .arg(stream_ttl(cfg, &event.data).map_or(String::new(), |t| t.as_millis().to_string()))
+        .arg(status)
         .arg(&cfg.worker_id)
         .arg(rfc3339(std::time::SystemTime::now()))
         .arg(error)
         .arg(cfg.status_ttl.as_millis() as u64)
-        .arg(end)
         .arg(cfg.done_ttl.as_millis() as u64)
         .ignore();
 }
 
-/// Appends the completion record of a coming `end` (`json`, the event as it will be published)
-/// to `p`, leaving the status hash alone: the job is `completed` once its `end` is published.
-pub(crate) fn add_record(p: &mut redis::Pipeline, cfg: &RedisConfig, end: &WireEvent, json: &str) {
-    let done = RedisConfig::done_key(&end.job_id);
-    p.cmd("HSET")
-        .arg(&done)
-        .arg("outcome")
-        .arg(JobStatus::Completed.as_str())
-        .arg("event")
-        .arg(json)
-        .arg("worker_id")
-        .arg(&cfg.worker_id)
-        .arg("at")
-        .arg(rfc3339(std::time::SystemTime::now()))
-        .ignore();
-    p.cmd("PEXPIRE")
-        .arg(&done)
-        .arg(cfg.done_ttl.as_millis() as u64)
-        .ignore();
+/// The event stream's new time to live after `data`, if it changes. While the job runs it runs
+/// from the last refresh: at the claim, at a retryable error, and every 100 chunks of a long
+/// stream (refreshing on every event costs a command per token); the terminal event gives it
+/// the short grace, once.
+fn stream_ttl(cfg: &RedisConfig, data: &EventData) -> Option<std::time::Duration> {
+    match data {
+        EventData::Chunk { index, .. } if index % 100 == 0 => Some(cfg.events_ttl),
+        EventData::Chunk { .. } | EventData::Start { .. } => None,
+        EventData::Error {
+            recoverable: true, ..
+        } => Some(cfg.events_ttl),
+        d if d.is_terminal() => Some(cfg.events_grace),
+        _ => Some(cfg.events_ttl),
+    }
+}
+
+/// Sends `p`; if Redis no longer knows the script (it restarted), loads it and sends `p` once
+/// more: a refused `EVALSHA` ran nothing, and what else the pipeline holds may run twice.
+pub(crate) async fn query(
+    conn: &mut ConnectionManager,
+    p: &redis::Pipeline,
+) -> Result<(), SourceError> {
+    match p.query_async::<()>(conn).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(EVENT)
+                .query_async::<String>(conn)
+                .await
+                .map_err(map_err)?;
+            p.query_async::<()>(conn).await.map_err(map_err)
+        }
+        other => other.map_err(map_err),
+    }
 }

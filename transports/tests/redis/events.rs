@@ -194,3 +194,49 @@ async fn cancellation_is_the_existence_of_the_key() {
         .unwrap();
     assert!(src.is_cancelled(&id).await.unwrap());
 }
+
+/// Events go out through a script called by its SHA: a Redis that forgot its scripts (a
+/// restart, `SCRIPT FLUSH`) gets it again and the event, the status and the completion record
+/// are all written, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_redis_that_forgot_its_scripts() {
+    let server = Server::start().await;
+    let src = server.source("node-a").await;
+    let mut c = server.conn().await;
+    let id = JobId::new("j-flushed").unwrap();
+    let claimed = EventData::Claimed {
+        agent_version: "0.1.0".into(),
+    };
+    src.publish(&WireEvent::new(id.clone(), meta(), claimed))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let end = WireEvent::new(id.clone(), meta(), EventData::End { result: json!(7) });
+    src.publish(&end).await.unwrap();
+    let types: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("stream:v1:j-flushed:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let types: Vec<&str> = types.iter().map(|(_, f)| f["type"].as_str()).collect();
+    assert_eq!(types, ["claimed", "end"]);
+    let status: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("job:j-flushed:status")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "completed");
+    let record: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("job:j-flushed:done")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(record["outcome"], "completed");
+    assert_eq!(record["event"], end.to_json());
+}

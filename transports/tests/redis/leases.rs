@@ -126,3 +126,62 @@ async fn redis_going_away_gives_retryable_errors_and_recovers() {
     }
     assert_eq!(job(&got[0]).id.as_str(), "after");
 }
+
+/// Calls of `command` Redis has run so far, from inside scripts too.
+async fn calls(c: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A claim made moments ago stands for the job's first renewal, and the gate's look at the
+/// cancellation flag for the check before the start: neither costs a round trip. Later ones ask
+/// Redis, and a claim too old for that is renewed on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_claim_stands_for_the_first_renewal_and_cancellation_check() {
+    let server = Server::start().await;
+    let a = with_lease(&server, "node-a", 4_000).await;
+    let mut c = server.conn().await;
+    enqueue_job(&mut c, "fresh", "sleep").await;
+    enqueue_job(&mut c, "old", "sleep").await;
+    let _: () = redis::cmd("SET")
+        .arg("job:cancelled:fresh")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = next_within(&a, 1, Duration::from_secs(5)).await;
+    assert_eq!(job(&got[0]).id.as_str(), "fresh");
+    let (claims, exists) = (calls(&mut c, "xclaim").await, calls(&mut c, "exists").await);
+    let id = job(&got[0]).id.clone();
+    assert!(a.is_cancelled(&id).await.unwrap());
+    assert_eq!(a.extend_lease(got[0].receipt()).await.unwrap(), Lease::Held);
+    assert_eq!(calls(&mut c, "xclaim").await, claims, "no renewal sent");
+    assert_eq!(calls(&mut c, "exists").await, exists, "no flag read");
+    assert!(a.is_cancelled(&id).await.unwrap());
+    assert_eq!(a.extend_lease(got[0].receipt()).await.unwrap(), Lease::Held);
+    assert_eq!(
+        calls(&mut c, "xclaim").await,
+        claims + 1,
+        "the next renewal"
+    );
+    assert!(calls(&mut c, "exists").await > exists, "the next check");
+
+    let got = next_within(&a, 1, Duration::from_secs(5)).await;
+    assert_eq!(job(&got[0]).id.as_str(), "old");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let claims = calls(&mut c, "xclaim").await;
+    assert_eq!(a.extend_lease(got[0].receipt()).await.unwrap(), Lease::Held);
+    assert_eq!(
+        calls(&mut c, "xclaim").await,
+        claims + 1,
+        "an old claim is renewed"
+    );
+}

@@ -37,17 +37,24 @@ impl Point {
     }
 }
 
-/// Kills this process with SIGKILL when `job` asks for it at `at` on its current attempt.
+/// Whether `job` asks to be killed at `at` on its current attempt: the worker then takes the
+/// path on which that point exists (the `end` published on its own before the ack).
 #[cfg(feature = "chaos")]
-pub fn point(at: Point, job: &citadel_transports::Job) {
+pub fn wants(at: Point, job: &citadel_transports::Job) -> bool {
     if job.payload_str("chaos_kill_at").as_deref() != Some(at.name()) {
-        return;
+        return false;
     }
     let attempts = job
         .payload_str("chaos_kill_attempts")
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(1);
-    if attempts != 0 && job.attempt > attempts {
+    attempts == 0 || job.attempt <= attempts
+}
+
+/// Kills this process with SIGKILL when `job` asks for it at `at` on its current attempt.
+#[cfg(feature = "chaos")]
+pub fn point(at: Point, job: &citadel_transports::Job) {
+    if !wants(at, job) {
         return;
     }
     eprintln!(
@@ -65,3 +72,10 @@ pub fn point(at: Point, job: &citadel_transports::Job) {
 #[cfg(not(feature = "chaos"))]
 #[inline(always)]
 pub fn point(_at: Point, _job: &citadel_transports::Job) {}
+
+/// Without the `chaos` feature: never.
+#[cfg(not(feature = "chaos"))]
+#[inline(always)]
+pub fn wants(_at: Point, _job: &citadel_transports::Job) -> bool {
+    false
+}

@@ -1,6 +1,8 @@
 //! The one settle path (docs/journal.md#invariants): the settlement's event is appended to the
 //! journal and made durable, then the event that announces it (`end`, `error`, `cancelled`) is
-//! published, and only then is the settlement sent to the transport. Transient transport errors
+//! published, and only then is the settlement sent to the transport (a transport that can sends
+//! the announcement and the settlement in one round trip, in that order:
+//! `JobSource::announce_and_settle`; if that try fails, they go one at a time). Transient transport errors
 //! are retried with the shared backoff for a bounded time. Whenever a step cannot be done (the
 //! journal refuses the append, the announcement or the settlement keeps failing, the delivery was
 //! fenced) the delivery's [`Hold`] is left unsettled and hands the receipt back to its lease: the
@@ -66,8 +68,17 @@ impl Shared {
             tracing::error!(job_id = %s.job.id, error = %e, "journal append failed; the delivery is left for redelivery");
             return;
         }
-        if let Some(data) = announce {
-            if !self.publish_patiently(s.job, data).await {
+        let announce = announce.map(|data| WireEvent::for_job(s.job, self.meta.clone(), data));
+        if let Some(event) = &announce {
+            // (A chaos build that is to die between the two takes them one at a time.)
+            let in_one = !crate::chaos::wants(crate::chaos::Point::BeforeAck, s.job);
+            if in_one
+                && s.hold.fenced().is_none()
+                && self.announce_and_settle(s, event, &settlement).await
+            {
+                return;
+            }
+            if !self.publish_patiently(s.job, event).await {
                 // The journal holds the outcome: the redelivery re-publishes it and settles.
                 tracing::error!(job_id = %s.job.id, "the outcome could not be published; the delivery is left for redelivery");
                 return;
@@ -80,20 +91,63 @@ impl Shared {
             return;
         }
         crate::chaos::point(crate::chaos::Point::BeforeAck, s.job);
-        let state = self.journal.state(&s.job.id);
-        let ctx = SettleContext {
-            job: Some(s.job),
-            attempts: state
-                .as_ref()
-                .map_or(s.job.attempt, |st| st.attempts.max(s.job.attempt)),
-            errors: state.map(|st| st.errors).unwrap_or_default(),
-            worker_id: self.config.worker_id.clone(),
-        };
+        let ctx = self.settle_context(s.job);
         if self
             .send_settlement(s.hold.receipt(), &settlement, &ctx, Some(&s.job.id))
             .await
         {
             s.hold.settled();
+        }
+    }
+
+    /// What the transport is told along with a settlement of `job`.
+    fn settle_context<'a>(&self, job: &'a Job) -> SettleContext<'a> {
+        let state = self.journal.state(&job.id);
+        SettleContext {
+            job: Some(job),
+            attempts: state
+                .as_ref()
+                .map_or(job.attempt, |st| st.attempts.max(job.attempt)),
+            errors: state.map(|st| st.errors).unwrap_or_default(),
+            worker_id: self.config.worker_id.clone(),
+        }
+    }
+
+    /// Publishes `announce` and applies `settlement` in one round trip where the transport can
+    /// (once; no retry): true when the delivery is done with (settled, or another worker owns
+    /// it). False when the transport cannot, or the try failed: the caller publishes, then
+    /// settles, each retried (a failed try may have published already: the announcement may
+    /// then go out twice, as after a lost reply).
+    async fn announce_and_settle(
+        &self,
+        s: &SettleTarget<'_>,
+        announce: &WireEvent,
+        settlement: &Settlement,
+    ) -> bool {
+        let ctx = self.settle_context(s.job);
+        let receipt = s.hold.receipt();
+        let done = self
+            .source
+            .announce_and_settle(announce, receipt, settlement, &ctx)
+            .await;
+        match done {
+            None => false,
+            Some(Ok(())) => {
+                tracing::debug!(job_id = %s.job.id, receipt = %receipt, settlement = settlement.name(), "announced and settled");
+                s.hold.settled();
+                true
+            }
+            Some(Err(SourceError::LeaseLost(_))) => {
+                tracing::warn!(job_id = %s.job.id, receipt = %receipt, settlement = settlement.name(),
+                    "announced, not settled: another worker owns the delivery now");
+                s.hold.settled();
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(job_id = %s.job.id, receipt = %receipt, error = %e,
+                    "could not announce and settle in one go; doing it one step at a time");
+                false
+            }
         }
     }
 
@@ -129,9 +183,8 @@ impl Shared {
     /// Publishes an event that a settlement depends on (a job's `end`: acking a job whose
     /// result nobody received would lose the result), retrying transient failures for as long
     /// as a settlement is retried. The chaos suite's broker kills found results dropped here.
-    async fn publish_patiently(&self, job: &Job, data: EventData) -> bool {
-        let event = WireEvent::for_job(job, self.meta.clone(), data);
-        self.patiently(job, event.event_type(), || self.source.publish(&event))
+    async fn publish_patiently(&self, job: &Job, event: &WireEvent) -> bool {
+        self.patiently(job, event.event_type(), || self.source.publish(event))
             .await
     }
 

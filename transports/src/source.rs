@@ -198,6 +198,22 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
         ctx: &SettleContext<'_>,
     ) -> Result<(), SourceError>;
 
+    /// Publishes `announce` (a job's `end`) and then applies `settlement`, in one round trip,
+    /// where the transport can do that for this settlement: `None` where it cannot (nothing
+    /// was sent; the caller publishes, then settles). `Some(Err(LeaseLost))`: the announcement
+    /// went out and another worker owns the delivery; after any other error the announcement
+    /// may or may not have gone out.
+    async fn announce_and_settle(
+        &self,
+        announce: &WireEvent,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Option<Result<(), SourceError>> {
+        let _ = (announce, receipt, settlement, ctx);
+        None
+    }
+
     /// Restarts the lease of a delivery this worker is running.
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError>;
 

@@ -119,6 +119,22 @@ impl JobSource for TimedSource {
         }
         Ok(())
     }
+    async fn announce_and_settle(
+        &self,
+        announce: &WireEvent,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Option<Result<(), SourceError>> {
+        let done = self
+            .inner
+            .announce_and_settle(announce, receipt, settlement, ctx)
+            .await?;
+        if let (Ok(()), Some(job)) = (&done, ctx.job) {
+            self.settled.mark(job.id.as_str());
+        }
+        Some(done)
+    }
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
         self.inner.extend_lease(receipt).await
     }

@@ -446,6 +446,23 @@ impl JobSource for AutoSource {
         Ok(())
     }
 
+    async fn announce_and_settle(
+        &self,
+        announce: &WireEvent,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Option<Result<(), SourceError>> {
+        let (_, source, inner_receipt) = self.inner.untag(receipt).ok()?;
+        let done = source
+            .announce_and_settle(announce, &inner_receipt, settlement, ctx)
+            .await?;
+        if let (Ok(()), Some(job)) = (&done, ctx.job) {
+            lock(&self.inner.owners).remove(&job.id);
+        }
+        Some(done)
+    }
+
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
         let (_, source, inner_receipt) = self.inner.untag(receipt)?;
         source.extend_lease(&inner_receipt).await

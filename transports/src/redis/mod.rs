@@ -265,7 +265,9 @@ impl RedisSource {
         info!(streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer, lease_ms = cfg.lease.as_millis() as u64, "redis job source connected");
         // Events go out after `close()` too (a draining worker still finishes jobs), so the
         // publisher is not among the tasks `close()` waits for; it stops when the source drops.
-        let (publisher, publishing) = publish::Publisher::start(ctl.clone(), cfg.clone());
+        let scripts = Scripts::new();
+        let texts = vec![record::EVENT.to_owned(), scripts.ack_text().to_owned()];
+        let (publisher, publishing) = publish::Publisher::start(ctl.clone(), cfg.clone(), texts);
         let streams = lanes::Stats {
             known: cfg.streams.iter().cloned().collect(),
             ..Default::default()
@@ -273,7 +275,7 @@ impl RedisSource {
         let inner = Arc::new(Inner {
             cfg,
             ctl,
-            scripts: Scripts::new(),
+            scripts,
             inbox: Inbox::default(),
             outstanding: Mutex::default(),
             parked: Mutex::default(),
@@ -311,6 +313,37 @@ impl RedisSource {
     /// The streams read now, with their priorities, and the entries claimed per stream.
     pub fn stream_stats(&self) -> lanes::Stats {
         lock(&self.inner.streams).clone()
+    }
+
+    /// What a settlement script's outcome means for the runner; the entry is not tracked any
+    /// more either way.
+    fn settled(
+        &self,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        applied: Result<Owned, SourceError>,
+    ) -> Result<(), SourceError> {
+        // A stream or group that no longer exists (Redis restarted without persistence, or the
+        // stream was deleted) holds no pending entry: there is nothing left to settle.
+        let outcome = match applied {
+            Err(SourceError::Busy(m)) if m.contains("NOGROUP") => Owned::Gone,
+            other => other?,
+        };
+        self.inner.forget(receipt);
+        match outcome {
+            Owned::Applied => {
+                debug!(receipt = %receipt, settlement = settlement.name(), "settled");
+                Ok(())
+            }
+            Owned::Gone => {
+                debug!(receipt = %receipt, settlement = settlement.name(), "entry was already settled");
+                Ok(())
+            }
+            Owned::Stolen => {
+                warn!(receipt = %receipt, settlement = settlement.name(), "not settled: another worker owns the entry");
+                Err(SourceError::LeaseLost(receipt.clone()))
+            }
+        }
     }
 
     fn check_receipt(&self, r: &Receipt) -> Result<(), SourceError> {
@@ -428,27 +461,43 @@ impl JobSource for RedisSource {
             })
         }
         .await;
-        // A stream or group that no longer exists (Redis restarted without persistence, or the
-        // stream was deleted) holds no pending entry: there is nothing left to settle.
-        let outcome = match applied {
-            Err(SourceError::Busy(m)) if m.contains("NOGROUP") => Owned::Gone,
-            other => other?,
-        };
-        inner.forget(receipt);
-        match outcome {
-            Owned::Applied => {
-                debug!(receipt = %receipt, settlement = settlement.name(), "settled");
-                Ok(())
-            }
-            Owned::Gone => {
-                debug!(receipt = %receipt, settlement = settlement.name(), "entry was already settled");
-                Ok(())
-            }
-            Owned::Stolen => {
-                warn!(receipt = %receipt, settlement = settlement.name(), "not settled: another worker owns the entry");
-                Err(SourceError::LeaseLost(receipt.clone()))
-            }
+        self.settled(receipt, settlement, applied)
+    }
+
+    /// Publishes the `end` and acks in one pipeline (other settlements: `None`).
+    async fn announce_and_settle(
+        &self,
+        announce: &WireEvent,
+        receipt: &Receipt,
+        settlement: &Settlement,
+        ctx: &SettleContext<'_>,
+    ) -> Option<Result<(), SourceError>> {
+        if *settlement != Settlement::Ack || self.check_receipt(receipt).is_err() {
+            return None;
         }
+        let inner = &self.inner;
+        inner.touch(receipt);
+        let t = inner.target(receipt, ctx.job.map(|j| &j.id));
+        let cmds = vec![
+            inner.publisher.event(announce),
+            inner.scripts.ack_command(&t, inner.cfg.keep_acked),
+        ];
+        // Redis runs the ack after the event's script; a script it refuses (out of memory, a
+        // read-only replica) it refuses both for.
+        let answers = match inner.publisher.send(cmds).await {
+            Ok(answers) => answers,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut answers = answers.into_iter();
+        if let Some(Err(e)) = answers.next() {
+            return Some(Err(e));
+        }
+        inner.recent_ends.remember(announce);
+        let acked = answers
+            .next()
+            .unwrap_or_else(|| Err(SourceError::Broker("no answer to the ack".into())))
+            .and_then(|v| scripts::owned(&v));
+        Some(self.settled(receipt, settlement, acked))
     }
 
     async fn extend_lease(&self, receipt: &Receipt) -> Result<Lease, SourceError> {
@@ -495,7 +544,14 @@ impl JobSource for RedisSource {
         Ok(n > 0)
     }
 
+    /// `claimed` and `start` are queued and not waited for (they go out in order, before the
+    /// job's later events; a failure is logged); every other event returns once Redis has it.
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
+        use crate::events::EventData::{Claimed, Start};
+        if matches!(event.data, Claimed { .. } | Start { .. }) {
+            self.inner.publisher.post(event);
+            return Ok(());
+        }
         self.inner.publisher.publish(event).await?;
         self.inner.recent_ends.remember(event);
         Ok(())

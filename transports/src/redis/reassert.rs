@@ -80,11 +80,17 @@ pub(crate) async fn rewrite(
     if ends.is_empty() {
         return Ok(());
     }
-    let mut p = redis::pipe();
-    for end in ends {
-        super::record::add(&mut p, cfg, super::record::Write::Status, end);
-    }
-    super::record::query(conn, &p).await
+    use super::record::{command, Write, EVENT};
+    let cmds: Vec<redis::Cmd> = ends
+        .iter()
+        .map(|end| command(cfg, Write::Status, end))
+        .collect();
+    let refs: Vec<&redis::Cmd> = cmds.iter().collect();
+    let answers = super::publish::send(conn, &refs, &[EVENT.to_owned()]).await?;
+    answers
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Ok(()), |e| Err(super::conn::map_err(e)))
 }
 
 /// How long after an outage a fetcher hands out no new entry: long enough for every node's

@@ -9,23 +9,18 @@
 //! lives `done_ttl`, the status hash `status_ttl`. Once a job is completed, no later event of
 //! another delivery (a `claimed`, an `error`, a `cancelled`) changes its status. Every claimed
 //! entry is checked against the record before it is handed out (`gate`). The script is called
-//! by its SHA inside pipelines; a Redis that forgot it (restarted) gets it again and the
-//! pipeline is sent once more ([`query`]: nothing of a refused `EVALSHA` ran). This module owns
-//! the script; it must never decide which delivery runs or which event is due.
-
-use redis::aio::ConnectionManager;
+//! by its SHA inside pipelines (`publish`). This module owns the script; it must never decide
+//! which delivery runs or which event is due.
 
 use super::config::RedisConfig;
-use super::conn::map_err;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
-use crate::source::SourceError;
 
 /// KEYS: event stream, status hash, completion record. ARGV: what to write (`event`: publish,
 /// append, status; `status`: the status and the record of an `end` only; `record`: the
 /// completion record only, unconditionally), the event's JSON, its type, its channel, the
 /// stream's cap, the stream's new time to live in ms ('' leaves it), the status ('' none),
 /// worker id, at, error ('' none), status ttl ms, record ttl ms.
-const EVENT: &str = r"
+pub(crate) const EVENT: &str = r"
 local what, json, ty = ARGV[1], ARGV[2], ARGV[3]
 local function record()
   redis.call('HSET', KEYS[3], 'outcome', 'completed', 'event', json, 'worker_id', ARGV[8], 'at', ARGV[9])
@@ -82,16 +77,16 @@ fn script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| redis::Script::new(EVENT))
 }
 
-/// Appends one call of the script for `event` to `p`.
-pub(crate) fn add(p: &mut redis::Pipeline, cfg: &RedisConfig, write: Write, event: &WireEvent) {
+/// The script's call that writes `event`.
+pub(crate) fn command(cfg: &RedisConfig, write: Write, event: &WireEvent) -> redis::Cmd {
     let (status, error) = match (write, event.status()) {
         (Write::Record, _) | (_, None) => ("", ""),
         (_, Some((JobStatus::Failed, Some(error)))) => (JobStatus::Failed.as_str(), error),
         (_, Some((status, _))) => (status.as_str(), ""),
     };
     let id = &event.job_id;
-    p.cmd("EVALSHA")
-        .arg(script().get_hash())
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script().get_hash())
         .arg(3)
         .arg(RedisConfig::events_stream(id))
         .arg(RedisConfig::status_key(id))
@@ -107,8 +102,8 @@ pub(crate) fn add(p: &mut redis::Pipeline, cfg: &RedisConfig, write: Write, even
         .arg(rfc3339(std::time::SystemTime::now()))
         .arg(error)
         .arg(cfg.status_ttl.as_millis() as u64)
-        .arg(cfg.done_ttl.as_millis() as u64)
-        .ignore();
+        .arg(cfg.done_ttl.as_millis() as u64);
+    cmd
 }
 
 /// The event stream's new time to live after `data`, if it changes. While the job runs it runs
@@ -124,25 +119,5 @@ fn stream_ttl(cfg: &RedisConfig, data: &EventData) -> Option<std::time::Duration
         } => Some(cfg.events_ttl),
         d if d.is_terminal() => Some(cfg.events_grace),
         _ => Some(cfg.events_ttl),
-    }
-}
-
-/// Sends `p`; if Redis no longer knows the script (it restarted), loads it and sends `p` once
-/// more: a refused `EVALSHA` ran nothing, and what else the pipeline holds may run twice.
-pub(crate) async fn query(
-    conn: &mut ConnectionManager,
-    p: &redis::Pipeline,
-) -> Result<(), SourceError> {
-    match p.query_async::<()>(conn).await {
-        Err(e) if e.code() == Some("NOSCRIPT") => {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(EVENT)
-                .query_async::<String>(conn)
-                .await
-                .map_err(map_err)?;
-            p.query_async::<()>(conn).await.map_err(map_err)
-        }
-        other => other.map_err(map_err),
     }
 }

@@ -25,7 +25,7 @@ pub(crate) enum Owned {
     Stolen,
 }
 
-fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
+pub(crate) fn owned(v: &redis::Value) -> Result<Owned, SourceError> {
     let v = match v {
         redis::Value::Array(parts) => parts.first().unwrap_or(v),
         other => other,
@@ -148,6 +148,8 @@ pub(crate) struct Scripts {
     claim: Script,
     ack: Script,
     dead_letter: Script,
+    /// The ack's text, for a Redis that forgot it (`publish::send`).
+    ack_text: String,
 }
 
 /// Who is asking about which entry, and the owner marker of its job when known.
@@ -162,13 +164,33 @@ pub(crate) struct Target<'a> {
 
 impl Scripts {
     pub fn new() -> Self {
-        let with_check =
-            |pre: &str, body: &str| Script::new(&format!("{MARKER}{pre}{OWNER_CHECK}{body}"));
+        let text = |pre: &str, body: &str| format!("{MARKER}{pre}{OWNER_CHECK}{body}");
+        let ack_text = text(ACK_PRE, ACK);
         Self {
-            claim: with_check(CLAIM_PRE, CLAIM),
-            ack: with_check(ACK_PRE, ACK),
-            dead_letter: with_check(DEAD_LETTER_PRE, DEAD_LETTER),
+            claim: Script::new(&text(CLAIM_PRE, CLAIM)),
+            ack: Script::new(&ack_text),
+            dead_letter: Script::new(&text(DEAD_LETTER_PRE, DEAD_LETTER)),
+            ack_text,
         }
+    }
+
+    /// The text of the script [`Scripts::ack_command`] calls.
+    pub fn ack_text(&self) -> &str {
+        &self.ack_text
+    }
+
+    /// [`Scripts::ack`] as one command for a pipeline; its answer is read with [`owned`].
+    pub fn ack_command(&self, t: &Target<'_>, keep: bool) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.ack.get_hash())
+            .arg(1 + usize::from(t.marker.is_some()))
+            .arg(t.stream)
+            .arg(t.marker.as_deref())
+            .arg(t.group)
+            .arg(t.consumer)
+            .arg(t.id)
+            .arg(delete_flag(keep));
+        cmd
     }
 
     /// Claims the entry to its owner, setting its idle time to `idle_ms`; `lease` is what a

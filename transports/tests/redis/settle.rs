@@ -246,3 +246,72 @@ async fn settlement_of_a_foreign_receipt_is_refused() {
     assert!(matches!(err, SourceError::Config(_)));
     assert!(!err.is_retryable());
 }
+
+/// An `end` and the ack of its entry go to Redis together, the `end` first: the ack applies
+/// and the event is out; against a lease another worker holds, the event still goes out and
+/// the ack is refused; other settlements are left to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_and_its_ack_travel_together() {
+    use citadel_transports::{EventData, EventMeta, WireEvent};
+    let server = Server::start().await;
+    let mut cfg = server.config("node-a");
+    cfg.lease = Duration::from_millis(300);
+    let a = RedisSource::connect(cfg).await.unwrap();
+    let mut cfg = server.config("node-b");
+    cfg.lease = Duration::from_millis(300);
+    let b = RedisSource::connect(cfg).await.unwrap();
+    let mut c = server.conn().await;
+    let end = |inc: &Incoming| {
+        let Incoming::Job(d) = inc else {
+            panic!("a job")
+        };
+        let data = EventData::End {
+            result: serde_json::json!({"ok": true}),
+        };
+        WireEvent::new(d.job.id.clone(), EventMeta::new("w", "n"), data)
+    };
+    let ends = |c: &mut redis::aio::MultiplexedConnection, id: &str| {
+        let key = format!("stream:v1:{id}:events");
+        let mut c = c.clone();
+        async move {
+            let n: usize = redis::cmd("XLEN")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            n
+        }
+    };
+
+    enqueue_job(&mut c, "j1", "noop").await;
+    let inc = one(&a).await;
+    let done = a
+        .announce_and_settle(&end(&inc), inc.receipt(), &Settlement::Ack, &ctx())
+        .await;
+    assert_eq!(done, Some(Ok(())));
+    assert!(pending(&mut c).await.is_empty());
+    assert_eq!(ends(&mut c, "j1").await, 1);
+    let retry = Settlement::Retry {
+        delay: Duration::ZERO,
+    };
+    assert_eq!(
+        a.announce_and_settle(&end(&inc), inc.receipt(), &retry, &ctx())
+            .await,
+        None,
+        "only an ack travels with its event"
+    );
+
+    enqueue_job(&mut c, "j2", "noop").await;
+    let inc = one(&a).await;
+    let taken = one(&b).await;
+    assert_eq!(taken.receipt(), inc.receipt(), "b took the entry over");
+    let done = a
+        .announce_and_settle(&end(&inc), inc.receipt(), &Settlement::Ack, &ctx())
+        .await;
+    assert_eq!(
+        done,
+        Some(Err(SourceError::LeaseLost(inc.receipt().clone())))
+    );
+    assert_eq!(ends(&mut c, "j2").await, 1, "the event went out");
+    assert_eq!(pending(&mut c).await[0].1, "node-b");
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four transports side by side (issue 5's benchmark): no-op jobs through one worker process
+# The four transports side by side: no-op jobs through one worker process
 # with the durable journal at concurrency 64, and enqueue → handler-start latency at 100 jobs/s,
 # each bench starting its own server (redis-server, nats-server -js, the control plane), in one
 # run on one machine. Prints one table; the raw JSON of each bench goes to $OUT (default

@@ -118,7 +118,61 @@ struct Envelope<'a> {
     #[serde(rename = "rayId", skip_serializing_if = "Option::is_none")]
     ray_id: Option<&'a str>,
     timestamp: String,
-    data: Map<String, Value>,
+    data: DataOut<'a>,
+}
+
+/// An event's `data` object, `meta` included, written straight from the event: the same text
+/// as [`WireEvent::data_json`] (keys in sorted order, as a JSON object map writes them) without
+/// building and cloning a map first.
+struct DataOut<'a>(&'a WireEvent);
+
+impl Serialize for DataOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let meta = MetaOut(&self.0.meta);
+        let mut m = s.serialize_map(None)?;
+        match &self.0.data {
+            EventData::Claimed { agent_version } => {
+                m.serialize_entry("agent_version", agent_version)?;
+                m.serialize_entry("meta", &meta)?;
+            }
+            EventData::Start { message } => {
+                m.serialize_entry("message", message)?;
+                m.serialize_entry("meta", &meta)?;
+            }
+            EventData::Chunk { content, index } => {
+                m.serialize_entry("content", content)?;
+                m.serialize_entry("index", index)?;
+                m.serialize_entry("meta", &meta)?;
+            }
+            EventData::End { result } => {
+                m.serialize_entry("meta", &meta)?;
+                m.serialize_entry("result", result)?;
+            }
+            EventData::Error { error, recoverable } => {
+                m.serialize_entry("error", error)?;
+                m.serialize_entry("meta", &meta)?;
+                m.serialize_entry("recoverable", recoverable)?;
+            }
+            EventData::Cancelled { reason } => {
+                m.serialize_entry("meta", &meta)?;
+                m.serialize_entry("reason", reason)?;
+            }
+        }
+        m.end()
+    }
+}
+
+struct MetaOut<'a>(&'a EventMeta);
+
+impl Serialize for MetaOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("node_id", &self.0.node_id)?;
+        m.serialize_entry("node_name", &self.0.node_name)?;
+        m.end()
+    }
 }
 
 impl WireEvent {
@@ -204,7 +258,7 @@ impl WireEvent {
             job_id: self.job_id.as_str(),
             ray_id: self.ray_id.as_deref(),
             timestamp: rfc3339(self.timestamp),
-            data: self.data_json(),
+            data: DataOut(self),
         };
         serde_json::to_string(&envelope).unwrap_or_else(|_| String::from("{}"))
     }
@@ -225,6 +279,37 @@ mod tests {
 
     fn meta() -> EventMeta {
         EventMeta::new("node-1", "gpu-box")
+    }
+
+    #[test]
+    fn the_data_is_written_as_its_json_object_would_be() {
+        let all = [
+            EventData::Claimed {
+                agent_version: "0.1.0".into(),
+            },
+            EventData::Start {
+                message: "go \"now\"\n".into(),
+            },
+            EventData::Chunk {
+                content: "tok é".into(),
+                index: 7,
+            },
+            EventData::End {
+                result: json!({"z": [1, {"b": 2, "a": null}], "a": "x"}),
+            },
+            EventData::Error {
+                error: "boom".into(),
+                recoverable: true,
+            },
+            EventData::Cancelled {
+                reason: "asked".into(),
+            },
+        ];
+        for data in all {
+            let ev = WireEvent::new(id(), meta(), data).with_ray_id(Some("r".into()));
+            let text = serde_json::to_string(&DataOut(&ev)).unwrap();
+            assert_eq!(text, Value::Object(ev.data_json()).to_string());
+        }
     }
 
     fn id() -> JobId {

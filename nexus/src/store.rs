@@ -400,10 +400,38 @@ impl Store {
         by: Reporter<'_>,
         event: &Value,
     ) -> Result<u64, StoreError> {
+        self.append_events(id, by, &[event])
+    }
+
+    /// Records job events in order, as that many [`Store::append_event`] would, writing the
+    /// job's record once (after the last one recorded); returns the last one's index. The first
+    /// refused event ends it: those before it stay recorded.
+    pub fn append_events(
+        &self,
+        id: &str,
+        by: Reporter<'_>,
+        events: &[&Value],
+    ) -> Result<u64, StoreError> {
         let mut q = self.lock();
-        let r = self.insert_event(&mut q, id, by, event)?;
-        self.put(std::slice::from_ref(&r))?;
-        Ok(r.events - 1)
+        let mut last = None;
+        let mut refused = None;
+        for event in events {
+            match self.insert_event(&mut q, id, by, event) {
+                Ok(r) => last = Some(r),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(r) = &last {
+            self.put(std::slice::from_ref(r))?;
+        }
+        match (refused, last) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r.events - 1),
+            (None, None) => Err(StoreError::Invalid("no events to record".into())),
+        }
     }
 
     /// Checks and writes one event; the changed job, not yet written.

@@ -763,6 +763,41 @@ mod tests {
     }
 
     #[test]
+    fn events_recorded_together_write_the_record_once_and_stop_at_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            id = s.submit(job("echo")).unwrap().id;
+            let got = s.claim("default", "w", 1, DEFAULT_LEASE).unwrap();
+            let lease = got[0].lease.clone().unwrap().id;
+            let start = serde_json::json!({"type": "start", "jobId": id, "data": {}});
+            let end = serde_json::json!({"type": "end", "jobId": id, "data": {"result": 7}});
+            let by = Reporter::Lease(&lease);
+            assert_eq!(s.append_events(&id, by, &[&start, &end]).unwrap(), 1);
+            let untyped = serde_json::json!({"jobId": id});
+            let refused = s.append_events(&id, by, &[&start, &untyped, &end]);
+            assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(s.flush())
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let r = s.get(&id).unwrap();
+        assert_eq!(r.events, 3, "the start before the refused event stays recorded");
+        assert_eq!(r.outcome, Some(Outcome::End));
+        assert_eq!(r.result, Some(serde_json::json!(7)));
+        let types: Vec<String> = s
+            .events_from(&id, 0)
+            .unwrap()
+            .iter()
+            .map(|(_, t)| serde_json::from_str::<Value>(t).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(types, ["\"start\"", "\"end\"", "\"start\""]);
+    }
+
+    #[test]
     fn a_claim_that_announces_records_each_jobs_claimed_event_durably() {
         let dir = tempfile::tempdir().unwrap();
         let data = serde_json::json!({"agent_version": "9.9"});

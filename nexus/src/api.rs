@@ -22,8 +22,8 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{self, Principal};
 use super::common::{
-    check_event, lease_of, parse, record_event, record_events, settle_of, ApiError, ApiResult, AppState, Body,
-    MAX_BODY, MAX_WAIT,
+    check_event, lease_of, parse, record_event, record_events, settle_of, ApiError, ApiResult,
+    AppState, Body, MAX_BODY, MAX_WAIT,
 };
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{

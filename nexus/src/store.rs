@@ -777,7 +777,10 @@ mod tests {
             assert_eq!(s.append_events(&id, by, &[&start, &end]).unwrap(), 1);
             let untyped = serde_json::json!({"jobId": id});
             let refused = s.append_events(&id, by, &[&start, &untyped, &end]);
-            assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+            assert!(
+                matches!(refused, Err(StoreError::Invalid(_))),
+                "{refused:?}"
+            );
             tokio::runtime::Runtime::new()
                 .unwrap()
                 .block_on(s.flush())
@@ -785,7 +788,10 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         let r = s.get(&id).unwrap();
-        assert_eq!(r.events, 3, "the start before the refused event stays recorded");
+        assert_eq!(
+            r.events, 3,
+            "the start before the refused event stays recorded"
+        );
         assert_eq!(r.outcome, Some(Outcome::End));
         assert_eq!(r.result, Some(serde_json::json!(7)));
         let types: Vec<String> = s

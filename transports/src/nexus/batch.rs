@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use reqwest::{Method, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control_plane::client::failure;

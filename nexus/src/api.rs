@@ -22,8 +22,8 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{self, Principal};
 use super::common::{
-    check_event, lease_of, parse, record_event, settle_of, ApiError, ApiResult, AppState, Body,
-    MAX_BODY, MAX_WAIT,
+    check_event, lease_of, parse, record_event, record_events, settle_of, ApiError, ApiResult,
+    AppState, Body, MAX_BODY, MAX_WAIT,
 };
 use super::store::{Offer, StoreError};
 use citadel_transports::control_plane::wire::{
@@ -474,11 +474,8 @@ fn batch_op(app: &AppState, who: &Principal, op: BatchOp) -> ApiResult<bool> {
         BatchOp::Events {
             lease_id, events, ..
         } => {
-            let mut durable = false;
-            for ev in &events {
-                durable |= record_event(&app.store, &job, Some(&lease_id), ev)?;
-            }
-            Ok(durable)
+            let events: Vec<&Value> = events.iter().collect();
+            record_events(&app.store, &job, Some(&lease_id), &events)
         }
     }
 }

@@ -162,15 +162,34 @@ pub(crate) fn record_event(
     lease: Option<&str>,
     ev: &Value,
 ) -> ApiResult<bool> {
-    check_event(id, ev)?;
+    record_events(store, id, lease, &[ev])
+}
+
+/// [`record_event`] of several events in order, the job's record written once: as that many
+/// requests would, the events before the first refused one stay recorded and the refusal is
+/// the answer.
+pub(crate) fn record_events(
+    store: &Store,
+    id: &str,
+    lease: Option<&str>,
+    events: &[&Value],
+) -> ApiResult<bool> {
+    let checked = events.iter().take_while(|ev| check_event(id, ev).is_ok());
+    let valid: Vec<&Value> = checked.copied().collect();
     let by = match lease {
         Some(l) => Reporter::Lease(l),
         None => Reporter::Unleased,
     };
-    store.append_event(id, by, ev)?;
-    let terminal = ev
-        .get("type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| Outcome::of_event(t).is_some());
+    if !valid.is_empty() {
+        store.append_events(id, by, &valid)?;
+    }
+    if let Some(bad) = events.get(valid.len()) {
+        check_event(id, bad)?;
+    }
+    let terminal = valid.iter().any(|ev| {
+        ev.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| Outcome::of_event(t).is_some())
+    });
     Ok(lease.is_none() || terminal)
 }

@@ -400,10 +400,38 @@ impl Store {
         by: Reporter<'_>,
         event: &Value,
     ) -> Result<u64, StoreError> {
+        self.append_events(id, by, &[event])
+    }
+
+    /// Records job events in order, as that many [`Store::append_event`] would, writing the
+    /// job's record once (after the last one recorded); returns the last one's index. The first
+    /// refused event ends it: those before it stay recorded.
+    pub fn append_events(
+        &self,
+        id: &str,
+        by: Reporter<'_>,
+        events: &[&Value],
+    ) -> Result<u64, StoreError> {
         let mut q = self.lock();
-        let r = self.insert_event(&mut q, id, by, event)?;
-        self.put(std::slice::from_ref(&r))?;
-        Ok(r.events - 1)
+        let mut last = None;
+        let mut refused = None;
+        for event in events {
+            match self.insert_event(&mut q, id, by, event) {
+                Ok(r) => last = Some(r),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(r) = &last {
+            self.put(std::slice::from_ref(r))?;
+        }
+        match (refused, last) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r.events - 1),
+            (None, None) => Err(StoreError::Invalid("no events to record".into())),
+        }
     }
 
     /// Checks and writes one event; the changed job, not yet written.
@@ -732,6 +760,47 @@ mod tests {
         assert_eq!(s.get(&id).unwrap().state, QueueState::Dead);
         s.requeue(&id).unwrap();
         assert_eq!(s.get(&id).unwrap().state, QueueState::Queued);
+    }
+
+    #[test]
+    fn events_recorded_together_write_the_record_once_and_stop_at_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            id = s.submit(job("echo")).unwrap().id;
+            let got = s.claim("default", "w", 1, DEFAULT_LEASE).unwrap();
+            let lease = got[0].lease.clone().unwrap().id;
+            let start = serde_json::json!({"type": "start", "jobId": id, "data": {}});
+            let end = serde_json::json!({"type": "end", "jobId": id, "data": {"result": 7}});
+            let by = Reporter::Lease(&lease);
+            assert_eq!(s.append_events(&id, by, &[&start, &end]).unwrap(), 1);
+            let untyped = serde_json::json!({"jobId": id});
+            let refused = s.append_events(&id, by, &[&start, &untyped, &end]);
+            assert!(
+                matches!(refused, Err(StoreError::Invalid(_))),
+                "{refused:?}"
+            );
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(s.flush())
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let r = s.get(&id).unwrap();
+        assert_eq!(
+            r.events, 3,
+            "the start before the refused event stays recorded"
+        );
+        assert_eq!(r.outcome, Some(Outcome::End));
+        assert_eq!(r.result, Some(serde_json::json!(7)));
+        let types: Vec<String> = s
+            .events_from(&id, 0)
+            .unwrap()
+            .iter()
+            .map(|(_, t)| serde_json::from_str::<Value>(t).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(types, ["\"start\"", "\"end\"", "\"start\""]);
     }
 
     #[test]

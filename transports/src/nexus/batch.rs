@@ -1,12 +1,15 @@
 //! Several jobs' recorded successes and settlements in one request (`POST /api/v1/jobs/batch`,
 //! to a plane whose health lists [`BATCH_FEATURE`](crate::control_plane::wire::BATCH_FEATURE)):
-//! one task sends what callers queue; whatever is queued while a batch is in flight goes out as
-//! the next one (one request, one flush on the plane), in order. Each caller waits for its own
-//! operation's result, which the plane answers only once the batch is durable. This module must
-//! never decide what an operation says; it only carries operations and their answers.
+//! one task sends what callers queue, with up to [`IN_FLIGHT`] batches in flight; whatever is
+//! queued meanwhile goes out as the next one (one request, one flush on the plane). Each caller
+//! waits for its own operation's result, which the plane answers only once the batch is
+//! durable; a caller sends a job's next operation only after that answer, so two batches in
+//! flight never hold operations of one job. This module must never decide what an operation
+//! says; it only carries operations and their answers.
 
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,6 +19,10 @@ use crate::control_plane::{Client, Failure};
 use crate::source::SourceError;
 
 type Request = (BatchOp, oneshot::Sender<Result<(), Failure>>);
+
+/// Batches sent at once: while one waits for the plane's flush, the next can already travel
+/// (measured: with one, each operation also waited for the batch ahead of it).
+pub(crate) const IN_FLIGHT: usize = 2;
 
 /// The sending side of the batch task; the task ends when this is dropped.
 #[derive(Debug)]
@@ -44,38 +51,55 @@ impl Batcher {
 }
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Request>, client: Client, timeout: Duration) {
+    let mut flying = FuturesUnordered::new();
+    let mut open = true;
     let mut batch: Vec<Request> = Vec::new();
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (ops, dones): (Vec<BatchOp>, Vec<_>) = batch.drain(..).unzip();
-        let n = ops.len();
-        let answer = send(&client, BatchRequest { ops }, timeout).await;
-        tracing::trace!(
-            ops = n,
-            ok = answer.is_ok(),
-            "sent a batch to the control plane"
-        );
-        match answer {
-            Ok(results) if results.len() == n => {
-                for (done, r) in dones.into_iter().zip(results) {
-                    let _ = done.send(result_of(&r));
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH), if open && flying.len() < IN_FLIGHT => {
+                if n == 0 {
+                    open = false;
+                    continue;
                 }
+                flying.push(answer(&client, std::mem::take(&mut batch), timeout));
             }
-            Ok(results) => {
-                let msg = format!("a batch of {n} was answered with {} results", results.len());
-                for done in dones {
-                    let _ = done.send(Err(Failure {
-                        status: None,
-                        error: SourceError::Broker(msg.clone()),
-                    }));
-                }
+            Some(()) = flying.next(), if !flying.is_empty() => {}
+            else => return,
+        }
+    }
+}
+
+/// Sends one batch and hands each caller its operation's result.
+async fn answer(client: &Client, batch: Vec<Request>, timeout: Duration) {
+    let (ops, dones): (Vec<BatchOp>, Vec<_>) = batch.into_iter().unzip();
+    let n = ops.len();
+    let answer = send(client, BatchRequest { ops }, timeout).await;
+    tracing::trace!(
+        ops = n,
+        ok = answer.is_ok(),
+        "sent a batch to the control plane"
+    );
+    match answer {
+        Ok(results) if results.len() == n => {
+            for (done, r) in dones.into_iter().zip(results) {
+                let _ = done.send(result_of(&r));
             }
-            Err(f) => {
-                for done in dones {
-                    let _ = done.send(Err(Failure {
-                        status: f.status,
-                        error: f.error.clone(),
-                    }));
-                }
+        }
+        Ok(results) => {
+            let msg = format!("a batch of {n} was answered with {} results", results.len());
+            for done in dones {
+                let _ = done.send(Err(Failure {
+                    status: None,
+                    error: SourceError::Broker(msg.clone()),
+                }));
+            }
+        }
+        Err(f) => {
+            for done in dones {
+                let _ = done.send(Err(Failure {
+                    status: f.status,
+                    error: f.error.clone(),
+                }));
             }
         }
     }

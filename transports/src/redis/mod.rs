@@ -53,6 +53,7 @@ mod dlq;
 mod entry;
 mod fetch;
 mod gate;
+mod held;
 mod lanes;
 mod park;
 mod producer;
@@ -70,7 +71,6 @@ pub const NODE_STATUS_MAXLEN: usize = 10_000;
 
 /// The idle time a released entry gets: longer than any lease, so every worker may take it now.
 pub const RELEASED_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -92,9 +92,8 @@ use crate::events::WireEvent;
 use crate::inbox::Inbox;
 use crate::job::JobId;
 use crate::settlement::Settlement;
-use crate::source::{
-    claim_confirms, Capabilities, Health, JobSource, Lease, SettleContext, SourceError,
-};
+use crate::source::{Capabilities, Health, JobSource, Lease, SettleContext, SourceError};
+pub(crate) use held::Claim;
 use park::Parked;
 use scripts::{ClaimMode, DeadLetterTo, Owned, Scripts, Target};
 
@@ -106,7 +105,7 @@ pub(crate) struct Inner {
     inbox: Inbox,
     /// Entries claimed by this process and not settled yet, with when this process last
     /// claimed, renewed or tried to settle each, and their job (for its owner marker).
-    outstanding: Mutex<HashMap<Receipt, Held>>,
+    outstanding: held::Outstanding,
     parked: Mutex<Vec<Parked>>,
     publisher: publish::Publisher,
     /// The `end` events published lately, written again after an outage (`reassert`).
@@ -128,32 +127,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An entry this process claimed: when it last touched it, and its job (none if malformed).
-#[derive(Debug)]
-struct Held {
-    at: Instant,
-    job: Option<JobId>,
-    /// When its claim was asked, until the first renewal reads it (`extend_lease`).
-    claimed: Option<Instant>,
-    /// The gate's answer on its cancellation and when it came, until `is_cancelled` reads it.
-    cancelled: Option<(Instant, bool)>,
-}
-
-/// What the fetcher knows of an entry it hands out: its job and whether the gate found its
-/// cancellation requested (none if malformed), and when its claim was asked (none for a
-/// re-read of this consumer's own pending entry, which leaves its lease as it was).
-#[derive(Debug)]
-pub(crate) struct Claim {
-    pub job: Option<(JobId, bool)>,
-    pub at: Option<Instant>,
-}
-
 impl Inner {
     /// The entry `r`, with the owner marker of `job` (or of the job it was claimed for here).
     fn target<'a>(&'a self, r: &'a Receipt, job: Option<&JobId>) -> Target<'a> {
-        let job = job
-            .cloned()
-            .or_else(|| lock(&self.outstanding).get(r).and_then(|h| h.job.clone()));
+        let job = job.cloned().or_else(|| self.outstanding.job(r));
         Target {
             stream: r.queue(),
             group: &self.cfg.group,
@@ -164,55 +141,31 @@ impl Inner {
     }
 
     fn track(&self, r: Receipt, claim: Claim) {
-        let now = Instant::now();
-        let (job, cancelled) = claim.job.unzip();
-        let held = Held {
-            at: now,
-            job,
-            claimed: claim.at,
-            cancelled: cancelled.map(|c| (now, c)),
-        };
-        lock(&self.outstanding).insert(r, held);
+        self.outstanding.track(r, claim);
     }
 
-    /// Whether `r` was claimed recently enough for its claim to stand for its first renewal
-    /// ([`claim_confirms`]); read once.
+    /// Whether `r`'s claim stands for its first renewal ([`held::Outstanding::claim_confirms`]).
     fn claim_confirms(&self, r: &Receipt) -> bool {
-        lock(&self.outstanding)
-            .get_mut(r)
-            .and_then(|h| h.claimed.take())
-            .is_some_and(|at| at.elapsed() < claim_confirms(self.cfg.lease))
+        self.outstanding.claim_confirms(r, self.cfg.lease)
     }
 
-    /// The gate's answer on `job`'s cancellation, if it came within [`claim_confirms`]; read
-    /// once.
+    /// The gate's answer on `job`'s cancellation, if still fresh; read once.
     fn fresh_cancellation(&self, job: &JobId) -> Option<bool> {
-        let mut all = lock(&self.outstanding);
-        let held = all
-            .values_mut()
-            .find(|h| h.cancelled.is_some() && h.job.as_ref() == Some(job))?;
-        let (at, cancelled) = held.cancelled.take()?;
-        (at.elapsed() < claim_confirms(self.cfg.lease)).then_some(cancelled)
+        self.outstanding.fresh_cancellation(job, self.cfg.lease)
     }
 
-    /// Notes that the runner still works on `r` (a renewal or a settlement is being tried).
     fn touch(&self, r: &Receipt) {
-        if let Some(h) = lock(&self.outstanding).get_mut(r) {
-            h.at = Instant::now();
-        }
+        self.outstanding.touch(r);
     }
 
     fn forget(&self, r: &Receipt) {
-        lock(&self.outstanding).remove(r);
+        self.outstanding.forget(r);
     }
 
     /// Whether the reclaimer must skip `r`: this process runs it and touched it within a
-    /// lease. A receipt nobody renews or settles any more (the runner gave up on a settlement
-    /// that kept failing) is not held forever: it is reclaimed like anyone's after the lease.
+    /// lease; one nobody touched for a lease is reclaimed like anyone's.
     fn is_outstanding(&self, r: &Receipt) -> bool {
-        lock(&self.outstanding)
-            .get(r)
-            .is_some_and(|h| h.at.elapsed() < self.cfg.lease)
+        self.outstanding.touched_within(r, self.cfg.lease)
     }
 
     fn parked(&self) -> MutexGuard<'_, Vec<Parked>> {
@@ -277,7 +230,7 @@ impl RedisSource {
             ctl,
             scripts,
             inbox: Inbox::default(),
-            outstanding: Mutex::default(),
+            outstanding: held::Outstanding::default(),
             parked: Mutex::default(),
             publisher,
             recent_ends: reassert::RecentEnds::default(),

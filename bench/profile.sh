@@ -3,7 +3,8 @@
 # `profiling`), `perf record` of `citadel bench redis` at one concurrency with the durable
 # journal (the Redis it starts is recorded too), folded into a flame graph with inferno
 # (installed with `cargo install` when missing). Writes bench/results/flame-redis-c<C>.svg and
-# prints the functions that cost the most, by process.
+# prints the functions that cost the most, by process (frames narrower than a pixel are left out of
+# the graph, which keeps it small).
 #   bench/profile.sh [CONCURRENCY=16] [JOBS=8000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ perf record -q -F 299 -g --call-graph dwarf,8192 -o "$out/perf.data" -- \
   target/profiling/citadel bench --data-dir "$out/data" redis --concurrency "$c" \
   --journal durable --jobs "$jobs" --latency-for 0s
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf >"$out/folded.txt"
-inferno-flamegraph --title "citadel bench redis, concurrency $c, journal durable ($jobs no-op jobs)" \
+inferno-flamegraph --minwidth 1 --title "citadel bench redis, concurrency $c, journal durable ($jobs no-op jobs)" \
   <"$out/folded.txt" >"bench/results/flame-redis-c$c.svg"
 echo "flame graph: bench/results/flame-redis-c$c.svg" >&2
 perf report -i "$out/perf.data" --no-children --sort comm,dso,symbol --stdio 2>/dev/null |

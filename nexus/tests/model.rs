@@ -107,6 +107,8 @@ struct ModelJob {
     /// The outcome each lease reported through its own events.
     reported: HashMap<String, Outcome>,
     final_state: Option<QueueState>,
+    /// When it became final (by the model's clock).
+    finished_at: u64,
     /// The lease that made the job final.
     settled_by: Option<String>,
     /// Ready again at (a retry's delay).
@@ -120,6 +122,14 @@ struct Model {
     given: Vec<Vec<(usize, String)>>,
     now: u64,
     next_lease: u64,
+}
+
+impl ModelJob {
+    /// The job became final in `state` at `now`.
+    fn finish(&mut self, state: QueueState, now: u64) {
+        self.final_state = Some(state);
+        self.finished_at = now;
+    }
 }
 
 impl Model {
@@ -176,11 +186,11 @@ fn expire(q: &mut Queue, m: &mut Model) -> Result<(), TestCaseError> {
                 "its recorded success stands"
             );
             prop_assert_eq!(r.attempts, mj.attempts, "no attempt added");
-            mj.final_state = Some(QueueState::Succeeded);
+            mj.finish(QueueState::Succeeded, m.now);
             mj.settled_by = Some(lease);
         } else if mj.attempts >= mj.max {
             prop_assert_eq!(r.state, QueueState::Dead, "dead after exactly max attempts");
-            mj.final_state = Some(QueueState::Dead);
+            mj.finish(QueueState::Dead, m.now);
         } else {
             prop_assert_eq!(r.state, QueueState::Queued, "back in the queue");
             mj.ready_at = 0;
@@ -275,7 +285,7 @@ fn step(q: &mut Queue, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             };
             let (r, _) = q.cancel(id, m.now).unwrap();
             if mj.final_state.is_none() && mj.owner.is_none() {
-                mj.final_state = Some(QueueState::Cancelled);
+                mj.finish(QueueState::Cancelled, m.now);
             }
             prop_assert_eq!(Some(r.state).filter(|s| s.is_final()), mj.final_state);
         }
@@ -338,12 +348,12 @@ fn settle(
                 .or(own)
                 .map_or(QueueState::Succeeded, Outcome::state);
             prop_assert_eq!(r.state, want, "the settling lease's own outcome decides");
-            mj.final_state = Some(want);
+            mj.finish(want, m.now);
             mj.settled_by = Some(lease);
         }
         How::DeadLetter => {
             prop_assert_eq!(r.state, QueueState::Dead);
-            mj.final_state = Some(QueueState::Dead);
+            mj.finish(QueueState::Dead, m.now);
             mj.settled_by = Some(lease);
         }
         How::Retry => {
@@ -385,14 +395,14 @@ proptest! {
 
 /// What retention must remove, by the model: the finished (not dead-lettered) jobs that
 /// finished at least `age` ms before `now`, and the oldest beyond `cap`.
-fn model_retired(
-    m: &Model,
-    finished_at: &HashMap<usize, u64>,
-    age: u64,
-    cap: usize,
-    now: u64,
-) -> Vec<String> {
-    let mut done: Vec<(u64, usize)> = finished_at.iter().map(|(j, at)| (*at, *j)).collect();
+fn model_retired(m: &Model, age: u64, cap: usize, now: u64) -> Vec<String> {
+    let mut done: Vec<(u64, usize)> = m
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, mj))| mj.final_state.is_some_and(|s| s != QueueState::Dead))
+        .map(|(j, (_, mj))| (mj.finished_at, j))
+        .collect();
     done.sort_unstable();
     let over = done.len().saturating_sub(cap);
     done.iter()
@@ -417,21 +427,15 @@ proptest! {
     ) {
         let mut q = Queue::default();
         let mut m = Model { given: vec![Vec::new(); WORKERS], ..Default::default() };
-        let mut finished_at: HashMap<usize, u64> = HashMap::new();
         for op in &ops {
             step(&mut q, &mut m, op)?;
-            for (j, (_, mj)) in m.jobs.iter().enumerate() {
-                if mj.final_state.is_some_and(|s| s != QueueState::Dead) {
-                    finished_at.entry(j).or_insert(m.now);
-                }
-            }
         }
         let now = m.now + later;
         let policy = citadel_nexus::queue::Retention {
             max_age: Some(Duration::from_millis(age)),
             max_finished: Some(cap),
         };
-        let mut want = model_retired(&m, &finished_at, age, cap, now);
+        let mut want = model_retired(&m, age, cap, now);
         // In rounds of `round` jobs, as the server does, until a round comes back short.
         let mut gone = Vec::new();
         loop {

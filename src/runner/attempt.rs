@@ -37,6 +37,14 @@ impl Shared {
         }
     }
 
+    /// Publishes `events` of `job` in order, together where the transport can; a failure is
+    /// logged.
+    async fn publish_all(&self, job: &citadel_transports::Job, events: &[WireEvent]) {
+        if let Err(e) = self.source.publish_all(events).await {
+            tracing::warn!(job_id = %job.id, error = %e, "could not publish the job's events");
+        }
+    }
+
     /// A delivery that is not a job: reported and dead-lettered; it never stalls the queue.
     pub(crate) async fn malformed(&self, m: Malformed) {
         tracing::warn!(receipt = %m.receipt, job_id = ?m.job_id, reason = %m.reason, "malformed delivery; dead-lettering it");
@@ -244,12 +252,13 @@ impl Shared {
         slot: &mut Slot,
     ) {
         let job = s.job;
-        let claimed = EventData::Claimed {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let start = EventData::Start {
-            message: format!("running {} (attempt {})", job.job_type, job.attempt),
-        };
+        let claimed = WireEvent::for_job(
+            job,
+            self.meta.clone(),
+            EventData::Claimed {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            },
+        );
         let started_event = NewEvent::new(
             job.id.clone(),
             self.source.name(),
@@ -258,19 +267,17 @@ impl Shared {
             },
         )
         .delivery(s.delivery_id);
-        // The cancellation check and `claimed` share a round trip: a job cancelled before it
-        // started reads `claimed, cancelled` (docs/wire-format.md#job-events order) and never starts.
-        let (cancelled, ()) = tokio::join!(
-            self.source.is_cancelled(&job.id),
-            self.publish(job, claimed)
-        );
-        if matches!(cancelled, Ok(true)) {
+        // A job cancelled before it started reads `claimed, cancelled`
+        // (docs/wire-format.md#job-events order) and never starts.
+        if matches!(self.source.is_cancelled(&job.id).await, Ok(true)) {
+            self.publish_all(job, &[claimed]).await;
             self.cancelled(s, "cancelled by the producer before it started")
                 .await;
             return;
         }
         // Self-fencing: the lease must be confirmed this worker's before the handler starts.
         if !s.hold.confirm().await {
+            self.publish_all(job, &[claimed]).await;
             tracing::warn!(job_id = %job.id, "the lease could not be confirmed; not starting the job");
             return;
         }
@@ -278,13 +285,22 @@ impl Shared {
         // (dispatch latency), and a crash in the first millisecond of a run loses only the
         // record that it started; the broker's delivery count still counts the attempt.
         // A refused `started` (another delivery of the job ran or settled it meanwhile, e.g.
-        // while `claimed` waited on a broker that was down) publishes no `start`: the handler
+        // while the cancellation check waited on a broker that was down) publishes no `start`: the handler
         // does not run, and a `start` would claim an execution that never happened.
         if let Err(e) = self.journal.append_flushing(started_event) {
+            self.publish_all(job, &[claimed]).await;
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");
             return;
         }
-        self.publish(job, start).await;
+        let start = WireEvent::for_job(
+            job,
+            self.meta.clone(),
+            EventData::Start {
+                message: format!("running {} (attempt {})", job.job_type, job.attempt),
+            },
+        );
+        // `claimed` and `start` travel together (one script call on Redis).
+        self.publish_all(job, &[claimed, start]).await;
         crate::chaos::point(Point::AfterJournal, job);
         tracing::debug!(job_id = %job.id, attempt = job.attempt, job_type = %job.job_type, "started");
 

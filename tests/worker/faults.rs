@@ -88,7 +88,8 @@ struct Flaky {
     journal: Journal,
     refuse_publish: Mutex<HashSet<&'static str>>,
     refuse_settle: Mutex<HashSet<&'static str>>,
-    /// Jobs whose first `claimed` makes the journal skip them, so their `started` is refused.
+    /// Jobs whose first cancellation check makes the journal skip them, so their `started` is
+    /// refused.
     refuse_start: Mutex<HashSet<String>>,
     early: Mutex<Vec<String>>,
     /// The job whose `end` kills this worker: from then on no call reaches Redis (`dead`).
@@ -138,6 +139,14 @@ impl JobSource for Flaky {
     }
     async fn is_cancelled(&self, job: &JobId) -> Result<bool, SourceError> {
         self.alive().await;
+        // The runner's first question about a job, before it journals the start.
+        if self.refuse_start.lock().unwrap().remove(job.as_str()) {
+            let skip = EventKind::Skipped {
+                reason: "sabotaged by the test".into(),
+            };
+            let e = NewEvent::new(job.clone(), "redis", skip).delivery("sabotage");
+            self.journal.append(e).await.unwrap();
+        }
         self.inner.is_cancelled(job).await
     }
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
@@ -156,19 +165,6 @@ impl JobSource for Flaky {
                     event.job_id
                 ));
             }
-        }
-        if ty == "claimed"
-            && self
-                .refuse_start
-                .lock()
-                .unwrap()
-                .remove(event.job_id.as_str())
-        {
-            let skip = EventKind::Skipped {
-                reason: "sabotaged by the test".into(),
-            };
-            let e = NewEvent::new(event.job_id.clone(), "redis", skip).delivery("sabotage");
-            self.journal.append(e).await.unwrap();
         }
         if self.refuse_publish.lock().unwrap().remove(ty) {
             return Err(SourceError::Broker("refused by the test".into()));
@@ -396,6 +392,11 @@ async fn a_start_the_journal_refuses_leaves_the_delivery_to_its_lease() {
         w.handler.runs("unstarted"),
         1,
         "run once, by the redelivery"
+    );
+    // The refused delivery said it was claimed, and never that it started.
+    assert_eq!(
+        types(&events(&mut c, "unstarted").await),
+        ["claimed", "claimed", "start", "end"]
     );
     w.stop().await;
 }

@@ -223,6 +223,17 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
     /// Sends a job event (docs/wire-format.md#job-events) to whoever listens, and records the status it implies.
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError>;
 
+    /// Sends `events` of one job in this order, as [`JobSource::publish`] would one after the
+    /// other, stopping at the first error; a transport may send them together (one script call
+    /// on Redis, one round trip on NATS), and then after an error a later one may have gone out
+    /// too. A wrapping source must forward it.
+    async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
+        for event in events {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
+
     /// Makes a job's success known to every worker of the transport **before** this worker
     /// journals it: `end` is the event that will announce it once the success is journaled (it
     /// is not published here). A worker that dies once its journal holds the success then

@@ -144,6 +144,9 @@ impl JobSource for TimedSource {
     async fn publish(&self, event: &WireEvent) -> Result<(), SourceError> {
         self.inner.publish(event).await
     }
+    async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
+        self.inner.publish_all(events).await
+    }
     async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
         self.inner.record_success(end).await
     }

@@ -482,6 +482,16 @@ impl JobSource for AutoSource {
         self.inner.owner_of(&event.job_id)?.publish(event).await
     }
 
+    async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        self.inner
+            .owner_of(&first.job_id)?
+            .publish_all(events)
+            .await
+    }
+
     async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {
         self.inner.owner_of(&end.job_id)?.record_success(end).await
     }

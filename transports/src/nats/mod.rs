@@ -142,6 +142,19 @@ impl Inner {
         status: Option<(JobStatus, Option<&str>)>,
         json: Bytes,
     ) -> Result<(), SourceError> {
+        let ack = self.send_event(job, status, json).await?;
+        ack.await
+            .map_err(|e| map_err("publishing a job event", e))?;
+        Ok(())
+    }
+
+    /// Sends a job's status and event without waiting for the stream's ack (returned).
+    async fn send_event(
+        &self,
+        job: &JobId,
+        status: Option<(JobStatus, Option<&str>)>,
+        json: Bytes,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, SourceError> {
         if let Some((status, error)) = status {
             let mut v = serde_json::json!({
                 "status": status.as_str(),
@@ -157,14 +170,10 @@ impl Inner {
                 .await
                 .map_err(|e| map_err("writing the job status", e))?;
         }
-        let what = "publishing a job event";
         self.js
             .publish(NatsConfig::events_subject(job), json)
             .await
-            .map_err(|e| map_err(what, e))?
-            .await
-            .map_err(|e| map_err(what, e))?;
-        Ok(())
+            .map_err(|e| map_err("publishing a job event", e))
     }
 }
 
@@ -366,6 +375,25 @@ impl JobSource for NatsSource {
         self.inner
             .announce(&event.job_id, event.status(), json)
             .await
+    }
+
+    /// The events go out one after the other on the connection, then their acks are awaited:
+    /// one round trip for all, in order.
+    async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let json = Bytes::from(event.to_json());
+            acks.push(
+                self.inner
+                    .send_event(&event.job_id, event.status(), json)
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| map_err("publishing a job event", e))?;
+        }
+        Ok(())
     }
 
     /// Writes the job's completion record (`record`) and returns once the bucket stored it:

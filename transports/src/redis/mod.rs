@@ -510,6 +510,25 @@ impl JobSource for RedisSource {
         Ok(())
     }
 
+    /// A job's `claimed` and `start` go out as one script call, queued without waiting like
+    /// each of them alone; any other events one by one.
+    async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
+        use crate::events::EventData::{Claimed, Start};
+        let early = |e: &WireEvent| matches!(e.data, Claimed { .. } | Start { .. });
+        match events.first() {
+            Some(first) if events.iter().all(|e| early(e) && e.job_id == first.job_id) => {
+                self.inner.publisher.post_all(events);
+                Ok(())
+            }
+            _ => {
+                for event in events {
+                    self.publish(event).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Writes the job's completion record ahead of its `end`: from then on every node's gate
     /// acks the job's entries with this result instead of handing them out.
     async fn record_success(&self, end: &WireEvent) -> Result<(), SourceError> {

@@ -64,8 +64,15 @@ impl Publisher {
     /// Queues `event` and returns at once: it goes out in order with the rest, and a failure
     /// is logged here.
     pub(crate) fn post(&self, event: &WireEvent) {
+        self.post_all(std::slice::from_ref(event));
+    }
+
+    /// Queues `events` (of one job, at least one) as one script call, and returns at once, as
+    /// [`Publisher::post`] does.
+    pub(crate) fn post_all(&self, events: &[WireEvent]) {
         let (done, _) = oneshot::channel();
-        let _ = self.tx.send((vec![self.event(event)], done));
+        let cmd = record::command_all(&self.cfg, Write::Event, events);
+        let _ = self.tx.send((vec![cmd], done));
     }
 
     /// The command that publishes `event` (for [`Publisher::send`]).

@@ -1,4 +1,5 @@
-//! A job's events and final word on Redis, in one script per event ([`EVENT`]): the event is
+//! A job's events and final word on Redis, in one script call per event or per group of a
+//! job's events sent together ([`EVENT`]; a job's `claimed` and `start`): each event is
 //! `PUBLISH`ed on `stream:v1:{jobId}` and appended to its capped, expiring stream (fields
 //! `type` and `event`, the JSON sent once for both), and its status goes to the hash
 //! `job:{jobId}:status`, with the completion record `job:{jobId}:done` of an `end`
@@ -15,40 +16,48 @@
 use super::config::RedisConfig;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
 
-/// KEYS: event stream, status hash, completion record. ARGV: what to write (`event`: publish,
-/// append, status; `status`: the status and the record of an `end` only; `record`: the
-/// completion record only, unconditionally), the event's JSON, its type, its channel, the
-/// stream's cap, the stream's new time to live in ms ('' leaves it), the status ('' none),
-/// worker id, at, error ('' none), status ttl ms, record ttl ms.
+/// KEYS: event stream, status hash, completion record (all of one job). ARGV: what to write
+/// (`event`: publish, append, status; `status`: the status and the record of an `end` only;
+/// `record`: the completion record only, unconditionally), then eleven per event, for one or
+/// more events of the job in order: the event's JSON, its type, its channel, the stream's cap,
+/// the stream's new time to live in ms ('' leaves it), the status ('' none), worker id, at,
+/// error ('' none), status ttl ms, record ttl ms. Returns the last event's answer: 0 when its
+/// status was left alone (the job is completed), else 1.
 pub(crate) const EVENT: &str = r"
-local what, json, ty = ARGV[1], ARGV[2], ARGV[3]
-local function record()
-  redis.call('HSET', KEYS[3], 'outcome', 'completed', 'event', json, 'worker_id', ARGV[8], 'at', ARGV[9])
-  redis.call('PEXPIRE', KEYS[3], ARGV[12])
+local what = ARGV[1]
+local function record(b)
+  redis.call('HSET', KEYS[3], 'outcome', 'completed', 'event', ARGV[b], 'worker_id', ARGV[b+6], 'at', ARGV[b+7])
+  redis.call('PEXPIRE', KEYS[3], ARGV[b+10])
 end
-if what == 'record' then
-  record()
+local function one(b)
+  local json, ty, status = ARGV[b], ARGV[b+1], ARGV[b+5]
+  if what == 'record' then
+    record(b)
+    return 1
+  end
+  if what == 'event' then
+    redis.call('PUBLISH', ARGV[b+2], json)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[b+3], '*', 'type', ty, 'event', json)
+    if ARGV[b+4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[b+4]) end
+  end
+  if status == '' then return 1 end
+  if ty == 'end' then
+    if redis.call('EXISTS', KEYS[3]) == 0 then record(b) end
+  elseif redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HGET', KEYS[2], 'status') == 'completed' then
+    return 0
+  end
+  redis.call('HSET', KEYS[2], 'status', status, 'worker_id', ARGV[b+6], 'updated_at', ARGV[b+7])
+  if ARGV[b+8] ~= '' then
+    redis.call('HSET', KEYS[2], 'error', ARGV[b+8])
+  else
+    redis.call('HDEL', KEYS[2], 'error')
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[b+9])
   return 1
 end
-if what == 'event' then
-  redis.call('PUBLISH', ARGV[4], json)
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'type', ty, 'event', json)
-  if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-end
-if ARGV[7] == '' then return 1 end
-if ty == 'end' then
-  if redis.call('EXISTS', KEYS[3]) == 0 then record() end
-elseif redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HGET', KEYS[2], 'status') == 'completed' then
-  return 0
-end
-redis.call('HSET', KEYS[2], 'status', ARGV[7], 'worker_id', ARGV[8], 'updated_at', ARGV[9])
-if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[2], 'error', ARGV[10])
-else
-  redis.call('HDEL', KEYS[2], 'error')
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[11])
-return 1
+local r = 1
+for b = 2, #ARGV, 11 do r = one(b) end
+return r
 ";
 
 /// What one call of the script writes.
@@ -79,30 +88,41 @@ fn script() -> &'static redis::Script {
 
 /// The script's call that writes `event`.
 pub(crate) fn command(cfg: &RedisConfig, write: Write, event: &WireEvent) -> redis::Cmd {
-    let (status, error) = match (write, event.status()) {
-        (Write::Record, _) | (_, None) => ("", ""),
-        (_, Some((JobStatus::Failed, Some(error)))) => (JobStatus::Failed.as_str(), error),
-        (_, Some((status, _))) => (status.as_str(), ""),
-    };
-    let id = &event.job_id;
+    command_all(cfg, write, std::slice::from_ref(event))
+}
+
+/// The script's one call that writes `events`, in order: events of one job (the first one's),
+/// at least one.
+pub(crate) fn command_all(cfg: &RedisConfig, write: Write, events: &[WireEvent]) -> redis::Cmd {
+    let id = &events[0].job_id;
+    debug_assert!(events.iter().all(|e| e.job_id == *id), "events of one job");
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script().get_hash())
         .arg(3)
         .arg(RedisConfig::events_stream(id))
         .arg(RedisConfig::status_key(id))
         .arg(RedisConfig::done_key(id))
-        .arg(write.as_str())
-        .arg(event.to_json())
-        .arg(event.event_type())
-        .arg(RedisConfig::events_channel(id))
-        .arg(cfg.events_maxlen)
-        .arg(stream_ttl(cfg, &event.data).map_or(String::new(), |t| t.as_millis().to_string()))
-        .arg(status)
-        .arg(&cfg.worker_id)
-        .arg(rfc3339(std::time::SystemTime::now()))
-        .arg(error)
-        .arg(cfg.status_ttl.as_millis() as u64)
-        .arg(cfg.done_ttl.as_millis() as u64);
+        .arg(write.as_str());
+    let channel = RedisConfig::events_channel(id);
+    let at = rfc3339(std::time::SystemTime::now());
+    for event in events {
+        let (status, error) = match (write, event.status()) {
+            (Write::Record, _) | (_, None) => ("", ""),
+            (_, Some((JobStatus::Failed, Some(error)))) => (JobStatus::Failed.as_str(), error),
+            (_, Some((status, _))) => (status.as_str(), ""),
+        };
+        cmd.arg(event.to_json())
+            .arg(event.event_type())
+            .arg(&channel)
+            .arg(cfg.events_maxlen)
+            .arg(stream_ttl(cfg, &event.data).map_or(String::new(), |t| t.as_millis().to_string()))
+            .arg(status)
+            .arg(&cfg.worker_id)
+            .arg(&at)
+            .arg(error)
+            .arg(cfg.status_ttl.as_millis() as u64)
+            .arg(cfg.done_ttl.as_millis() as u64);
+    }
     cmd
 }
 

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 
 use citadel_harness::redis::*;
 
+use super::calls;
+
 fn meta() -> EventMeta {
     EventMeta::new("node-id-1", "gpu-box")
 }
@@ -210,6 +212,23 @@ async fn events_survive_a_redis_that_forgot_its_scripts() {
     src.publish(&WireEvent::new(id.clone(), meta(), claimed))
         .await
         .unwrap();
+    // `claimed` is sent without waiting: let it land before the scripts are forgotten.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: u64 = redis::cmd("XLEN")
+            .arg("stream:v1:j-flushed:events")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`claimed` never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut c)
@@ -239,4 +258,80 @@ async fn events_survive_a_redis_that_forgot_its_scripts() {
         .unwrap();
     assert_eq!(record["outcome"], "completed");
     assert_eq!(record["event"], end.to_json());
+}
+
+/// A job's `claimed` and `start` go out in one script call, in order: both published, both in
+/// the event stream, the status `processing` and the stream's expiry set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_and_start_travel_in_one_call() {
+    let server = Server::start().await;
+    let src = server.source("node-a").await;
+    let mut c = server.conn().await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe("stream:v1:j-pair").await.unwrap();
+    let mut messages = sub.into_on_message();
+    let id = JobId::new("j-pair").unwrap();
+    let events = [
+        WireEvent::new(
+            id.clone(),
+            meta(),
+            EventData::Claimed {
+                agent_version: "0.1.0".into(),
+            },
+        ),
+        WireEvent::new(
+            id.clone(),
+            meta(),
+            EventData::Start {
+                message: "running".into(),
+            },
+        ),
+    ];
+    // An event of another job first, so that the script is loaded.
+    let other = WireEvent::new(
+        JobId::new("j-other").unwrap(),
+        meta(),
+        EventData::Cancelled {
+            reason: "test".into(),
+        },
+    );
+    src.publish(&other).await.unwrap();
+    let scripts = calls(&mut c, "evalsha").await;
+    src.publish_all(&events).await.unwrap();
+    for want in &events {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("an event on pub/sub")
+            .unwrap();
+        let text: String = msg.get_payload().unwrap();
+        assert_eq!(text, want.to_json());
+    }
+    assert_eq!(
+        calls(&mut c, "evalsha").await,
+        scripts + 1,
+        "one script call"
+    );
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("stream:v1:j-pair:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let types: Vec<&str> = entries.iter().map(|(_, f)| f["type"].as_str()).collect();
+    assert_eq!(types, ["claimed", "start"]);
+    let status: String = redis::cmd("HGET")
+        .arg("job:j-pair:status")
+        .arg("status")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(status, "processing");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("stream:v1:j-pair:events")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the claim set the stream's expiry: {ttl}");
 }

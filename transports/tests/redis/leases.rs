@@ -6,6 +6,8 @@ use citadel_transports::{JobSource, Lease, RedisSource, SettleContext, Settlemen
 
 use citadel_harness::redis::*;
 
+use super::calls;
+
 async fn with_lease(server: &Server, consumer: &str, lease_ms: u64) -> RedisSource {
     let mut cfg = server.config(consumer);
     cfg.lease = Duration::from_millis(lease_ms);
@@ -125,20 +127,6 @@ async fn redis_going_away_gives_retryable_errors_and_recovers() {
         }
     }
     assert_eq!(job(&got[0]).id.as_str(), "after");
-}
-
-/// Calls of `command` Redis has run so far, from inside scripts too.
-async fn calls(c: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// A claim made moments ago stands for the job's first renewal, and the gate's look at the

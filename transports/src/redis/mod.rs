@@ -219,7 +219,10 @@ impl RedisSource {
         // Events go out after `close()` too (a draining worker still finishes jobs), so the
         // publisher is not among the tasks `close()` waits for; it stops when the source drops.
         let scripts = Scripts::new();
-        let texts = vec![record::EVENT.to_owned(), scripts.ack_text().to_owned()];
+        let texts = vec![
+            record::EVENT.to_owned(),
+            scripts.end_and_ack_text().to_owned(),
+        ];
         let (publisher, publishing) = publish::Publisher::start(ctl.clone(), cfg.clone(), texts);
         let streams = lanes::Stats {
             known: cfg.streams.iter().cloned().collect(),
@@ -417,7 +420,7 @@ impl JobSource for RedisSource {
         self.settled(receipt, settlement, applied)
     }
 
-    /// Publishes the `end` and acks in one pipeline (other settlements: `None`).
+    /// Publishes the `end` and acks in one script call (other settlements: `None`).
     async fn announce_and_settle(
         &self,
         announce: &WireEvent,
@@ -431,25 +434,22 @@ impl JobSource for RedisSource {
         let inner = &self.inner;
         inner.touch(receipt);
         let t = inner.target(receipt, ctx.job.map(|j| &j.id));
-        let cmds = vec![
-            inner.publisher.event(announce),
-            inner.scripts.ack_command(&t, inner.cfg.keep_acked),
-        ];
-        // Redis runs the ack after the event's script; a script it refuses (out of memory, a
-        // read-only replica) it refuses both for.
-        let answers = match inner.publisher.send(cmds).await {
-            Ok(answers) => answers,
+        let cmd = inner
+            .scripts
+            .end_and_ack_command(&inner.cfg, announce, &t, inner.cfg.keep_acked);
+        // One script: the event is written, then the entry acked if this consumer still owns
+        // it. A script Redis refuses (out of memory, a read-only replica) wrote neither.
+        let answer = match inner.publisher.send(vec![cmd]).await {
+            Ok(answers) => answers.into_iter().next(),
             Err(e) => return Some(Err(e)),
         };
-        let mut answers = answers.into_iter();
-        if let Some(Err(e)) = answers.next() {
-            return Some(Err(e));
-        }
+        let answer =
+            answer.unwrap_or_else(|| Err(SourceError::Broker("no answer to the end's ack".into())));
+        let acked = match answer {
+            Ok(v) => scripts::owned(&v),
+            Err(e) => return Some(Err(e)),
+        };
         inner.recent_ends.remember(announce);
-        let acked = answers
-            .next()
-            .unwrap_or_else(|| Err(SourceError::Broker("no answer to the ack".into())))
-            .and_then(|v| scripts::owned(&v));
         Some(self.settled(receipt, settlement, acked))
     }
 

@@ -4,11 +4,12 @@
 //! kept `events_grace` after the job's terminal event), and updates the status hash
 //! `job:{jobId}:status` (and writes the completion record of an `end`), all in one script call
 //! (`record`). One [`Publisher`] task sends every event of the source, the completion records
-//! written ahead of an `end`, and the acks that travel with an `end`: whatever is queued while a
-//! batch is in flight goes out as the next single pipeline (one write, one round trip), in
-//! order; each caller waits for the answers to its own commands. Scripts are called by their
-//! SHA; the ones a Redis forgot (it restarted) are loaded and those commands alone sent again
-//! ([`send`]: a refused `EVALSHA` ran nothing). This module must never decide which event is due.
+//! written ahead of an `end`, and the `end`s that carry their entry's ack (`scripts`): whatever
+//! is queued while a batch is in flight goes out as the next single pipeline (one write, one
+//! round trip), in order; each caller waits for the answers to its own commands. Scripts are
+//! called by their SHA; the ones a Redis forgot (it restarted) are loaded and those commands
+//! alone sent again ([`send`]: a refused `EVALSHA` ran nothing). This module must never decide
+//! which event is due.
 
 use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisResult, Value};

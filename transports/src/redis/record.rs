@@ -16,14 +16,10 @@
 use super::config::RedisConfig;
 use crate::events::{rfc3339, EventData, JobStatus, WireEvent};
 
-/// KEYS: event stream, status hash, completion record (all of one job). ARGV: what to write
-/// (`event`: publish, append, status; `status`: the status and the record of an `end` only;
-/// `record`: the completion record only, unconditionally), then eleven per event, for one or
-/// more events of the job in order: the event's JSON, its type, its channel, the stream's cap,
-/// the stream's new time to live in ms ('' leaves it), the status ('' none), worker id, at,
-/// error ('' none), status ttl ms, record ttl ms. Returns the last event's answer: 0 when its
-/// status was left alone (the job is completed), else 1.
-pub(crate) const EVENT: &str = r"
+/// The Lua of [`EVENT_FN`], a macro so that [`EVENT`] can be built from it at compile time.
+macro_rules! event_fn {
+    () => {
+        r"
 local what = ARGV[1]
 local function record(b)
   redis.call('HSET', KEYS[3], 'outcome', 'completed', 'event', ARGV[b], 'worker_id', ARGV[b+6], 'at', ARGV[b+7])
@@ -55,10 +51,29 @@ local function one(b)
   redis.call('PEXPIRE', KEYS[2], ARGV[b+9])
   return 1
 end
+"
+    };
+}
+
+/// [`EVENT`]'s body: the function `one(b)` that writes the event whose arguments start at
+/// `ARGV[b]`; the script that settles an entry with the job's `end` calls it too (`scripts`).
+pub(crate) const EVENT_FN: &str = event_fn!();
+
+/// KEYS: event stream, status hash, completion record (all of one job). ARGV: what to write
+/// (`event`: publish, append, status; `status`: the status and the record of an `end` only;
+/// `record`: the completion record only, unconditionally), then eleven per event, for one or
+/// more events of the job in order: the event's JSON, its type, its channel, the stream's cap,
+/// the stream's new time to live in ms ('' leaves it), the status ('' none), worker id, at,
+/// error ('' none), status ttl ms, record ttl ms. Returns the last event's answer: 0 when its
+/// status was left alone (the job is completed), else 1.
+pub(crate) const EVENT: &str = concat!(
+    event_fn!(),
+    r"
 local r = 1
 for b = 2, #ARGV, 11 do r = one(b) end
 return r
-";
+"
+);
 
 /// What one call of the script writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +87,7 @@ pub(crate) enum Write {
 }
 
 impl Write {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Write::Event => "event",
             Write::Status => "status",
@@ -94,15 +109,30 @@ pub(crate) fn command(cfg: &RedisConfig, write: Write, event: &WireEvent) -> red
 /// The script's one call that writes `events`, in order: events of one job (the first one's),
 /// at least one.
 pub(crate) fn command_all(cfg: &RedisConfig, write: Write, events: &[WireEvent]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script().get_hash()).arg(3);
+    push_keys(&mut cmd, &events[0].job_id);
+    cmd.arg(write.as_str());
+    push_events(&mut cmd, cfg, write, events);
+    cmd
+}
+
+/// The three keys [`EVENT_FN`] writes for job `id`, in its order.
+pub(crate) fn push_keys(cmd: &mut redis::Cmd, id: &crate::job::JobId) {
+    cmd.arg(RedisConfig::events_stream(id))
+        .arg(RedisConfig::status_key(id))
+        .arg(RedisConfig::done_key(id));
+}
+
+/// The eleven arguments of each of `events` (of one job) that [`EVENT_FN`]'s `one` reads.
+pub(crate) fn push_events(
+    cmd: &mut redis::Cmd,
+    cfg: &RedisConfig,
+    write: Write,
+    events: &[WireEvent],
+) {
     let id = &events[0].job_id;
     debug_assert!(events.iter().all(|e| e.job_id == *id), "events of one job");
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script().get_hash())
-        .arg(3)
-        .arg(RedisConfig::events_stream(id))
-        .arg(RedisConfig::status_key(id))
-        .arg(RedisConfig::done_key(id))
-        .arg(write.as_str());
     let channel = RedisConfig::events_channel(id);
     let at = rfc3339(std::time::SystemTime::now());
     for event in events {
@@ -123,7 +153,6 @@ pub(crate) fn command_all(cfg: &RedisConfig, write: Write, events: &[WireEvent])
             .arg(cfg.status_ttl.as_millis() as u64)
             .arg(cfg.done_ttl.as_millis() as u64);
     }
-    cmd
 }
 
 /// The event stream's new time to live after `data`, if it changes. While the job runs it runs

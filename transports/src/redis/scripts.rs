@@ -4,14 +4,19 @@
 //! A settlement (ack, retry, release, dead-letter) also drops the job's owner marker
 //! (`job:{jobId}:owner`, see `gate`) when it names this consumer and this entry, whoever owns the
 //! entry now; a renewal (`ClaimMode::Renew`) extends that marker with the lease, only while this
-//! consumer still owns both. The marker key is the script's last key, left out when the job is unknown.
-//! This module owns the scripts and their return codes; it must never decide which to run.
+//! consumer still owns both. The marker key is the script's last key, left out when the job is
+//! unknown. The ack of a success also comes as one script with the job's `end` before it
+//! (`record`'s event code, then the ack's own text). This module owns the scripts and their
+//! return codes; it must never decide which to run.
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::config::RedisConfig;
 use super::conn::map_err;
+use super::record::{self, Write};
 use super::reply;
+use crate::events::WireEvent;
 use crate::source::SourceError;
 
 /// The outcome of an ownership-checked script.
@@ -88,6 +93,16 @@ if ARGV[4] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
 return 1
 ";
 
+/// An `end` and the ack of its entry in one call. KEYS: the job's event stream, status hash and
+/// completion record (`record::EVENT_FN`), stream, owner marker (optional). ARGV: `event`, the
+/// end's eleven arguments (`record::push_events`), then the ack's: group, consumer, id, delete.
+/// The event is written whoever owns the entry; the answer is the ack's. The ack's own text
+/// follows as it is, reading its keys and arguments from the shifted `KEYS` and `ARGV`.
+const END_THEN_ACK: &str = "one(2)
+local KEYS = {KEYS[4], KEYS[5]}
+local ARGV = {ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
+";
+
 /// KEYS: stream, dead-letter stream, owner marker (optional). ARGV: group, consumer, id, delete
 /// (`1`: the entry leaves the job stream with its ack), the dead-letter stream's cap (entries),
 /// its age limit in ms (`0`: none), then field/value pairs. The
@@ -148,8 +163,10 @@ pub(crate) struct Scripts {
     claim: Script,
     ack: Script,
     dead_letter: Script,
-    /// The ack's text, for a Redis that forgot it (`publish::send`).
-    ack_text: String,
+    /// An `end` with its ack ([`END_THEN_ACK`]).
+    end_and_ack: Script,
+    /// Its text, for a Redis that forgot it (it is called inside pipelines, `publish::send`).
+    end_and_ack_text: String,
 }
 
 /// Who is asking about which entry, and the owner marker of its job when known.
@@ -166,27 +183,38 @@ impl Scripts {
     pub fn new() -> Self {
         let text = |pre: &str, body: &str| format!("{MARKER}{pre}{OWNER_CHECK}{body}");
         let ack_text = text(ACK_PRE, ACK);
+        let end_and_ack_text = format!("{}{END_THEN_ACK}{ack_text}", record::EVENT_FN);
         Self {
             claim: Script::new(&text(CLAIM_PRE, CLAIM)),
             ack: Script::new(&ack_text),
             dead_letter: Script::new(&text(DEAD_LETTER_PRE, DEAD_LETTER)),
-            ack_text,
+            end_and_ack: Script::new(&end_and_ack_text),
+            end_and_ack_text,
         }
     }
 
-    /// The text of the script [`Scripts::ack_command`] calls.
-    pub fn ack_text(&self) -> &str {
-        &self.ack_text
+    /// The text of the script [`Scripts::end_and_ack_command`] calls.
+    pub fn end_and_ack_text(&self) -> &str {
+        &self.end_and_ack_text
     }
 
-    /// [`Scripts::ack`] as one command for a pipeline; its answer is read with [`owned`].
-    pub fn ack_command(&self, t: &Target<'_>, keep: bool) -> redis::Cmd {
+    /// Publishes `end` (as `record` does) and then acks its entry, in one script call; its
+    /// answer is the ack's, read with [`owned`].
+    pub fn end_and_ack_command(
+        &self,
+        cfg: &RedisConfig,
+        end: &WireEvent,
+        t: &Target<'_>,
+        keep: bool,
+    ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.ack.get_hash())
-            .arg(1 + usize::from(t.marker.is_some()))
-            .arg(t.stream)
-            .arg(t.marker.as_deref())
-            .arg(t.group)
+        cmd.arg(self.end_and_ack.get_hash())
+            .arg(4 + usize::from(t.marker.is_some()));
+        record::push_keys(&mut cmd, &end.job_id);
+        cmd.arg(t.stream).arg(t.marker.as_deref());
+        cmd.arg(Write::Event.as_str());
+        record::push_events(&mut cmd, cfg, Write::Event, std::slice::from_ref(end));
+        cmd.arg(t.group)
             .arg(t.consumer)
             .arg(t.id)
             .arg(delete_flag(keep));

@@ -247,9 +247,9 @@ async fn settlement_of_a_foreign_receipt_is_refused() {
     assert!(!err.is_retryable());
 }
 
-/// An `end` and the ack of its entry go to Redis together, the `end` first: the ack applies
-/// and the event is out; against a lease another worker holds, the event still goes out and
-/// the ack is refused; other settlements are left to the caller.
+/// An `end` and the ack of its entry go to Redis in one script call, the `end` first: the ack
+/// applies and the event is out; against a lease another worker holds, the event still goes
+/// out and the ack is refused; other settlements are left to the caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_and_its_ack_travel_together() {
     use citadel_transports::{EventData, EventMeta, WireEvent};
@@ -305,9 +305,15 @@ async fn an_end_and_its_ack_travel_together() {
     let inc = one(&a).await;
     let taken = one(&b).await;
     assert_eq!(taken.receipt(), inc.receipt(), "b took the entry over");
+    let scripts = super::calls(&mut c, "evalsha").await;
     let done = a
         .announce_and_settle(&end(&inc), inc.receipt(), &Settlement::Ack, &ctx())
         .await;
+    assert_eq!(
+        super::calls(&mut c, "evalsha").await,
+        scripts + 1,
+        "the end and its ack are one script call"
+    );
     assert_eq!(
         done,
         Some(Err(SourceError::LeaseLost(inc.receipt().clone())))

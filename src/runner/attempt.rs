@@ -285,8 +285,8 @@ impl Shared {
         // (dispatch latency), and a crash in the first millisecond of a run loses only the
         // record that it started; the broker's delivery count still counts the attempt.
         // A refused `started` (another delivery of the job ran or settled it meanwhile, e.g.
-        // while the cancellation check waited on a broker that was down) publishes no `start`: the handler
-        // does not run, and a `start` would claim an execution that never happened.
+        // while the cancellation check waited on a broker that was down) publishes no `start`:
+        // the handler does not run, and a `start` would claim an execution that never happened.
         if let Err(e) = self.journal.append_flushing(started_event) {
             self.publish_all(job, &[claimed]).await;
             tracing::error!(job_id = %job.id, error = %e, "cannot journal the start; leaving the job for redelivery");

@@ -439,12 +439,12 @@ impl JobSource for RedisSource {
             .end_and_ack_command(&inner.cfg, announce, &t, inner.cfg.keep_acked);
         // One script: the event is written, then the entry acked if this consumer still owns
         // it. A script Redis refuses (out of memory, a read-only replica) wrote neither.
-        let answer = match inner.publisher.send(vec![cmd]).await {
-            Ok(answers) => answers.into_iter().next(),
-            Err(e) => return Some(Err(e)),
-        };
-        let answer =
-            answer.unwrap_or_else(|| Err(SourceError::Broker("no answer to the end's ack".into())));
+        let answer = inner.publisher.send(vec![cmd]).await.and_then(|answers| {
+            answers
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(SourceError::Broker("no answer to the end's ack".into())))
+        });
         let acked = match answer {
             Ok(v) => scripts::owned(&v),
             Err(e) => return Some(Err(e)),

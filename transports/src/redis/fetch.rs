@@ -6,7 +6,10 @@
 //!    out (dead workers, due retries, released entries) and `XCLAIM` takes them, skipping the
 //!    ones this process is still running;
 //! 3. a read of new entries: a blocking `XREADGROUP … >` when all streams have one priority,
-//!    else the higher priorities first (`lanes`).
+//!    else the higher priorities first (`lanes`). While a backlog waits (the last read got all
+//!    it asked for), one script call reads without waiting and gates what it read
+//!    (`gate::Gate::read`), a round trip fewer before the jobs run; it falls back to the
+//!    blocking read when nothing was new.
 //!
 //! The stream set may change between rounds (`lanes`: routing follows the node's capabilities);
 //! a round reads the set of its start.
@@ -40,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{ensure_groups, map_err};
 use super::entry::to_incoming;
-use super::gate::{Ask, Gate, Verdict};
+use super::gate::{Ask, Gate, Gated, Verdict};
 use super::lanes::Lanes;
 use super::reassert;
 use super::reply::{self, RawEntry};
@@ -76,6 +79,9 @@ pub(crate) struct Fetcher {
     gate: Gate,
     /// A failure happened since this node's recent completion records were last written.
     reassert: bool,
+    /// The last read claimed all it asked for, or saw entries after its last: the next read
+    /// asks without waiting and gates in the same call (one round trip instead of two).
+    backlog: bool,
 }
 
 /// An answer later than this (beyond a blocking read's own wait) means Redis stalled.
@@ -106,6 +112,7 @@ impl Fetcher {
             backoff: crate::Backoff::RECONNECT.retrier(),
             gate: Gate::new(),
             reassert: false,
+            backlog: false,
         }
     }
 
@@ -362,6 +369,14 @@ impl Fetcher {
             let picked = (0..want).map(|i| &all[(self.rotation + i) % n]).collect();
             (1, picked)
         };
+        if self.backlog {
+            let gated = self.gate.read(&mut self.conn, cfg, &streams, count).await?;
+            self.backlog = gated.more;
+            if !gated.verdicts.is_empty() {
+                let judged = self.judge(gated);
+                return Ok(self.hand_out(judged, Some(asked)));
+            }
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&cfg.group)
@@ -381,15 +396,38 @@ impl Fetcher {
         let batch = reply::read(&v)?
             .into_iter()
             .flat_map(|(stream, entries)| entries.into_iter().map(move |e| (stream.clone(), e, 1)))
-            .collect();
+            .collect::<Vec<_>>();
+        // As many as asked for: more may wait, which the next round reads and gates at once.
+        self.backlog = batch.len() >= want;
         self.admit(batch, Some(asked)).await
     }
 
+    /// Parses what a read-and-gate call claimed (first deliveries), each with its verdict.
+    fn judge(&self, gated: Gated) -> Vec<(Incoming, Option<Verdict>)> {
+        let max = self.inner.cfg.max_payload_bytes;
+        let mut verdicts = gated.verdicts.into_iter();
+        let mut judged = Vec::new();
+        for (stream, entries) in gated.read {
+            for entry in entries {
+                let verdict = verdicts.next().flatten();
+                // A new entry (`>`) always has its fields.
+                let Some(fields) = entry.fields else { continue };
+                let item = to_incoming(&stream, &entry.id, &fields, 1, max);
+                // An entry the script did not gate is one the parser rejects: handed out as
+                // malformed, as `admit` does.
+                let verdict = match (&item, verdict) {
+                    (Incoming::Malformed(_), None) => Some(Verdict::Run { cancelled: false }),
+                    (_, verdict) => verdict,
+                };
+                judged.push((item, verdict));
+            }
+        }
+        judged
+    }
+
     /// Turns claimed entries (stream, entry, delivery count) into what `next()` returns,
-    /// passing the jobs through the gate in one call, and marks what is handed out as running
-    /// here, with when their claim was asked (`claimed_at`: none for a re-read, which leaves
-    /// the lease as it was) and the gate's answer on their cancellation; an entry deleted from
-    /// the stream while pending is acked away.
+    /// passing the jobs through the gate in one call, and hands them out (`hand_out`); an
+    /// entry deleted from the stream while pending is acked away.
     async fn admit(
         &mut self,
         batch: Vec<(String, RawEntry, u32)>,
@@ -427,35 +465,61 @@ impl Fetcher {
             .decide(&mut self.conn, &self.inner.cfg, &asks)
             .await?
             .into_iter();
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let mut claim = Claim {
-                job: None,
-                at: claimed_at,
-            };
-            match &item {
+        let judged = items
+            .into_iter()
+            .map(|item| {
+                let verdict = match &item {
+                    Incoming::Job(_) => verdicts.next(),
+                    Incoming::Malformed(_) => Some(Verdict::Run { cancelled: false }),
+                };
+                (item, verdict)
+            })
+            .collect();
+        Ok(self.hand_out(judged, claimed_at))
+    }
+
+    /// Hands out each item the gate let through, and marks it as running here, with when its
+    /// claim was asked (`claimed_at`: none for a re-read, which leaves the lease as it was) and
+    /// the gate's answer on its cancellation. A job without a verdict is held (it stays pending
+    /// and comes back after the lease); a malformed entry the gate acked as completed or held
+    /// is not handed out either.
+    fn hand_out(
+        &mut self,
+        judged: Vec<(Incoming, Option<Verdict>)>,
+        claimed_at: Option<Instant>,
+    ) -> Vec<Incoming> {
+        let mut out = Vec::with_capacity(judged.len());
+        for (item, verdict) in judged {
+            let verdict = verdict.unwrap_or(Verdict::Held);
+            if !self.passes(&item, verdict) {
+                continue;
+            }
+            let job = match &item {
                 Incoming::Job(d) => {
-                    let verdict = verdicts.next().unwrap_or(Verdict::Held);
-                    if !self.passes(&item, verdict) {
-                        continue;
-                    }
                     let cancelled = matches!(verdict, Verdict::Run { cancelled: true });
-                    claim.job = Some((d.job.id.clone(), cancelled));
+                    Some((d.job.id.clone(), cancelled))
                 }
                 Incoming::Malformed(m) => {
                     warn!(receipt = %m.receipt, reason = %m.reason, "malformed job entry");
+                    None
                 }
-            }
+            };
             self.inner.claimed(item.receipt().queue());
+            let claim = Claim {
+                job,
+                at: claimed_at,
+            };
             self.inner.track(item.receipt().clone(), claim);
             out.push(item);
         }
-        Ok(out)
+        out
     }
 
-    /// Logs the gate's verdict on a job delivery; true when it is handed out.
+    /// Logs the gate's verdict on a delivery; true when it is handed out.
     fn passes(&self, item: &Incoming, verdict: Verdict) -> bool {
-        let Incoming::Job(d) = item else { return true };
+        let Incoming::Job(d) = item else {
+            return matches!(verdict, Verdict::Run { .. });
+        };
         let (receipt, job_id, attempt) = (&d.receipt, &d.job.id, d.job.attempt);
         match verdict {
             Verdict::Run { .. } => {

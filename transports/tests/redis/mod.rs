@@ -1,6 +1,7 @@
 //! Integration tests of the Redis Streams transport against a real `redis-server` (started per
 //! test on a free loopback port, see `citadel_harness::redis`). No mocks.
 
+mod backlog;
 mod bounded;
 mod completion;
 mod delivery;

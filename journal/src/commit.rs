@@ -1,7 +1,9 @@
 //! Group commit: appends hand their encoded events to an in-memory pending buffer; one flusher
 //! thread takes the whole buffer, writes it to the store as blocks ([`crate::block`]), flushes
 //! once and wakes every append it covered. While a flush runs, new appends gather for the next
-//! one, so durability costs one fsync per batch, not per event. The flusher also wakes every
+//! one, so durability costs one fsync per batch, not per event. A flush asked for within
+//! [`BUSY`] of the last one's end first waits [`GATHER`], so appends that come moments apart
+//! (a job's success, then the next job's start) share it too. The flusher also wakes every
 //! [`FLUSH_INTERVAL`] so that events nobody waits for are on disk within that bound.
 //!
 //! Readers see events that are not stored yet through [`GroupCommit::find`] and
@@ -21,6 +23,11 @@ use crate::store::Store;
 
 /// How long an event appended without a waiter may stay in memory before the flusher writes it.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A flush asked for within [`BUSY`] of the last one's end waits this long first, so that the
+/// appends arriving together (a job's success and the next job's start) share one fsync.
+const GATHER: Duration = Duration::from_micros(200);
+const BUSY: Duration = Duration::from_millis(2);
 
 /// One encoded event: its sequence number and bytes.
 pub(crate) type Entry = (u64, Vec<u8>);
@@ -56,6 +63,8 @@ struct Shared {
     buffered: AtomicU64,
     /// The highest sequence number written to the store.
     written: AtomicU64,
+    /// Flushes that succeeded since the start.
+    flushes: AtomicU64,
     requests: (Mutex<Requests>, Condvar),
     flushed: watch::Sender<Flushed>,
     /// The first write or flush that failed (sticky: sled's errors are, until the store is
@@ -81,6 +90,7 @@ impl GroupCommit {
             write_lock: Mutex::new(()),
             buffered: AtomicU64::new(durable_through),
             written: AtomicU64::new(durable_through),
+            flushes: AtomicU64::new(0),
             requests: (Mutex::new(Requests::default()), Condvar::new()),
             flushed,
             failure: watch::channel(None).0,
@@ -103,6 +113,11 @@ impl GroupCommit {
     pub(crate) fn push(&self, seq: u64, bytes: Vec<u8>) {
         lock(&self.shared.buffer).pending.push((seq, bytes));
         self.shared.buffered.store(seq, Ordering::SeqCst);
+    }
+
+    /// The flushes that succeeded since the journal was opened.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::SeqCst)
     }
 
     /// The highest sequence number pushed so far.
@@ -254,6 +269,7 @@ impl Shared {
         });
         match result {
             Ok(target) => {
+                self.flushes.fetch_add(1, Ordering::SeqCst);
                 self.flushed
                     .send_modify(|f| f.durable = f.durable.max(target));
                 Ok(())
@@ -284,6 +300,7 @@ impl Shared {
 
 fn flusher(shared: &Shared) {
     let (lock, cv) = &shared.requests;
+    let mut last_round: Option<std::time::Instant> = None;
     loop {
         let stop = {
             let mut req = lock.lock().expect("poisoned");
@@ -304,7 +321,11 @@ fn flusher(shared: &Shared) {
             }
             req.stop
         };
+        if !stop && last_round.is_some_and(|t| t.elapsed() < BUSY) {
+            std::thread::sleep(GATHER);
+        }
         let _ = shared.round();
+        last_round = Some(std::time::Instant::now());
         if stop {
             return;
         }

@@ -96,6 +96,8 @@ pub struct JournalInfo {
     pub last_seq: u64,
     pub size_on_disk: u64,
     pub damaged: u64,
+    /// Group flushes (one fsync each) since the journal was opened.
+    pub flushes: u64,
 }
 
 #[derive(Debug)]
@@ -316,6 +318,7 @@ impl Journal {
             last_seq: live.next_seq - 1,
             size_on_disk: self.inner.store.size_on_disk(),
             damaged: live.damaged.len() as u64,
+            flushes: self.inner.commit.flushes(),
         }
     }
 

@@ -209,6 +209,33 @@ async fn concurrent_durable_appends_share_flushes() {
         .all(|s| s.phase == Some(Phase::Settled(SettledAs::Acked))));
 }
 
+/// A flush asked for just after another ended (a job's start journaled moments after the last
+/// job's success) waits a moment, and an append that comes meanwhile shares its fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_moments_apart_share_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(&dir.path().join("j"));
+    let mut shared = 0;
+    for i in 0..30 {
+        let job = format!("job-{i}");
+        // Durable: the flusher has just ended a round.
+        j.append(received(&job)).await.unwrap();
+        let before = j.info().flushes;
+        j.append_flushing(ev(&job, EventKind::Started { attempt: 1 }))
+            .unwrap();
+        // Long enough for the flusher to wake and take what is pending.
+        std::thread::sleep(Duration::from_micros(100));
+        let done = EventKind::Succeeded {
+            result: serde_json::json!(null),
+        };
+        j.append(ev(&job, done)).await.unwrap();
+        if j.info().flushes - before == 1 {
+            shared += 1;
+        }
+    }
+    assert!(shared >= 10, "{shared} of 30 rounds shared one flush");
+}
+
 #[tokio::test]
 async fn buffered_appends_become_durable_on_sync() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,7 +96,9 @@ pub struct JournalInfo {
     pub last_seq: u64,
     pub size_on_disk: u64,
     pub damaged: u64,
-    /// Group flushes (one fsync each) since the journal was opened.
+    /// Group flushes (one fsync each) since the journal was opened (0 from a process that
+    /// does not count them).
+    #[serde(default)]
     pub flushes: u64,
 }
 

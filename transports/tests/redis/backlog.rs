@@ -9,28 +9,17 @@ use std::time::Duration;
 use citadel_transports::{Incoming, JobSource, RedisSource};
 use redis::aio::MultiplexedConnection;
 
-use super::calls;
+use super::{calls, commandstat, commandstats};
 use citadel_harness::redis::*;
 
 /// The calls of `commands` Redis has run so far (scripts' included), in order; an `EVALSHA`
 /// answered `NOSCRIPT` (the script's first use: the client loads it and calls again) left out.
 async fn counts(c: &mut MultiplexedConnection, commands: &[&str]) -> Vec<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    let stat = |line: &str, name: &str| -> u64 {
-        let start = line.find(&format!("{name}=")).map(|i| i + name.len() + 1);
-        start.map_or(0, |i| line[i..].split(',').next().unwrap().parse().unwrap())
-    };
+    let info = commandstats(c).await;
     commands
         .iter()
         .map(|command| {
-            let prefix = format!("cmdstat_{command}:");
-            info.lines()
-                .find(|l| l.starts_with(prefix.as_str()))
-                .map_or(0, |l| stat(l, "calls") - stat(l, "failed_calls"))
+            commandstat(&info, command, "calls") - commandstat(&info, command, "failed_calls")
         })
         .collect()
 }

@@ -14,14 +14,27 @@ mod settle;
 
 /// Calls of `command` Redis has run so far, from inside scripts too.
 pub(crate) async fn calls(c: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
+    commandstat(&commandstats(c).await, command, "calls")
+}
+
+/// `INFO commandstats`.
+pub(crate) async fn commandstats(c: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("INFO")
         .arg("commandstats")
         .query_async(c)
         .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
+        .unwrap()
+}
+
+/// One figure (`calls`, `failed_calls`, …) of `command` in `INFO commandstats`; 0 when Redis
+/// has not run it.
+pub(crate) fn commandstat(info: &str, command: &str, figure: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
     info.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(figure)?.strip_prefix('='))
+        })
         .map_or(0, |n| n.parse().unwrap())
 }

@@ -28,7 +28,7 @@ use redis::{Script, Value};
 use super::config::RedisConfig;
 use super::conn::map_err;
 use super::reply::{self, RawEntry};
-use crate::job::JobId;
+use crate::job::{JobId, MAX_JOB_ID_LEN};
 use crate::source::SourceError;
 
 /// The Lua of the function `gate(s, id, done, events, owner, cancel, channel)` both scripts
@@ -86,10 +86,10 @@ return out
 
 /// Reads new entries and gates them in the same call, for a consumer that expects a backlog
 /// (the blocking read waits in `fetch`). KEYS: the job streams. ARGV: the six of `gate`, then
-/// the `COUNT` per stream. The job's keys are named from the entry's `jobId` (the last one,
-/// as the parser takes it), as `RedisConfig` names them; an entry whose `jobId` is missing,
-/// empty, longer than 256 bytes or holds an ASCII control character is one the parser rejects
-/// as well: it is not gated (code -1). Returns the `XREADGROUP` reply (an empty array when
+/// the `COUNT` per stream and the longest job id allowed. The job's keys are named from the
+/// entry's `jobId` (the last one, as the parser takes it), as `RedisConfig` names them; an
+/// entry whose `jobId` is missing, empty, too long or holds an ASCII control character is one
+/// the parser rejects as well: it is not gated (code -1). Returns the `XREADGROUP` reply (an empty array when
 /// nothing was new), the codes of its entries in order, and 1 when a stream holds entries
 /// after the last one read (a backlog waits), else 0.
 const READ_GATE: &str = concat!(
@@ -109,7 +109,7 @@ for _, st in ipairs(read) do
     for j = 1, #f, 2 do
       if f[j] == 'jobId' then job = f[j + 1] end
     end
-    if job and #job > 0 and #job <= 256 and not string.find(job, '%c') then
+    if job and #job > 0 and #job <= tonumber(ARGV[8]) and not string.find(job, '%c') then
       codes[#codes + 1] = gate(s, e[1], 'job:' .. job .. ':done', 'stream:v1:' .. job .. ':events',
         'job:' .. job .. ':owner', 'job:cancelled:' .. job, 'stream:v1:' .. job)
     else
@@ -176,7 +176,7 @@ impl Gate {
         count: usize,
     ) -> Result<Gated, SourceError> {
         let mut inv = self.read_gate.prepare_invoke();
-        args(&mut inv, cfg).arg(count);
+        args(&mut inv, cfg).arg(count).arg(MAX_JOB_ID_LEN);
         for s in streams {
             inv.key(s.as_str());
         }
@@ -302,6 +302,31 @@ mod tests {
             verdicts(&Value::Array(vec![Value::Int(-1)]), 1).is_err(),
             "the gate alone gates every entry it is given"
         );
+    }
+
+    #[test]
+    fn the_read_and_gate_script_names_a_jobs_keys_as_the_config_does() {
+        let job = JobId::new("J").unwrap();
+        let named = [
+            RedisConfig::done_key(&job),
+            RedisConfig::events_stream(&job),
+            RedisConfig::owner_key(&job),
+            RedisConfig::cancel_key(&job),
+            RedisConfig::events_channel(&job),
+        ];
+        for key in named {
+            let (before, after) = key.split_once('J').unwrap();
+            let lua = if after.is_empty() {
+                format!("'{before}' .. job")
+            } else {
+                format!("'{before}' .. job .. '{after}'")
+            };
+            // The name ends where the Lua expression ends.
+            let whole = READ_GATE
+                .match_indices(&lua)
+                .any(|(at, _)| !READ_GATE[at + lua.len()..].starts_with(" .."));
+            assert!(whole, "{key}: {lua} is not in the script");
+        }
     }
 
     fn b(s: &str) -> Value {

@@ -106,6 +106,8 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
     enqueue_job(&mut c, "cancel-me", "noop").await;
     enqueue(&mut c, &[("type", "noop"), ("payload", "{}")]).await;
     enqueue(&mut c, &[("jobId", "bad\u{1}id"), ("type", "noop")]).await;
+    let too_long = "x".repeat(257);
+    enqueue(&mut c, &[("jobId", too_long.as_str()), ("type", "noop")]).await;
     enqueue(
         &mut c,
         &[
@@ -123,7 +125,7 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
     let mut got = Vec::new();
     for _ in 0..10 {
         got.extend(next_within(&src, 4, Duration::from_millis(300)).await);
-        if got.len() >= 5 {
+        if got.len() >= 6 {
             break;
         }
     }
@@ -147,6 +149,7 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
             "cancel-me",
             "malformed:None",
             "malformed:None",
+            "malformed:None",
             "malformed:Some(\"bad-payload\")",
             "fresh"
         ],
@@ -155,7 +158,7 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
     // Asked at once (the gate's answer stands for a moment after the claim).
     let exists = calls(&mut c, "exists").await;
     assert!(src.is_cancelled(&job(&got[0]).id).await.unwrap());
-    assert!(!src.is_cancelled(&job(&got[4]).id).await.unwrap());
+    assert!(!src.is_cancelled(&job(&got[5]).id).await.unwrap());
     assert_eq!(calls(&mut c, "exists").await, exists, "the gate's answers");
     assert!(next_within(&src, 4, Duration::from_millis(300))
         .await
@@ -168,7 +171,7 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
         Some(("node-a", 0)),
         "the held copy stays pending, its delivery not counted"
     );
-    assert_eq!(pending.len(), 4 + 6, "all but the completed job's entry");
+    assert_eq!(pending.len(), 4 + 7, "all but the completed job's entry");
     let ends = range(&mut c, "stream:v1:done:events").await;
     assert_eq!(ends.len(), 1);
     assert_eq!(field(&ends[0].1, "event"), Some(recorded), "re-published");

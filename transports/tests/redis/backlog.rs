@@ -9,7 +9,7 @@ use std::time::Duration;
 use citadel_transports::{Incoming, JobSource, RedisSource};
 use redis::aio::MultiplexedConnection;
 
-use super::{calls, commandstat, commandstats};
+use super::{calls, commandstat, commandstats, one};
 use citadel_harness::redis::*;
 
 /// The calls of `commands` Redis has run so far (scripts' included), in order; an `EVALSHA`
@@ -22,12 +22,6 @@ async fn counts(c: &mut MultiplexedConnection, commands: &[&str]) -> Vec<u64> {
             commandstat(&info, command, "calls") - commandstat(&info, command, "failed_calls")
         })
         .collect()
-}
-
-async fn one(src: &RedisSource) -> Incoming {
-    let mut got = next_within(src, 1, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "one job at a time");
-    got.remove(0)
 }
 
 async fn set(c: &mut MultiplexedConnection, key: &str, value: &str) {

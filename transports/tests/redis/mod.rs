@@ -12,6 +12,14 @@ mod outage;
 mod owner;
 mod settle;
 
+/// The one job `next(1)` hands out within 5 s.
+pub(crate) async fn one(src: &citadel_transports::RedisSource) -> citadel_transports::Incoming {
+    let mut got =
+        citadel_harness::redis::next_within(src, 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "one job at a time");
+    got.remove(0)
+}
+
 /// Calls of `command` Redis has run so far, from inside scripts too.
 pub(crate) async fn calls(c: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
     commandstat(&commandstats(c).await, command, "calls")

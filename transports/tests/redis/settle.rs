@@ -6,13 +6,8 @@ use citadel_transports::{
     Incoming, JobSource, RedisSource, SettleContext, Settlement, SourceError,
 };
 
+use super::one;
 use citadel_harness::redis::*;
-
-async fn one(src: &RedisSource) -> Incoming {
-    let mut got = next_within(src, 1, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1);
-    got.remove(0)
-}
 
 fn ctx() -> SettleContext<'static> {
     SettleContext {

@@ -23,8 +23,10 @@
 //!   (an attempt started and never ended) at the end;
 //! - **one terminal state**: never both completed and dead-lettered, never two dead letters;
 //!   a job meant to complete is never dead-lettered;
-//! - **poison**: a job expected to be dead-lettered after N executions has exactly N `start`s and
-//!   one dead letter;
+//! - **poison**: a job expected to be dead-lettered after N executions was executed exactly N
+//!   times and has one dead letter; its executions are its `start`s, or, when the workers'
+//!   journals were read and hold more, its `started` attempts there (a `start` lost with a killed
+//!   worker still leaves the attempt in its journal, and the attempt counts against the limit);
 //! - **time to recover** of a fault: the longest time, after the fault was over, until a job that
 //!   was in flight when it began (started, no `end` yet) completed.
 //!
@@ -82,6 +84,7 @@ pub fn check(history: &History, faults: &[Fault], journals: &Journals) -> Figure
         ..Figures::default()
     };
     let successes = journals.successes();
+    let journal_starts = journals.starts();
     for job in &history.jobs {
         let id = &job.spec.id;
         let starts = job.starts().count();
@@ -147,11 +150,13 @@ pub fn check(history: &History, faults: &[Fault], journals: &Journals) -> Figure
                 if !job.dead_lettered() {
                     violate(&mut f, format!("poison {id} was not dead-lettered"));
                 }
-                if starts != executions as usize {
+                let attempts = journal_starts.get(id.as_str()).map_or(0, Vec::len);
+                let ran = starts.max(attempts);
+                if ran != executions as usize {
                     violate(
                         &mut f,
                         format!(
-                            "poison {id} ran {starts} times; {executions} attempts were allowed"
+                            "poison {id} ran {ran} times ({starts} starts, {attempts} attempts in the journals); {executions} attempts were allowed"
                         ),
                     );
                 }
@@ -421,6 +426,38 @@ mod tests {
             .violations
             .iter()
             .any(|v| v.contains("poison poison ran 2 times")));
+    }
+
+    /// A poison job whose third `start` was lost with a killed worker: its journals still hold
+    /// three attempts, and the job ran as often as allowed.
+    #[test]
+    fn poison_counts_the_attempts_in_the_journals_when_starts_were_lost() {
+        let mut poison = job("p", vec![ev("start", 1), ev("start", 2)]);
+        poison.spec.expect = Expect::DeadLetter { executions: 3 };
+        poison
+            .dead
+            .push([("reason".to_owned(), "x".to_owned())].into());
+        let history = History {
+            unsettled: None,
+            jobs: vec![poison],
+            pending: 0,
+        };
+        let line = |k: &str| format!(r#"{{"at_ms":1,"job_id":"p","event":{{"type":"{k}"}}}}"#);
+        let attempts = |n: usize| {
+            let w1 = [line("started"), line("failed")].join("\n");
+            let w1 = vec![w1; n].join("\n");
+            Journals::from_exports(&[("w1".into(), w1)]).unwrap()
+        };
+        let f = check(&history, &[], &attempts(3));
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        let f = check(&history, &[], &attempts(2));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("poison p ran 2 times (2 starts, 2 attempts")),
+            "{:?}",
+            f.violations
+        );
     }
 
     #[test]

@@ -162,7 +162,7 @@ async fn recreate_if_missing(inner: &Inner, subjects: &[String]) {
 /// Acks what each consumer waits for of messages the stream no longer holds (`ghosts`).
 async fn clear_ghosts(inner: &Inner, lanes: &mut Lanes) {
     for lane in &mut lanes.lanes {
-        if let Err(e) = super::ghosts::clear(inner, &mut lane.consumer).await {
+        if let Err(e) = super::ghosts::clear(inner, &mut lane.consumer, &mut lane.looked).await {
             debug!(subject = %lane.subject, error = %e, "looking for acks of lost messages failed");
         }
     }

@@ -22,6 +22,8 @@ pub(crate) struct Lane {
     pub subject: String,
     pub priority: u8,
     pub consumer: PullConsumer,
+    /// What the looks for acks of lost messages remember of the consumer (`ghosts`).
+    pub looked: super::ghosts::Looked,
 }
 
 /// The fetcher's view of the set, highest priority first.
@@ -100,6 +102,7 @@ impl Lanes {
                 subject: subject.clone(),
                 priority: *priority,
                 consumer,
+                looked: Default::default(),
             })
             .collect();
         Self { feed, lanes }
@@ -151,14 +154,18 @@ impl Lanes {
         }
         let mut lanes = Vec::with_capacity(next.len());
         for (subject, priority) in &next {
-            let consumer = match self.lanes.iter().find(|l| &l.subject == subject) {
-                Some(l) => l.consumer.clone(),
-                None => super::setup::consumer_for(jobs, cfg, subject).await?,
+            let (consumer, looked) = match self.lanes.iter().find(|l| &l.subject == subject) {
+                Some(l) => (l.consumer.clone(), l.looked),
+                None => (
+                    super::setup::consumer_for(jobs, cfg, subject).await?,
+                    Default::default(),
+                ),
             };
             lanes.push(Lane {
                 subject: subject.clone(),
                 priority: *priority,
                 consumer,
+                looked,
             });
         }
         feed.current();

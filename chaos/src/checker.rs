@@ -389,6 +389,16 @@ mod tests {
         }
     }
 
+    /// A job allowed three executions, dead-lettered, with two `start`s.
+    fn poison_started_twice(id: &str) -> JobHistory {
+        let mut poison = job(id, vec![ev("start", 1), ev("start", 2)]);
+        poison.spec.expect = Expect::DeadLetter { executions: 3 };
+        poison
+            .dead
+            .push([("reason".to_owned(), "x".to_owned())].into());
+        poison
+    }
+
     #[test]
     fn counts_duplicates_losses_and_poison() {
         let redelivered_from_journal =
@@ -399,11 +409,7 @@ mod tests {
         );
         let ran_twice = job("dup", vec![ev("start", 10), ev("end", 20), ev("start", 30)]);
         let lost = job("lost", vec![ev("claimed", 5), ev("start", 10)]);
-        let mut poison = job("poison", vec![ev("start", 1), ev("start", 2)]);
-        poison.spec.expect = Expect::DeadLetter { executions: 3 };
-        poison
-            .dead
-            .push([("reason".to_owned(), "x".to_owned())].into());
+        let poison = poison_started_twice("poison");
         let history = History {
             unsettled: None,
             jobs: vec![
@@ -432,14 +438,9 @@ mod tests {
     /// three attempts, and the job ran as often as allowed.
     #[test]
     fn poison_counts_the_attempts_in_the_journals_when_starts_were_lost() {
-        let mut poison = job("p", vec![ev("start", 1), ev("start", 2)]);
-        poison.spec.expect = Expect::DeadLetter { executions: 3 };
-        poison
-            .dead
-            .push([("reason".to_owned(), "x".to_owned())].into());
         let history = History {
             unsettled: None,
-            jobs: vec![poison],
+            jobs: vec![poison_started_twice("p")],
             pending: 0,
         };
         let line = |k: &str| format!(r#"{{"at_ms":1,"job_id":"p","event":{{"type":"{k}"}}}}"#);

@@ -54,6 +54,27 @@ async fn take(src: &impl JobSource, n: usize) -> Vec<Incoming> {
     got
 }
 
+/// The stream's message store (its blocks and indexes).
+fn messages_dir(server: &Server) -> PathBuf {
+    server
+        .store()
+        .join("jetstream/$G/streams")
+        .join(DEFAULT_STREAM)
+        .join("msgs")
+}
+
+/// Settles `receipt` with an ack, trying again while the restarted server is not back.
+async fn ack_until_done(src: &impl JobSource, incoming: &Incoming) {
+    let begun = Instant::now();
+    while let Err(e) = src
+        .settle(incoming.receipt(), &Settlement::Ack, &ctx())
+        .await
+    {
+        assert!(begun.elapsed() < WAIT, "the ack never went through: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A server killed after it removed an acked message from the stream but before it wrote the
 /// consumer's state comes back with the message ack-pending on the consumer and gone from the
 /// stream: a delivery it can never make again. While an older message stays in the stream (a
@@ -78,14 +99,7 @@ async fn an_ack_pending_entry_whose_message_is_gone_is_cleared() {
     let snapshot = server.store().join("consumer-before-the-ack");
     copy_dir(&consumer_dir(&server), &snapshot);
     server.restart();
-    let begun = Instant::now();
-    while let Err(e) = a
-        .settle(by_id("acked").receipt(), &Settlement::Ack, &ctx())
-        .await
-    {
-        assert!(begun.elapsed() < WAIT, "the ack never went through: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ack_until_done(&a, by_id("acked")).await;
     drop(a);
     server.terminate();
     copy_dir(&snapshot, &consumer_dir(&server));
@@ -119,27 +133,6 @@ async fn an_ack_pending_entry_whose_message_is_gone_is_cleared() {
         stream.get_raw_message(seqs[0]).await.is_ok(),
         "`running` is still there"
     );
-}
-
-/// The stream's message store (its blocks and indexes).
-fn messages_dir(server: &Server) -> PathBuf {
-    server
-        .store()
-        .join("jetstream/$G/streams")
-        .join(DEFAULT_STREAM)
-        .join("msgs")
-}
-
-/// Settles `receipt` with an ack, trying again while the restarted server is not back.
-async fn ack_until_done(src: &impl JobSource, incoming: &Incoming) {
-    let begun = Instant::now();
-    while let Err(e) = src
-        .settle(incoming.receipt(), &Settlement::Ack, &ctx())
-        .await
-    {
-        assert!(begun.elapsed() < WAIT, "the ack never went through: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A server killed between its writes can also leave the other half: a message the consumer

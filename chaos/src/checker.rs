@@ -241,7 +241,6 @@ fn story(journals: &Journals, id: &str) -> String {
     parts.join(", ")
 }
 
-/// Records a broken obligation (the first 20 are kept).
 /// How many workers died between `job`'s enqueue and its last event: the faults that began
 /// then, and the `start`s then of jobs that kill their worker (`chaos_kill_at`; each counts,
 /// whatever attempts it kills at).
@@ -261,6 +260,7 @@ fn deaths_during(history: &History, faults: &[Fault], job: &crate::history::JobH
     killed + crashed
 }
 
+/// Records a broken obligation (the first 20 are kept).
 fn violate(f: &mut Figures, line: String) {
     if f.violations.len() < 20 {
         f.violations.push(line);

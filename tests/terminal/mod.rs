@@ -212,10 +212,21 @@ impl Client {
         }
     }
 
-    /// Reads until the output holds `needle` after byte `from`; panics after `within`.
+    /// Reads until the output holds `needle` after byte `from`; panics after `within`. Each
+    /// frame's bytes are searched once (with the needle's length of overlap), so a large output
+    /// costs linear time.
     pub async fn read_until(&mut self, from: usize, needle: &[u8], within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while !contains(&self.output[from.min(self.output.len())..], needle) {
+        let mut searched = from;
+        loop {
+            let start = searched
+                .saturating_sub(needle.len())
+                .max(from)
+                .min(self.output.len());
+            if contains(&self.output[start..], needle) {
+                return;
+            }
+            searched = self.output.len();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             assert!(
                 !left.is_zero(),

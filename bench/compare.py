@@ -26,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
+try:
+    import redis
+except ImportError:  # `--help` runs before bench/.venv exists; every run goes through the venv
+    redis = None
 
 ROOT = Path(__file__).resolve().parent.parent
 CITADEL = ROOT / "target/release/citadel"
@@ -567,21 +570,26 @@ def chart(res, args, path):
     fig.savefig(path, dpi=110)
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module's text as written, and every option's default."""
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concurrency", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    ap.add_argument("--concurrency", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")],
+                    help="comma separated worker concurrencies of the throughput runs")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each system and concurrency (median and spread)")
     ap.add_argument("--jobs", type=int, default=10000,
                     help="backlog of one throughput run, the same for every system (a quarter at concurrency 1)")
-    ap.add_argument("--latency-concurrency", type=int, default=16)
+    ap.add_argument("--latency-concurrency", type=int, default=16, help="worker concurrency of the latency runs")
     ap.add_argument("--rate", type=int, default=200, help="offered load of the latency runs, jobs/s")
-    ap.add_argument("--latency-seconds", type=int, default=10)
+    ap.add_argument("--latency-seconds", type=int, default=10, help="how long each latency run offers its load")
     ap.add_argument("--recovery-timeout", type=int, default=10,
                     help="the common lease / orphan / visibility timeout of the second recovery run")
     ap.add_argument("--give-up", type=int, default=120, help="longest wait for a crashed worker's job")
     ap.add_argument("--skip", default="", help="comma separated: apalis, celery, ceiling, recovery, footprint, latency")
     ap.add_argument("--celery-threads", action="store_true", help="also run Celery with the threads pool")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(RESULTS), help="folder for compare.json, compare.md and throughput.png")
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)

@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --help answers at once, before anything is installed or built.
+for arg in "$@"; do
+  if [[ $arg == -h || $arg == --help ]]; then exec python3 bench/compare.py --help; fi
+done
+
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)

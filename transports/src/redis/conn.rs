@@ -60,23 +60,24 @@ pub(crate) async fn manager(
         .map_err(map_err)
 }
 
-/// Creates the consumer group on every stream (from the start of the stream, so jobs enqueued
+/// Creates `group` on every one of `streams` (from the start of the stream, so jobs enqueued
 /// before the first worker are not skipped), creating the streams when missing.
 pub(crate) async fn ensure_groups(
     conn: &mut ConnectionManager,
-    cfg: &RedisConfig,
+    group: &str,
+    streams: &[String],
 ) -> Result<(), SourceError> {
-    for stream in &cfg.streams {
+    for stream in streams {
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
-            .arg(&cfg.group)
+            .arg(group)
             .arg("0")
             .arg("MKSTREAM")
             .query_async(conn)
             .await;
         match created {
-            Ok(()) => debug!(stream = %stream, group = %cfg.group, "created consumer group"),
+            Ok(()) => debug!(stream = %stream, %group, "created consumer group"),
             Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {}
             Err(e) => return Err(map_err(e)),
         }

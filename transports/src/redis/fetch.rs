@@ -140,7 +140,10 @@ impl Fetcher {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetching jobs from redis failed");
                     if matches!(&e, SourceError::Busy(m) if m.contains("NOGROUP") || m.contains("UNBLOCKED"))
                     {
-                        if let Err(e) = ensure_groups(&mut self.conn, &self.inner.cfg).await {
+                        // Every stream read now: those that joined the set after the start too.
+                        let streams = self.lanes.streams();
+                        let group = &self.inner.cfg.group;
+                        if let Err(e) = ensure_groups(&mut self.conn, group, &streams).await {
                             warn!(error = %e, "re-creating the consumer group failed");
                         }
                     }

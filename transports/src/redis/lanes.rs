@@ -110,9 +110,7 @@ impl Lanes {
             .filter(|(s, _)| !next.iter().any(|(n, _)| n == s))
             .map(|(s, _)| s)
             .collect();
-        let mut with_new = cfg.clone();
-        with_new.streams = added.clone();
-        ensure_groups(conn, &with_new).await?;
+        ensure_groups(conn, &cfg.group, &added).await?;
         feed.current();
         info!(added = ?added, removed = ?removed, streams = next.len(), "the job streams changed");
         self.set = next.clone();

@@ -214,7 +214,7 @@ impl RedisSource {
             .map_err(|e| SourceError::Config(format!("redis url: {e}")))?;
         let mut ctl = conn::manager(&client, &cfg, cfg.command_timeout).await?;
         let reader = conn::manager(&client, &cfg, cfg.block + cfg.command_timeout).await?;
-        conn::ensure_groups(&mut ctl, &cfg).await?;
+        conn::ensure_groups(&mut ctl, &cfg.group, &cfg.streams).await?;
         info!(streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer, lease_ms = cfg.lease.as_millis() as u64, "redis job source connected");
         // Events go out after `close()` too (a draining worker still finishes jobs), so the
         // publisher is not among the tasks `close()` waits for; it stops when the source drops.

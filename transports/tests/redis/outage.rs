@@ -2,11 +2,16 @@
 //! `appendfsync everysec`, a failover to a lagging replica): a job one node finished, whose
 //! completion record, ack and claim Redis forgot, is read again as a new entry; the node that
 //! finished it writes its record again when it reaches Redis, and no node runs the job again.
+//! A Redis that comes back empty loses every consumer group, also those of the streams a node
+//! started reading after its start; the node creates them all again and takes jobs from each.
 
 use std::time::{Duration, Instant};
 
+use citadel_transports::redis::RedisProducer;
+use citadel_transports::routing::RouteFeed;
 use citadel_transports::{
-    EventData, EventMeta, Incoming, JobSource, RedisSource, SettleContext, Settlement, WireEvent,
+    EventData, EventMeta, Incoming, JobEntry, JobSource, RedisSource, SettleContext, Settlement,
+    WireEvent,
 };
 use serde_json::json;
 
@@ -93,5 +98,65 @@ async fn a_job_finished_before_redis_forgot_it_is_not_run_again() {
     assert!(
         pending(&mut c).await.is_empty(),
         "the entry was acked again"
+    );
+}
+
+/// Enqueues job `id` on `stream` with the product's producer.
+async fn enqueue_on(c: &redis::aio::MultiplexedConnection, stream: &str, id: &str) {
+    let payload = json!({"n": 1});
+    RedisProducer::new(c.clone())
+        .enqueue(stream, &JobEntry::new(id, "echo", &payload))
+        .await
+        .unwrap();
+}
+
+/// The ids `src` hands out within `within`, each acked.
+async fn take_ids(src: &RedisSource, want: usize, within: Duration) -> Vec<String> {
+    let until = Instant::now() + within;
+    let mut ids = Vec::new();
+    while ids.len() < want && Instant::now() < until {
+        // A failed round (a group Redis lost) is the fetcher's to mend: ask again.
+        for item in src.next(4).await.unwrap_or_default() {
+            ids.push(job(&item).id.as_str().to_string());
+            // The first call on a connection the restart broke fails; the worker tries again.
+            let mut tries = 0;
+            while let Err(e) = src
+                .settle(item.receipt(), &Settlement::Ack, &SettleContext::default())
+                .await
+            {
+                tries += 1;
+                assert!(e.is_retryable() && tries < 20, "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_comes_back_empty_gets_every_group_again_also_a_later_streams() {
+    let mut server = Server::start().await;
+    let model = "jobs:v1:model:llama";
+    let (tx, rx) = tokio::sync::watch::channel(vec![(STREAM.to_string(), 0u8)]);
+    let mut cfg = server.config("node-a");
+    cfg.routes = Some(RouteFeed::new(rx));
+    let src = RedisSource::connect(cfg).await.unwrap();
+    // An engine starts serving a model after the node started: its stream joins the set.
+    tx.send(vec![(model.to_string(), 0), (STREAM.to_string(), 0)])
+        .unwrap();
+    let c = server.conn().await;
+    enqueue_on(&c, model, "before").await;
+    assert_eq!(take_ids(&src, 1, Duration::from_secs(10)).await, ["before"]);
+    // Redis restarts without persistence: no stream, no group.
+    server.stop();
+    server.restart().await;
+    let c = server.conn().await;
+    enqueue_on(&c, model, "model-after").await;
+    enqueue_on(&c, STREAM, "base-after").await;
+    assert_eq!(
+        take_ids(&src, 2, Duration::from_secs(20)).await,
+        ["base-after", "model-after"],
+        "both streams are read again"
     );
 }

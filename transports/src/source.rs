@@ -35,6 +35,18 @@ pub enum Lease {
     Lost,
 }
 
+/// Publishes `events` one after the other, stopping at the first error: what
+/// [`JobSource::publish_all`] does unless a transport sends them together.
+pub async fn publish_each<S: JobSource + ?Sized>(
+    source: &S,
+    events: &[WireEvent],
+) -> Result<(), SourceError> {
+    for event in events {
+        source.publish(event).await?;
+    }
+    Ok(())
+}
+
 /// How recently a claim must have been asked for for its lease to stand for the job's first
 /// renewal, so that renewal needs no round trip: 250 ms, and never more than an eighth of the
 /// lease (the runner fences a quarter of the lease before its end, so a lease counted from up to
@@ -228,10 +240,7 @@ pub trait JobSource: Send + Sync + std::fmt::Debug {
     /// on Redis, one round trip on NATS), and then after an error a later one may have gone out
     /// too. A wrapping source must forward it.
     async fn publish_all(&self, events: &[WireEvent]) -> Result<(), SourceError> {
-        for event in events {
-            self.publish(event).await?;
-        }
-        Ok(())
+        publish_each(self, events).await
     }
 
     /// Makes a job's success known to every worker of the transport **before** this worker

@@ -520,12 +520,7 @@ impl JobSource for RedisSource {
                 self.inner.publisher.post_all(events);
                 Ok(())
             }
-            _ => {
-                for event in events {
-                    self.publish(event).await?;
-                }
-                Ok(())
-            }
+            _ => crate::source::publish_each(self, events).await,
         }
     }
 

@@ -135,7 +135,7 @@ async fn take_ids(src: &RedisSource, want: usize, within: Duration) -> Vec<Strin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_that_comes_back_empty_gets_every_group_again_also_a_later_streams() {
+async fn a_redis_that_comes_back_empty_gets_every_group_again_also_on_a_later_stream() {
     let mut server = Server::start().await;
     let model = "jobs:v1:model:llama";
     let (tx, rx) = tokio::sync::watch::channel(vec![(STREAM.to_string(), 0u8)]);

@@ -2,7 +2,9 @@
 //! (a round trip a claim instead of two), and that call decides every entry as the gate does on
 //! its own: a completed job is acked and not run, a copy another node runs stays pending, a
 //! cancellation is read with the claim, a malformed entry is handed out to be dead-lettered.
-//! Once the backlog is drained the fetcher waits in the blocking read again.
+//! Once the backlog is drained the fetcher waits in the blocking read again. A group lost under
+//! the script (`NOGROUP` inside it) is created again from the stream's start, and every entry
+//! still in the stream is handed out once more, each once.
 
 use std::time::Duration;
 
@@ -178,4 +180,39 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
         marker.starts_with("node-a|jobs:v1:gpu-general|"),
         "{marker}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_lost_while_a_backlog_waits_is_created_again_and_the_backlog_runs() {
+    let server = Server::start().await;
+    let src = server.source("node-a").await;
+    let mut c = server.conn().await;
+    for i in 0..6 {
+        enqueue_job(&mut c, &format!("b{i}"), "noop").await;
+    }
+    // The first claim got all it asked for: the next one is the read-and-gate script's.
+    assert_eq!(job(&one(&src).await).id.as_str(), "b0");
+    let failed = |info: &str| commandstat(info, "evalsha", "failed_calls");
+    let failed_before = failed(&commandstats(&mut c).await);
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(STREAM)
+        .arg(GROUP)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The group is made again from the stream's start: b0's claim went with the old one.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let mut ids = Vec::new();
+    while ids.len() < 6 && std::time::Instant::now() < until {
+        for item in src.next(1).await.unwrap_or_default() {
+            ids.push(job(&item).id.to_string());
+        }
+    }
+    assert!(
+        failed(&commandstats(&mut c).await) > failed_before,
+        "the script met the missing group"
+    );
+    ids.sort();
+    assert_eq!(ids, ["b0", "b1", "b2", "b3", "b4", "b5"], "each once");
 }

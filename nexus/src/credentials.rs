@@ -216,7 +216,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn open(dir: &std::path::Path) -> Credentials {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        let db = crate::store::open_db(dir).unwrap();
         Credentials::open(db.open_tree("credentials").unwrap()).unwrap()
     }
 

@@ -122,7 +122,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("db");
         {
-            let db = sled::Config::new().path(&dir).open().unwrap();
+            let db = crate::store::open_db(&dir).unwrap();
             let t = db.open_tree("jobs").unwrap();
             for i in 0u32..5000 {
                 t.insert(i.to_be_bytes(), vec![7u8; 1024]).unwrap();
@@ -135,7 +135,7 @@ mod tests {
         }
         let (before, after) = reclaim(&dir).unwrap().expect("copied");
         assert!(after * 2 < before, "{before} -> {after}");
-        let db = sled::Config::new().path(&dir).open().unwrap();
+        let db = crate::store::open_db(&dir).unwrap();
         let t = db.open_tree("jobs").unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(0u32.to_be_bytes()).unwrap().unwrap().len(), 1024);

@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, now: u64) -> Registry {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        let db = crate::store::open_db(dir).unwrap();
         Registry::open(
             db.open_tree("mesh_keys").unwrap(),
             db.open_tree("mesh_nodes").unwrap(),

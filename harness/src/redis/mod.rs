@@ -93,6 +93,17 @@ pub async fn enqueue_job(c: &mut MultiplexedConnection, id: &str, ty: &str) -> S
         .expect("enqueue a job")
 }
 
+/// `XGROUP DESTROY` of the test stream's group: what a Redis that lost the group leaves.
+pub async fn destroy_group(c: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(STREAM)
+        .arg(GROUP)
+        .query_async(c)
+        .await
+        .expect("XGROUP DESTROY");
+}
+
 /// Calls `next(max)` until something comes or `within` passes.
 pub async fn next_within(src: &RedisSource, max: usize, within: Duration) -> Vec<Incoming> {
     let deadline = tokio::time::Instant::now() + within;

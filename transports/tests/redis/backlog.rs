@@ -37,16 +37,22 @@ async fn set(c: &mut MultiplexedConnection, key: &str, value: &str) {
 
 const COMMANDS: [&str; 3] = ["xreadgroup", "evalsha", "xrevrange"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_is_claimed_one_script_call_a_job_and_then_the_fetcher_waits() {
-    let server = Server::start().await;
+/// A source with jobs b0..b5 waiting, of which it claimed b0 with the blocking read and the gate:
+/// that read got all it asked for, so the next claim is the read-and-gate script's.
+async fn backlog_of_six(server: &Server) -> (RedisSource, MultiplexedConnection) {
     let src = server.source("node-a").await;
     let mut c = server.conn().await;
     for i in 0..6 {
         enqueue_job(&mut c, &format!("b{i}"), "noop").await;
     }
-    // The first claim is the blocking read and the gate: it got all it asked for.
     assert_eq!(job(&one(&src).await).id.as_str(), "b0");
+    (src, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_claimed_one_script_call_a_job_and_then_the_fetcher_waits() {
+    let server = Server::start().await;
+    let (src, mut c) = backlog_of_six(&server).await;
     let before = counts(&mut c, &COMMANDS).await;
     for i in 1..6 {
         let got = one(&src).await;
@@ -185,22 +191,10 @@ async fn the_read_and_gate_call_decides_each_entry_as_the_gate_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_lost_while_a_backlog_waits_is_created_again_and_the_backlog_runs() {
     let server = Server::start().await;
-    let src = server.source("node-a").await;
-    let mut c = server.conn().await;
-    for i in 0..6 {
-        enqueue_job(&mut c, &format!("b{i}"), "noop").await;
-    }
-    // The first claim got all it asked for: the next one is the read-and-gate script's.
-    assert_eq!(job(&one(&src).await).id.as_str(), "b0");
+    let (src, mut c) = backlog_of_six(&server).await;
     let failed = |info: &str| commandstat(info, "evalsha", "failed_calls");
     let failed_before = failed(&commandstats(&mut c).await);
-    let _: () = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg(STREAM)
-        .arg(GROUP)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    destroy_group(&mut c).await;
     // The group is made again from the stream's start: b0's claim went with the old one.
     let until = std::time::Instant::now() + Duration::from_secs(15);
     let mut ids = Vec::new();

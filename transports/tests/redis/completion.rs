@@ -181,13 +181,7 @@ async fn a_completed_job_in_a_group_recreated_from_zero_is_not_run_again() {
     .unwrap();
     drop(a);
     // A mistyped or re-created group replays the stream's history (kept acked entries).
-    let _: () = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg(STREAM)
-        .arg(GROUP)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    destroy_group(&mut c).await;
     let b = keeping(&server, "node-b").await;
     settle_down(&mut c, &b, "history", 2).await;
 }

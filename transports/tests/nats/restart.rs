@@ -63,6 +63,35 @@ fn messages_dir(server: &Server) -> PathBuf {
         .join("msgs")
 }
 
+/// Lets `b`'s fetcher run until the consumer's (unsettled, held) counts satisfy `done`, and
+/// returns them; fails after `within`. Only `running` is delivered meanwhile: it comes back after
+/// each lease and is never settled, a long job elsewhere.
+async fn until_counts(
+    b: &impl JobSource,
+    p: &NatsProducer,
+    within: Duration,
+    done: impl Fn(u64, u64) -> bool,
+) -> (u64, u64) {
+    let begun = Instant::now();
+    loop {
+        for i in next_within(b, 1, Duration::from_millis(300)).await {
+            assert_eq!(
+                job(&i).id.as_str(),
+                "running",
+                "only `running` is delivered again"
+            );
+        }
+        let (unsettled, held) = counts(p).await;
+        if done(unsettled, held) {
+            return (unsettled, held);
+        }
+        assert!(
+            begun.elapsed() < within,
+            "still {unsettled} unsettled on the consumer while the stream holds {held}"
+        );
+    }
+}
+
 /// Settles `receipt` with an ack, trying again while the restarted server is not back.
 async fn ack_until_done(src: &impl JobSource, incoming: &Incoming) {
     let begun = Instant::now();
@@ -116,19 +145,7 @@ async fn an_ack_pending_entry_whose_message_is_gone_is_cleared() {
         "the consumer waits for acks of `running` and of `acked`, gone"
     );
     let b = server.source("node-b").await;
-    let begun = Instant::now();
-    loop {
-        // `running` comes back after each lease and is never settled: a long job elsewhere.
-        let _ = next_within(&b, 1, Duration::from_millis(300)).await;
-        let (unsettled, held) = counts(&p).await;
-        if unsettled == held {
-            break;
-        }
-        assert!(
-            begun.elapsed() < WAIT,
-            "still {unsettled} unsettled on the consumer while the stream holds {held}"
-        );
-    }
+    until_counts(&b, &p, WAIT, |unsettled, held| unsettled == held).await;
     assert!(
         stream.get_raw_message(seqs[0]).await.is_ok(),
         "`running` is still there"
@@ -185,26 +202,8 @@ async fn a_lost_ack_under_a_message_acked_but_kept_is_cleared() {
         "the consumer waits for the acks of `running` and `lost`; the stream holds `running` and `kept`"
     );
     let b = server.source("node-b").await;
-    let begun = Instant::now();
-    loop {
-        // `running` comes back after each lease and is never settled: a long job elsewhere.
-        for i in next_within(&b, 1, Duration::from_millis(300)).await {
-            assert_eq!(
-                job(&i).id.as_str(),
-                "running",
-                "only `running` is delivered again"
-            );
-        }
-        let (unsettled, held) = counts(&p).await;
-        if unsettled == 1 {
-            assert_eq!(held, 2, "`running` and `kept` stay in the stream");
-            break;
-        }
-        assert!(
-            begun.elapsed() < 2 * WAIT,
-            "still {unsettled} unsettled on the consumer"
-        );
-    }
+    let (_, held) = until_counts(&b, &p, 2 * WAIT, |unsettled, _| unsettled == 1).await;
+    assert_eq!(held, 2, "`running` and `kept` stay in the stream");
     assert!(
         stream.get_raw_message(seqs[0]).await.is_ok(),
         "`running` is still there"
